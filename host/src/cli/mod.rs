@@ -1,0 +1,173 @@
+//! The command line: argument parsing, logging set-up, and the one place errors become exit codes.
+//!
+//! Exit codes: 0 success; 1 the operation failed (a plugin refused to load, a check failed);
+//! 2 bad usage or a configuration error.
+
+#![allow(clippy::print_stdout)]
+
+mod bench;
+mod config;
+mod plugin;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code: the operation failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad usage or configuration.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// deploy-agent: takes an application from a commit to production, safely, and back again.
+///
+/// Plugins (deploy targets, validators, notifiers, backup stores) are WebAssembly components
+/// run in a sandbox that grants each only the hosts, files, memory, time and secrets that
+/// agent.toml gives it.
+#[derive(Debug, Parser)]
+#[command(name = "deploy-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// Log verbosity: -v for debug, -vv for trace. DEPLOY_AGENT_LOG overrides (tracing filter syntax).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of commands that report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Human,
+    /// For programs.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect and check plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Check agent.toml.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Benchmarks that print figures (never pass/fail).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `deploy-agent plugin ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Describe a component: kinds, WIT package version, imports, size, sha256.
+    Inspect {
+        /// The .wasm component.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Load every configured plugin under its policy and report each.
+    Check {
+        /// The configuration.
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// `deploy-agent config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate agent.toml; errors name file, line and column and say how to fix them.
+    Check {
+        /// The configuration.
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
+    },
+}
+
+/// `deploy-agent bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Plugin runtime costs: compile, load from cache, fresh-instance calls (p50/p90).
+    Plugins {
+        /// A component exporting `validator` (trivial) and `notifier` (logs once):
+        /// the `echo` test fixture.
+        #[arg(long, default_value = "plugins/target/wasm32-wasip2/release/fixture_echo.wasm")]
+        plugin: PathBuf,
+        /// Calls per measurement.
+        #[arg(long, default_value_t = 5000)]
+        iterations: usize,
+    },
+}
+
+/// Parses arguments, runs, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(errors) = e.downcast_ref::<crate::config::ConfigErrors>() {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Plugin(PluginCommand::Inspect { file, output }) => plugin::inspect(&file, output),
+        Command::Plugin(PluginCommand::Check { config, output }) => {
+            runtime.block_on(plugin::check(&config, output))
+        }
+        Command::Config(ConfigCommand::Check { config }) => config::check(&config),
+        Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {
+            runtime.block_on(bench::plugins(&plugin, iterations))
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn,deploy_agent=info,plugin=info",
+        1 => "info,deploy_agent=debug,plugin=debug",
+        _ => "debug,deploy_agent=trace,plugin=trace",
+    };
+    let filter = EnvFilter::try_from_env("DEPLOY_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// `12.3 KiB`-style sizes.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

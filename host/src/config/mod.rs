@@ -1,0 +1,413 @@
+//! `agent.toml`: read, validated and turned into typed settings.
+//!
+//! Every error names the file, line and column, shows the line and says how to fix it;
+//! all errors in a file are reported at once. Secret values never appear in the file: a
+//! secret is a reference (`${env:NAME}` or `${file:/run/secrets/x}`) resolved when a plugin
+//! is loaded, and never written anywhere.
+//!
+//! ```no_run
+//! let config = deploy_agent::config::Config::load("agent.toml".as_ref())?;
+//! for (name, plugin) in &config.plugins {
+//!     println!("{name}: {}", plugin.path.display());
+//! }
+//! # Ok::<(), deploy_agent::config::ConfigErrors>(())
+//! ```
+
+mod error;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+pub use error::{ConfigError, ConfigErrors};
+
+use crate::runtime::policy::{
+    DirGrant, HostPattern, MAX_MEMORY_MIB, Policy,
+};
+use crate::runtime::secrets::{self, Secret, SecretValue, Secrets};
+use crate::runtime::PluginSpec;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Where the agent keeps its state and caches.
+    pub state_dir: PathBuf,
+    /// The plugins, by name.
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Things worth fixing that do not stop the agent.
+    pub warnings: Vec<ConfigError>,
+}
+
+/// One plugin's settings.
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    /// Its name.
+    pub name: String,
+    /// The component file.
+    pub path: PathBuf,
+    /// The pinned sha256, if pinned.
+    pub sha256: Option<String>,
+    /// What it may do.
+    pub policy: Policy,
+    /// The secrets it may reference.
+    pub secrets: BTreeMap<String, SecretConfig>,
+    /// Its settings, as passed to it.
+    pub config: serde_json::Value,
+}
+
+/// A granted secret: where its value comes from and where it may go.
+#[derive(Debug, Clone)]
+pub struct SecretConfig {
+    /// Where the value comes from.
+    pub source: SecretSource,
+    /// The hosts it may be sent to.
+    pub hosts: Vec<HostPattern>,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the agent's process.
+    Env(String),
+    /// A file (a systemd credential, a mounted Kubernetes secret...); trailing newline trimmed.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// Parses `${env:NAME}` or `${file:PATH}`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let inner = text.trim().strip_prefix("${")?.strip_suffix('}')?;
+        if let Some(name) = inner.strip_prefix("env:") {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            return ok.then(|| SecretSource::Env(name.to_string()));
+        }
+        let path = inner.strip_prefix("file:")?;
+        (!path.is_empty()).then(|| SecretSource::File(PathBuf::from(path)))
+    }
+
+    /// Reads the value now. The error names the source, never a value.
+    pub fn resolve(&self) -> Result<SecretValue, String> {
+        match self {
+            SecretSource::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Ok(SecretValue::new(v)),
+                Ok(_) => Err(format!("environment variable {name} is empty")),
+                Err(_) => Err(format!("environment variable {name} is not set")),
+            },
+            SecretSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(v) => {
+                    let v = v.trim_end_matches(['\n', '\r']).to_string();
+                    if v.is_empty() {
+                        Err(format!("secret file {} is empty", path.display()))
+                    } else {
+                        Ok(SecretValue::new(v))
+                    }
+                }
+                Err(e) => Err(format!("cannot read secret file {}: {e}", path.display())),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(n) => write!(f, "${{env:{n}}}"),
+            SecretSource::File(p) => write!(f, "${{file:{}}}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::file(path, format!("cannot read the configuration: {e}"))
+                .hint("pass the file with --config PATH (the default is ./agent.toml)")])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates a configuration's text; relative paths are relative to `path`'s directory.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_string();
+            let mut err = ConfigError::at(path, text, span, message.clone());
+            if message.contains("unknown field") {
+                err = err.hint("check the spelling; agent.toml in the repository documents every option");
+            }
+            ConfigErrors(vec![err])
+        })?;
+        let mut v = Validator {
+            file: path,
+            text,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let state_dir = match &raw.agent.state_dir {
+            Some(s) => v.base.join(s.get_ref()),
+            None => v.base.join(".deploy-agent"),
+        };
+        let mut plugins = BTreeMap::new();
+        for (name, plugin) in &raw.plugins {
+            if let Some(p) = v.plugin(name, plugin) {
+                plugins.insert(name.get_ref().clone(), p);
+            }
+        }
+        if !v.errors.is_empty() {
+            v.errors.sort_by_key(|e| (e.line, e.column));
+            return Err(ConfigErrors(v.errors));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            state_dir,
+            plugins,
+            warnings: v.warnings,
+        })
+    }
+
+    /// Where compiled components are cached.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.state_dir.join("cache")
+    }
+
+    /// What the runtime needs to load a plugin, with its secrets resolved now.
+    pub fn plugin_spec(&self, name: &str) -> Result<PluginSpec, String> {
+        let plugin = self
+            .plugins
+            .get(name)
+            .ok_or_else(|| format!("no plugin named `{name}` in {}", self.path.display()))?;
+        let mut secrets = Secrets::default();
+        for (secret, cfg) in &plugin.secrets {
+            let value = cfg
+                .source
+                .resolve()
+                .map_err(|e| format!("plugin `{name}`, secret `{secret}`: {e}"))?;
+            secrets.insert(
+                secret.clone(),
+                Secret {
+                    value,
+                    hosts: cfg.hosts.clone(),
+                },
+            );
+        }
+        Ok(PluginSpec {
+            name: name.to_string(),
+            path: plugin.path.clone(),
+            sha256: plugin.sha256.clone(),
+            policy: plugin.policy.clone(),
+            secrets,
+            config: plugin.config.clone(),
+        })
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    text: &'a str,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
+}
+
+fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Config keys that suggest a secret was put where any plugin call can see it.
+const SECRET_LOOKING: [&str; 6] = ["token", "password", "secret", "api_key", "apikey", "private_key"];
+
+impl Validator<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>, hint: &str) {
+        let mut e = ConfigError::at(self.file, self.text, at.span(), message);
+        if !hint.is_empty() {
+            e = e.hint(hint);
+        }
+        self.errors.push(e);
+    }
+
+    fn plugin(&mut self, name: &Spanned<String>, p: &Spanned<raw::RawPlugin>) -> Option<PluginConfig> {
+        let before = self.errors.len();
+        if !valid_plugin_name(name.get_ref()) {
+            self.error(
+                name,
+                format!("plugin name `{}` is not allowed", name.get_ref()),
+                "use lowercase letters, digits, `-` and `_`",
+            );
+        }
+        let p = p.get_ref();
+        let path = self.base.join(p.path.get_ref());
+        if !path.is_file() {
+            self.error(
+                &p.path,
+                format!("plugin file {} does not exist", path.display()),
+                "build the plugins with `make plugins`, or fix the path (relative to this file)",
+            );
+        }
+        let sha256 = match &p.sha256 {
+            Some(s) => {
+                let hex = s.get_ref().trim_start_matches("sha256:").to_ascii_lowercase();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    self.error(s, "sha256 must be 64 hexadecimal characters", "`deploy-agent plugin inspect FILE.wasm` prints it");
+                }
+                Some(hex)
+            }
+            None => {
+                self.warnings.push(
+                    ConfigError::at(self.file, self.text, p.path.span(), format!("plugin `{}` is not pinned", name.get_ref()))
+                        .hint("add `sha256 = \"...\"` (from `deploy-agent plugin inspect FILE.wasm`) so a changed file refuses to load"),
+                );
+                None
+            }
+        };
+        let policy = self.policy(&p.policy);
+        let mut secrets = BTreeMap::new();
+        for (sname, s) in &p.secrets {
+            if !secrets::valid_name(sname.get_ref()) {
+                self.error(sname, format!("secret name `{}` is not allowed", sname.get_ref()), "use letters, digits and `-`");
+            }
+            let s = s.get_ref();
+            let source = match SecretSource::parse(s.from.get_ref()) {
+                Some(src) => src,
+                None => {
+                    self.error(
+                        &s.from,
+                        "a secret's `from` must be a reference, not a value",
+                        "write `from = \"${env:VAR_NAME}\"` or `from = \"${file:/run/secrets/name}\"`; secret values never go in agent.toml",
+                    );
+                    continue;
+                }
+            };
+            let mut hosts = Vec::new();
+            if s.hosts.is_empty() {
+                self.error(&s.from, format!("secret `{}` is bound to no host, so it could never be used", sname.get_ref()), "add `hosts = [\"api.example.com\"]`: the hosts a request may carry it to");
+            }
+            for h in &s.hosts {
+                match HostPattern::parse(h.get_ref()) {
+                    Ok(pattern) => {
+                        let covered = policy.allowed_hosts.iter().any(|a| *a == pattern || pattern_within(a, &pattern));
+                        if !covered {
+                            self.error(h, format!("secret `{}` is bound to `{pattern}`, which is not in this plugin's allowed_hosts", sname.get_ref()), "add the host to [plugins.NAME.policy] allowed_hosts, or fix the binding");
+                        }
+                        hosts.push(pattern);
+                    }
+                    Err(e) => self.error(h, e, ""),
+                }
+            }
+            secrets.insert(sname.get_ref().clone(), SecretConfig { source, hosts });
+        }
+        for key in p.config.keys() {
+            let k = key.to_ascii_lowercase();
+            if SECRET_LOOKING.iter().any(|s| k.contains(s)) {
+                self.warnings.push(
+                    ConfigError::at(self.file, self.text, p.path.span(), format!("plugin `{}` has a config key `{key}` that looks like a secret", name.get_ref()))
+                        .hint("config is visible to the plugin and in logs; grant it under [plugins.NAME.secrets] instead"),
+                );
+            }
+        }
+        let config = serde_json::to_value(&p.config).unwrap_or(serde_json::Value::Null);
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(PluginConfig {
+            name: name.get_ref().clone(),
+            path,
+            sha256,
+            policy,
+            secrets,
+            config,
+        })
+    }
+
+    fn policy(&mut self, raw: &raw::RawPolicy) -> Policy {
+        let mut policy = Policy::default();
+        for h in &raw.allowed_hosts {
+            match HostPattern::parse(h.get_ref()) {
+                Ok(p) => policy.allowed_hosts.push(p),
+                Err(e) => self.error(h, e, "examples: `api.vercel.com`, `*.s3.amazonaws.com`, `localhost:9000`"),
+            }
+        }
+        for r in &raw.allow_ip_ranges {
+            match r.get_ref().parse::<ipnet::IpNet>() {
+                Ok(net) => policy.allowed_ranges.push(net),
+                Err(_) => match r.get_ref().parse::<std::net::IpAddr>() {
+                    Ok(ip) => policy.allowed_ranges.push(ipnet::IpNet::from(ip)),
+                    Err(_) => self.error(r, format!("`{}` is not an address range", r.get_ref()), "use CIDR notation, e.g. `127.0.0.0/8` or `10.0.0.0/8`"),
+                },
+            }
+        }
+        for d in &raw.dirs {
+            let dir = d.get_ref();
+            let host = self.base.join(dir.path.get_ref());
+            if !host.is_dir() {
+                self.error(&dir.path, format!("granted directory {} does not exist", host.display()), "create it, or fix the path (relative to this file)");
+            }
+            if !dir.guest.get_ref().starts_with('/') {
+                self.error(&dir.guest, "`guest` must be an absolute path, where the plugin sees the directory", "for example `guest = \"/artifact\"`");
+            }
+            policy.dirs.push(DirGrant {
+                host,
+                guest: dir.guest.get_ref().clone(),
+                writable: dir.rw,
+            });
+        }
+        if let Some(m) = &raw.memory_mb {
+            if !(1..=MAX_MEMORY_MIB).contains(m.get_ref()) {
+                self.error(m, format!("memory_mb must be between 1 and {MAX_MEMORY_MIB}"), "");
+            }
+            policy.memory_bytes = m.get_ref() << 20;
+        }
+        if let Some(t) = &raw.timeout_ms {
+            if !(1..=3_600_000).contains(t.get_ref()) {
+                self.error(t, "timeout_ms must be between 1 and 3600000 (an hour)", "");
+            }
+            policy.timeout = Duration::from_millis(*t.get_ref());
+        }
+        if let Some(b) = &raw.max_response_bytes {
+            if *b.get_ref() == 0 {
+                self.error(b, "max_response_bytes must be at least 1", "");
+            }
+            policy.max_response_bytes = *b.get_ref();
+        }
+        if let Some(b) = &raw.max_return_bytes {
+            if !(1..=(64 << 20)).contains(b.get_ref()) {
+                self.error(b, "max_return_bytes must be between 1 and 67108864 (64 MiB)", "");
+            }
+            policy.max_return_bytes = *b.get_ref() as usize;
+        }
+        if let Some(n) = &raw.max_requests {
+            if *n.get_ref() > 100_000 {
+                self.error(n, "max_requests must be at most 100000", "");
+            }
+            policy.max_requests = *n.get_ref();
+        }
+        policy
+    }
+}
+
+/// Whether every host `inner` matches is also matched by `outer` (for secret bindings).
+fn pattern_within(outer: &HostPattern, inner: &HostPattern) -> bool {
+    let o = outer.to_string();
+    let i = inner.to_string();
+    let (o_host, o_port) = o.rsplit_once(':').map_or((o.as_str(), None), |(h, p)| (h, Some(p)));
+    let (i_host, i_port) = i.rsplit_once(':').map_or((i.as_str(), None), |(h, p)| (h, Some(p)));
+    if o_port.is_some() && o_port != i_port {
+        return false;
+    }
+    match o_host.strip_prefix("*.") {
+        Some(suffix) => i_host.ends_with(&format!(".{suffix}")),
+        None => o_host == i_host,
+    }
+}

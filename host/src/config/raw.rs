@@ -1,0 +1,67 @@
+//! The shape of agent.toml as written, with spans kept for error messages.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub agent: RawAgent,
+    #[serde(default)]
+    pub plugins: BTreeMap<Spanned<String>, Spanned<RawPlugin>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAgent {
+    pub state_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlugin {
+    pub path: Spanned<String>,
+    pub sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    pub policy: RawPolicy,
+    #[serde(default)]
+    pub secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    #[serde(default)]
+    pub allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow_ip_ranges: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub dirs: Vec<Spanned<RawDir>>,
+    pub memory_mb: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub max_response_bytes: Option<Spanned<u64>>,
+    pub max_return_bytes: Option<Spanned<u64>>,
+    pub max_requests: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDir {
+    pub path: Spanned<String>,
+    pub guest: Spanned<String>,
+    #[serde(default)]
+    pub rw: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecret {
+    pub from: Spanned<String>,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+}

@@ -1,0 +1,13 @@
+//! deploy-agent: takes an application from "this commit" to "live in production" safely,
+//! and back again when it goes wrong.
+//!
+//! The library behind the `deploy-agent` binary:
+//! - [`config`]: `agent.toml`, typed and validated, errors with file, line and column;
+//! - [`runtime`]: sandboxed WebAssembly component plugins (validators, deploy targets,
+//!   notifiers, backup stores);
+//! - [`cli`]: the command line.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod runtime;

@@ -1,0 +1,115 @@
+//! The call context: environment, the plugin's settings, and its secrets by reference.
+
+use serde::de::DeserializeOwned;
+
+use crate::bindings::deploy_agent::plugin::secrets::{self, SecretError};
+use crate::{CallContext, PluginError, invalid_config, rejected};
+
+/// What the host told the plugin about this call.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The environment being deployed.
+    pub environment: String,
+    /// The deployment run, empty outside a run.
+    pub deployment_id: String,
+    config: serde_json::Value,
+    secrets: Vec<String>,
+}
+
+impl Context {
+    /// Builds the context from what the host passed (used by [`crate::export!`]).
+    pub fn from_call(call: CallContext) -> Result<Self, PluginError> {
+        let config = if call.config.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_str(&call.config)
+                .map_err(|e| invalid_config(format!("the host passed config that is not JSON: {e}")))?
+        };
+        Ok(Context {
+            environment: call.environment,
+            deployment_id: call.deployment_id,
+            config,
+            secrets: call.secrets,
+        })
+    }
+
+    /// The whole `[plugins.NAME.config]` table, deserialized into `T`.
+    pub fn config<T: DeserializeOwned>(&self) -> Result<T, PluginError> {
+        serde_json::from_value(self.config.clone()).map_err(|e| invalid_config(e.to_string()))
+    }
+
+    /// One required setting.
+    pub fn setting<T: DeserializeOwned>(&self, key: &str) -> Result<T, PluginError> {
+        match self.config.get(key) {
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| invalid_config(format!("setting `{key}`: {e}"))),
+            None => Err(invalid_config(format!("missing setting `{key}`"))),
+        }
+    }
+
+    /// One optional setting.
+    pub fn optional_setting<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PluginError> {
+        match self.config.get(key) {
+            Some(serde_json::Value::Null) | None => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| invalid_config(format!("setting `{key}`: {e}"))),
+        }
+    }
+
+    /// Whether the plugin was granted a secret of this name.
+    pub fn has_secret(&self, name: &str) -> bool {
+        self.secrets.iter().any(|s| s == name)
+    }
+
+    /// A reference to a granted secret. Put it where the value belongs in a request
+    /// (a header value, or the URL's path or query); the host substitutes the value only in
+    /// requests to the hosts the secret is bound to.
+    pub fn secret(&self, name: &str) -> Result<SecretRef, PluginError> {
+        let placeholder = secrets::placeholder(name).map_err(secret_error)?;
+        Ok(SecretRef {
+            name: name.to_string(),
+            placeholder,
+        })
+    }
+}
+
+/// A secret by reference. Its `Display` is the placeholder, never the value.
+#[derive(Debug, Clone)]
+pub struct SecretRef {
+    name: String,
+    placeholder: String,
+}
+
+impl SecretRef {
+    /// The secret's name in agent.toml.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `Bearer <secret>`, for an `Authorization` header.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.placeholder)
+    }
+
+    /// HMAC-SHA256 of `data` keyed by `key_prefix` + the secret, computed by the host
+    /// (AWS SigV4 uses `key_prefix = "AWS4"`).
+    pub fn hmac_sha256(&self, key_prefix: &str, data: &[u8]) -> Result<Vec<u8>, PluginError> {
+        secrets::hmac_sha256(&self.name, key_prefix, data).map_err(secret_error)
+    }
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.placeholder)
+    }
+}
+
+fn secret_error(e: SecretError) -> PluginError {
+    match e {
+        SecretError::NotGranted(name) => invalid_config(format!(
+            "secret `{name}` is not granted to this plugin; add it under [plugins.<name>.secrets] in agent.toml"
+        )),
+        SecretError::Unavailable(m) => rejected(format!("secret unavailable: {m}")),
+    }
+}

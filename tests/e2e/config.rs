@@ -1,0 +1,109 @@
+//! agent.toml: errors that name file, line and column and say how to fix them.
+
+use std::path::Path;
+
+use deploy_agent::config::{Config, SecretSource};
+use deploy_agent_tests::{fixtures, repo_root};
+
+fn parse(text: &str) -> Result<Config, deploy_agent::config::ConfigErrors> {
+    Config::parse(Path::new("/nonexistent/agent.toml"), text)
+}
+
+#[test]
+fn repository_example_is_valid() {
+    let config = Config::load(&repo_root().join("agent.toml")).expect("agent.toml is valid");
+    assert!(config.plugins.contains_key("echo"));
+    assert!(config.plugins.contains_key("webhook"));
+}
+
+#[test]
+fn unknown_key_points_at_its_line_and_column() {
+    let text = format!(
+        "[plugins.echo]\npath = {:?}\n\n[plugins.echo.policy]\nalowed_hosts = [\"x.com\"]\n",
+        fixtures::ECHO
+    );
+    let errors = parse(&text).unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    let e = &errors.0[0];
+    assert_eq!((e.line, e.column), (5, 1), "{e}");
+    assert!(e.message.contains("unknown field `alowed_hosts`"), "{e}");
+    assert!(e.message.contains("allowed_hosts"), "the message lists the right name: {e}");
+    assert!(e.to_string().starts_with("/nonexistent/agent.toml:5:1: "), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_hints() {
+    let text = format!(
+        r#"[plugins.Bad_Name]
+path = "missing.wasm"
+sha256 = "abc"
+
+[plugins.ok]
+path = {echo:?}
+
+[plugins.ok.policy]
+allowed_hosts = ["https://api.example.com", "api.example.com"]
+allow_ip_ranges = ["not-a-range"]
+memory_mb = 99999
+
+[plugins.ok.secrets.token]
+from = "hunter2"
+
+[plugins.ok.secrets.other]
+from = "${{env:OTHER_TOKEN}}"
+hosts = ["evil.example.net"]
+"#,
+        echo = fixtures::ECHO
+    );
+    let errors = parse(&text).unwrap_err();
+    let rendered = errors.to_string();
+    let expect = [
+        (1, "plugin name `Bad_Name` is not allowed"),
+        (2, "does not exist"),
+        (3, "sha256 must be 64 hexadecimal characters"),
+        (9, "is a URL"),
+        (10, "`not-a-range` is not an address range"),
+        (11, "memory_mb must be between 1 and 1024"),
+        (14, "must be a reference, not a value"),
+        (18, "not in this plugin's allowed_hosts"),
+    ];
+    for (line, message) in expect {
+        assert!(
+            errors.0.iter().any(|e| e.line == line && e.message.contains(message)),
+            "missing error at line {line} ({message}) in:\n{rendered}"
+        );
+    }
+    assert_eq!(errors.0.len(), expect.len(), "{rendered}");
+    assert!(rendered.contains("hint: write `from = \"${env:VAR_NAME}\"`"), "{rendered}");
+    assert!(!rendered.contains("hunter2\n  hint"), "{rendered}");
+    assert!(rendered.contains("8 errors in the configuration"), "{rendered}");
+}
+
+#[test]
+fn secret_references_resolve_from_files_and_env_without_leaking() {
+    assert_eq!(SecretSource::parse("${env:VERCEL_TOKEN}"), Some(SecretSource::Env("VERCEL_TOKEN".into())));
+    assert_eq!(SecretSource::parse("${file:/run/secrets/x}"), Some(SecretSource::File("/run/secrets/x".into())));
+    assert_eq!(SecretSource::parse("plain"), None);
+    assert_eq!(SecretSource::parse("${env:}"), None);
+    assert_eq!(SecretSource::parse("${env:A B}"), None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "file-secret-value\n").unwrap();
+    let value = SecretSource::File(file.clone()).resolve().unwrap();
+    assert_eq!(format!("{value:?}"), "[redacted]");
+    let missing = SecretSource::File(dir.path().join("nope")).resolve().unwrap_err();
+    assert!(missing.contains("cannot read secret file"), "{missing}");
+    let unset = SecretSource::Env("DEPLOY_AGENT_TEST_SURELY_UNSET".into()).resolve().unwrap_err();
+    assert_eq!(unset, "environment variable DEPLOY_AGENT_TEST_SURELY_UNSET is not set");
+
+    let text = format!(
+        "[plugins.p]\npath = {:?}\n[plugins.p.policy]\nallowed_hosts = [\"api.example.com\"]\n[plugins.p.secrets.token]\nfrom = \"${{file:{}}}\"\nhosts = [\"api.example.com\"]\n",
+        fixtures::ECHO,
+        file.display()
+    );
+    let config = parse(&text).unwrap();
+    let spec = config.plugin_spec("p").unwrap();
+    assert_eq!(spec.secrets.names(), ["token"]);
+    assert!(!format!("{spec:?}").contains("file-secret-value"), "secret in Debug output");
+}

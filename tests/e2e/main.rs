@@ -1,0 +1,6 @@
+//! End-to-end tests: real plugin components under the real sandbox, the real CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod config;
+mod sandbox;

@@ -1,0 +1,83 @@
+//! Shared harness for the end-to-end tests: the built plugin components, one plugin runtime
+//! for the whole test binary, a capture of every log line, a loopback HTTP server with
+//! scriptable behaviour, and the `deploy-agent` binary.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod http;
+pub mod logs;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use deploy_agent::runtime::{Plugin, PluginSpec, Runtime};
+
+/// Paths of the components `build.rs` built, one constant per plugin.
+pub mod fixtures {
+    pub const ECHO: &str = env!("PLUGIN_FIXTURE_ECHO");
+    pub const WEBHOOK: &str = env!("PLUGIN_FIXTURE_WEBHOOK");
+    pub const SPIN_LOOP: &str = env!("PLUGIN_FIXTURE_SPIN_LOOP");
+    pub const MEMORY_BOMB: &str = env!("PLUGIN_FIXTURE_MEMORY_BOMB");
+    pub const DEEP_RECURSION: &str = env!("PLUGIN_FIXTURE_DEEP_RECURSION");
+    pub const PANIC: &str = env!("PLUGIN_FIXTURE_PANIC");
+    pub const HUGE_RETURN: &str = env!("PLUGIN_FIXTURE_HUGE_RETURN");
+    pub const FETCH: &str = env!("PLUGIN_FIXTURE_FETCH");
+    pub const FLOOD: &str = env!("PLUGIN_FIXTURE_FLOOD");
+    pub const READ_FILE: &str = env!("PLUGIN_FIXTURE_READ_FILE");
+    pub const READ_ENV: &str = env!("PLUGIN_FIXTURE_READ_ENV");
+}
+
+/// The one runtime of the test binary (one engine per process, as in the agent).
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<(Runtime, tempfile::TempDir)> = OnceLock::new();
+    &RUNTIME
+        .get_or_init(|| {
+            logs::install();
+            let dir = tempfile::tempdir().expect("temp dir");
+            let runtime = Runtime::new(dir.path().join("cache")).expect("runtime starts");
+            (runtime, dir)
+        })
+        .0
+}
+
+/// A spec for a fixture with nothing granted.
+pub fn spec(name: &str, path: &str) -> PluginSpec {
+    PluginSpec::new(name, PathBuf::from(path))
+}
+
+/// Loads a spec with the shared runtime.
+pub fn load(spec: PluginSpec) -> Plugin {
+    runtime().load(spec).expect("plugin loads")
+}
+
+/// The `deploy-agent` binary, built on first use next to this test binary.
+pub fn bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/e2e-xxxx -> target/<profile>/deploy-agent
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let target_dir = profile_dir.parent().expect("target root");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(root)
+            .args(["build", "--workspace", "--bins"])
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building deploy-agent failed");
+        profile_dir.join("deploy-agent")
+    })
+    .clone()
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
