@@ -20,7 +20,13 @@ fn main() {
     let target_dir = plugins.join("target");
     let status = Command::new(cargo)
         .current_dir(&plugins)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--workspace"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--workspace",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("RUSTFLAGS")
@@ -31,7 +37,9 @@ fn main() {
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => fail(&format!("building the plugins failed ({s}); run `make plugins` to see why")),
+        Ok(s) => fail(&format!(
+            "building the plugins failed ({s}); run `make plugins` to see why"
+        )),
         Err(e) => fail(&format!("cannot run cargo to build the plugins: {e}")),
     }
 
@@ -46,13 +54,19 @@ fn main() {
         if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
             continue;
         }
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
         // Copy, so a later plugin rebuild cannot change a component under a running test.
         let copy = out.join(format!("{stem}.wasm"));
         if let Err(e) = std::fs::copy(&path, &copy) {
             fail(&format!("cannot copy {}: {e}", path.display()));
         }
-        println!("cargo:rustc-env=PLUGIN_{}={}", stem.to_ascii_uppercase(), copy.display());
+        println!(
+            "cargo:rustc-env=PLUGIN_{}={}",
+            stem.to_ascii_uppercase(),
+            copy.display()
+        );
     }
 }
 

@@ -16,15 +16,27 @@ const KINDS: [(&str, &str); 4] = [
 
 /// Interfaces the plugin's bindings take from the SDK's own bindings instead of generating them.
 const SHARED: [(&str, &str); 9] = [
-    ("deploy-agent:plugin/types@0.1.0", "deploy_agent::plugin::types"),
+    (
+        "deploy-agent:plugin/types@0.1.0",
+        "deploy_agent::plugin::types",
+    ),
     ("deploy-agent:plugin/log@0.1.0", "deploy_agent::plugin::log"),
-    ("deploy-agent:plugin/secrets@0.1.0", "deploy_agent::plugin::secrets"),
+    (
+        "deploy-agent:plugin/secrets@0.1.0",
+        "deploy_agent::plugin::secrets",
+    ),
     ("wasi:http/types@0.2.12", "wasi::http::types"),
-    ("wasi:http/outgoing-handler@0.2.12", "wasi::http::outgoing_handler"),
+    (
+        "wasi:http/outgoing-handler@0.2.12",
+        "wasi::http::outgoing_handler",
+    ),
     ("wasi:io/streams@0.2.12", "wasi::io::streams"),
     ("wasi:io/error@0.2.12", "wasi::io::error"),
     ("wasi:io/poll@0.2.12", "wasi::io::poll"),
-    ("wasi:clocks/monotonic-clock@0.2.12", "wasi::clocks::monotonic_clock"),
+    (
+        "wasi:clocks/monotonic-clock@0.2.12",
+        "wasi::clocks::monotonic_clock",
+    ),
 ];
 
 fn permutations(items: &[usize]) -> Vec<Vec<usize>> {
@@ -52,7 +64,10 @@ fn main() {
 
     let mut with = String::new();
     for (iface, module) in SHARED {
-        let _ = write!(with, "\"{iface}\": ::deploy_agent_sdk::bindings::{module}, ");
+        let _ = write!(
+            with,
+            "\"{iface}\": ::deploy_agent_sdk::bindings::{module}, "
+        );
     }
 
     let mut arms = String::new();

@@ -20,7 +20,10 @@ fn config_check_reports_file_line_column_and_exits_2() {
     std::fs::write(&path, "[plugins.x]\npath = \"x.wasm\"\ncolour = \"blue\"\n").unwrap();
     let (code, _, stderr) = run(&["config", "check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains(&format!("{}:3:1: unknown field `colour`", path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:1: unknown field `colour`", path.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint:"), "{stderr}");
 }
 
@@ -32,7 +35,13 @@ fn plugin_inspect_json_lists_kinds_and_digest() {
     assert_eq!(v["kinds"], serde_json::json!(["notifier", "validator"]));
     assert_eq!(v["package_versions"], serde_json::json!(["0.1.0"]));
     assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
-    assert!(v["imports"].as_array().unwrap().iter().any(|i| i == "deploy-agent:plugin/log@0.1.0"));
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "deploy-agent:plugin/log@0.1.0")
+    );
 }
 
 #[test]
@@ -54,17 +63,34 @@ fn plugin_check_loads_each_plugin_and_fails_on_a_bad_pin() {
     assert!(stdout.contains("plugin `echo`: ok"), "{stdout}");
     assert!(stdout.contains("kinds    notifier"), "{stdout}");
     assert!(stdout.contains("2 plugins checked, 0 failed"), "{stdout}");
-    assert!(stderr.contains("is not pinned"), "unpinned plugins are warned about: {stderr}");
+    assert!(
+        stderr.contains("is not pinned"),
+        "unpinned plugins are warned about: {stderr}"
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        format!("[plugins.echo]\npath = {:?}\nsha256 = \"{}\"\n", fixtures::ECHO, "ab".repeat(32)),
+        format!(
+            "[plugins.echo]\npath = {:?}\nsha256 = \"{}\"\n",
+            fixtures::ECHO,
+            "ab".repeat(32)
+        ),
     )
     .unwrap();
-    let (code, stdout, _) = run(&["plugin", "check", "--config", bad.to_str().unwrap(), "--output", "json"]);
+    let (code, stdout, _) = run(&[
+        "plugin",
+        "check",
+        "--config",
+        bad.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let error = v[0]["error"].as_str().unwrap();
-    assert!(error.contains(&"ab".repeat(32)) && error.contains("refusing to load"), "{error}");
+    assert!(
+        error.contains(&"ab".repeat(32)) && error.contains("refusing to load"),
+        "{error}"
+    );
 }

@@ -27,8 +27,14 @@ fn unknown_key_points_at_its_line_and_column() {
     let e = &errors.0[0];
     assert_eq!((e.line, e.column), (5, 1), "{e}");
     assert!(e.message.contains("unknown field `alowed_hosts`"), "{e}");
-    assert!(e.message.contains("allowed_hosts"), "the message lists the right name: {e}");
-    assert!(e.to_string().starts_with("/nonexistent/agent.toml:5:1: "), "{e}");
+    assert!(
+        e.message.contains("allowed_hosts"),
+        "the message lists the right name: {e}"
+    );
+    assert!(
+        e.to_string().starts_with("/nonexistent/agent.toml:5:1: "),
+        "{e}"
+    );
 }
 
 #[test]
@@ -69,20 +75,35 @@ hosts = ["evil.example.net"]
     ];
     for (line, message) in expect {
         assert!(
-            errors.0.iter().any(|e| e.line == line && e.message.contains(message)),
+            errors
+                .0
+                .iter()
+                .any(|e| e.line == line && e.message.contains(message)),
             "missing error at line {line} ({message}) in:\n{rendered}"
         );
     }
     assert_eq!(errors.0.len(), expect.len(), "{rendered}");
-    assert!(rendered.contains("hint: write `from = \"${env:VAR_NAME}\"`"), "{rendered}");
+    assert!(
+        rendered.contains("hint: write `from = \"${env:VAR_NAME}\"`"),
+        "{rendered}"
+    );
     assert!(!rendered.contains("hunter2\n  hint"), "{rendered}");
-    assert!(rendered.contains("8 errors in the configuration"), "{rendered}");
+    assert!(
+        rendered.contains("8 errors in the configuration"),
+        "{rendered}"
+    );
 }
 
 #[test]
 fn secret_references_resolve_from_files_and_env_without_leaking() {
-    assert_eq!(SecretSource::parse("${env:VERCEL_TOKEN}"), Some(SecretSource::Env("VERCEL_TOKEN".into())));
-    assert_eq!(SecretSource::parse("${file:/run/secrets/x}"), Some(SecretSource::File("/run/secrets/x".into())));
+    assert_eq!(
+        SecretSource::parse("${env:VERCEL_TOKEN}"),
+        Some(SecretSource::Env("VERCEL_TOKEN".into()))
+    );
+    assert_eq!(
+        SecretSource::parse("${file:/run/secrets/x}"),
+        Some(SecretSource::File("/run/secrets/x".into()))
+    );
     assert_eq!(SecretSource::parse("plain"), None);
     assert_eq!(SecretSource::parse("${env:}"), None);
     assert_eq!(SecretSource::parse("${env:A B}"), None);
@@ -92,10 +113,17 @@ fn secret_references_resolve_from_files_and_env_without_leaking() {
     std::fs::write(&file, "file-secret-value\n").unwrap();
     let value = SecretSource::File(file.clone()).resolve().unwrap();
     assert_eq!(format!("{value:?}"), "[redacted]");
-    let missing = SecretSource::File(dir.path().join("nope")).resolve().unwrap_err();
+    let missing = SecretSource::File(dir.path().join("nope"))
+        .resolve()
+        .unwrap_err();
     assert!(missing.contains("cannot read secret file"), "{missing}");
-    let unset = SecretSource::Env("DEPLOY_AGENT_TEST_SURELY_UNSET".into()).resolve().unwrap_err();
-    assert_eq!(unset, "environment variable DEPLOY_AGENT_TEST_SURELY_UNSET is not set");
+    let unset = SecretSource::Env("DEPLOY_AGENT_TEST_SURELY_UNSET".into())
+        .resolve()
+        .unwrap_err();
+    assert_eq!(
+        unset,
+        "environment variable DEPLOY_AGENT_TEST_SURELY_UNSET is not set"
+    );
 
     let text = format!(
         "[plugins.p]\npath = {:?}\n[plugins.p.policy]\nallowed_hosts = [\"api.example.com\"]\n[plugins.p.secrets.token]\nfrom = \"${{file:{}}}\"\nhosts = [\"api.example.com\"]\n",
@@ -105,5 +133,8 @@ fn secret_references_resolve_from_files_and_env_without_leaking() {
     let config = parse(&text).unwrap();
     let spec = config.plugin_spec("p").unwrap();
     assert_eq!(spec.secrets.names(), ["token"]);
-    assert!(!format!("{spec:?}").contains("file-secret-value"), "secret in Debug output");
+    assert!(
+        !format!("{spec:?}").contains("file-secret-value"),
+        "secret in Debug output"
+    );
 }

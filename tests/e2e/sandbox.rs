@@ -31,6 +31,17 @@ fn with_secret(mut spec: PluginSpec, test: &str, host: &str) -> PluginSpec {
     spec
 }
 
+/// Allows `host` (a loopback test server) and grants the loopback range it lives in.
+fn allow_loopback_host(spec: &mut PluginSpec, host: &str) {
+    spec.policy
+        .allowed_hosts
+        .push(HostPattern::parse(host).unwrap());
+    spec.policy
+        .allowed_ranges
+        .push("127.0.0.0/8".parse().unwrap());
+    spec.policy.allowed_ranges.push("::1/128".parse().unwrap());
+}
+
 fn event() -> Event {
     Event {
         kind: EventKind::Started,
@@ -60,11 +71,22 @@ async fn assert_aftermath(test: &str, error: &CallError) {
         .await
         .expect("a well-behaved plugin still works after a hostile one");
     assert!(findings.is_empty());
-    echo.notify(&ctx(), &event()).await.expect("notify still works");
+    echo.notify(&ctx(), &event())
+        .await
+        .expect("notify still works");
     let secret = secret_value(test);
-    assert!(!error.to_string().contains(&secret), "secret in error: {error}");
-    assert!(!format!("{error:?}").contains(&secret), "secret in error debug");
-    assert!(!logs::captured().contains(&secret), "secret value found in the captured logs");
+    assert!(
+        !error.to_string().contains(&secret),
+        "secret in error: {error}"
+    );
+    assert!(
+        !format!("{error:?}").contains(&secret),
+        "secret in error debug"
+    );
+    assert!(
+        !logs::captured().contains(&secret),
+        "secret value found in the captured logs"
+    );
 }
 
 fn within(started: Instant, deadline: Duration) {
@@ -108,28 +130,94 @@ async fn well_behaved_plugin_exports_two_kinds_and_logs_with_tags() {
         .deploy(&ctx(), &Artifact::version("v1"))
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::NotExported { interface: "deploy-target", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CallError::NotExported {
+                interface: "deploy-target",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn plugin_signs_with_a_secret_it_never_sees() {
+    let mut s = with_secret(spec("signer", fixtures::ECHO), "hmac", "s3.example.com");
+    s.config = json!({ "hmac": "token" });
+    let findings = load(s.clone())
+        .validate(&ctx(), &Artifact::version("20261121"))
+        .await
+        .unwrap();
+    let mut expected = deploy_agent::runtime::Secrets::default();
+    expected.insert(
+        "token".into(),
+        Secret {
+            value: SecretValue::new(secret_value("hmac")),
+            hosts: vec![],
+        },
+    );
+    let mac = expected.hmac_sha256("token", "AWS4", b"20261121").unwrap();
+    assert_eq!(findings[0].code, "hmac");
+    assert_eq!(findings[0].message, hex::encode(mac));
+
+    // A secret that was not granted: the plugin is told to fix its configuration.
+    s.config = json!({ "hmac": "not-granted" });
+    let err = load(s)
+        .validate(&ctx(), &Artifact::version("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CallError::Plugin { error: PluginError::InvalidConfig(m), .. } if m.contains("secret `not-granted` is not granted")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn infinite_loop_is_stopped_at_the_deadline() {
-    let mut s = with_secret(spec("spin-loop", fixtures::SPIN_LOOP), "loop", "api.example.com");
-    s.policy.allowed_hosts.push(HostPattern::parse("api.example.com").unwrap());
+    let mut s = with_secret(
+        spec("spin-loop", fixtures::SPIN_LOOP),
+        "loop",
+        "api.example.com",
+    );
+    s.policy
+        .allowed_hosts
+        .push(HostPattern::parse("api.example.com").unwrap());
     s.policy.timeout = Duration::from_millis(300);
     let plugin = load(s);
     let started = Instant::now();
     let err = plugin.notify(&ctx(), &event()).await.unwrap_err();
-    assert!(matches!(err, CallError::Timeout { limit_ms: 300, op: "notify", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CallError::Timeout {
+                limit_ms: 300,
+                op: "notify",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(started.elapsed() >= Duration::from_millis(300));
     within(started, Duration::from_millis(300));
-    assert!(err.to_string().contains("timed out in notify after 300 ms"), "{err}");
+    assert!(
+        err.to_string().contains("timed out in notify after 300 ms"),
+        "{err}"
+    );
     assert_aftermath("loop", &err).await;
 }
 
 #[tokio::test]
 async fn memory_bomb_hits_the_memory_cap() {
-    let mut s = with_secret(spec("memory-bomb", fixtures::MEMORY_BOMB), "bomb", "api.example.com");
-    s.policy.allowed_hosts.push(HostPattern::parse("api.example.com").unwrap());
+    let mut s = with_secret(
+        spec("memory-bomb", fixtures::MEMORY_BOMB),
+        "bomb",
+        "api.example.com",
+    );
+    s.policy
+        .allowed_hosts
+        .push(HostPattern::parse("api.example.com").unwrap());
     s.policy.memory_bytes = 32 << 20;
     let plugin = load(s);
     let started = Instant::now();
@@ -151,7 +239,11 @@ async fn memory_bomb_hits_the_memory_cap() {
 
 #[tokio::test]
 async fn deep_recursion_is_a_stack_overflow_trap() {
-    let s = with_secret(spec("deep-recursion", fixtures::DEEP_RECURSION), "recursion", "api.example.com");
+    let s = with_secret(
+        spec("deep-recursion", fixtures::DEEP_RECURSION),
+        "recursion",
+        "api.example.com",
+    );
     let plugin = load(s);
     let started = Instant::now();
     let err = plugin.notify(&ctx(), &event()).await.unwrap_err();
@@ -180,7 +272,11 @@ async fn panic_is_a_trap_with_the_panic_message() {
 
 #[tokio::test]
 async fn oversized_return_value_is_refused() {
-    let mut s = with_secret(spec("huge-return", fixtures::HUGE_RETURN), "huge", "api.example.com");
+    let mut s = with_secret(
+        spec("huge-return", fixtures::HUGE_RETURN),
+        "huge",
+        "api.example.com",
+    );
     s.config = json!({ "mib": 4 });
     s.policy.max_return_bytes = 1 << 20;
     let plugin = load(s);
@@ -200,8 +296,14 @@ async fn oversized_return_value_is_refused() {
 #[tokio::test]
 async fn request_to_a_host_not_allowed_is_refused_before_any_connection() {
     let server = TestServer::start(Behaviour::Respond(200, "hello".into())).await;
-    let mut s = with_secret(spec("fetch-forbidden", fixtures::FETCH), "forbidden", "api.example.com");
-    s.policy.allowed_hosts.push(HostPattern::parse("api.example.com").unwrap());
+    let mut s = with_secret(
+        spec("fetch-forbidden", fixtures::FETCH),
+        "forbidden",
+        "api.example.com",
+    );
+    s.policy
+        .allowed_hosts
+        .push(HostPattern::parse("api.example.com").unwrap());
     s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
     s.config = json!({ "url": server.url("127.0.0.1", "/x") });
     let plugin = load(s);
@@ -225,7 +327,9 @@ async fn allowed_name_resolving_to_loopback_is_refused_unless_granted() {
     let server = TestServer::start(Behaviour::Respond(200, "hello from loopback".into())).await;
     let allowed = format!("localhost:{}", server.port);
     let mut s = with_secret(spec("fetch-rebind", fixtures::FETCH), "rebind", &allowed);
-    s.policy.allowed_hosts.push(HostPattern::parse(&allowed).unwrap());
+    s.policy
+        .allowed_hosts
+        .push(HostPattern::parse(&allowed).unwrap());
     s.config = json!({ "url": server.url("localhost", "/") });
     let plugin = load(s.clone());
     let started = Instant::now();
@@ -238,7 +342,10 @@ async fn allowed_name_resolving_to_loopback_is_refused_unless_granted() {
             if host == "localhost"),
         "{err}"
     );
-    assert!(err.to_string().contains("allow_ip_ranges"), "the error says how to grant it: {err}");
+    assert!(
+        err.to_string().contains("allow_ip_ranges"),
+        "the error says how to grant it: {err}"
+    );
     assert!(server.seen().is_empty(), "the server must not be reached");
     within(started, plugin.policy().timeout);
     assert_aftermath("rebind", &err).await;
@@ -263,7 +370,11 @@ async fn file_outside_the_granted_directory_is_unreachable() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("outside.txt"), "outside-content-5521").unwrap();
 
-    let base = with_secret(spec("read-file", fixtures::READ_FILE), "file", "api.example.com");
+    let base = with_secret(
+        spec("read-file", fixtures::READ_FILE),
+        "file",
+        "api.example.com",
+    );
     let read = |path: String| {
         let mut s = base.clone();
         s.policy.dirs.push(deploy_agent::runtime::DirGrant {
@@ -279,7 +390,10 @@ async fn file_outside_the_granted_directory_is_unreachable() {
         .validate(&ctx(), &Artifact::version("v1"))
         .await
         .unwrap();
-    assert_eq!((ok[0].code.as_str(), ok[0].message.as_str()), ("read-ok", "inside-content"));
+    assert_eq!(
+        (ok[0].code.as_str(), ok[0].message.as_str()),
+        ("read-ok", "inside-content")
+    );
 
     let outside_path = outside.path().join("outside.txt");
     for attempt in [
@@ -292,7 +406,11 @@ async fn file_outside_the_granted_directory_is_unreachable() {
             .validate(&ctx(), &Artifact::version("v1"))
             .await
             .unwrap();
-        assert_eq!(findings[0].code, "read-failed", "{attempt} was readable: {}", findings[0].message);
+        assert_eq!(
+            findings[0].code, "read-failed",
+            "{attempt} was readable: {}",
+            findings[0].message
+        );
         assert!(!findings[0].message.contains("outside-content-5521"));
     }
     let err = CallError::Trap {
@@ -307,7 +425,11 @@ async fn file_outside_the_granted_directory_is_unreachable() {
 async fn environment_variables_are_invisible() {
     // The test process has PATH and HOME; the plugin must see neither, nor anything else.
     assert!(std::env::var("PATH").is_ok());
-    let mut s = with_secret(spec("read-env", fixtures::READ_ENV), "env", "api.example.com");
+    let mut s = with_secret(
+        spec("read-env", fixtures::READ_ENV),
+        "env",
+        "api.example.com",
+    );
     s.config = json!({ "name": "PATH" });
     let plugin = load(s);
     let findings = plugin
@@ -319,7 +441,10 @@ async fn environment_variables_are_invisible() {
         .filter(|f| f.code == "env-visible")
         .map(|f| f.message.as_str())
         .collect();
-    assert!(visible.is_empty(), "the plugin saw environment variables: {visible:?}");
+    assert!(
+        visible.is_empty(),
+        "the plugin saw environment variables: {visible:?}"
+    );
     let lookup = findings.iter().find(|f| f.code == "env-lookup").unwrap();
     assert_eq!(lookup.message, "Err(NotPresent)");
     let err = CallError::Trap {
@@ -337,10 +462,8 @@ async fn secret_goes_only_to_its_bound_host() {
     let bound_host = format!("localhost:{}", bound.port);
     let other_host = format!("localhost:{}", other.port);
     let mut s = with_secret(spec("fetch-secret", fixtures::FETCH), "leak", &bound_host);
-    s.policy.allowed_hosts.push(HostPattern::parse(&bound_host).unwrap());
-    s.policy.allowed_hosts.push(HostPattern::parse(&other_host).unwrap());
-    s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
-    s.policy.allowed_ranges.push("::1/128".parse().unwrap());
+    allow_loopback_host(&mut s, &bound_host);
+    allow_loopback_host(&mut s, &other_host);
 
     // To the bound host: the value arrives in the header, substituted by the host.
     let mut to_bound = s.clone();
@@ -370,7 +493,10 @@ async fn secret_goes_only_to_its_bound_host() {
         matches!(&err, CallError::Policy { violation: PolicyViolation::SecretNotBound { secret, .. }, .. } if secret == "token"),
         "{err}"
     );
-    assert!(other.seen().is_empty(), "the unbound host must not be reached");
+    assert!(
+        other.seen().is_empty(),
+        "the unbound host must not be reached"
+    );
     within(started, plugin.policy().timeout);
     assert_aftermath("leak", &err).await;
 }
@@ -380,18 +506,27 @@ async fn request_flood_is_capped_per_call() {
     let server = TestServer::start(Behaviour::Respond(200, "ok".into())).await;
     let host = format!("127.0.0.1:{}", server.port);
     let mut s = with_secret(spec("flood", fixtures::FLOOD), "flood", &host);
-    s.policy.allowed_hosts.push(HostPattern::parse(&host).unwrap());
-    s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
+    allow_loopback_host(&mut s, &host);
     s.policy.max_requests = 20;
     s.config = json!({ "url": server.url("127.0.0.1", "/") });
     let plugin = load(s);
     let started = Instant::now();
     let err = plugin.notify(&ctx(), &event()).await.unwrap_err();
     assert!(
-        matches!(err, CallError::Policy { violation: PolicyViolation::TooManyRequests { limit: 20 }, .. }),
+        matches!(
+            err,
+            CallError::Policy {
+                violation: PolicyViolation::TooManyRequests { limit: 20 },
+                ..
+            }
+        ),
         "{err}"
     );
-    assert_eq!(server.seen().len(), 20, "exactly the allowed number of requests got through");
+    assert_eq!(
+        server.seen().len(),
+        20,
+        "exactly the allowed number of requests got through"
+    );
     within(started, plugin.policy().timeout);
     assert_aftermath("flood", &err).await;
 }
@@ -401,8 +536,7 @@ async fn dripping_response_is_cut_off_by_the_deadline() {
     let server = TestServer::start(Behaviour::Drip).await;
     let host = format!("127.0.0.1:{}", server.port);
     let mut s = with_secret(spec("fetch-drip", fixtures::FETCH), "drip", &host);
-    s.policy.allowed_hosts.push(HostPattern::parse(&host).unwrap());
-    s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
+    allow_loopback_host(&mut s, &host);
     s.policy.timeout = Duration::from_millis(1500);
     s.config = json!({ "url": server.url("127.0.0.1", "/slow") });
     let plugin = load(s);
@@ -411,7 +545,10 @@ async fn dripping_response_is_cut_off_by_the_deadline() {
         .validate(&ctx(), &Artifact::version("v1"))
         .await
         .unwrap_err();
-    assert!(matches!(err, CallError::Timeout { limit_ms: 1500, .. }), "{err}");
+    assert!(
+        matches!(err, CallError::Timeout { limit_ms: 1500, .. }),
+        "{err}"
+    );
     assert_eq!(server.seen().len(), 1);
     within(started, Duration::from_millis(1500));
     assert_aftermath("drip", &err).await;
@@ -444,8 +581,16 @@ async fn second_load_comes_from_the_disk_cache() {
     assert_eq!(first.source(), LoadSource::Compiled);
     let second = rt.load(spec("echo", fixtures::ECHO)).unwrap();
     assert_eq!(second.source(), LoadSource::Cache);
-    assert!(second.validate(&ctx(), &Artifact::version("v1")).await.unwrap().is_empty());
-    let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().collect();
+    assert!(
+        second
+            .validate(&ctx(), &Artifact::version("v1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .collect();
     assert_eq!(entries.len(), 1, "one cache entry, no temporary files left");
 }
 
@@ -454,17 +599,25 @@ async fn sdk_doc_example_webhook_notifier_posts_json() {
     let server = TestServer::start(Behaviour::Respond(200, "ok".into())).await;
     let host = format!("127.0.0.1:{}", server.port);
     let mut s = spec("webhook", fixtures::WEBHOOK);
-    s.policy.allowed_hosts.push(HostPattern::parse(&host).unwrap());
-    s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
+    allow_loopback_host(&mut s, &host);
     s.config = json!({ "url": server.url("127.0.0.1", "/hook") });
     let plugin = load(s);
     plugin.notify(&ctx(), &event()).await.unwrap();
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("POST", "/hook"));
-    assert_eq!(seen[0].header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/hook")
+    );
+    assert_eq!(
+        seen[0].header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
-    assert_eq!(body, json!({ "text": "deploying v1 to staging", "environment": "staging" }));
+    assert_eq!(
+        body,
+        json!({ "text": "deploying v1 to staging", "environment": "staging" })
+    );
 }
 
 #[tokio::test]
@@ -477,8 +630,7 @@ async fn server_errors_map_to_the_variant_that_says_what_to_do() {
         let server = TestServer::start(Behaviour::Respond(status, "nope".into())).await;
         let host = format!("127.0.0.1:{}", server.port);
         let mut s = spec("webhook", fixtures::WEBHOOK);
-        s.policy.allowed_hosts.push(HostPattern::parse(&host).unwrap());
-        s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
+        allow_loopback_host(&mut s, &host);
         s.config = json!({ "url": server.url("127.0.0.1", "/hook") });
         let err = load(s).notify(&ctx(), &event()).await.unwrap_err();
         let CallError::Plugin { error, .. } = &err else {

@@ -51,7 +51,9 @@ impl TestServer {
                 let record = record.clone();
                 let behaviour = behaviour.clone();
                 tokio::spawn(async move {
-                    let Some(request) = read_request(&mut socket).await else { return };
+                    let Some(request) = read_request(&mut socket).await else {
+                        return;
+                    };
                     record.lock().unwrap().push(request);
                     match behaviour {
                         Behaviour::Respond(status, body) => {

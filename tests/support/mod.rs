@@ -58,7 +58,9 @@ pub fn bin() -> PathBuf {
         let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
         let target_dir = profile_dir.parent().expect("target root");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("repo root");
         let mut cmd = std::process::Command::new(cargo);
         cmd.current_dir(root)
             .args(["build", "--workspace", "--bins"])

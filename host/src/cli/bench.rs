@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 
-use crate::runtime::{
-    Artifact, CallContext, Event, EventKind, LoadSource, PluginSpec, Runtime,
-};
+use crate::runtime::{Artifact, CallContext, Event, EventKind, LoadSource, PluginSpec, Runtime};
 
 struct Stats {
     name: &'static str,
@@ -54,8 +52,12 @@ where
 pub(super) async fn plugins(path: &Path, iterations: usize) -> anyhow::Result<ExitCode> {
     let cache = tempfile::tempdir()?;
     let runtime = Runtime::new(cache.path().to_path_buf())?;
-    let wasm = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e} (build it with `make plugins`)", path.display()))?;
+    let wasm = std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {}: {e} (build it with `make plugins`)",
+            path.display()
+        )
+    })?;
     let iterations = iterations.max(10);
 
     let mut compile = Vec::new();
@@ -67,7 +69,10 @@ pub(super) async fn plugins(path: &Path, iterations: usize) -> anyhow::Result<Ex
 
     // First load compiles and fills the cache; the rest load from it.
     let first = runtime.load(PluginSpec::new("echo", path.to_path_buf()))?;
-    anyhow::ensure!(first.source() == LoadSource::Compiled, "expected a cold cache");
+    anyhow::ensure!(
+        first.source() == LoadSource::Compiled,
+        "expected a cold cache"
+    );
     let mut load = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
@@ -104,13 +109,33 @@ pub(super) async fn plugins(path: &Path, iterations: usize) -> anyhow::Result<Ex
     .await?;
 
     let rows = [
-        Stats { name: "compile (Component::new, no cache)", samples: compile },
-        Stats { name: "load from disk cache (read, sha256 pin, deserialize, link)", samples: load },
-        Stats { name: "fresh-instance call, trivial export (validate)", samples: trivial },
-        Stats { name: "fresh-instance call, one host import (notify -> log)", samples: with_import },
+        Stats {
+            name: "compile (Component::new, no cache)",
+            samples: compile,
+        },
+        Stats {
+            name: "load from disk cache (read, sha256 pin, deserialize, link)",
+            samples: load,
+        },
+        Stats {
+            name: "fresh-instance call, trivial export (validate)",
+            samples: trivial,
+        },
+        Stats {
+            name: "fresh-instance call, one host import (notify -> log)",
+            samples: with_import,
+        },
     ];
-    println!("plugin runtime benchmark: {} ({} bytes), {} calls per call row", path.display(), wasm.len(), iterations);
-    println!("{:<62} {:>10} {:>10} {:>8}", "measurement", "p50", "p90", "samples");
+    println!(
+        "plugin runtime benchmark: {} ({} bytes), {} calls per call row",
+        path.display(),
+        wasm.len(),
+        iterations
+    );
+    println!(
+        "{:<62} {:>10} {:>10} {:>8}",
+        "measurement", "p50", "p90", "samples"
+    );
     for r in &rows {
         println!(
             "{:<62} {:>10} {:>10} {:>8}",

@@ -100,7 +100,10 @@ pub enum BenchCommand {
     Plugins {
         /// A component exporting `validator` (trivial) and `notifier` (logs once):
         /// the `echo` test fixture.
-        #[arg(long, default_value = "plugins/target/wasm32-wasip2/release/fixture_echo.wasm")]
+        #[arg(
+            long,
+            default_value = "plugins/target/wasm32-wasip2/release/fixture_echo.wasm"
+        )]
         plugin: PathBuf,
         /// Calls per measurement.
         #[arg(long, default_value_t = 5000)]
@@ -111,7 +114,9 @@ pub enum BenchCommand {
 /// Parses arguments, runs, and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // Benchmarks measure the runtime, not the terminal: only warnings unless asked.
+    let quiet = matches!(cli.command, Command::Bench(_));
+    init_logging(cli.verbose, quiet);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -141,14 +146,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
+        0 if quiet => "warn",
         0 => "warn,deploy_agent=info,plugin=info",
         1 => "info,deploy_agent=debug,plugin=debug",
         _ => "debug,deploy_agent=trace,plugin=trace",
     };
-    let filter = EnvFilter::try_from_env("DEPLOY_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env("DEPLOY_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

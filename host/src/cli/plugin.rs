@@ -19,7 +19,11 @@ pub(super) fn inspect(file: &Path, output: Output) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", info.path.display());
-    println!("  size      {} ({} bytes)", human_size(info.size as u64), info.size);
+    println!(
+        "  size      {} ({} bytes)",
+        human_size(info.size as u64),
+        info.size
+    );
     println!("  sha256    {}", info.sha256);
     if info.kinds.is_empty() {
         println!("  kinds     none: exports no deploy-agent:plugin interface");
@@ -88,12 +92,24 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
             sha256: None,
             pinned: p.sha256.is_some(),
             kinds: Vec::new(),
-            allowed_hosts: p.policy.allowed_hosts.iter().map(ToString::to_string).collect(),
+            allowed_hosts: p
+                .policy
+                .allowed_hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             dirs: p
                 .policy
                 .dirs
                 .iter()
-                .map(|d| format!("{} -> {} ({})", d.host.display(), d.guest, if d.writable { "rw" } else { "ro" }))
+                .map(|d| {
+                    format!(
+                        "{} -> {} ({})",
+                        d.host.display(),
+                        d.guest,
+                        if d.writable { "rw" } else { "ro" }
+                    )
+                })
                 .collect(),
             secrets: p
                 .secrets
@@ -117,7 +133,11 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
             Err(e) => report.error = Some(format!("{e:#}")),
             Ok(plugin) => {
                 report.sha256 = Some(plugin.digest().to_string());
-                report.kinds = plugin.kinds().iter().map(|k| k.interface().to_string()).collect();
+                report.kinds = plugin
+                    .kinds()
+                    .iter()
+                    .map(|k| k.interface().to_string())
+                    .collect();
                 report.from_cache = Some(plugin.source() == LoadSource::Cache);
                 match plugin.check().await {
                     Ok(()) => {
@@ -135,7 +155,11 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for r in &reports {
-            println!("plugin `{}`: {}", r.name, if r.ok { "ok" } else { "FAILED" });
+            println!(
+                "plugin `{}`: {}",
+                r.name,
+                if r.ok { "ok" } else { "FAILED" }
+            );
             if let Some(e) = &r.error {
                 for (i, line) in e.lines().enumerate() {
                     println!("  {} {line}", if i == 0 { "error  " } else { "       " });
@@ -154,7 +178,11 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
                 "  policy   memory {} MiB, timeout {} ms, hosts: {}",
                 r.memory_mib,
                 r.timeout_ms,
-                if r.allowed_hosts.is_empty() { "none".to_string() } else { r.allowed_hosts.join(", ") }
+                if r.allowed_hosts.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.allowed_hosts.join(", ")
+                }
             );
             for d in &r.dirs {
                 println!("  dir      {d}");
@@ -163,7 +191,10 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
                 println!("  secret   {s}");
             }
             if let (Some(ms), Some(cache)) = (r.load_ms, r.from_cache) {
-                println!("  loaded   {ms:.1} ms ({})", if cache { "from cache" } else { "compiled" });
+                println!(
+                    "  loaded   {ms:.1} ms ({})",
+                    if cache { "from cache" } else { "compiled" }
+                );
             }
         }
         println!(

@@ -24,11 +24,9 @@ use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors};
 
-use crate::runtime::policy::{
-    DirGrant, HostPattern, MAX_MEMORY_MIB, Policy,
-};
-use crate::runtime::secrets::{self, Secret, SecretValue, Secrets};
 use crate::runtime::PluginSpec;
+use crate::runtime::policy::{DirGrant, HostPattern, MAX_MEMORY_MIB, Policy};
+use crate::runtime::secrets::{self, Secret, SecretValue, Secrets};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -83,10 +81,8 @@ impl SecretSource {
     pub fn parse(text: &str) -> Option<Self> {
         let inner = text.trim().strip_prefix("${")?.strip_suffix('}')?;
         if let Some(name) = inner.strip_prefix("env:") {
-            let ok = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let ok =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             return ok.then(|| SecretSource::Env(name.to_string()));
         }
         let path = inner.strip_prefix("file:")?;
@@ -129,8 +125,10 @@ impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError::file(path, format!("cannot read the configuration: {e}"))
-                .hint("pass the file with --config PATH (the default is ./agent.toml)")])
+            ConfigErrors(vec![
+                ConfigError::file(path, format!("cannot read the configuration: {e}"))
+                    .hint("pass the file with --config PATH (the default is ./agent.toml)"),
+            ])
         })?;
         Config::parse(path, &text)
     }
@@ -142,7 +140,9 @@ impl Config {
             let message = e.message().trim().to_string();
             let mut err = ConfigError::at(path, text, span, message.clone());
             if message.contains("unknown field") {
-                err = err.hint("check the spelling; agent.toml in the repository documents every option");
+                err = err.hint(
+                    "check the spelling; agent.toml in the repository documents every option",
+                );
             }
             ConfigErrors(vec![err])
         })?;
@@ -227,7 +227,14 @@ fn valid_plugin_name(name: &str) -> bool {
 }
 
 /// Config keys that suggest a secret was put where any plugin call can see it.
-const SECRET_LOOKING: [&str; 6] = ["token", "password", "secret", "api_key", "apikey", "private_key"];
+const SECRET_LOOKING: [&str; 6] = [
+    "token",
+    "password",
+    "secret",
+    "api_key",
+    "apikey",
+    "private_key",
+];
 
 impl Validator<'_> {
     fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>, hint: &str) {
@@ -238,7 +245,11 @@ impl Validator<'_> {
         self.errors.push(e);
     }
 
-    fn plugin(&mut self, name: &Spanned<String>, p: &Spanned<raw::RawPlugin>) -> Option<PluginConfig> {
+    fn plugin(
+        &mut self,
+        name: &Spanned<String>,
+        p: &Spanned<raw::RawPlugin>,
+    ) -> Option<PluginConfig> {
         let before = self.errors.len();
         if !valid_plugin_name(name.get_ref()) {
             self.error(
@@ -258,9 +269,16 @@ impl Validator<'_> {
         }
         let sha256 = match &p.sha256 {
             Some(s) => {
-                let hex = s.get_ref().trim_start_matches("sha256:").to_ascii_lowercase();
+                let hex = s
+                    .get_ref()
+                    .trim_start_matches("sha256:")
+                    .to_ascii_lowercase();
                 if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-                    self.error(s, "sha256 must be 64 hexadecimal characters", "`deploy-agent plugin inspect FILE.wasm` prints it");
+                    self.error(
+                        s,
+                        "sha256 must be 64 hexadecimal characters",
+                        "`deploy-agent plugin inspect FILE.wasm` prints it",
+                    );
                 }
                 Some(hex)
             }
@@ -276,7 +294,11 @@ impl Validator<'_> {
         let mut secrets = BTreeMap::new();
         for (sname, s) in &p.secrets {
             if !secrets::valid_name(sname.get_ref()) {
-                self.error(sname, format!("secret name `{}` is not allowed", sname.get_ref()), "use letters, digits and `-`");
+                self.error(
+                    sname,
+                    format!("secret name `{}` is not allowed", sname.get_ref()),
+                    "use letters, digits and `-`",
+                );
             }
             let s = s.get_ref();
             let source = match SecretSource::parse(s.from.get_ref()) {
@@ -292,12 +314,22 @@ impl Validator<'_> {
             };
             let mut hosts = Vec::new();
             if s.hosts.is_empty() {
-                self.error(&s.from, format!("secret `{}` is bound to no host, so it could never be used", sname.get_ref()), "add `hosts = [\"api.example.com\"]`: the hosts a request may carry it to");
+                self.error(
+                    &s.from,
+                    format!(
+                        "secret `{}` is bound to no host, so it could never be used",
+                        sname.get_ref()
+                    ),
+                    "add `hosts = [\"api.example.com\"]`: the hosts a request may carry it to",
+                );
             }
             for h in &s.hosts {
                 match HostPattern::parse(h.get_ref()) {
                     Ok(pattern) => {
-                        let covered = policy.allowed_hosts.iter().any(|a| *a == pattern || pattern_within(a, &pattern));
+                        let covered = policy
+                            .allowed_hosts
+                            .iter()
+                            .any(|a| *a == pattern || pattern_within(a, &pattern));
                         if !covered {
                             self.error(h, format!("secret `{}` is bound to `{pattern}`, which is not in this plugin's allowed_hosts", sname.get_ref()), "add the host to [plugins.NAME.policy] allowed_hosts, or fix the binding");
                         }
@@ -336,7 +368,11 @@ impl Validator<'_> {
         for h in &raw.allowed_hosts {
             match HostPattern::parse(h.get_ref()) {
                 Ok(p) => policy.allowed_hosts.push(p),
-                Err(e) => self.error(h, e, "examples: `api.vercel.com`, `*.s3.amazonaws.com`, `localhost:9000`"),
+                Err(e) => self.error(
+                    h,
+                    e,
+                    "examples: `api.vercel.com`, `*.s3.amazonaws.com`, `localhost:9000`",
+                ),
             }
         }
         for r in &raw.allow_ip_ranges {
@@ -344,7 +380,11 @@ impl Validator<'_> {
                 Ok(net) => policy.allowed_ranges.push(net),
                 Err(_) => match r.get_ref().parse::<std::net::IpAddr>() {
                     Ok(ip) => policy.allowed_ranges.push(ipnet::IpNet::from(ip)),
-                    Err(_) => self.error(r, format!("`{}` is not an address range", r.get_ref()), "use CIDR notation, e.g. `127.0.0.0/8` or `10.0.0.0/8`"),
+                    Err(_) => self.error(
+                        r,
+                        format!("`{}` is not an address range", r.get_ref()),
+                        "use CIDR notation, e.g. `127.0.0.0/8` or `10.0.0.0/8`",
+                    ),
                 },
             }
         }
@@ -352,10 +392,18 @@ impl Validator<'_> {
             let dir = d.get_ref();
             let host = self.base.join(dir.path.get_ref());
             if !host.is_dir() {
-                self.error(&dir.path, format!("granted directory {} does not exist", host.display()), "create it, or fix the path (relative to this file)");
+                self.error(
+                    &dir.path,
+                    format!("granted directory {} does not exist", host.display()),
+                    "create it, or fix the path (relative to this file)",
+                );
             }
             if !dir.guest.get_ref().starts_with('/') {
-                self.error(&dir.guest, "`guest` must be an absolute path, where the plugin sees the directory", "for example `guest = \"/artifact\"`");
+                self.error(
+                    &dir.guest,
+                    "`guest` must be an absolute path, where the plugin sees the directory",
+                    "for example `guest = \"/artifact\"`",
+                );
             }
             policy.dirs.push(DirGrant {
                 host,
@@ -365,7 +413,11 @@ impl Validator<'_> {
         }
         if let Some(m) = &raw.memory_mb {
             if !(1..=MAX_MEMORY_MIB).contains(m.get_ref()) {
-                self.error(m, format!("memory_mb must be between 1 and {MAX_MEMORY_MIB}"), "");
+                self.error(
+                    m,
+                    format!("memory_mb must be between 1 and {MAX_MEMORY_MIB}"),
+                    "",
+                );
             }
             policy.memory_bytes = m.get_ref() << 20;
         }
@@ -383,7 +435,11 @@ impl Validator<'_> {
         }
         if let Some(b) = &raw.max_return_bytes {
             if !(1..=(64 << 20)).contains(b.get_ref()) {
-                self.error(b, "max_return_bytes must be between 1 and 67108864 (64 MiB)", "");
+                self.error(
+                    b,
+                    "max_return_bytes must be between 1 and 67108864 (64 MiB)",
+                    "",
+                );
             }
             policy.max_return_bytes = *b.get_ref() as usize;
         }
@@ -401,8 +457,12 @@ impl Validator<'_> {
 fn pattern_within(outer: &HostPattern, inner: &HostPattern) -> bool {
     let o = outer.to_string();
     let i = inner.to_string();
-    let (o_host, o_port) = o.rsplit_once(':').map_or((o.as_str(), None), |(h, p)| (h, Some(p)));
-    let (i_host, i_port) = i.rsplit_once(':').map_or((i.as_str(), None), |(h, p)| (h, Some(p)));
+    let (o_host, o_port) = o
+        .rsplit_once(':')
+        .map_or((o.as_str(), None), |(h, p)| (h, Some(p)));
+    let (i_host, i_port) = i
+        .rsplit_once(':')
+        .map_or((i.as_str(), None), |(h, p)| (h, Some(p)));
     if o_port.is_some() && o_port != i_port {
         return false;
     }

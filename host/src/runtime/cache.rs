@@ -35,8 +35,7 @@ impl ComponentCache {
     }
 
     fn path(&self, digest: &str) -> PathBuf {
-        self.dir
-            .join(format!("{digest}-{}.cwasm", self.engine_key))
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
     }
 
     /// Loads from the cache, or compiles and stores.

@@ -4,7 +4,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::policy::MAX_MEMORY_MIB;
 
@@ -13,6 +13,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Instances alive at once, across all plugins.
 const MAX_INSTANCES: u32 = 64;
+
+/// Bytes of each freed linear memory reset in place rather than returned to the kernel.
+const KEEP_RESIDENT: usize = 4 << 20;
 
 /// Builds the engine.
 pub(crate) fn new_engine() -> wasmtime::Result<Engine> {
@@ -23,7 +26,16 @@ pub(crate) fn new_engine() -> wasmtime::Result<Engine> {
         .total_tables(MAX_INSTANCES * 4)
         .total_stacks(MAX_INSTANCES)
         .max_memories_per_component(4)
-        .max_memory_size((MAX_MEMORY_MIB << 20) as usize);
+        .max_memory_size((MAX_MEMORY_MIB << 20) as usize)
+        // Reset a freed instance's dirty pages with memset instead of madvise: no page faults
+        // on the next instantiation and no TLB-shootdown IPIs (measured: they dominated a
+        // fresh-instance call). PAGEMAP_SCAN (Linux 6.7+) finds the dirty pages; elsewhere
+        // this falls back to resetting the low `keep_resident` bytes.
+        .pagemap_scan(Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(256 << 10)
+        .decommit_batch_size(MAX_INSTANCES as usize / 4);
 
     let mut config = Config::new();
     config

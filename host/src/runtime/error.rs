@@ -111,7 +111,9 @@ pub enum CallError {
         violation: PolicyViolation,
     },
     /// The plugin returned more data than the return cap allows.
-    #[error("plugin `{plugin}` returned {size} bytes from {op}, more than its limit of {limit} bytes")]
+    #[error(
+        "plugin `{plugin}` returned {size} bytes from {op}, more than its limit of {limit} bytes"
+    )]
     ReturnTooLarge {
         /// The plugin.
         plugin: String,
@@ -172,7 +174,9 @@ pub fn describe(error: &PluginError) -> String {
             None => format!("{} (retryable)", r.message),
         },
         PluginError::Rejected(m) => format!("{m} (rejected)"),
-        PluginError::Unauthorized(m) => format!("{m} (unauthorized: check the plugin's credentials)"),
+        PluginError::Unauthorized(m) => {
+            format!("{m} (unauthorized: check the plugin's credentials)")
+        }
         PluginError::InvalidConfig(m) => {
             format!("{m} (invalid config: fix the plugin's [plugins.NAME.config] in agent.toml)")
         }

@@ -34,7 +34,8 @@ const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 const BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
-type SendFuture = Box<dyn Future<Output = Result<(Response<WasiBody>, IoFuture), HttpError>> + Send>;
+type SendFuture =
+    Box<dyn Future<Output = Result<(Response<WasiBody>, IoFuture), HttpError>> + Send>;
 
 /// The network guard of one call: policy, secrets, counters and the record of refusals.
 pub(crate) struct Guard {
@@ -67,10 +68,7 @@ impl Guard {
 
     /// The first refusal of this call, if any.
     pub(crate) fn first_violation(&self) -> Option<PolicyViolation> {
-        self.violations
-            .lock()
-            .ok()
-            .and_then(|v| v.first().cloned())
+        self.violations.lock().ok().and_then(|v| v.first().cloned())
     }
 
     /// Whether this call broke its policy; the call is then stopped at the next epoch tick.
@@ -121,7 +119,10 @@ impl Guard {
                 reason: "request without a host".into(),
             }));
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(if use_tls { 443 } else { 80 });
         if !self.policy.host_allowed(&host, port) {
             return Err(self.refuse(PolicyViolation::HostNotAllowed { host, port }));

@@ -162,7 +162,10 @@ pub(super) fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Plugin, LoadEr
     })?;
     let digest = sha256_hex(&wasm);
     if let Some(expected) = &spec.sha256 {
-        let expected = expected.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+        let expected = expected
+            .trim()
+            .trim_start_matches("sha256:")
+            .to_ascii_lowercase();
         if expected != digest {
             return Err(LoadError::DigestMismatch {
                 plugin: name,

@@ -47,7 +47,10 @@ impl HostPattern {
             }
             _ => (text.clone(), None),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let (wildcard, host) = match host.strip_prefix("*.") {
             Some(rest) => (true, rest.to_string()),
             None => (false, host),
@@ -331,12 +334,24 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(policy.address_allowed(ip), Err(range), "{ip}");
         }
-        assert!(policy.address_allowed("93.184.216.34".parse().unwrap()).is_ok());
-        assert!(policy.address_allowed("2606:4700::1".parse().unwrap()).is_ok());
+        assert!(
+            policy
+                .address_allowed("93.184.216.34".parse().unwrap())
+                .is_ok()
+        );
+        assert!(
+            policy
+                .address_allowed("2606:4700::1".parse().unwrap())
+                .is_ok()
+        );
 
         policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
         assert!(policy.address_allowed("127.0.0.1".parse().unwrap()).is_ok());
-        assert!(policy.address_allowed("::ffff:127.0.0.1".parse().unwrap()).is_ok());
+        assert!(
+            policy
+                .address_allowed("::ffff:127.0.0.1".parse().unwrap())
+                .is_ok()
+        );
         assert_eq!(
             policy.address_allowed("10.0.0.1".parse().unwrap()),
             Err("private")

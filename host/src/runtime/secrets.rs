@@ -108,12 +108,12 @@ impl Secrets {
                 rest = after;
                 continue;
             }
-            let secret = self
-                .by_name
-                .get(name)
-                .ok_or_else(|| PolicyViolation::SecretNotGranted {
-                    secret: name.to_string(),
-                })?;
+            let secret =
+                self.by_name
+                    .get(name)
+                    .ok_or_else(|| PolicyViolation::SecretNotGranted {
+                        secret: name.to_string(),
+                    })?;
             if !secret.hosts.iter().any(|p| p.matches(host, port)) {
                 return Err(PolicyViolation::SecretNotBound {
                     secret: name.to_string(),
@@ -172,13 +172,18 @@ mod tests {
         let p = s.placeholder("token").unwrap();
         let header = format!("Bearer {p}");
         assert_eq!(
-            s.substitute(&header, "api.example.com", 443).unwrap().as_deref(),
+            s.substitute(&header, "api.example.com", 443)
+                .unwrap()
+                .as_deref(),
             Some("Bearer s3cr3t-value")
         );
         let err = s.substitute(&header, "evil.example.net", 443).unwrap_err();
         assert!(matches!(err, PolicyViolation::SecretNotBound { .. }));
         assert!(!err.to_string().contains("s3cr3t-value"));
-        assert_eq!(s.substitute("plain", "evil.example.net", 443).unwrap(), None);
+        assert_eq!(
+            s.substitute("plain", "evil.example.net", 443).unwrap(),
+            None
+        );
         assert!(matches!(
             s.substitute("__secret__other__", "api.example.com", 443),
             Err(PolicyViolation::SecretNotGranted { .. })
@@ -190,7 +195,8 @@ mod tests {
     fn leaves_look_alikes_alone_and_redacts_values() {
         let s = secrets();
         assert_eq!(
-            s.substitute("__secret__ x __secret__token", "api.example.com", 1).unwrap(),
+            s.substitute("__secret__ x __secret__token", "api.example.com", 1)
+                .unwrap(),
             Some("__secret__ x __secret__token".into())
         );
         assert_eq!(

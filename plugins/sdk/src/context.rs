@@ -22,8 +22,9 @@ impl Context {
         let config = if call.config.trim().is_empty() {
             serde_json::Value::Object(Default::default())
         } else {
-            serde_json::from_str(&call.config)
-                .map_err(|e| invalid_config(format!("the host passed config that is not JSON: {e}")))?
+            serde_json::from_str(&call.config).map_err(|e| {
+                invalid_config(format!("the host passed config that is not JSON: {e}"))
+            })?
         };
         Ok(Context {
             environment: call.environment,
@@ -48,7 +49,10 @@ impl Context {
     }
 
     /// One optional setting.
-    pub fn optional_setting<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, PluginError> {
+    pub fn optional_setting<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, PluginError> {
         match self.config.get(key) {
             Some(serde_json::Value::Null) | None => Ok(None),
             Some(v) => serde_json::from_value(v.clone())

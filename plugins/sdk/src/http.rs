@@ -197,7 +197,9 @@ fn parse_url(url: &str) -> Result<Url<'_>, PluginError> {
     } else if let Some(rest) = url.strip_prefix("http://") {
         (Scheme::Http, rest)
     } else {
-        return Err(rejected(format!("unsupported URL `{url}`: expected http:// or https://")));
+        return Err(rejected(format!(
+            "unsupported URL `{url}`: expected http:// or https://"
+        )));
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
@@ -257,9 +259,15 @@ fn send(req: RequestBuilder) -> Result<Response, PluginError> {
     }
     let outgoing = OutgoingRequest::new(headers);
     let bad = |what: &str| rejected(format!("invalid {what} in `{}`", req.url));
-    outgoing.set_method(&method(&req.method)).map_err(|()| bad("method"))?;
-    outgoing.set_scheme(Some(&url.scheme)).map_err(|()| bad("scheme"))?;
-    outgoing.set_authority(Some(url.authority)).map_err(|()| bad("host"))?;
+    outgoing
+        .set_method(&method(&req.method))
+        .map_err(|()| bad("method"))?;
+    outgoing
+        .set_scheme(Some(&url.scheme))
+        .map_err(|()| bad("scheme"))?;
+    outgoing
+        .set_authority(Some(url.authority))
+        .map_err(|()| bad("host"))?;
     outgoing
         .set_path_with_query(Some(&url.target()))
         .map_err(|()| bad("path"))?;
@@ -292,7 +300,12 @@ fn send(req: RequestBuilder) -> Result<Response, PluginError> {
         .headers()
         .entries()
         .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
         .collect();
     let incoming = response.consume().map_err(|()| bad("response body"))?;
     let body = read_all(&incoming, &req.url)?;

@@ -82,12 +82,12 @@ include!(concat!(env!("OUT_DIR"), "/bindgen_macro.rs"));
 /// `export!(Vercel: deploy_target, validator)`. The kinds are `notifier`, `validator`,
 /// `deploy_target` and `backup_store`; `MyPlugin` must implement the matching traits.
 ///
-/// The export only exists when compiling for wasm, so a plugin crate also compiles natively
-/// for `cargo clippy` and unit tests.
+/// The generated glue also compiles natively, so `cargo clippy` and `cargo test` check a
+/// plugin crate on the host (native calls to host imports such as HTTP are unavailable there;
+/// test pure logic natively and the plugin itself under the agent).
 #[macro_export]
 macro_rules! export {
     ($ty:ident : $($kind:ident),+ $(,)?) => {
-        #[cfg(target_family = "wasm")]
         #[doc(hidden)]
         #[allow(missing_docs, unsafe_op_in_unsafe_fn, clippy::all)]
         mod __deploy_agent_export {
@@ -105,47 +105,110 @@ macro_rules! export {
 macro_rules! __glue {
     (notifier) => {
         impl self::exports::deploy_agent::plugin::notifier::Guest for __Plugin {
-            fn notify(ctx: $crate::CallContext, event: $crate::Event) -> Result<(), $crate::PluginError> {
+            fn notify(
+                ctx: $crate::CallContext,
+                event: $crate::Event,
+            ) -> Result<(), $crate::PluginError> {
                 <__Plugin as $crate::Notifier>::notify(&$crate::Context::from_call(ctx)?, event)
             }
         }
     };
     (validator) => {
         impl self::exports::deploy_agent::plugin::validator::Guest for __Plugin {
-            fn validate(ctx: $crate::CallContext, release: $crate::Artifact) -> Result<Vec<$crate::Finding>, $crate::PluginError> {
-                <__Plugin as $crate::Validator>::validate(&$crate::Context::from_call(ctx)?, release)
+            fn validate(
+                ctx: $crate::CallContext,
+                release: $crate::Artifact,
+            ) -> Result<Vec<$crate::Finding>, $crate::PluginError> {
+                <__Plugin as $crate::Validator>::validate(
+                    &$crate::Context::from_call(ctx)?,
+                    release,
+                )
             }
         }
     };
     (deploy_target) => {
         impl self::exports::deploy_agent::plugin::deploy_target::Guest for __Plugin {
-            fn deploy(ctx: $crate::CallContext, release: $crate::Artifact) -> Result<$crate::Staged, $crate::PluginError> {
-                <__Plugin as $crate::DeployTarget>::deploy(&$crate::Context::from_call(ctx)?, release)
+            fn deploy(
+                ctx: $crate::CallContext,
+                release: $crate::Artifact,
+            ) -> Result<$crate::Staged, $crate::PluginError> {
+                <__Plugin as $crate::DeployTarget>::deploy(
+                    &$crate::Context::from_call(ctx)?,
+                    release,
+                )
             }
-            fn status(ctx: $crate::CallContext, release_id: String) -> Result<$crate::ReleaseStatus, $crate::PluginError> {
-                <__Plugin as $crate::DeployTarget>::status(&$crate::Context::from_call(ctx)?, &release_id)
+            fn status(
+                ctx: $crate::CallContext,
+                release_id: String,
+            ) -> Result<$crate::ReleaseStatus, $crate::PluginError> {
+                <__Plugin as $crate::DeployTarget>::status(
+                    &$crate::Context::from_call(ctx)?,
+                    &release_id,
+                )
             }
-            fn promote(ctx: $crate::CallContext, release_id: String) -> Result<(), $crate::PluginError> {
-                <__Plugin as $crate::DeployTarget>::promote(&$crate::Context::from_call(ctx)?, &release_id)
+            fn promote(
+                ctx: $crate::CallContext,
+                release_id: String,
+            ) -> Result<(), $crate::PluginError> {
+                <__Plugin as $crate::DeployTarget>::promote(
+                    &$crate::Context::from_call(ctx)?,
+                    &release_id,
+                )
             }
-            fn rollback(ctx: $crate::CallContext, to: Option<String>) -> Result<String, $crate::PluginError> {
-                <__Plugin as $crate::DeployTarget>::rollback(&$crate::Context::from_call(ctx)?, to.as_deref())
+            fn rollback(
+                ctx: $crate::CallContext,
+                to: Option<String>,
+            ) -> Result<String, $crate::PluginError> {
+                <__Plugin as $crate::DeployTarget>::rollback(
+                    &$crate::Context::from_call(ctx)?,
+                    to.as_deref(),
+                )
             }
-            fn list_releases(ctx: $crate::CallContext) -> Result<Vec<$crate::Release>, $crate::PluginError> {
+            fn list_releases(
+                ctx: $crate::CallContext,
+            ) -> Result<Vec<$crate::Release>, $crate::PluginError> {
                 <__Plugin as $crate::DeployTarget>::list_releases(&$crate::Context::from_call(ctx)?)
             }
         }
     };
     (backup_store) => {
         impl self::exports::deploy_agent::plugin::backup_store::Guest for __Plugin {
-            fn put(ctx: $crate::CallContext, key: String, metadata: Vec<(String, String)>, size_hint: Option<u64>, body: &$crate::InputStream) -> Result<$crate::ObjectInfo, $crate::PluginError> {
-                <__Plugin as $crate::BackupStore>::put(&$crate::Context::from_call(ctx)?, &key, metadata, size_hint, body)
+            fn put(
+                ctx: $crate::CallContext,
+                key: String,
+                metadata: Vec<(String, String)>,
+                size_hint: Option<u64>,
+                body: &$crate::InputStream,
+            ) -> Result<$crate::ObjectInfo, $crate::PluginError> {
+                <__Plugin as $crate::BackupStore>::put(
+                    &$crate::Context::from_call(ctx)?,
+                    &key,
+                    metadata,
+                    size_hint,
+                    body,
+                )
             }
-            fn get(ctx: $crate::CallContext, key: String, sink: &$crate::OutputStream) -> Result<$crate::ObjectInfo, $crate::PluginError> {
-                <__Plugin as $crate::BackupStore>::get(&$crate::Context::from_call(ctx)?, &key, sink)
+            fn get(
+                ctx: $crate::CallContext,
+                key: String,
+                sink: &$crate::OutputStream,
+            ) -> Result<$crate::ObjectInfo, $crate::PluginError> {
+                <__Plugin as $crate::BackupStore>::get(
+                    &$crate::Context::from_call(ctx)?,
+                    &key,
+                    sink,
+                )
             }
-            fn list_objects(ctx: $crate::CallContext, prefix: String, page: Option<String>) -> Result<$crate::ObjectPage, $crate::PluginError> {
-                <__Plugin as $crate::BackupStore>::list(&$crate::Context::from_call(ctx)?, &prefix, page.as_deref())
+            fn list_objects(
+                ctx: $crate::CallContext,
+                prefix: String,
+                page: Option<String>,
+            ) -> Result<$crate::ObjectPage, $crate::PluginError> {
+                <__Plugin as $crate::BackupStore>::list(
+                    &$crate::Context::from_call(ctx)?,
+                    &prefix,
+                    page.as_deref(),
+                )
             }
             fn delete(ctx: $crate::CallContext, key: String) -> Result<(), $crate::PluginError> {
                 <__Plugin as $crate::BackupStore>::delete(&$crate::Context::from_call(ctx)?, &key)

@@ -1,0 +1,37 @@
+# One set of commands for people and CI. `make help` lists them.
+.PHONY: help setup plugins test lint fmt bench-plugins ci
+
+CARGO ?= cargo
+
+help:
+	@echo "make setup          install the wasm32-wasip2 target (rustup does not auto-install it here)"
+	@echo "make plugins        build every plugin for wasm32-wasip2 (release, size-optimised)"
+	@echo "make test           the whole test suite (builds the plugins once, then runs every test)"
+	@echo "make lint           cargo fmt --check and clippy -D warnings over host, tests and plugins"
+	@echo "make bench-plugins  plugin runtime benchmark (release build), prints p50/p90"
+	@echo "make ci             what .ci/run runs: lint, then test"
+
+setup:
+	rustup target add wasm32-wasip2
+
+plugins: setup
+	cd plugins && $(CARGO) build --release --target wasm32-wasip2 --workspace
+
+test: setup
+	$(CARGO) test --workspace
+
+lint: setup
+	$(CARGO) fmt --all --check
+	cd plugins && $(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd plugins && $(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd plugins && $(CARGO) clippy --workspace --all-targets --target wasm32-wasip2 -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+	cd plugins && $(CARGO) fmt --all
+
+bench-plugins: plugins
+	$(CARGO) run --release -p deploy-agent -- bench plugins
+
+ci: lint test
