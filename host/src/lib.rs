@@ -5,9 +5,11 @@
 //! - [`config`]: `agent.toml`, typed and validated, errors with file, line and column;
 //! - [`runtime`]: sandboxed WebAssembly component plugins (validators, deploy targets,
 //!   notifiers, backup stores);
+//! - [`db`]: the migration and backup core (PostgreSQL and SQLite);
 //! - [`cli`]: the command line.
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod runtime;

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod logs;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

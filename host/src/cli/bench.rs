@@ -126,18 +126,21 @@ pub(super) async fn plugins(path: &Path, iterations: usize) -> anyhow::Result<Ex
             samples: with_import,
         },
     ];
-    println!(
+    say!(
         "plugin runtime benchmark: {} ({} bytes), {} calls per call row",
         path.display(),
         wasm.len(),
         iterations
     );
-    println!(
+    say!(
         "{:<62} {:>10} {:>10} {:>8}",
-        "measurement", "p50", "p90", "samples"
+        "measurement",
+        "p50",
+        "p90",
+        "samples"
     );
     for r in &rows {
-        println!(
+        say!(
             "{:<62} {:>10} {:>10} {:>8}",
             r.name,
             fmt(r.percentile(0.5)),

@@ -10,7 +10,7 @@ pub(super) fn check(path: &Path) -> anyhow::Result<ExitCode> {
     for w in &config.warnings {
         eprintln!("warning: {w}\n");
     }
-    println!(
+    say!(
         "{}: ok ({} plugin{}{})",
         path.display(),
         config.plugins.len(),

@@ -5,8 +5,20 @@
 
 #![allow(clippy::print_stdout)]
 
+/// Prints a line of command output; exits quietly when stdout is closed (`| head`), as
+/// command-line tools do, instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod bench;
 mod config;
+mod migrate;
 mod plugin;
 
 use std::path::PathBuf;
@@ -55,6 +67,9 @@ pub enum Command {
     /// Check agent.toml.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Database migrations: status, run, dry-run, lint, revert, accept.
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
     /// Benchmarks that print figures (never pass/fail).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -140,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(plugin::check(&config, output))
         }
         Command::Config(ConfigCommand::Check { config }) => config::check(&config),
+        Command::Migrate(command) => runtime.block_on(migrate::run(command)),
         Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {
             runtime.block_on(bench::plugins(&plugin, iterations))
         }

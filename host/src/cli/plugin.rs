@@ -15,22 +15,22 @@ pub(super) fn inspect(file: &Path, output: Output) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(dir)?;
     let info = inspect_file(&runtime, file)?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        say!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", info.path.display());
-    println!(
+    say!("{}", info.path.display());
+    say!(
         "  size      {} ({} bytes)",
         human_size(info.size as u64),
         info.size
     );
-    println!("  sha256    {}", info.sha256);
+    say!("  sha256    {}", info.sha256);
     if info.kinds.is_empty() {
-        println!("  kinds     none: exports no deploy-agent:plugin interface");
+        say!("  kinds     none: exports no deploy-agent:plugin interface");
     } else {
-        println!("  kinds     {}", info.kinds.join(", "));
+        say!("  kinds     {}", info.kinds.join(", "));
     }
-    println!(
+    say!(
         "  package   {}",
         if info.package_versions.is_empty() {
             "-".to_string()
@@ -42,13 +42,13 @@ pub(super) fn inspect(file: &Path, output: Output) -> anyhow::Result<ExitCode> {
                 .join(", ")
         }
     );
-    println!("  exports");
+    say!("  exports");
     for e in &info.exports {
-        println!("    {e}");
+        say!("    {e}");
     }
-    println!("  imports");
+    say!("  imports");
     for i in &info.imports {
-        println!("    {i}");
+        say!("    {i}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -152,29 +152,29 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
     }
     let failed = reports.iter().filter(|r| !r.ok).count();
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        say!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for r in &reports {
-            println!(
+            say!(
                 "plugin `{}`: {}",
                 r.name,
                 if r.ok { "ok" } else { "FAILED" }
             );
             if let Some(e) = &r.error {
                 for (i, line) in e.lines().enumerate() {
-                    println!("  {} {line}", if i == 0 { "error  " } else { "       " });
+                    say!("  {} {line}", if i == 0 { "error  " } else { "       " });
                 }
             }
-            println!("  file     {}", r.path);
+            say!("  file     {}", r.path);
             match (&r.sha256, r.pinned) {
-                (Some(d), true) => println!("  sha256   {d} (pinned, matches)"),
-                (Some(d), false) => println!("  sha256   {d} (NOT pinned: add it to agent.toml)"),
+                (Some(d), true) => say!("  sha256   {d} (pinned, matches)"),
+                (Some(d), false) => say!("  sha256   {d} (NOT pinned: add it to agent.toml)"),
                 (None, _) => {}
             }
             if !r.kinds.is_empty() {
-                println!("  kinds    {}", r.kinds.join(", "));
+                say!("  kinds    {}", r.kinds.join(", "));
             }
-            println!(
+            say!(
                 "  policy   memory {} MiB, timeout {} ms, hosts: {}",
                 r.memory_mib,
                 r.timeout_ms,
@@ -185,19 +185,19 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
                 }
             );
             for d in &r.dirs {
-                println!("  dir      {d}");
+                say!("  dir      {d}");
             }
             for s in &r.secrets {
-                println!("  secret   {s}");
+                say!("  secret   {s}");
             }
             if let (Some(ms), Some(cache)) = (r.load_ms, r.from_cache) {
-                println!(
+                say!(
                     "  loaded   {ms:.1} ms ({})",
                     if cache { "from cache" } else { "compiled" }
                 );
             }
         }
-        println!(
+        say!(
             "\n{} plugin{} checked, {failed} failed",
             reports.len(),
             if reports.len() == 1 { "" } else { "s" }

@@ -37,8 +37,65 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The plugins, by name.
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// The environments, by name.
+    pub environments: BTreeMap<String, Environment>,
     /// Things worth fixing that do not stop the agent.
     pub warnings: Vec<ConfigError>,
+}
+
+/// One environment (`local`, `staging`, `production`, ...).
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Its name.
+    pub name: String,
+    /// Strict: warnings (lint findings included) block.
+    pub strict: bool,
+    /// Its application database, if it has one.
+    pub database: Option<DatabaseConfig>,
+}
+
+/// An environment's database.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The URL, or a reference to where it is kept (it may hold a password).
+    pub url: UrlSource,
+    /// The migrations directory.
+    pub migrations: PathBuf,
+    /// `lock_timeout` for migration statements.
+    pub lock_timeout: Duration,
+    /// Retries after a `lock_timeout`.
+    pub lock_retries: u32,
+    /// How long to wait for the migration lock.
+    pub lock_wait: Duration,
+}
+
+/// A database URL: written out (no password allowed) or a secret reference.
+#[derive(Debug, Clone)]
+pub enum UrlSource {
+    /// A URL without a password (`sqlite:` paths already made absolute).
+    Plain(String),
+    /// `${env:…}` or `${file:…}`.
+    Secret(SecretSource),
+}
+
+impl DatabaseConfig {
+    /// The URL, resolved now. Never log it: use [`crate::db::redact_url`].
+    pub fn url(&self) -> Result<String, String> {
+        match &self.url {
+            UrlSource::Plain(u) => Ok(u.clone()),
+            UrlSource::Secret(s) => s.resolve().map(|v| v.expose().to_string()),
+        }
+    }
+
+    /// The migration engine's settings for this database.
+    pub fn settings(&self, strict: bool) -> Result<crate::db::migrate::Settings, String> {
+        let mut s = crate::db::migrate::Settings::new(&self.url()?, self.migrations.clone());
+        s.lock_timeout = self.lock_timeout;
+        s.lock_retries = self.lock_retries;
+        s.lock_wait = self.lock_wait;
+        s.strict = strict;
+        Ok(s)
+    }
 }
 
 /// One plugin's settings.
@@ -163,6 +220,12 @@ impl Config {
                 plugins.insert(name.get_ref().clone(), p);
             }
         }
+        let mut environments = BTreeMap::new();
+        for (name, env) in &raw.environments {
+            if let Some(e) = v.environment(name, env) {
+                environments.insert(name.get_ref().clone(), e);
+            }
+        }
         if !v.errors.is_empty() {
             v.errors.sort_by_key(|e| (e.line, e.column));
             return Err(ConfigErrors(v.errors));
@@ -171,7 +234,24 @@ impl Config {
             path: path.to_path_buf(),
             state_dir,
             plugins,
+            environments,
             warnings: v.warnings,
+        })
+    }
+
+    /// An environment by name, or an error that lists the known ones.
+    pub fn environment(&self, name: &str) -> Result<&Environment, String> {
+        self.environments.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.environments.keys().map(String::as_str).collect();
+            format!(
+                "no environment `{name}` in {} (known: {})",
+                self.path.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
         })
     }
 
@@ -360,6 +440,73 @@ impl Validator<'_> {
             policy,
             secrets,
             config,
+        })
+    }
+
+    fn environment(
+        &mut self,
+        name: &Spanned<String>,
+        env: &Spanned<raw::RawEnvironment>,
+    ) -> Option<Environment> {
+        let before = self.errors.len();
+        if !valid_plugin_name(name.get_ref()) {
+            self.error(
+                name,
+                format!("environment name `{}` is not allowed", name.get_ref()),
+                "use lowercase letters, digits, `-` and `_`",
+            );
+        }
+        let env = env.get_ref();
+        let database = env.database.as_ref().map(|d| {
+            let d = d.get_ref();
+            let url_text = d.url.get_ref().trim();
+            let url = match SecretSource::parse(url_text) {
+                Some(source) => UrlSource::Secret(source),
+                None => {
+                    if crate::db::backend_of(url_text).is_none() {
+                        self.error(&d.url, format!("`{url_text}` is not a database URL"), "use `sqlite:path/to/app.db`, `postgres://user@host/db`, or a reference such as `${env:DATABASE_URL}`");
+                    }
+                    if crate::db::redact_url(url_text) != url_text {
+                        self.error(&d.url, "this URL contains a password", "keep the URL in the environment or a file: `url = \"${env:DATABASE_URL}\"`; secrets never go in agent.toml");
+                    }
+                    match url_text.strip_prefix("sqlite:") {
+                        Some(path) if !path.starts_with('/') && !path.starts_with(':') && !path.starts_with("//") => {
+                            UrlSource::Plain(format!("sqlite:{}", self.base.join(path).display()))
+                        }
+                        _ => UrlSource::Plain(url_text.to_string()),
+                    }
+                }
+            };
+            let migrations = self.base.join(d.migrations.as_ref().map_or("migrations", |m| m.get_ref().as_str()));
+            if !migrations.is_dir() {
+                let at = d.migrations.as_ref().map_or(d.url.span(), |m| m.span());
+                self.errors.push(
+                    ConfigError::at(self.file, self.text, at, format!("migrations directory {} does not exist", migrations.display()))
+                        .hint("create it, or set `migrations = \"path\"` (relative to this file)"),
+                );
+            }
+            let ms = |v: &Option<Spanned<u64>>, default: u64, this: &mut Self, what: &str, max: u64| -> Duration {
+                match v {
+                    Some(x) if *x.get_ref() == 0 || *x.get_ref() > max => {
+                        this.error(x, format!("{what} must be between 1 and {max}"), "");
+                        Duration::from_millis(default)
+                    }
+                    Some(x) => Duration::from_millis(*x.get_ref()),
+                    None => Duration::from_millis(default),
+                }
+            };
+            let lock_timeout = ms(&d.lock_timeout_ms, 2_000, self, "lock_timeout_ms", 600_000);
+            let lock_wait = ms(&d.lock_wait_ms, 60_000, self, "lock_wait_ms", 3_600_000);
+            let lock_retries = d.lock_retries.as_ref().map_or(5, |r| *r.get_ref());
+            DatabaseConfig { url, migrations, lock_timeout, lock_retries, lock_wait }
+        });
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Environment {
+            name: name.get_ref().clone(),
+            strict: env.strict,
+            database,
         })
     }
 

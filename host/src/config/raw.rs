@@ -12,6 +12,26 @@ pub(super) struct RawConfig {
     pub agent: RawAgent,
     #[serde(default)]
     pub plugins: BTreeMap<Spanned<String>, Spanned<RawPlugin>>,
+    #[serde(default)]
+    pub environments: BTreeMap<Spanned<String>, Spanned<RawEnvironment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvironment {
+    #[serde(default)]
+    pub strict: bool,
+    pub database: Option<Spanned<RawDatabase>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatabase {
+    pub url: Spanned<String>,
+    pub migrations: Option<Spanned<String>>,
+    pub lock_timeout_ms: Option<Spanned<u64>>,
+    pub lock_retries: Option<Spanned<u32>>,
+    pub lock_wait_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

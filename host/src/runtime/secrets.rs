@@ -22,7 +22,7 @@ impl SecretValue {
     }
 
     /// The value itself, for the few places that put it on the wire.
-    pub(crate) fn expose(&self) -> &str {
+    pub fn expose(&self) -> &str {
         &self.0
     }
 }
