@@ -121,7 +121,10 @@ impl Cluster {
     }
 
     /// Stops the cluster and removes its directory once this process is gone.
-    #[allow(clippy::zombie_processes, reason = "the watchdog must outlive this process; init reaps it")]
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the watchdog must outlive this process; init reaps it"
+    )]
     fn watchdog(&self, data: &Path) {
         let stop = format!(
             "{} {} -D '{}' stop -m immediate",

@@ -16,6 +16,7 @@ macro_rules! say {
     }};
 }
 
+mod backup;
 mod bench;
 mod config;
 mod migrate;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Database migrations: status, run, dry-run, lint, revert, accept.
     #[command(subcommand)]
     Migrate(migrate::MigrateCommand),
+    /// Database backups: create, list, verify, restore, export, prune.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Benchmarks that print figures (never pass/fail).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -156,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(ConfigCommand::Check { config }) => config::check(&config),
         Command::Migrate(command) => runtime.block_on(migrate::run(command)),
+        Command::Backup(command) => runtime.block_on(backup::run(command)),
         Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {
             runtime.block_on(bench::plugins(&plugin, iterations))
         }

@@ -52,6 +52,46 @@ pub struct Environment {
     pub strict: bool,
     /// Its application database, if it has one.
     pub database: Option<DatabaseConfig>,
+    /// Where and how its database backups are kept.
+    pub backup: BackupConfig,
+}
+
+/// An environment's backup settings.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The encryption key's source, if backups are encrypted.
+    pub key: Option<SecretSource>,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// What prune keeps.
+    pub retention: crate::db::backup::Retention,
+}
+
+impl BackupConfig {
+    /// The backup engine's settings. Fails closed: a configured key that cannot be read or
+    /// parsed is an error, never an unencrypted backup.
+    pub fn settings(&self, environment: &str) -> Result<crate::db::backup::BackupSettings, String> {
+        let key = match &self.key {
+            None => None,
+            Some(source) => {
+                let value = source.resolve().map_err(|e| {
+                    format!("backup key {source}: {e}; refusing to write an unencrypted backup")
+                })?;
+                Some(crate::db::backup::Key::parse(value.expose()).map_err(|e| {
+                    format!("backup key {source}: {e}; refusing to write an unencrypted backup")
+                })?)
+            }
+        };
+        Ok(crate::db::backup::BackupSettings {
+            environment: environment.to_string(),
+            dir: self.dir.clone(),
+            key,
+            zstd_level: self.zstd_level,
+            retention: self.retention,
+        })
+    }
 }
 
 /// An environment's database.
@@ -222,7 +262,7 @@ impl Config {
         }
         let mut environments = BTreeMap::new();
         for (name, env) in &raw.environments {
-            if let Some(e) = v.environment(name, env) {
+            if let Some(e) = v.environment(name, env, &state_dir) {
                 environments.insert(name.get_ref().clone(), e);
             }
         }
@@ -447,6 +487,7 @@ impl Validator<'_> {
         &mut self,
         name: &Spanned<String>,
         env: &Spanned<raw::RawEnvironment>,
+        state_dir: &Path,
     ) -> Option<Environment> {
         let before = self.errors.len();
         if !valid_plugin_name(name.get_ref()) {
@@ -500,6 +541,7 @@ impl Validator<'_> {
             let lock_retries = d.lock_retries.as_ref().map_or(5, |r| *r.get_ref());
             DatabaseConfig { url, migrations, lock_timeout, lock_retries, lock_wait }
         });
+        let backup = self.backup(name.get_ref(), env.backup.as_ref(), state_dir);
         if self.errors.len() > before {
             return None;
         }
@@ -507,7 +549,61 @@ impl Validator<'_> {
             name: name.get_ref().clone(),
             strict: env.strict,
             database,
+            backup,
         })
+    }
+
+    fn backup(
+        &mut self,
+        env: &str,
+        raw: Option<&Spanned<raw::RawBackup>>,
+        state_dir: &Path,
+    ) -> BackupConfig {
+        let default_dir = state_dir.join("backups").join(env);
+        let Some(raw) = raw.map(Spanned::get_ref) else {
+            return BackupConfig {
+                dir: default_dir,
+                key: None,
+                zstd_level: 3,
+                retention: crate::db::backup::Retention {
+                    keep_last: 10,
+                    keep_daily: 7,
+                    keep_weekly: 4,
+                },
+            };
+        };
+        let key = raw.key.as_ref().and_then(|k| match SecretSource::parse(k.get_ref()) {
+            Some(s) => Some(s),
+            None => {
+                self.error(k, "the backup key must be a reference, not a value", "write `key = \"${file:/etc/deploy-agent/backup.key}\"` (32 bytes, hex or base64); secret values never go in agent.toml");
+                None
+            }
+        });
+        let zstd_level = match &raw.zstd_level {
+            Some(l) if !(1..=19).contains(l.get_ref()) => {
+                self.error(
+                    l,
+                    "zstd_level must be between 1 and 19",
+                    "1 is fastest, 3 is zstd's default",
+                );
+                3
+            }
+            Some(l) => *l.get_ref(),
+            None => 3,
+        };
+        BackupConfig {
+            dir: raw
+                .dir
+                .as_ref()
+                .map_or(default_dir, |d| self.base.join(d.get_ref())),
+            key,
+            zstd_level,
+            retention: crate::db::backup::Retention {
+                keep_last: raw.keep_last.unwrap_or(10),
+                keep_daily: raw.keep_daily.unwrap_or(7),
+                keep_weekly: raw.keep_weekly.unwrap_or(4),
+            },
+        }
     }
 
     fn policy(&mut self, raw: &raw::RawPolicy) -> Policy {

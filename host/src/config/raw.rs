@@ -22,6 +22,18 @@ pub(super) struct RawEnvironment {
     #[serde(default)]
     pub strict: bool,
     pub database: Option<Spanned<RawDatabase>>,
+    pub backup: Option<Spanned<RawBackup>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackup {
+    pub dir: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub zstd_level: Option<Spanned<i32>>,
+    pub keep_last: Option<usize>,
+    pub keep_daily: Option<usize>,
+    pub keep_weekly: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,6 +3,7 @@
 //! PostgreSQL first, SQLite as the embedded default. Migrations are sqlx-compatible
 //! ([`migrate`]); the schema is snapshotted and fingerprinted ([`schema`]).
 
+pub mod backup;
 mod conn;
 mod error;
 pub mod migrate;

@@ -190,6 +190,16 @@ fn state_of(m: Option<&Migration>, a: Option<&Applied>) -> State {
     }
 }
 
+/// The last successfully applied version on an open connection (none without a history).
+pub(crate) async fn current_version(conn: &mut Conn) -> Result<Option<i64>, DbError> {
+    Ok(history::read(conn)
+        .await?
+        .iter()
+        .filter(|a| a.success)
+        .map(|a| a.version)
+        .max())
+}
+
 /// Where every version stands. Reads only; creates nothing.
 pub async fn status(settings: &Settings) -> Result<Status, DbError> {
     let files = source::load(&settings.dir)?;

@@ -1,0 +1,314 @@
+//! `deploy-agent backup create|list|verify|restore|export|prune --env NAME`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{EXIT_FAILED, Output, human_size};
+use crate::config::Config;
+use crate::db::backup::{self, BackupSettings};
+
+/// What to do.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BackupCommand {
+    /// Back up the environment's database now.
+    Create {
+        /// Common options.
+        #[command(flatten)]
+        args: BackupArgs,
+        /// Why (recorded in the manifest).
+        #[arg(long, default_value = "manual backup")]
+        reason: String,
+    },
+    /// The environment's backups, newest first.
+    List(BackupArgs),
+    /// Check a backup: checksum, then decrypt and decompress it whole without writing.
+    Verify {
+        /// The backup's id.
+        id: String,
+        /// Common options.
+        #[command(flatten)]
+        args: BackupArgs,
+    },
+    /// Restore a backup into the environment's database (a safety backup is taken first).
+    Restore {
+        /// The backup's id.
+        id: String,
+        /// Common options.
+        #[command(flatten)]
+        args: BackupArgs,
+        /// Restore into a scratch database, check it, compare its fingerprint, drop it.
+        #[arg(long)]
+        test: bool,
+        /// Skip the safety backup of the current database.
+        #[arg(long)]
+        no_safety_backup: bool,
+        /// Do it without asking (required when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Write a backup out as a plain dump (`pg_restore` accepts it) or SQLite file.
+    Export {
+        /// The backup's id.
+        id: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Common options.
+        #[command(flatten)]
+        args: BackupArgs,
+    },
+    /// Delete backups the retention policy does not keep.
+    Prune(BackupArgs),
+}
+
+/// Options every backup command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackupArgs {
+    /// The environment (a section of agent.toml).
+    #[arg(long)]
+    pub env: String,
+    /// The configuration.
+    #[arg(long, default_value = "agent.toml")]
+    pub config: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+struct Target {
+    url: String,
+    backup: BackupSettings,
+}
+
+fn target(config: &Path, env: &str) -> anyhow::Result<Target> {
+    let config = Config::load(config)?;
+    let env = config.environment(env).map_err(anyhow::Error::msg)?;
+    let db = env.database.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "environment `{}` has no [environments.{}.database]",
+            env.name,
+            env.name
+        )
+    })?;
+    Ok(Target {
+        url: db.url().map_err(anyhow::Error::msg)?,
+        backup: env.backup.settings(&env.name).map_err(anyhow::Error::msg)?,
+    })
+}
+
+/// Takes a backup with a progress line (bytes, rate) on a terminal, log lines otherwise.
+pub(crate) async fn create_with_progress(
+    url: &str,
+    settings: &BackupSettings,
+    why: &str,
+) -> anyhow::Result<backup::Manifest> {
+    use std::io::IsTerminal;
+    let progress = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reporter = {
+        let (progress, done) = (progress.clone(), done.clone());
+        let tty = std::io::stderr().is_terminal();
+        tokio::spawn(async move {
+            let bar = tty.then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{spinner} {bytes} dumped, {bytes_per_sec}, {elapsed}",
+                ) {
+                    bar.set_style(style);
+                }
+                bar
+            });
+            let mut ticks = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                ticks += 1;
+                let n = progress.load(Ordering::Relaxed);
+                match &bar {
+                    Some(bar) => bar.set_position(n),
+                    None if ticks % 25 == 0 => {
+                        tracing::info!(bytes = n, "backup in progress: {} dumped", human_size(n))
+                    }
+                    None => {}
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        })
+    };
+    let result = backup::create(url, settings, &crate::db::migrate::whoami(), why, progress).await;
+    done.store(true, Ordering::Relaxed);
+    let _ = reporter.await;
+    Ok(result?)
+}
+
+pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BackupCommand::Create { args, reason } => {
+            let t = target(&args.config, &args.env)?;
+            let m = create_with_progress(&t.url, &t.backup, &reason).await?;
+            if args.output == Output::Json {
+                say!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                say!(
+                    "backup {} written: {} dump -> {} stored ({}{}), schema version {}",
+                    m.id,
+                    human_size(m.raw_bytes),
+                    human_size(m.stored_bytes),
+                    m.compression,
+                    m.encryption
+                        .as_ref()
+                        .map(|e| format!(", {e}"))
+                        .unwrap_or_else(|| ", NOT encrypted".into()),
+                    m.schema_version.map_or("none".into(), |v| v.to_string())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::List(args) => {
+            let t = target(&args.config, &args.env)?;
+            let (all, partial) = backup::list(&t.backup.dir)?;
+            if args.output == Output::Json {
+                say!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for m in &all {
+                    say!(
+                        "{}  {}  {:>10}  schema {:<16} {}{}",
+                        m.id,
+                        m.started_at,
+                        human_size(m.stored_bytes),
+                        m.schema_version.map_or("-".into(), |v| v.to_string()),
+                        m.why,
+                        if m.encryption.is_some() {
+                            ""
+                        } else {
+                            "  (unencrypted)"
+                        }
+                    );
+                }
+                for p in &partial {
+                    say!("incomplete (not a backup; safe to delete): {}", p.display());
+                }
+                say!("{} backup(s) in {}", all.len(), t.backup.dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Verify { id, args } => {
+            let t = target(&args.config, &args.env)?;
+            let m = backup::find(&t.backup.dir, &id)?;
+            let (dir, key) = (t.backup.dir.clone(), t.backup.key.clone());
+            let v = tokio::task::spawn_blocking(move || backup::verify(&m, &dir, key.as_ref()))
+                .await??;
+            say!(
+                "backup {} verified: checksum ok, {} decoded",
+                v.id,
+                human_size(v.raw_bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Restore {
+            id,
+            args,
+            test,
+            no_safety_backup,
+            yes,
+        } => {
+            let t = target(&args.config, &args.env)?;
+            let m = backup::find(&t.backup.dir, &id)?;
+            if test {
+                let r =
+                    backup::restore_test(&m, &t.backup.dir, t.backup.key.as_ref(), &t.url).await?;
+                if args.output == Output::Json {
+                    say!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    for c in &r.checks {
+                        say!("  {:<24} {:<8} {}", c.name, c.status, c.detail);
+                    }
+                    say!(
+                        "restore test of {}: {}",
+                        r.id,
+                        if r.fingerprint_matches {
+                            "schema matches the manifest"
+                        } else {
+                            "SCHEMA DIFFERS from the manifest"
+                        }
+                    );
+                }
+                let bad = !r.fingerprint_matches || r.checks.iter().any(|c| c.status == "error");
+                return Ok(if bad {
+                    ExitCode::from(EXIT_FAILED)
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            confirm(
+                yes,
+                &format!(
+                    "restore backup {} ({}) over the `{}` database, replacing its contents",
+                    m.id, m.started_at, args.env
+                ),
+            )?;
+            if !no_safety_backup {
+                let safety = create_with_progress(
+                    &t.url,
+                    &t.backup,
+                    &format!("safety backup before restoring {}", m.id),
+                )
+                .await?;
+                say!("safety backup {} taken", safety.id);
+            }
+            backup::restore(&m, &t.backup.dir, t.backup.key.as_ref(), &t.url).await?;
+            say!(
+                "restored {} (schema version {})",
+                m.id,
+                m.schema_version.map_or("none".into(), |v| v.to_string())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Export { id, out, args } => {
+            let t = target(&args.config, &args.env)?;
+            let m = backup::find(&t.backup.dir, &id)?;
+            let (dir, key, o) = (t.backup.dir.clone(), t.backup.key.clone(), out.clone());
+            let n = tokio::task::spawn_blocking(move || backup::export(&m, &dir, key.as_ref(), &o))
+                .await??;
+            say!("exported {} to {} ({})", id, out.display(), human_size(n));
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Prune(args) => {
+            let t = target(&args.config, &args.env)?;
+            let deleted = backup::prune(&t.backup.dir, t.backup.retention, &BTreeSet::new())?;
+            if args.output == Output::Json {
+                say!("{}", serde_json::to_string_pretty(&deleted)?);
+            } else {
+                for id in &deleted {
+                    say!("deleted {id}");
+                }
+                say!("{} backup(s) deleted", deleted.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Asks on a terminal; refuses in a script unless `--yes`.
+fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("about to {what}; not a terminal, so pass --yes to confirm");
+    }
+    eprint!("About to {what}.\nType `yes` to continue: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "yes" {
+        anyhow::bail!("not confirmed; nothing changed");
+    }
+    Ok(())
+}

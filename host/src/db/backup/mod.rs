@@ -1,0 +1,1104 @@
+//! Backups: taken before migrating, verified, restorable, and kept tidy.
+//!
+//! PostgreSQL: `pg_dump --format=custom --compress=0` streamed through multi-threaded zstd, a
+//! sha256 and (when a key is configured) XChaCha20-Poly1305 ([`crypt`]) into the environment's
+//! backup directory. SQLite: `VACUUM INTO` a consistent snapshot, then the same stream.
+//! Nothing is buffered whole: memory stays flat whatever the database's size.
+//!
+//! A backup is written as `<id>.partial` and renamed when complete; its manifest
+//! (`<id>.json`) is written last. A file without a manifest is never listed as a backup.
+
+pub mod crypt;
+pub mod time;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::DbError;
+use super::conn::{Backend, Conn, backend_of, redact_url};
+use super::schema::{Snapshot, postchecks};
+pub use crypt::Key;
+
+/// Where and how an environment keeps its backups.
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    /// The environment.
+    pub environment: String,
+    /// The directory backups are written to.
+    pub dir: PathBuf,
+    /// The encryption key; `None` writes unencrypted backups.
+    pub key: Option<Key>,
+    /// zstd level (1 is fastest; 3 is zstd's default).
+    pub zstd_level: i32,
+    /// What `prune` keeps.
+    pub retention: Retention,
+}
+
+/// What `prune` keeps: the newest `keep_last`, plus the newest of each of the last
+/// `keep_daily` days and `keep_weekly` weeks that have a backup.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Retention {
+    /// The newest N.
+    pub keep_last: usize,
+    /// One per day for N days.
+    pub keep_daily: usize,
+    /// One per week for N weeks.
+    pub keep_weekly: usize,
+}
+
+/// Everything known about one backup, stored as JSON beside it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Its id (also its file name).
+    pub id: String,
+    /// The environment.
+    pub environment: String,
+    /// The database, password removed.
+    pub database: String,
+    /// `postgres` or `sqlite`.
+    pub backend: String,
+    /// The server's version.
+    pub server_version: String,
+    /// The last applied migration.
+    pub schema_version: Option<i64>,
+    /// The schema fingerprint at backup time.
+    pub schema_fingerprint: String,
+    /// `pg_dump-custom` or `sqlite-database`.
+    pub format: String,
+    /// Bytes of the dump before compression.
+    pub raw_bytes: u64,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// sha256 of the stored file.
+    pub sha256: String,
+    /// `zstd-<level>`.
+    pub compression: String,
+    /// `xchacha20poly1305-stream`, or none.
+    pub encryption: Option<String>,
+    /// The key's public id, when encrypted.
+    pub key_id: Option<String>,
+    /// When it started (RFC 3339, UTC).
+    pub started_at: String,
+    /// When it finished.
+    pub finished_at: String,
+    /// Who took it.
+    pub who: String,
+    /// Why.
+    pub why: String,
+}
+
+impl Manifest {
+    fn data_file(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.backup", self.id))
+    }
+}
+
+fn io_err(context: &str, path: &Path, e: impl std::fmt::Display) -> DbError {
+    DbError::Query {
+        context: format!("{context} {}", path.display()),
+        message: e.to_string(),
+    }
+}
+
+/// Counts bytes through a reader.
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Hashes and counts bytes on their way to a file.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The end of the pipeline: encrypted or not.
+enum Sink {
+    Plain(Hashing<BufWriter<File>>),
+    Sealed(crypt::EncryptWriter<Hashing<BufWriter<File>>>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Sealed(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+impl Sink {
+    fn finish(self) -> io::Result<(String, u64)> {
+        let mut h = match self {
+            Sink::Plain(h) => h,
+            Sink::Sealed(w) => w.finish()?,
+        };
+        h.flush()?;
+        let file = h.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok((hex::encode(h.hash.finalize()), h.bytes))
+    }
+}
+
+/// Compresses (and encrypts) `source` into `path`, returning (sha256, stored bytes).
+fn seal(source: impl Read, path: &Path, settings: &BackupSettings) -> io::Result<(String, u64)> {
+    let file = File::create(path)?;
+    let hashing = Hashing {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    let sink = match &settings.key {
+        Some(key) => Sink::Sealed(crypt::EncryptWriter::new(hashing, key)?),
+        None => Sink::Plain(hashing),
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(sink, settings.zstd_level)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    if workers > 1 {
+        encoder.multithread(workers)?;
+    }
+    let mut source = BufReader::with_capacity(1 << 20, source);
+    io::copy(&mut source, &mut encoder)?;
+    encoder.finish()?.finish()
+}
+
+/// Reads a stored backup back to its plain dump bytes, checking integrity as it goes.
+fn open_plain(
+    manifest: &Manifest,
+    dir: &Path,
+    key: Option<&Key>,
+) -> Result<Box<dyn Read + Send>, DbError> {
+    let path = manifest.data_file(dir);
+    let file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
+    let reader: Box<dyn Read + Send> = match (&manifest.encryption, key) {
+        (Some(_), Some(key)) => Box::new(
+            crypt::DecryptReader::new(BufReader::with_capacity(1 << 20, file), key)
+                .map_err(|e| io_err("cannot decrypt", &path, e))?,
+        ),
+        (Some(_), None) => {
+            return Err(DbError::Query {
+                context: format!("backup {}", manifest.id),
+                message: format!(
+                    "it is encrypted (key {}), and no backup key is configured for this environment",
+                    manifest.key_id.clone().unwrap_or_default()
+                ),
+            });
+        }
+        (None, _) => Box::new(BufReader::with_capacity(1 << 20, file)),
+    };
+    let decoder = zstd::stream::read::Decoder::new(reader)
+        .map_err(|e| io_err("cannot decompress", &path, e))?;
+    Ok(Box::new(decoder))
+}
+
+/// Splits a PostgreSQL URL into one without the password (safe for command lines) and the
+/// password (passed to pg_dump/pg_restore through the environment, never argv).
+fn pg_cli_url(url: &str) -> (String, Option<String>) {
+    let redacted = redact_url(url);
+    if redacted == url {
+        return (url.to_string(), None);
+    }
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|auth| auth.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p.to_string());
+    (redacted.replacen(":***@", "@", 1), password)
+}
+
+fn pg_tool(name: &str, url: &str) -> (Command, String) {
+    let (url, password) = pg_cli_url(url);
+    let mut cmd = Command::new(name);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    (cmd, url)
+}
+
+/// What the database looks like now, for the manifest.
+async fn describe(url: &str) -> Result<(Backend, String, Option<i64>, String), DbError> {
+    let mut conn = Conn::open(url).await?;
+    let result = async {
+        let backend = conn.backend();
+        let version_sql = match backend {
+            Backend::Postgres => "SELECT current_setting('server_version')",
+            Backend::Sqlite => "SELECT sqlite_version()",
+        };
+        let version = conn
+            .rows(version_sql)
+            .await
+            .map_err(|e| DbError::query("reading the server version", e))?;
+        let version = version
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        let applied = super::migrate::current_version(&mut conn).await?;
+        let fingerprint = Snapshot::take(&mut conn).await?.fingerprint();
+        Ok((backend, version, applied, fingerprint))
+    }
+    .await;
+    conn.close().await;
+    result
+}
+
+fn sqlite_path(url: &str) -> Result<PathBuf, DbError> {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.starts_with(':') {
+        return Err(DbError::Query {
+            context: "backup".into(),
+            message: format!("{url} is not a database file"),
+        });
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), DbError> {
+    let path = dir.join(format!("{}.json", manifest.id));
+    let tmp = dir.join(format!("{}.json.partial", manifest.id));
+    let text =
+        serde_json::to_string_pretty(manifest).map_err(|e| io_err("cannot encode", &path, e))?;
+    let mut f = File::create(&tmp).map_err(|e| io_err("cannot write", &tmp, e))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err("cannot write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io_err("cannot write", &path, e))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// (sha256, stored bytes, raw bytes, format) of a sealed dump.
+type Sealed = (String, u64, u64, &'static str);
+
+/// PostgreSQL: pg_dump's custom format, uncompressed, straight into the pipeline.
+fn seal_pg_dump(
+    url: &str,
+    partial: &Path,
+    settings: &BackupSettings,
+    progress: Arc<AtomicU64>,
+) -> Result<Sealed, DbError> {
+    let (mut cmd, cli_url) = pg_tool("pg_dump", url);
+    let mut child = cmd
+        .args([
+            "--format=custom",
+            "--compress=0",
+            "--no-password",
+            "--dbname",
+        ])
+        .arg(&cli_url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| DbError::Query {
+            context: "starting pg_dump".into(),
+            message: format!("{e} (is PostgreSQL's client installed?)"),
+        })?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| DbError::query("pg_dump", "no stdout"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| DbError::query("pg_dump", "no stderr"))?;
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let sealed = seal(
+        Counting {
+            inner: stdout,
+            count: progress.clone(),
+        },
+        partial,
+        settings,
+    );
+    if sealed.is_err() {
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| DbError::query("waiting for pg_dump", e))?;
+    let errors = errors.join().unwrap_or_default();
+    let (sha, stored) = sealed.map_err(|e| io_err("cannot write", partial, e))?;
+    if !status.success() {
+        return Err(DbError::Query {
+            context: "pg_dump failed".into(),
+            message: redact_url(errors.trim()),
+        });
+    }
+    Ok((
+        sha,
+        stored,
+        progress.load(Ordering::Relaxed),
+        "pg_dump-custom",
+    ))
+}
+
+/// SQLite: a consistent snapshot with `VACUUM INTO`, then the pipeline.
+async fn seal_sqlite(
+    url: &str,
+    partial: &Path,
+    settings: &BackupSettings,
+    progress: Arc<AtomicU64>,
+) -> Result<Sealed, DbError> {
+    let snapshot = partial.with_extension("snapshot");
+    let _ = std::fs::remove_file(&snapshot);
+    let mut conn = Conn::open(url).await?;
+    let vacuum = conn
+        .exec(&format!(
+            "VACUUM INTO {}",
+            super::conn::lit(&snapshot.display().to_string())
+        ))
+        .await;
+    conn.close().await;
+    vacuum.map_err(|e| DbError::query("VACUUM INTO (SQLite snapshot)", e))?;
+    let (snap, part, s) = (snapshot.clone(), partial.to_path_buf(), settings.clone());
+    let sealed = tokio::task::spawn_blocking(move || {
+        let file = File::open(&snap).map_err(|e| io_err("cannot read", &snap, e))?;
+        let (sha, stored) = seal(
+            Counting {
+                inner: file,
+                count: progress.clone(),
+            },
+            &part,
+            &s,
+        )
+        .map_err(|e| io_err("cannot write", &part, e))?;
+        Ok::<_, DbError>((
+            sha,
+            stored,
+            progress.load(Ordering::Relaxed),
+            "sqlite-database",
+        ))
+    })
+    .await
+    .map_err(|e| DbError::query("backup task", e));
+    let _ = std::fs::remove_file(&snapshot);
+    sealed?
+}
+
+/// Takes a backup. `progress` receives the dump bytes read so far.
+pub async fn create(
+    url: &str,
+    settings: &BackupSettings,
+    who: &str,
+    why: &str,
+    progress: Arc<AtomicU64>,
+) -> Result<Manifest, DbError> {
+    std::fs::create_dir_all(&settings.dir)
+        .map_err(|e| io_err("cannot create", &settings.dir, e))?;
+    let started = time::now_secs();
+    let (backend, server_version, schema_version, schema_fingerprint) = describe(url).await?;
+    let mut nonce = [0u8; 3];
+    chacha20poly1305::aead::rand_core::RngCore::fill_bytes(
+        &mut chacha20poly1305::aead::OsRng,
+        &mut nonce,
+    );
+    let id = format!(
+        "{}-{}-{}",
+        time::compact(started),
+        settings.environment,
+        hex::encode(nonce)
+    );
+    let partial = settings.dir.join(format!("{id}.partial"));
+    let sealed = match backend {
+        Backend::Postgres => {
+            let (u, p, s) = (url.to_string(), partial.clone(), settings.clone());
+            tokio::task::spawn_blocking(move || seal_pg_dump(&u, &p, &s, progress))
+                .await
+                .map_err(|e| DbError::query("backup task", e))
+                .and_then(|r| r)
+        }
+        Backend::Sqlite => seal_sqlite(url, &partial, settings, progress).await,
+    };
+    let (sha256, stored_bytes, raw_bytes, format) = match sealed {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing that looks like a backup is left behind.
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    let manifest = Manifest {
+        id,
+        environment: settings.environment.clone(),
+        database: redact_url(url),
+        backend: format!("{backend:?}").to_lowercase(),
+        server_version,
+        schema_version,
+        schema_fingerprint,
+        format: format.to_string(),
+        raw_bytes,
+        stored_bytes,
+        sha256,
+        compression: format!("zstd-{}", settings.zstd_level),
+        encryption: settings
+            .key
+            .as_ref()
+            .map(|_| "xchacha20poly1305-stream".to_string()),
+        key_id: settings.key.as_ref().map(Key::id),
+        started_at: time::rfc3339(started),
+        finished_at: time::rfc3339(time::now_secs()),
+        who: who.to_string(),
+        why: why.to_string(),
+    };
+    let finished = (|| {
+        std::fs::rename(&partial, manifest.data_file(&settings.dir))
+            .map_err(|e| io_err("cannot finish", &partial, e))?;
+        sync_dir(&settings.dir);
+        write_manifest(&settings.dir, &manifest)
+    })();
+    if let Err(e) = finished {
+        let _ = std::fs::remove_file(&partial);
+        let _ = std::fs::remove_file(manifest.data_file(&settings.dir));
+        return Err(e);
+    }
+    tracing::info!(id = %manifest.id, stored_bytes = manifest.stored_bytes, "backup written");
+    Ok(manifest)
+}
+
+/// The backups in `dir`, newest first, and any incomplete leftovers (`.partial` files).
+pub fn list(dir: &Path) -> Result<(Vec<Manifest>, Vec<PathBuf>), DbError> {
+    let mut manifests = Vec::new();
+    let mut partial = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((manifests, partial)),
+        Err(e) => return Err(io_err("cannot list", dir, e)),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".partial") || name.ends_with(".snapshot") {
+            partial.push(path);
+        } else if name.ends_with(".json") {
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| io_err("cannot read", &path, e))?;
+            let m: Manifest = serde_json::from_str(&text)
+                .map_err(|e| io_err("not a backup manifest:", &path, e))?;
+            manifests.push(m);
+        }
+    }
+    manifests.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+    Ok((manifests, partial))
+}
+
+/// One backup by id.
+pub fn find(dir: &Path, id: &str) -> Result<Manifest, DbError> {
+    let (all, _) = list(dir)?;
+    all.into_iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| DbError::Query {
+            context: format!("backup {id}"),
+            message: format!(
+                "no such backup in {} (see `deploy-agent backup list`)",
+                dir.display()
+            ),
+        })
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    /// The backup.
+    pub id: String,
+    /// The stored file's sha256 matched the manifest.
+    pub checksum_ok: bool,
+    /// Plain bytes read back (must equal the manifest's `raw_bytes`).
+    pub raw_bytes: u64,
+}
+
+/// Checks the stored checksum, then decrypts and decompresses the whole stream without
+/// writing anything. Any failure is an error that says what is wrong.
+pub fn verify(manifest: &Manifest, dir: &Path, key: Option<&Key>) -> Result<Verified, DbError> {
+    let path = manifest.data_file(dir);
+    let mut file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| io_err("cannot read", &path, e))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    let actual = hex::encode(hash.finalize());
+    if actual != manifest.sha256 {
+        return Err(DbError::Query {
+            context: format!("backup {}", manifest.id),
+            message: format!(
+                "checksum mismatch: the manifest says {}, the file is {actual}: it was modified or truncated",
+                manifest.sha256
+            ),
+        });
+    }
+    let mut plain = open_plain(manifest, dir, key)?;
+    let mut raw = 0u64;
+    let mut head = Vec::new();
+    loop {
+        let n = plain.read(&mut buf).map_err(|e| DbError::Query {
+            context: format!("backup {}", manifest.id),
+            message: e.to_string(),
+        })?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < 16 {
+            head.extend_from_slice(&buf[..n.min(16)]);
+        }
+        raw += n as u64;
+    }
+    let magic_ok = match manifest.format.as_str() {
+        "pg_dump-custom" => head.starts_with(b"PGDMP"),
+        _ => head.starts_with(b"SQLite format 3"),
+    };
+    if raw != manifest.raw_bytes || !magic_ok {
+        return Err(DbError::Query {
+            context: format!("backup {}", manifest.id),
+            message: format!(
+                "decoded {raw} bytes, the manifest says {}{}",
+                manifest.raw_bytes,
+                if magic_ok {
+                    ""
+                } else {
+                    "; and it is not the dump format the manifest names"
+                }
+            ),
+        });
+    }
+    Ok(Verified {
+        id: manifest.id.clone(),
+        checksum_ok: true,
+        raw_bytes: raw,
+    })
+}
+
+/// Writes the plain dump (a stock `pg_dump` custom archive, or the SQLite file) to `out`.
+pub fn export(
+    manifest: &Manifest,
+    dir: &Path,
+    key: Option<&Key>,
+    out: &Path,
+) -> Result<u64, DbError> {
+    let tmp = out.with_extension("partial");
+    let result = (|| {
+        let mut plain = open_plain(manifest, dir, key)?;
+        let mut file = File::create(&tmp).map_err(|e| io_err("cannot write", &tmp, e))?;
+        let n = io::copy(&mut plain, &mut file).map_err(|e| io_err("cannot export to", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| io_err("cannot write", &tmp, e))?;
+        std::fs::rename(&tmp, out).map_err(|e| io_err("cannot write", out, e))?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Restores a backup into the database at `url`, replacing what is there: afterwards the
+/// database is exactly as backed up (objects created since are gone). PostgreSQL: one
+/// transaction, all or nothing. SQLite: the snapshot is written beside the database and
+/// renamed over it.
+pub async fn restore(
+    manifest: &Manifest,
+    dir: &Path,
+    key: Option<&Key>,
+    url: &str,
+) -> Result<(), DbError> {
+    let backend =
+        backend_of(url).ok_or_else(|| DbError::query("restore", "unsupported database URL"))?;
+    let expected = if backend == Backend::Postgres {
+        "pg_dump-custom"
+    } else {
+        "sqlite-database"
+    };
+    if manifest.format != expected {
+        return Err(DbError::Query {
+            context: format!("restoring {}", manifest.id),
+            message: format!(
+                "it is a {} backup; the target is {backend:?}",
+                manifest.format
+            ),
+        });
+    }
+    let schemas = if backend == Backend::Postgres {
+        user_schemas(url).await?
+    } else {
+        Vec::new()
+    };
+    let (m, d, k, u) = (
+        manifest.clone(),
+        dir.to_path_buf(),
+        key.cloned(),
+        url.to_string(),
+    );
+    tokio::task::spawn_blocking(move || match backend {
+        Backend::Postgres => pg_restore(&m, &d, k.as_ref(), &u, &schemas),
+        Backend::Sqlite => {
+            let target = sqlite_path(&u)?;
+            let tmp = target.with_extension("restoring");
+            let result = export(&m, &d, k.as_ref(), &tmp).and_then(|_| {
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(PathBuf::from(format!(
+                        "{}{suffix}",
+                        target.display()
+                    )));
+                }
+                std::fs::rename(&tmp, &target).map_err(|e| io_err("cannot replace", &target, e))
+            });
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        }
+    })
+    .await
+    .map_err(|e| DbError::query("restore task", e))??;
+    tracing::warn!(id = %manifest.id, "database restored from backup");
+    Ok(())
+}
+
+/// Restores into the database at `url` so it ends up exactly as backed up, in one
+/// transaction: `psql --single-transaction` runs a prelude that drops the user schemas (and
+/// with them anything created since the backup), then the SQL `pg_restore --file=-` renders
+/// from the archive. Any error rolls the whole restore back.
+fn pg_restore(
+    manifest: &Manifest,
+    dir: &Path,
+    key: Option<&Key>,
+    url: &str,
+    schemas: &[String],
+) -> Result<(), DbError> {
+    let mut plain = open_plain(manifest, dir, key)?;
+    let (mut render, _) = pg_tool("pg_restore", url);
+    let mut render = render
+        .args(["--no-owner", "--file=-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| DbError::Query {
+            context: "starting pg_restore".into(),
+            message: e.to_string(),
+        })?;
+    let (mut apply, cli_url) = pg_tool("psql", url);
+    let mut apply = apply
+        .args([
+            "-X",
+            "-q",
+            "--no-password",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            "-f",
+            "-",
+            "-d",
+        ])
+        .arg(&cli_url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| DbError::Query {
+            context: "starting psql".into(),
+            message: e.to_string(),
+        })?;
+    let collect = |mut pipe: std::process::ChildStderr| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let render_err = collect(
+        render
+            .stderr
+            .take()
+            .ok_or_else(|| DbError::query("pg_restore", "no stderr"))?,
+    );
+    let apply_err = collect(
+        apply
+            .stderr
+            .take()
+            .ok_or_else(|| DbError::query("psql", "no stderr"))?,
+    );
+    let mut render_in = render
+        .stdin
+        .take()
+        .ok_or_else(|| DbError::query("pg_restore", "no stdin"))?;
+    let mut render_out = render
+        .stdout
+        .take()
+        .ok_or_else(|| DbError::query("pg_restore", "no stdout"))?;
+    let mut apply_in = apply
+        .stdin
+        .take()
+        .ok_or_else(|| DbError::query("psql", "no stdin"))?;
+    let mut prelude = String::new();
+    for schema in schemas {
+        prelude.push_str(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE;\n",
+            schema.replace('"', "\"\"")
+        ));
+    }
+    if !schemas.is_empty() {
+        prelude.push_str("CREATE SCHEMA IF NOT EXISTS public;\n");
+    }
+    let pump = std::thread::spawn(move || -> io::Result<()> {
+        apply_in.write_all(prelude.as_bytes())?;
+        io::copy(&mut render_out, &mut apply_in)?;
+        Ok(())
+    });
+    let fed = io::copy(&mut plain, &mut render_in);
+    drop(render_in);
+    let rendered = render
+        .wait()
+        .map_err(|e| DbError::query("waiting for pg_restore", e))?;
+    let pumped = pump
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("copy thread panicked")));
+    let applied = apply
+        .wait()
+        .map_err(|e| DbError::query("waiting for psql", e))?;
+    let (render_err, apply_err) = (
+        render_err.join().unwrap_or_default(),
+        apply_err.join().unwrap_or_default(),
+    );
+    if let Err(e) = fed {
+        return Err(DbError::Query {
+            context: format!("reading backup {} (nothing was changed)", manifest.id),
+            message: e.to_string(),
+        });
+    }
+    if !rendered.success() {
+        return Err(DbError::Query {
+            context: "pg_restore could not read the archive (nothing was changed)".into(),
+            message: redact_url(render_err.trim()),
+        });
+    }
+    if !applied.success() || pumped.is_err() {
+        return Err(DbError::Query {
+            context: "restore failed and was rolled back (nothing was changed)".into(),
+            message: redact_url(apply_err.trim()),
+        });
+    }
+    Ok(())
+}
+
+/// The user schemas of the database at `url` (what a restore replaces).
+async fn user_schemas(url: &str) -> Result<Vec<String>, DbError> {
+    let mut conn = Conn::open(url).await?;
+    let rows = conn
+        .rows("SELECT nspname::text FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%' ORDER BY 1")
+        .await;
+    conn.close().await;
+    let rows = rows.map_err(|e| DbError::query("listing schemas", e))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
+}
+
+/// What `restore --test` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreTest {
+    /// The backup.
+    pub id: String,
+    /// Where it was restored (dropped afterwards).
+    pub scratch: String,
+    /// The schema fingerprint after restoring.
+    pub fingerprint: String,
+    /// Whether it equals the manifest's.
+    pub fingerprint_matches: bool,
+    /// Post-checks on the restored copy.
+    pub checks: Vec<super::schema::Check>,
+}
+
+/// Restores into a scratch database (PostgreSQL: a new database on the same server; SQLite:
+/// a temporary file), runs the post-checks, compares the fingerprint, and drops it.
+pub async fn restore_test(
+    manifest: &Manifest,
+    dir: &Path,
+    key: Option<&Key>,
+    url: &str,
+) -> Result<RestoreTest, DbError> {
+    let backend = backend_of(url)
+        .ok_or_else(|| DbError::query("restore --test", "unsupported database URL"))?;
+    match backend {
+        Backend::Postgres => {
+            let mut nonce = [0u8; 4];
+            chacha20poly1305::aead::rand_core::RngCore::fill_bytes(
+                &mut chacha20poly1305::aead::OsRng,
+                &mut nonce,
+            );
+            let scratch = format!("deploy_agent_restore_test_{}", hex::encode(nonce));
+            let scratch_url = with_database(url, &scratch);
+            let mut admin = Conn::open(url).await?;
+            admin
+                .exec(&format!("CREATE DATABASE {scratch}"))
+                .await
+                .map_err(|e| DbError::query("creating the scratch database", e))?;
+            let (m, d, k, su) = (
+                manifest.clone(),
+                dir.to_path_buf(),
+                key.cloned(),
+                scratch_url.clone(),
+            );
+            let restored =
+                tokio::task::spawn_blocking(move || pg_restore(&m, &d, k.as_ref(), &su, &[]))
+                    .await
+                    .map_err(|e| DbError::query("restore task", e))
+                    .and_then(|r| r);
+            let checked = match restored {
+                Ok(()) => check_restored(&scratch_url).await,
+                Err(e) => Err(e),
+            };
+            let dropped = admin
+                .exec(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
+                .await;
+            admin.close().await;
+            let (fingerprint, checks) = checked?;
+            dropped.map_err(|e| DbError::query("dropping the scratch database", e))?;
+            Ok(RestoreTest {
+                id: manifest.id.clone(),
+                scratch,
+                fingerprint_matches: fingerprint == manifest.schema_fingerprint,
+                fingerprint,
+                checks,
+            })
+        }
+        Backend::Sqlite => {
+            let tmp = tempfile::tempdir().map_err(|e| DbError::query("restore --test", e))?;
+            let file = tmp.path().join("restore-test.db");
+            let (m, d, k, f) = (
+                manifest.clone(),
+                dir.to_path_buf(),
+                key.cloned(),
+                file.clone(),
+            );
+            tokio::task::spawn_blocking(move || export(&m, &d, k.as_ref(), &f))
+                .await
+                .map_err(|e| DbError::query("restore task", e))??;
+            let (fingerprint, checks) =
+                check_restored(&format!("sqlite:{}", file.display())).await?;
+            Ok(RestoreTest {
+                id: manifest.id.clone(),
+                scratch: file.display().to_string(),
+                fingerprint_matches: fingerprint == manifest.schema_fingerprint,
+                fingerprint,
+                checks,
+            })
+        }
+    }
+}
+
+async fn check_restored(url: &str) -> Result<(String, Vec<super::schema::Check>), DbError> {
+    let mut conn = Conn::open(url).await?;
+    let result = postchecks(&mut conn).await;
+    conn.close().await;
+    let (checks, fingerprint) = result?;
+    Ok((fingerprint, checks))
+}
+
+/// `url` pointing at another database on the same server.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Applies the retention policy; backups in `protected` (pinned by a recorded release) are
+/// always kept. Returns the ids deleted.
+pub fn prune(
+    dir: &Path,
+    retention: Retention,
+    protected: &BTreeSet<String>,
+) -> Result<Vec<String>, DbError> {
+    let (all, _) = list(dir)?;
+    let keep = retained(&all, retention, protected);
+    let mut deleted = Vec::new();
+    for m in all.iter().filter(|m| !keep.contains(&m.id)) {
+        let _ = std::fs::remove_file(dir.join(format!("{}.json", m.id)));
+        std::fs::remove_file(m.data_file(dir))
+            .map_err(|e| io_err("cannot delete", &m.data_file(dir), e))?;
+        deleted.push(m.id.clone());
+    }
+    sync_dir(dir);
+    Ok(deleted)
+}
+
+/// Which ids the policy keeps (`all` newest first).
+pub fn retained(
+    all: &[Manifest],
+    retention: Retention,
+    protected: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut keep: BTreeSet<String> = all
+        .iter()
+        .take(retention.keep_last)
+        .map(|m| m.id.clone())
+        .collect();
+    let mut days = BTreeSet::new();
+    let mut weeks = BTreeSet::new();
+    for m in all {
+        let Some(secs) = time::parse_rfc3339(&m.started_at) else {
+            continue;
+        };
+        let day = secs.div_euclid(86_400);
+        // Weeks start on Monday; 1970-01-01 was a Thursday.
+        let week = (day + 3).div_euclid(7);
+        if days.len() < retention.keep_daily && days.insert(day) {
+            keep.insert(m.id.clone());
+        }
+        if weeks.len() < retention.keep_weekly && weeks.insert(week) {
+            keep.insert(m.id.clone());
+        }
+    }
+    keep.extend(
+        all.iter()
+            .filter(|m| protected.contains(&m.id))
+            .map(|m| m.id.clone()),
+    );
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str, at: &str) -> Manifest {
+        Manifest {
+            id: id.into(),
+            environment: "e".into(),
+            database: String::new(),
+            backend: "sqlite".into(),
+            server_version: String::new(),
+            schema_version: None,
+            schema_fingerprint: String::new(),
+            format: "sqlite-database".into(),
+            raw_bytes: 0,
+            stored_bytes: 0,
+            sha256: String::new(),
+            compression: String::new(),
+            encryption: None,
+            key_id: None,
+            started_at: at.into(),
+            finished_at: at.into(),
+            who: String::new(),
+            why: String::new(),
+        }
+    }
+
+    #[test]
+    fn retention_keeps_last_daily_weekly_and_protected() {
+        // Newest first: two on Sat 21st, one on Fri 20th, one on Mon 16th, one on Tue 3rd.
+        let all = vec![
+            manifest("a", "2026-11-21T12:00:00Z"),
+            manifest("b", "2026-11-21T08:00:00Z"),
+            manifest("c", "2026-11-20T08:00:00Z"),
+            manifest("d", "2026-11-16T08:00:00Z"),
+            manifest("e", "2026-11-03T08:00:00Z"),
+        ];
+        let none = BTreeSet::new();
+        let r = |l, d, w| Retention {
+            keep_last: l,
+            keep_daily: d,
+            keep_weekly: w,
+        };
+        assert_eq!(retained(&all, r(1, 0, 0), &none), ["a".to_string()].into());
+        assert_eq!(
+            retained(&all, r(0, 2, 0), &none),
+            ["a".to_string(), "c".into()].into()
+        );
+        // Weeks: a (week of 16-22), e (week of 2-8); d shares a's week.
+        assert_eq!(
+            retained(&all, r(0, 0, 2), &none),
+            ["a".to_string(), "e".into()].into()
+        );
+        let pinned: BTreeSet<String> = ["d".to_string()].into();
+        assert_eq!(
+            retained(&all, r(1, 0, 0), &pinned),
+            ["a".to_string(), "d".into()].into()
+        );
+    }
+
+    #[test]
+    fn urls_for_tools_and_scratch_databases() {
+        assert_eq!(
+            pg_cli_url("postgres://u:p%40ss@h:5432/db"),
+            (
+                "postgres://u@h:5432/db".to_string(),
+                Some("p%40ss".to_string())
+            )
+        );
+        assert_eq!(pg_cli_url("postgres://u@h/db").1, None);
+        assert_eq!(
+            with_database("postgres://u@h:5/app?sslmode=disable", "scratch"),
+            "postgres://u@h:5/scratch?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5", "scratch"),
+            "postgres://u@h:5/scratch"
+        );
+    }
+}
