@@ -283,10 +283,11 @@ pub fn lint_pending(backend: Backend, pending: &[Migration]) -> Vec<LintFinding>
     }
 }
 
-/// Lints every migration file (without a database).
+/// Lints every migration file (without a database), with the rules of the URL's backend.
 pub fn lint_files(settings: &Settings) -> Result<Vec<LintFinding>, DbError> {
     let files = source::load(&settings.dir)?;
-    Ok(lint::lint(&files))
+    let backend = super::backend_of(&settings.url).unwrap_or(Backend::Postgres);
+    Ok(lint_pending(backend, &files))
 }
 
 /// Applies pending migrations up to `target` (all when `None`), or reverts down to `target`
