@@ -18,7 +18,11 @@ use deploy_agent_tests::postgres::cluster;
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -41,8 +45,14 @@ fn time_pg_dump(bin: &std::path::Path, url: &str, args: &[&str]) -> Duration {
 }
 
 fn main() {
-    let rows: u64 = std::env::var("BACKUP_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rows: u64 = std::env::var("BACKUP_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let pg = cluster();
     let (db, url) = pg.database("bench_backup");
     println!("generating {rows} rows of event-log data (text, JSON, timestamps)...");
@@ -69,14 +79,21 @@ fn main() {
     }
     pg.psql(&db, "VACUUM ANALYZE events");
     let size = pg.psql(&db, "SELECT pg_size_pretty(pg_database_size(current_database())) || ' (' || pg_database_size(current_database()) || ' bytes)'");
-    println!("database: {size}, generated in {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "database: {size}, generated in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     println!();
 
     let bin = pg.bin_dir();
     // Warm the page cache once so every contender reads the same way.
     time_pg_dump(bin, &url, &["-Fc", "-Z0"]);
     let floor = time_pg_dump(bin, &url, &["-Fc", "-Z0"]);
-    println!("{:<52} {:>8.2} s", "pg_dump -Fc -Z0 > /dev/null   (floor)", floor.as_secs_f64());
+    println!(
+        "{:<52} {:>8.2} s",
+        "pg_dump -Fc -Z0 > /dev/null   (floor)",
+        floor.as_secs_f64()
+    );
 
     let store = tempfile::tempdir().unwrap();
     let settings = BackupSettings {
@@ -84,14 +101,26 @@ fn main() {
         dir: store.path().to_path_buf(),
         key: Some(Key::parse(&"5a".repeat(32)).unwrap()),
         zstd_level: 3,
-        retention: Retention { keep_last: 1, keep_daily: 0, keep_weekly: 0 },
+        retention: Retention {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+        },
     };
     for level in [1, 3] {
         let mut s = settings.clone();
         s.zstd_level = level;
         reset_peak();
         let started = Instant::now();
-        let m = rt.block_on(backup::create(&url, &s, "bench", "bench", Arc::new(AtomicU64::new(0)))).unwrap();
+        let m = rt
+            .block_on(backup::create(
+                &url,
+                &s,
+                "bench",
+                "bench",
+                Arc::new(AtomicU64::new(0)),
+            ))
+            .unwrap();
         let took = started.elapsed();
         println!(
             "{:<52} {:>8.2} s  {:.2}x floor  {:>6} MB stored (x{:.2})  peak RSS {} MB",
@@ -104,7 +133,12 @@ fn main() {
         );
     }
     let gzip = time_pg_dump(bin, &url, &["-Fc"]);
-    println!("{:<52} {:>8.2} s  {:.2}x floor", "pg_dump -Fc (gzip)", gzip.as_secs_f64(), gzip.as_secs_f64() / floor.as_secs_f64());
+    println!(
+        "{:<52} {:>8.2} s  {:.2}x floor",
+        "pg_dump -Fc (gzip)",
+        gzip.as_secs_f64(),
+        gzip.as_secs_f64() / floor.as_secs_f64()
+    );
     println!();
     println!("goal: the agent's backup <= 1.15x the floor, peak RSS <= 64 MB");
 }

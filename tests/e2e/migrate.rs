@@ -131,7 +131,7 @@ async fn changed_file_is_refused_until_accepted_with_a_reason() {
     .unwrap();
     let log = pg.psql(
         &db,
-        "SELECT action || ' ' || detail FROM _deploy_agent_migration_log",
+        "SELECT action || ' ' || detail FROM _deploy_agent_migration_log WHERE action = 'accept'",
     );
     assert!(
         log.starts_with("accept accepted checksum") && log.contains("widened the id on purpose"),
@@ -456,7 +456,7 @@ async fn reverts_with_down_sql_stored_in_the_history() {
         "{err}"
     );
     assert_eq!(cols(), "id,x");
-    let log = pg.psql(&db, "SELECT string_agg(action || ' ' || version, ',' ORDER BY id) FROM _deploy_agent_migration_log");
+    let log = pg.psql(&db, "SELECT string_agg(action || ' ' || version, ',' ORDER BY id) FROM _deploy_agent_migration_log WHERE action <> 'run'");
     assert_eq!(log, "revert 3,revert 2");
 }
 
@@ -571,7 +571,7 @@ async fn strict_environments_block_on_lint_unless_waived_and_waivers_are_recorde
 
 #[tokio::test]
 async fn post_checks_report_unvalidated_constraints_and_record_the_fingerprint() {
-    let (_pg, _db, dir, settings) = setup("postcheck");
+    let (pg, db, dir, settings) = setup("postcheck");
     write(
         dir.path(),
         "1_t.sql",
@@ -596,6 +596,17 @@ async fn post_checks_report_unvalidated_constraints_and_record_the_fingerprint()
             .prechecks
             .iter()
             .any(|c| c.name == "server version" && c.detail.starts_with("PostgreSQL 15"))
+    );
+    let recorded = pg.psql(
+        &db,
+        "SELECT detail FROM _deploy_agent_migration_log WHERE action = 'run'",
+    );
+    assert_eq!(
+        recorded,
+        format!(
+            "applied 1, reverted 0; schema fingerprint {}",
+            report.fingerprint
+        )
     );
 }
 

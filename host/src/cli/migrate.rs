@@ -235,8 +235,12 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
         MigrateCommand::Lint(a) => {
             let s = settings(&a.config, &a.env)?;
             let findings = migrate::lint_files(&s)?;
-            if crate::db::backend_of(&s.url) == Some(crate::db::Backend::Sqlite) && a.output == Output::Human {
-                say!("the lint rules are PostgreSQL's (squawk); SQLite migrations take the database lock whole, so they are not linted");
+            if crate::db::backend_of(&s.url) == Some(crate::db::Backend::Sqlite)
+                && a.output == Output::Human
+            {
+                say!(
+                    "the lint rules are PostgreSQL's (squawk); SQLite migrations take the database lock whole, so they are not linted"
+                );
             }
             let blocking = findings.iter().filter(|f| f.waived.is_none()).count();
             if a.output == Output::Json {

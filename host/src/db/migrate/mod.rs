@@ -356,6 +356,18 @@ async fn run_locked(
         }
         let (post, fingerprint) = postchecks(conn).await?;
         let current = history::read(conn).await?.iter().filter(|a| a.success).map(|a| a.version).max();
+        if !done.is_empty() || !reverted.is_empty() {
+            // The schema this run left behind, for drift checks and rollbacks later.
+            let detail = format!("applied {}, reverted {}; schema fingerprint {fingerprint}", done.len(), reverted.len());
+            conn.exec(&format!(
+                "INSERT INTO _deploy_agent_migration_log (version, action, detail, actor) VALUES ({}, 'run', {}, {})",
+                current.unwrap_or(0),
+                lit(&detail),
+                lit(&settings.actor)
+            ))
+            .await
+            .map_err(|e| DbError::query("recording the run", e))?;
+        }
         Ok(RunReport { applied: done, reverted, prechecks: pre, postchecks: post, fingerprint, lint, current })
     }
     .await;
