@@ -94,3 +94,76 @@ fn plugin_check_loads_each_plugin_and_fails_on_a_bad_pin() {
         "{error}"
     );
 }
+
+#[test]
+fn migrate_and_backup_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = dir.path().join("migrations");
+    std::fs::create_dir(&migrations).unwrap();
+    std::fs::write(migrations.join("1_notes.sql"), "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT NOT NULL);\nINSERT INTO notes (title) VALUES ('a');").unwrap();
+    std::fs::write(dir.path().join("backup.key"), "3a".repeat(32)).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[environments.local.database]\nurl = \"sqlite:app.db\"\n[environments.local.backup]\nkey = \"${{file:{}}}\"\n",
+            dir.path().join("backup.key").display()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+
+    let (code, stdout, stderr) = run(&["migrate", "status", "--env", "local", "--config", c]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("PENDING") && stdout.contains("pending: 1"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = run(&["migrate", "run", "--env", "local", "--config", c]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 applied"), "{stdout}");
+
+    let (code, stdout, stderr) = run(&[
+        "backup",
+        "create",
+        "--env",
+        "local",
+        "--config",
+        c,
+        "--reason",
+        "before the demo",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("xchacha20poly1305-stream"), "{stdout}");
+    let (_, listing, _) = run(&[
+        "backup", "list", "--env", "local", "--config", c, "--output", "json",
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["why"], "before the demo");
+    let (code, stdout, _) = run(&["backup", "verify", &id, "--env", "local", "--config", c]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("verified"), "{stdout}");
+
+    // A restore from a script without --yes is refused and changes nothing.
+    let (code, _, stderr) = run(&["backup", "restore", &id, "--env", "local", "--config", c]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("pass --yes"), "{stderr}");
+    let (code, stdout, stderr) = run(&[
+        "backup", "restore", &id, "--env", "local", "--config", c, "--yes",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("safety backup") && stdout.contains("restored"),
+        "{stdout}"
+    );
+    let (_, listing, _) = run(&[
+        "backup", "list", "--env", "local", "--config", c, "--output", "json",
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "the safety backup is listed too"
+    );
+}
