@@ -129,7 +129,7 @@ pub(crate) async fn create_with_progress(
                 let n = progress.load(Ordering::Relaxed);
                 match &bar {
                     Some(bar) => bar.set_position(n),
-                    None if ticks % 25 == 0 => {
+                    None if ticks.is_multiple_of(25) => {
                         tracing::info!(bytes = n, "backup in progress: {} dumped", human_size(n))
                     }
                     None => {}
