@@ -1,5 +1,5 @@
 # One set of commands for people and CI. `make help` lists them.
-.PHONY: help setup plugins test lint fmt bench-plugins ci
+.PHONY: help setup plugins test lint fmt bench-plugins bench-db ci
 
 CARGO ?= cargo
 
@@ -9,6 +9,7 @@ help:
 	@echo "make test           the whole test suite (builds the plugins once, then runs every test)"
 	@echo "make lint           cargo fmt --check and clippy -D warnings over host, tests and plugins"
 	@echo "make bench-plugins  plugin runtime benchmark (release build), prints p50/p90"
+	@echo "make bench-db       migrations vs sqlx, backup vs pg_dump (throwaway PostgreSQL; several minutes)"
 	@echo "make ci             what .ci/run runs: lint, then test"
 
 setup:
@@ -33,5 +34,9 @@ fmt:
 
 bench-plugins: plugins
 	$(CARGO) run --release -p deploy-agent -- bench plugins
+
+bench-db: setup
+	$(CARGO) bench -p deploy-agent-tests --bench migrations
+	$(CARGO) bench -p deploy-agent-tests --bench backup
 
 ci: lint test

@@ -657,3 +657,46 @@ async fn sqlite_failure_mid_file_rolls_back_and_names_the_line() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+#[tokio::test]
+async fn failure_inside_a_pipelined_batch_commits_those_before_and_names_the_line() {
+    let (pg, db, dir, settings) = setup("batchfail");
+    write(
+        dir.path(),
+        "1_t.sql",
+        "CREATE TABLE t (id int PRIMARY KEY);",
+    );
+    write(dir.path(), "2_a.sql", "INSERT INTO t VALUES (1);");
+    write(dir.path(), "3_b.sql", "INSERT INTO t VALUES (2);");
+    write(
+        dir.path(),
+        "4_bad.sql",
+        "INSERT INTO t VALUES (3);\n-- oops\nINSERT INTO t VALUES (1);",
+    );
+    write(dir.path(), "5_c.sql", "INSERT INTO t VALUES (5);");
+    let err = migrate::run(&settings, None, &noop).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DbError::Migration {
+                version: 4,
+                line: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2"
+    );
+    let status = migrate::status(&settings).await.unwrap();
+    assert_eq!((status.current, status.pending()), (Some(3), 2));
+    assert_eq!(advisory_locks(pg, &db), "0");
+    // Per-migration execution times are each migration's own, not the batch's running total.
+    let times = pg.psql(
+        &db,
+        "SELECT bool_and(execution_time > 0 AND execution_time < 1000000000) FROM _sqlx_migrations",
+    );
+    assert_eq!(times, "t");
+}

@@ -347,13 +347,7 @@ async fn run_locked(
         for f in lint.iter().filter(|f| f.waived.is_none()) {
             tracing::warn!(version = f.version, rule = %f.rule, line = f.line, "lint: {}", f.message);
         }
-        let mut done = Vec::with_capacity(pending.len());
-        for (i, m) in pending.iter().enumerate() {
-            progress(i, pending.len(), m);
-            let started = Instant::now();
-            apply_one(conn, settings, m).await?;
-            done.push((m.version, started.elapsed().as_secs_f64() * 1e3));
-        }
+        let done = apply_all(conn, settings, &pending, progress).await?;
         let (post, fingerprint) = postchecks(conn).await?;
         let current = history::read(conn).await?.iter().filter(|a| a.success).map(|a| a.version).max();
         if !done.is_empty() || !reverted.is_empty() {
@@ -405,8 +399,105 @@ INSERT INTO _deploy_agent_migrations (version, down_sql, no_transaction, waivers
     )
 }
 
-const PG_ELAPSED_NS: &str =
-    "(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000000000)::bigint";
+/// Nanoseconds since the transaction's start mark (set by [`PG_MARK`]), for `execution_time`.
+const PG_ELAPSED_NS: &str = "(extract(epoch FROM clock_timestamp() - current_setting('deploy_agent.started')::timestamptz) * 1000000000)::bigint";
+/// Marks when a migration's transaction started (transaction-local).
+const PG_MARK: &str = "SELECT set_config('deploy_agent.started', clock_timestamp()::text, true);";
+
+/// Migrations per pipelined message, and the most SQL one message carries.
+const BATCH: usize = 64;
+const BATCH_BYTES: usize = 1 << 20;
+
+/// The message that applies one migration in its own transaction, history rows included;
+/// and the part before the migration's SQL (for error positions).
+fn pg_transaction(settings: &Settings, m: &Migration) -> (String, String) {
+    let prefix = format!(
+        "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\n{PG_MARK}\n",
+        settings.lock_timeout.as_millis()
+    );
+    let message = format!(
+        "{prefix}{}\n;\n{}\nCOMMIT;\n",
+        m.sql,
+        record_sql(Backend::Postgres, settings, m, true, PG_ELAPSED_NS)
+    );
+    (prefix, message)
+}
+
+/// Applies pending migrations in order. On PostgreSQL, consecutive transactional migrations
+/// are pipelined: up to [`BATCH`] of them go in one message, each still its own transaction
+/// with its own commit, so a run costs one round trip per batch rather than per migration.
+/// PostgreSQL stops a message at the first failing statement: the migrations before it are
+/// committed, the failing one is rolled back, and it is then run alone, which reports its
+/// error exactly (file and line) and retries lock timeouts.
+async fn apply_all(
+    conn: &mut Conn,
+    settings: &Settings,
+    pending: &[&Migration],
+    progress: &(dyn Fn(usize, usize, &Migration) + Sync),
+) -> Result<Vec<(i64, f64)>, DbError> {
+    let mut done = Vec::with_capacity(pending.len());
+    let mut i = 0;
+    while i < pending.len() {
+        progress(i, pending.len(), pending[i]);
+        let pipelined = conn.backend() == Backend::Postgres && !pending[i].no_tx;
+        if !pipelined {
+            let started = Instant::now();
+            apply_one(conn, settings, pending[i]).await?;
+            done.push((pending[i].version, started.elapsed().as_secs_f64() * 1e3));
+            i += 1;
+            continue;
+        }
+        let mut message = String::new();
+        let mut end = i;
+        while end < pending.len()
+            && !pending[end].no_tx
+            && end - i < BATCH
+            && message.len() < BATCH_BYTES
+        {
+            message.push_str(&pg_transaction(settings, pending[end]).1);
+            end += 1;
+        }
+        let started = Instant::now();
+        match conn.exec(&message).await {
+            Ok(_) => {
+                let each = started.elapsed().as_secs_f64() * 1e3 / (end - i) as f64;
+                for m in &pending[i..end] {
+                    tracing::info!(version = m.version, description = %m.description, "migration applied");
+                    done.push((m.version, each));
+                }
+                i = end;
+            }
+            Err(e) => {
+                let _ = conn.exec("ROLLBACK").await;
+                let Ok(applied) = history::read(conn).await else {
+                    // The connection is gone: each migration was its own transaction, so the
+                    // history (when reachable again) lists exactly those that committed.
+                    return Err(DbError::Migration {
+                        version: pending[i].version,
+                        path: pending[i].path.clone(),
+                        line: 1,
+                        message: format!("the connection was lost while applying migrations {} to {}: {}", pending[i].version, pending[end - 1].version, db_message(&e)),
+                        hint: Some("every migration runs in its own transaction: `deploy-agent migrate status` shows which committed; the rest left nothing behind. Run again.".into()),
+                    });
+                };
+                let committed = pending[i..end]
+                    .iter()
+                    .take_while(|m| applied.iter().any(|a| a.version == m.version))
+                    .count();
+                for m in &pending[i..i + committed] {
+                    done.push((m.version, 0.0));
+                }
+                i += committed;
+                // Run the one that failed alone: its exact error, or lock-timeout retries.
+                let started = Instant::now();
+                apply_one(conn, settings, pending[i]).await?;
+                done.push((pending[i].version, started.elapsed().as_secs_f64() * 1e3));
+                i += 1;
+            }
+        }
+    }
+    Ok(done)
+}
 
 fn is_lock_timeout(e: &sqlx::Error) -> bool {
     e.as_database_error()
@@ -450,15 +541,7 @@ async fn apply_one(conn: &mut Conn, settings: &Settings, m: &Migration) -> Resul
     loop {
         let result = match backend {
             Backend::Postgres => {
-                let prefix = format!(
-                    "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\n",
-                    settings.lock_timeout.as_millis()
-                );
-                let message = format!(
-                    "{prefix}{}\n;\n{}\nCOMMIT;",
-                    m.sql,
-                    record_sql(backend, settings, m, true, PG_ELAPSED_NS)
-                );
+                let (prefix, message) = pg_transaction(settings, m);
                 conn.exec(&message).await.map(|_| ()).map_err(|e| {
                     let line = line_at(&prefix, &m.sql, pg_position(&e));
                     (e, line)
