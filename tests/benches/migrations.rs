@@ -27,6 +27,13 @@ fn write_migrations(dir: &Path, n: usize) {
 
 fn noop(_: usize, _: usize, _: &migrate::Migration) {}
 
+const RUNS: usize = 3;
+
+fn median(runs: &mut [Duration]) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
 fn row(what: &str, took: Duration, n: usize) {
     println!(
         "{what:<58} {:>9.3} s {:>9.2} ms/migration",
@@ -51,35 +58,34 @@ fn main() {
         println!("applying {n} small migrations, one transaction each");
         println!();
         let pg = cluster();
-        println!("PostgreSQL (throwaway cluster, fsync on, TCP loopback)");
-        let (_, sqlx_url) = pg.database("bench_sqlx");
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&sqlx_url)
-            .await
-            .unwrap();
+        println!("PostgreSQL (throwaway cluster, fsync on, TCP loopback), median of {RUNS} runs on fresh databases");
         let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
-        let started = Instant::now();
-        migrator.run(&pool).await.unwrap();
-        let sqlx_pg = started.elapsed();
-        pool.close().await;
-        row("  sqlx Migrator::run", sqlx_pg, n);
+        let mut sqlx_runs = Vec::new();
+        let mut agent_runs = Vec::new();
+        for run in 0..RUNS {
+            let (_, sqlx_url) = pg.database(&format!("bench_sqlx_{run}"));
+            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&sqlx_url).await.unwrap();
+            let started = Instant::now();
+            migrator.run(&pool).await.unwrap();
+            sqlx_runs.push(started.elapsed());
+            pool.close().await;
 
-        let (_, url) = pg.database("bench_agent");
-        let settings = Settings::new(&url, dir.path().to_path_buf());
-        let started = Instant::now();
-        let report = migrate::run(&settings, None, &noop).await.unwrap();
-        let agent_pg = started.elapsed();
-        assert_eq!(report.applied.len(), n);
-        row(
-            "  deploy-agent migrate run (incl. pre/post checks, lint)",
-            agent_pg,
-            n,
-        );
-        println!(
-            "  ratio agent/sqlx: {:.3}  (goal: <= 0.45)",
-            agent_pg.as_secs_f64() / sqlx_pg.as_secs_f64()
-        );
+            let (_, url) = pg.database(&format!("bench_agent_{run}"));
+            let settings = Settings::new(&url, dir.path().to_path_buf());
+            let started = Instant::now();
+            let report = migrate::run(&settings, None, &noop).await.unwrap();
+            agent_runs.push(started.elapsed());
+            assert_eq!(report.applied.len(), n);
+        }
+        let sqlx_pg = median(&mut sqlx_runs);
+        let agent_pg = median(&mut agent_runs);
+        row("  sqlx Migrator::run", sqlx_pg, n);
+        row("  deploy-agent migrate run (incl. pre/post checks, lint)", agent_pg, n);
+        let lint_started = Instant::now();
+        let settings = Settings::new(&pg.url("postgres"), dir.path().to_path_buf());
+        let findings = migrate::lint_files(&settings).unwrap();
+        println!("    of which linting {n} files: {:.3} s ({} findings)", lint_started.elapsed().as_secs_f64(), findings.len());
+        println!("  ratio agent/sqlx: {:.3}  (goal: <= 0.45)", agent_pg.as_secs_f64() / sqlx_pg.as_secs_f64());
 
         println!();
         println!("SQLite (local file)");
@@ -91,7 +97,7 @@ fn main() {
             .await
             .unwrap();
         let started = Instant::now();
-        migrator.run(&pool).await.unwrap();
+        sqlx::migrate::Migrator::new(dir.path()).await.unwrap().run(&pool).await.unwrap();
         let sqlx_lite = started.elapsed();
         pool.close().await;
         row(

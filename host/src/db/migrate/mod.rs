@@ -386,9 +386,17 @@ fn record_sql(
         .iter()
         .map(|w| format!("{}: {}", w.rule, w.reason))
         .collect();
+    // PostgreSQL: one statement (a data-modifying CTE); SQLite has no such CTEs: two.
+    let joiner = match backend {
+        Backend::Postgres => "WITH sqlx AS (",
+        Backend::Sqlite => "",
+    };
+    let between = match backend {
+        Backend::Postgres => ")\n",
+        Backend::Sqlite => ";\n",
+    };
     format!(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ({v}, {d}, {s}, {c}, {elapsed});
-INSERT INTO _deploy_agent_migrations (version, down_sql, no_transaction, waivers, applied_by) VALUES ({v}, {down}, {nt}, {w}, {a});",
+        "{joiner}INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ({v}, {d}, {s}, {c}, {elapsed}){between}INSERT INTO _deploy_agent_migrations (version, down_sql, no_transaction, waivers, applied_by) VALUES ({v}, {down}, {nt}, {w}, {a});",
         v = m.version,
         d = lit(&m.description),
         s = if success { "TRUE" } else { "FALSE" },
@@ -399,10 +407,9 @@ INSERT INTO _deploy_agent_migrations (version, down_sql, no_transaction, waivers
     )
 }
 
-/// Nanoseconds since the transaction's start mark (set by [`PG_MARK`]), for `execution_time`.
+/// Nanoseconds since the transaction's start mark (set in [`pg_transaction`]), for
+/// `execution_time`.
 const PG_ELAPSED_NS: &str = "(extract(epoch FROM clock_timestamp() - current_setting('deploy_agent.started')::timestamptz) * 1000000000)::bigint";
-/// Marks when a migration's transaction started (transaction-local).
-const PG_MARK: &str = "SELECT set_config('deploy_agent.started', clock_timestamp()::text, true);";
 
 /// Migrations per pipelined message, and the most SQL one message carries.
 const BATCH: usize = 64;
@@ -410,10 +417,22 @@ const BATCH_BYTES: usize = 1 << 20;
 
 /// The message that applies one migration in its own transaction, history rows included;
 /// and the part before the migration's SQL (for error positions).
-fn pg_transaction(settings: &Settings, m: &Migration) -> (String, String) {
+///
+/// `durable = false` commits with `synchronous_commit = off`, for every migration of a
+/// pipelined batch but the last. That is crash-safe: PostgreSQL can only lose a suffix of
+/// asynchronously committed transactions, never corrupt or reorder them, and each
+/// migration's history row commits atomically with it, so after a crash the history still
+/// says exactly which migrations are applied. The batch's last commit is synchronous and
+/// flushes the WAL for all of them: when a run returns, everything it applied is durable.
+fn pg_transaction(settings: &Settings, m: &Migration, durable: bool) -> (String, String) {
     let prefix = format!(
-        "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\n{PG_MARK}\n",
-        settings.lock_timeout.as_millis()
+        "BEGIN;\nSELECT set_config('lock_timeout', '{}ms', true), set_config('deploy_agent.started', clock_timestamp()::text, true){};\n",
+        settings.lock_timeout.as_millis(),
+        if durable {
+            ""
+        } else {
+            ", set_config('synchronous_commit', 'off', true)"
+        }
     );
     let message = format!(
         "{prefix}{}\n;\n{}\nCOMMIT;\n",
@@ -425,7 +444,8 @@ fn pg_transaction(settings: &Settings, m: &Migration) -> (String, String) {
 
 /// Applies pending migrations in order. On PostgreSQL, consecutive transactional migrations
 /// are pipelined: up to [`BATCH`] of them go in one message, each still its own transaction
-/// with its own commit, so a run costs one round trip per batch rather than per migration.
+/// with its own commit, so a run costs one round trip and one WAL flush per batch rather than
+/// per migration (see [`pg_transaction`] on why that is crash-safe).
 /// PostgreSQL stops a message at the first failing statement: the migrations before it are
 /// committed, the failing one is rolled back, and it is then run alone, which reports its
 /// error exactly (file and line) and retries lock timeouts.
@@ -449,13 +469,13 @@ async fn apply_all(
         }
         let mut message = String::new();
         let mut end = i;
-        while end < pending.len()
-            && !pending[end].no_tx
-            && end - i < BATCH
-            && message.len() < BATCH_BYTES
-        {
-            message.push_str(&pg_transaction(settings, pending[end]).1);
+        let mut bytes = 0;
+        while end < pending.len() && !pending[end].no_tx && end - i < BATCH && bytes < BATCH_BYTES {
+            bytes += pending[end].sql.len();
             end += 1;
+        }
+        for (k, m) in pending[i..end].iter().enumerate() {
+            message.push_str(&pg_transaction(settings, m, i + k + 1 == end).1);
         }
         let started = Instant::now();
         match conn.exec(&message).await {
@@ -541,7 +561,7 @@ async fn apply_one(conn: &mut Conn, settings: &Settings, m: &Migration) -> Resul
     loop {
         let result = match backend {
             Backend::Postgres => {
-                let (prefix, message) = pg_transaction(settings, m);
+                let (prefix, message) = pg_transaction(settings, m, true);
                 conn.exec(&message).await.map(|_| ()).map_err(|e| {
                     let line = line_at(&prefix, &m.sql, pg_position(&e));
                     (e, line)
