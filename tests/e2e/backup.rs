@@ -16,6 +16,7 @@ fn settings(env: &str, dir: &Path, key: Option<Key>) -> BackupSettings {
         dir: dir.to_path_buf(),
         key,
         zstd_level: 3,
+        zstd_workers: 0,
         retention: Retention {
             keep_last: 10,
             keep_daily: 7,

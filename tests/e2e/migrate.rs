@@ -272,11 +272,7 @@ async fn lock_holder_is_named_and_the_wait_ends() {
     ))
     .await
     .unwrap();
-    let key: i64 = {
-        // sqlx's key: 0x3d32ad9e * crc32(database name)
-        let crc = crc32(db.as_bytes());
-        0x3d32_ad9e_i64.wrapping_mul(crc as i64)
-    };
+    let key = migrate::lock_key(&db);
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT pg_advisory_lock({key})"
     )))
@@ -294,21 +290,6 @@ async fn lock_holder_is_named_and_the_wait_ends() {
     drop(holder);
     tokio::time::sleep(Duration::from_millis(200)).await;
     migrate::run(&settings, None, &noop).await.unwrap();
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[tokio::test]

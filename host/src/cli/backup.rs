@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{EXIT_FAILED, Output, human_size};
-use crate::config::Config;
 use crate::db::backup::{self, BackupSettings};
 
 /// What to do.
@@ -85,15 +84,7 @@ struct Target {
 }
 
 fn target(config: &Path, env: &str) -> anyhow::Result<Target> {
-    let config = Config::load(config)?;
-    let env = config.environment(env).map_err(anyhow::Error::msg)?;
-    let db = env.database.as_ref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "environment `{}` has no [environments.{}.database]",
-            env.name,
-            env.name
-        )
-    })?;
+    let (env, db) = super::environment_database(config, env)?;
     Ok(Target {
         url: db.url().map_err(anyhow::Error::msg)?,
         backup: env.backup.settings(&env.name).map_err(anyhow::Error::msg)?,

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::{EXIT_FAILED, Output};
-use crate::config::Config;
 use crate::db::migrate::{self, Settings, State};
 use crate::db::redact_url;
 
@@ -52,15 +51,7 @@ pub struct MigrateArgs {
 }
 
 fn settings(config_path: &Path, env: &str) -> anyhow::Result<Settings> {
-    let config = Config::load(config_path)?;
-    let env = config.environment(env).map_err(anyhow::Error::msg)?;
-    let db = env.database.as_ref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "environment `{}` has no [environments.{}.database]",
-            env.name,
-            env.name
-        )
-    })?;
+    let (env, db) = super::environment_database(config_path, env)?;
     db.settings(env.strict).map_err(anyhow::Error::msg)
 }
 

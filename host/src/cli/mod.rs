@@ -184,6 +184,24 @@ fn init_logging(verbose: u8, quiet: bool) {
         .try_init();
 }
 
+/// An environment and its database, from the configuration.
+pub(crate) fn environment_database(
+    config: &std::path::Path,
+    env: &str,
+) -> anyhow::Result<(crate::config::Environment, crate::config::DatabaseConfig)> {
+    let config = crate::config::Config::load(config)?;
+    let env = config.environment(env).map_err(anyhow::Error::msg)?.clone();
+    let db = env.database.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "environment `{}` has no database: add [environments.{}.database] to {}",
+            env.name,
+            env.name,
+            config.path.display()
+        )
+    })?;
+    Ok((env, db))
+}
+
 /// `12.3 KiB`-style sizes.
 pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];

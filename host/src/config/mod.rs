@@ -56,6 +56,9 @@ pub struct Environment {
     pub backup: BackupConfig,
 }
 
+/// zstd level for backups unless configured (see the backup benchmark in the README).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+
 /// An environment's backup settings.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
@@ -65,6 +68,8 @@ pub struct BackupConfig {
     pub key: Option<SecretSource>,
     /// zstd level.
     pub zstd_level: i32,
+    /// zstd worker threads (0: one per core).
+    pub zstd_workers: u32,
     /// What prune keeps.
     pub retention: crate::db::backup::Retention,
 }
@@ -89,6 +94,7 @@ impl BackupConfig {
             dir: self.dir.clone(),
             key,
             zstd_level: self.zstd_level,
+            zstd_workers: self.zstd_workers,
             retention: self.retention,
         })
     }
@@ -564,7 +570,8 @@ impl Validator<'_> {
             return BackupConfig {
                 dir: default_dir,
                 key: None,
-                zstd_level: 3,
+                zstd_level: DEFAULT_ZSTD_LEVEL,
+                zstd_workers: 0,
                 retention: crate::db::backup::Retention {
                     keep_last: 10,
                     keep_daily: 7,
@@ -580,16 +587,16 @@ impl Validator<'_> {
             }
         });
         let zstd_level = match &raw.zstd_level {
-            Some(l) if !(1..=19).contains(l.get_ref()) => {
+            Some(l) if !(-7..=19).contains(l.get_ref()) => {
                 self.error(
                     l,
-                    "zstd_level must be between 1 and 19",
-                    "1 is fastest, 3 is zstd's default",
+                    "zstd_level must be between -7 and 19",
+                    "negative levels are zstd's fast modes; 3 is zstd's default",
                 );
-                3
+                DEFAULT_ZSTD_LEVEL
             }
             Some(l) => *l.get_ref(),
-            None => 3,
+            None => DEFAULT_ZSTD_LEVEL,
         };
         BackupConfig {
             dir: raw
@@ -598,6 +605,7 @@ impl Validator<'_> {
                 .map_or(default_dir, |d| self.base.join(d.get_ref())),
             key,
             zstd_level,
+            zstd_workers: raw.zstd_workers.unwrap_or(0),
             retention: crate::db::backup::Retention {
                 keep_last: raw.keep_last.unwrap_or(10),
                 keep_daily: raw.keep_daily.unwrap_or(7),

@@ -31,6 +31,7 @@ pub(super) struct RawBackup {
     pub dir: Option<Spanned<String>>,
     pub key: Option<Spanned<String>>,
     pub zstd_level: Option<Spanned<i32>>,
+    pub zstd_workers: Option<u32>,
     pub keep_last: Option<usize>,
     pub keep_daily: Option<usize>,
     pub keep_weekly: Option<usize>,

@@ -149,16 +149,7 @@ fn check(name: &str, status: &'static str, detail: String) -> Check {
 }
 
 async fn one(conn: &mut Conn, sql: &str) -> Result<String, DbError> {
-    let rows = conn
-        .rows(sql)
-        .await
-        .map_err(|e| DbError::query("running a check", e))?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.first())
-        .cloned()
-        .flatten()
-        .unwrap_or_default())
+    conn.scalar(sql).await.map_err(|e| DbError::query("running a check", e))
 }
 
 /// Before migrating: server, size, connections, and sessions that would block DDL.

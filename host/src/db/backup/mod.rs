@@ -36,8 +36,10 @@ pub struct BackupSettings {
     pub dir: PathBuf,
     /// The encryption key; `None` writes unencrypted backups.
     pub key: Option<Key>,
-    /// zstd level (1 is fastest; 3 is zstd's default).
+    /// zstd level: negative levels are zstd's fast modes, 3 is zstd's default.
     pub zstd_level: i32,
+    /// zstd worker threads (0: one per core).
+    pub zstd_workers: u32,
     /// What `prune` keeps.
     pub retention: Retention,
 }
@@ -175,6 +177,9 @@ impl Sink {
     }
 }
 
+/// Bytes of input each zstd worker compresses at a time.
+const ZSTD_JOB_BYTES: u32 = 2 << 20;
+
 /// Compresses (and encrypts) `source` into `path`, returning (sha256, stored bytes).
 fn seal(source: impl Read, path: &Path, settings: &BackupSettings) -> io::Result<(String, u64)> {
     let file = File::create(path)?;
@@ -188,10 +193,15 @@ fn seal(source: impl Read, path: &Path, settings: &BackupSettings) -> io::Result
         None => Sink::Plain(hashing),
     };
     let mut encoder = zstd::stream::write::Encoder::new(sink, settings.zstd_level)?;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    if workers > 1 {
-        encoder.multithread(workers)?;
-    }
+    // Workers compress while this thread keeps reading the dump.
+    let workers = match settings.zstd_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
+        n => n,
+    };
+    encoder.multithread(workers)?;
+    // Bound each worker's job (zstd's default grows with the level's window: 8 MiB at level
+    // 3), so memory stays flat and small at every level.
+    encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_BYTES))?;
     let mut source = BufReader::with_capacity(1 << 20, source);
     io::copy(&mut source, &mut encoder)?;
     encoder.finish()?.finish()
@@ -261,15 +271,9 @@ async fn describe(url: &str) -> Result<(Backend, String, Option<i64>, String), D
             Backend::Sqlite => "SELECT sqlite_version()",
         };
         let version = conn
-            .rows(version_sql)
+            .scalar(version_sql)
             .await
             .map_err(|e| DbError::query("reading the server version", e))?;
-        let version = version
-            .first()
-            .and_then(|r| r.first())
-            .cloned()
-            .flatten()
-            .unwrap_or_default();
         let applied = super::migrate::current_version(&mut conn).await?;
         let fingerprint = Snapshot::take(&mut conn).await?.fingerprint();
         Ok((backend, version, applied, fingerprint))

@@ -88,31 +88,22 @@ pub(crate) async fn ensure(conn: &mut Conn) -> Result<(), DbError> {
         .map_err(|e| DbError::query("creating the migration history tables", e))
 }
 
-/// Whether the history table exists (without creating it).
-pub(crate) async fn exists(conn: &mut Conn) -> Result<bool, DbError> {
+/// Whether a table exists (without creating anything).
+async fn table_exists(conn: &mut Conn, table: &str) -> Result<bool, DbError> {
     let sql = match conn.backend() {
-        Backend::Postgres => "SELECT (to_regclass('_sqlx_migrations') IS NOT NULL)::text",
-        Backend::Sqlite => {
-            "SELECT CAST(count(*) > 0 AS TEXT) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
-        }
+        Backend::Postgres => format!("SELECT (to_regclass('{table}') IS NOT NULL)::text"),
+        Backend::Sqlite => format!("SELECT CAST(count(*) > 0 AS TEXT) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"),
     };
-    let rows = conn
-        .rows(sql)
+    let found = conn
+        .scalar(&sql)
         .await
         .map_err(|e| DbError::query("reading the migration history", e))?;
-    Ok(matches!(
-        rows.first()
-            .and_then(|r| r.first())
-            .cloned()
-            .flatten()
-            .as_deref(),
-        Some("true" | "1")
-    ))
+    Ok(matches!(found.as_str(), "true" | "1"))
 }
 
 /// Every recorded migration, by version.
 pub(crate) async fn read(conn: &mut Conn) -> Result<Vec<Applied>, DbError> {
-    if !exists(conn).await? {
+    if !table_exists(conn, "_sqlx_migrations").await? {
         return Ok(Vec::new());
     }
     let sql = match conn.backend() {
@@ -121,24 +112,7 @@ pub(crate) async fn read(conn: &mut Conn) -> Result<Vec<Applied>, DbError> {
         Backend::Sqlite => "SELECT CAST(m.version AS TEXT), m.description, CAST(m.installed_on AS TEXT), CAST(m.success AS TEXT), hex(m.checksum), CAST(m.execution_time AS TEXT), d.down_sql
               FROM _sqlx_migrations m LEFT JOIN _deploy_agent_migrations d ON d.version = m.version ORDER BY m.version",
     };
-    let has_ours = match conn.backend() {
-        Backend::Postgres => "SELECT (to_regclass('_deploy_agent_migrations') IS NOT NULL)::text",
-        Backend::Sqlite => {
-            "SELECT CAST(count(*) > 0 AS TEXT) FROM sqlite_master WHERE type = 'table' AND name = '_deploy_agent_migrations'"
-        }
-    };
-    let ours = conn
-        .rows(has_ours)
-        .await
-        .map_err(|e| DbError::query("reading the migration history", e))?;
-    if !matches!(
-        ours.first()
-            .and_then(|r| r.first())
-            .cloned()
-            .flatten()
-            .as_deref(),
-        Some("true" | "1")
-    ) {
+    if !table_exists(conn, "_deploy_agent_migrations").await? {
         // A database migrated by sqlx alone: adopt it.
         ensure(conn).await?;
     }

@@ -10,7 +10,7 @@ use crate::db::DbError;
 use crate::db::conn::Conn;
 
 /// sqlx's lock key for a database name (`0x3d32ad9e * crc32(name)`).
-pub(crate) fn key(database: &str) -> i64 {
+pub fn key(database: &str) -> i64 {
     0x3d32_ad9e_i64.wrapping_mul(crc32(database.as_bytes()) as i64)
 }
 
@@ -60,33 +60,20 @@ async fn holder(conn: &mut Conn, key: i64) -> String {
 /// Takes the lock, waiting up to `wait`.
 pub(crate) async fn acquire(conn: &mut Conn, wait: Duration) -> Result<i64, DbError> {
     let Conn::Pg(_) = conn else { return Ok(0) };
-    let rows = conn
-        .rows("SELECT current_database()::text")
+    let name = conn
+        .scalar("SELECT current_database()::text")
         .await
         .map_err(|e| DbError::query("reading the database name", e))?;
-    let name = rows
-        .first()
-        .and_then(|r| r.first())
-        .cloned()
-        .flatten()
-        .unwrap_or_default();
     let key = key(&name);
     let started = Instant::now();
     let mut delay = Duration::from_millis(50);
     let mut reported = false;
     loop {
         let got = conn
-            .rows(&format!("SELECT pg_try_advisory_lock({key})::text"))
+            .scalar(&format!("SELECT pg_try_advisory_lock({key})::text"))
             .await
             .map_err(|e| DbError::query("taking the migration lock", e))?;
-        if matches!(
-            got.first()
-                .and_then(|r| r.first())
-                .cloned()
-                .flatten()
-                .as_deref(),
-            Some("true")
-        ) {
+        if got == "true" {
             return Ok(key);
         }
         let who = holder(conn, key).await;

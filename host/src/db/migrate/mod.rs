@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use history::Applied;
+pub use lock::key as lock_key;
 pub use lint::LintFinding;
 pub use source::Migration;
 
