@@ -96,12 +96,24 @@ fn main() {
         key: Some(Key::parse(&"5a".repeat(32)).unwrap()),
         zstd_level: level,
         zstd_workers: 0,
-        retention: Retention { keep_last: 1, keep_daily: 0, keep_weekly: 0 },
+        retention: Retention {
+            keep_last: 1,
+            keep_daily: 0,
+            keep_weekly: 0,
+        },
     };
     let agent = |level: i32| -> (Duration, u64, u64, u64) {
         reset_peak();
         let started = Instant::now();
-        let m = rt.block_on(backup::create(&url, &settings(level), "bench", "bench", Arc::new(AtomicU64::new(0)))).unwrap();
+        let m = rt
+            .block_on(backup::create(
+                &url,
+                &settings(level),
+                "bench",
+                "bench",
+                Arc::new(AtomicU64::new(0)),
+            ))
+            .unwrap();
         let took = started.elapsed();
         std::fs::remove_file(store.path().join(format!("{}.backup", m.id))).unwrap();
         (took, m.raw_bytes, m.stored_bytes, peak_rss_kib() / 1024)
@@ -125,8 +137,15 @@ fn main() {
         v[v.len() / 2]
     };
     let (floor, one, three) = (median(&mut floor), median(&mut one), median(&mut three));
-    println!("median of {ROUNDS} interleaved rounds; dump {} MB", raw / 1_000_000);
-    println!("{:<56} {:>8.2} s", "pg_dump -Fc -Z0 > /dev/null   (floor)", floor.as_secs_f64());
+    println!(
+        "median of {ROUNDS} interleaved rounds; dump {} MB",
+        raw / 1_000_000
+    );
+    println!(
+        "{:<56} {:>8.2} s",
+        "pg_dump -Fc -Z0 > /dev/null   (floor)",
+        floor.as_secs_f64()
+    );
     println!(
         "{:<56} {:>8.2} s  {:.2}x floor  {} MB stored (x{:.2})",
         "deploy-agent backup (zstd 1, default; sha256, encrypted)",
@@ -143,9 +162,17 @@ fn main() {
         stored3 / 1_000_000,
         raw as f64 / stored3 as f64
     );
-    println!("{:<56} {:>8} MB (zstd 1), {} MB (zstd 3)", "deploy-agent peak RSS (highest of the rounds)", rss1, rss3);
+    println!(
+        "{:<56} {:>8} MB (zstd 1), {} MB (zstd 3)",
+        "deploy-agent peak RSS (highest of the rounds)", rss1, rss3
+    );
     let gzip = time_pg_dump(bin, &url, &["-Fc"]);
-    println!("{:<56} {:>8.2} s  {:.2}x floor", "pg_dump -Fc (gzip)", gzip.as_secs_f64(), gzip.as_secs_f64() / floor.as_secs_f64());
+    println!(
+        "{:<56} {:>8.2} s  {:.2}x floor",
+        "pg_dump -Fc (gzip)",
+        gzip.as_secs_f64(),
+        gzip.as_secs_f64() / floor.as_secs_f64()
+    );
     println!();
     println!("goal: the agent's backup <= 1.15x the floor, peak RSS <= 64 MB");
 }

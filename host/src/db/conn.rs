@@ -145,7 +145,12 @@ impl Conn {
     /// The first column of the first row, as text ("" for NULL or no row).
     pub(crate) async fn scalar(&mut self, sql: &str) -> Result<String, sqlx::Error> {
         let rows = self.rows(sql).await?;
-        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).flatten().unwrap_or_default())
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .flatten()
+            .unwrap_or_default())
     }
 
     pub(crate) async fn close(self) {

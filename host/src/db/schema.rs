@@ -149,7 +149,9 @@ fn check(name: &str, status: &'static str, detail: String) -> Check {
 }
 
 async fn one(conn: &mut Conn, sql: &str) -> Result<String, DbError> {
-    conn.scalar(sql).await.map_err(|e| DbError::query("running a check", e))
+    conn.scalar(sql)
+        .await
+        .map_err(|e| DbError::query("running a check", e))
 }
 
 /// Before migrating: server, size, connections, and sessions that would block DDL.

@@ -92,7 +92,9 @@ pub(crate) async fn ensure(conn: &mut Conn) -> Result<(), DbError> {
 async fn table_exists(conn: &mut Conn, table: &str) -> Result<bool, DbError> {
     let sql = match conn.backend() {
         Backend::Postgres => format!("SELECT (to_regclass('{table}') IS NOT NULL)::text"),
-        Backend::Sqlite => format!("SELECT CAST(count(*) > 0 AS TEXT) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"),
+        Backend::Sqlite => format!(
+            "SELECT CAST(count(*) > 0 AS TEXT) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+        ),
     };
     let found = conn
         .scalar(&sql)

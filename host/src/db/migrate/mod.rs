@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use history::Applied;
-pub use lock::key as lock_key;
 pub use lint::LintFinding;
+pub use lock::key as lock_key;
 pub use source::Migration;
 
 use super::DbError;
