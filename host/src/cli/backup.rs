@@ -99,16 +99,25 @@ pub(crate) async fn create_with_progress(
 ) -> anyhow::Result<backup::Manifest> {
     use std::io::IsTerminal;
     let progress = Arc::new(AtomicU64::new(0));
+    let estimate = backup::estimate_bytes(url).await;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reporter = {
         let (progress, done) = (progress.clone(), done.clone());
         let tty = std::io::stderr().is_terminal();
         tokio::spawn(async move {
             let bar = tty.then(|| {
-                let bar = indicatif::ProgressBar::new_spinner();
-                if let Ok(style) = indicatif::ProgressStyle::with_template(
-                    "{spinner} {bytes} dumped, {bytes_per_sec}, {elapsed}",
-                ) {
+                // The total is an estimate (the database's size), so the ETA is an upper bound.
+                let (bar, template) = match estimate {
+                    Some(total) => (
+                        indicatif::ProgressBar::new(total),
+                        "{bar:30} {bytes} of ~{total_bytes}, {bytes_per_sec}, eta {eta} (at most)",
+                    ),
+                    None => (
+                        indicatif::ProgressBar::new_spinner(),
+                        "{spinner} {bytes} dumped, {bytes_per_sec}, {elapsed}",
+                    ),
+                };
+                if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
                     bar.set_style(style);
                 }
                 bar

@@ -508,6 +508,26 @@ pub async fn create(
     Ok(manifest)
 }
 
+/// About how many bytes a backup of `url` will read, for a progress estimate: the database's
+/// size (an upper bound for PostgreSQL, whose dumps leave out indexes' contents) or the
+/// SQLite file's.
+pub async fn estimate_bytes(url: &str) -> Option<u64> {
+    match backend_of(url)? {
+        Backend::Sqlite => std::fs::metadata(sqlite_path(url).ok()?)
+            .ok()
+            .map(|m| m.len()),
+        Backend::Postgres => {
+            let mut conn = Conn::open(url).await.ok()?;
+            let size = conn
+                .scalar("SELECT pg_database_size(current_database())::text")
+                .await
+                .ok();
+            conn.close().await;
+            size?.parse().ok()
+        }
+    }
+}
+
 /// The backups in `dir`, newest first, and any incomplete leftovers (`.partial` files).
 pub fn list(dir: &Path) -> Result<(Vec<Manifest>, Vec<PathBuf>), DbError> {
     let mut manifests = Vec::new();
