@@ -133,7 +133,7 @@ async fn postgres_backup_restores_exactly_and_records_its_manifest() {
 #[tokio::test]
 async fn tampered_truncated_and_wrong_key_backups_are_refused() {
     let pg = cluster();
-    let (_db, url, _m) = seeded(pg, "bk_tamper").await;
+    let (db, url, _m) = seeded(pg, "bk_tamper").await;
     let store = tempfile::tempdir().unwrap();
     let s = settings("prod", store.path(), Some(key("07")));
     let m = backup::create(&url, &s, "t", "t", Arc::new(AtomicU64::new(0)))
@@ -169,10 +169,23 @@ async fn tampered_truncated_and_wrong_key_backups_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("failed authentication"), "{err}");
+    // A restore from it fails part-way through the stream, and must change nothing.
+    let before = summary(pg, &db);
+    let fingerprint = deploy_agent::db::schema::fingerprint(&url).await.unwrap();
     let err = backup::restore(&forged, store.path(), s.key.as_ref(), &url)
         .await
         .unwrap_err()
         .to_string();
+    assert_eq!(
+        summary(pg, &db),
+        before,
+        "a failed restore changed the data"
+    );
+    assert_eq!(
+        deploy_agent::db::schema::fingerprint(&url).await.unwrap(),
+        fingerprint
+    );
+    assert!(err.contains("database is unchanged"), "{err}");
     assert!(
         err.contains("failed authentication") || err.contains("pg_restore"),
         "{err}"

@@ -252,13 +252,70 @@ fn pg_cli_url(url: &str) -> (String, Option<String>) {
     (redacted.replacen(":***@", "@", 1), password)
 }
 
-fn pg_tool(name: &str, url: &str) -> (Command, String) {
-    let (url, password) = pg_cli_url(url);
-    let mut cmd = Command::new(name);
-    if let Some(p) = password {
-        cmd.env("PGPASSWORD", p);
+/// A PostgreSQL client tool, running, with its stderr collected on a thread.
+struct Tool {
+    name: &'static str,
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Tool {
+    /// Starts `name` with `args` (then `--dbname URL` when `url` is given: the password, if
+    /// any, goes through `PGPASSWORD`, never the command line).
+    fn spawn(
+        name: &'static str,
+        args: &[&str],
+        url: Option<&str>,
+        stdin: Stdio,
+        stdout: Stdio,
+    ) -> Result<Tool, DbError> {
+        let mut cmd = Command::new(name);
+        cmd.args(args);
+        if let Some(url) = url {
+            let (cli_url, password) = pg_cli_url(url);
+            if let Some(p) = password {
+                cmd.env("PGPASSWORD", p);
+            }
+            cmd.arg("--dbname").arg(cli_url);
+        }
+        let mut child = cmd
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| DbError::Query {
+                context: format!("starting {name}"),
+                message: format!("{e} (is PostgreSQL's client installed?)"),
+            })?;
+        let mut pipe = child
+            .stderr
+            .take()
+            .ok_or_else(|| DbError::query(name, "no stderr"))?;
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        });
+        Ok(Tool {
+            name,
+            child,
+            stderr,
+        })
     }
-    (cmd, url)
+
+    /// Waits for it; `Ok(Err(stderr))` when it failed.
+    fn finish(mut self) -> Result<Result<(), String>, DbError> {
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| DbError::query(format!("waiting for {}", self.name), e))?;
+        let errors = self.stderr.join().unwrap_or_default();
+        Ok(if status.success() {
+            Ok(())
+        } else {
+            Err(redact_url(errors.trim()))
+        })
+    }
 }
 
 /// What the database looks like now, for the manifest.
@@ -325,36 +382,18 @@ fn seal_pg_dump(
     settings: &BackupSettings,
     progress: Arc<AtomicU64>,
 ) -> Result<Sealed, DbError> {
-    let (mut cmd, cli_url) = pg_tool("pg_dump", url);
-    let mut child = cmd
-        .args([
-            "--format=custom",
-            "--compress=0",
-            "--no-password",
-            "--dbname",
-        ])
-        .arg(&cli_url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| DbError::Query {
-            context: "starting pg_dump".into(),
-            message: format!("{e} (is PostgreSQL's client installed?)"),
-        })?;
-    let stdout = child
+    let mut dump = Tool::spawn(
+        "pg_dump",
+        &["--format=custom", "--compress=0", "--no-password"],
+        Some(url),
+        Stdio::null(),
+        Stdio::piped(),
+    )?;
+    let stdout = dump
+        .child
         .stdout
         .take()
         .ok_or_else(|| DbError::query("pg_dump", "no stdout"))?;
-    let mut stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| DbError::query("pg_dump", "no stderr"))?;
-    let errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
     let sealed = seal(
         Counting {
             inner: stdout,
@@ -364,19 +403,14 @@ fn seal_pg_dump(
         settings,
     );
     if sealed.is_err() {
-        let _ = child.kill();
+        let _ = dump.child.kill();
     }
-    let status = child
-        .wait()
-        .map_err(|e| DbError::query("waiting for pg_dump", e))?;
-    let errors = errors.join().unwrap_or_default();
+    let finished = dump.finish()?;
     let (sha, stored) = sealed.map_err(|e| io_err("cannot write", partial, e))?;
-    if !status.success() {
-        return Err(DbError::Query {
-            context: "pg_dump failed".into(),
-            message: redact_url(errors.trim()),
-        });
-    }
+    finished.map_err(|errors| DbError::Query {
+        context: "pg_dump failed".into(),
+        message: errors,
+    })?;
     Ok((
         sha,
         stored,
@@ -744,20 +778,16 @@ fn pg_restore(
     schemas: &[String],
 ) -> Result<(), DbError> {
     let mut plain = open_plain(manifest, dir, key)?;
-    let (mut render, _) = pg_tool("pg_restore", url);
-    let mut render = render
-        .args(["--no-owner", "--file=-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| DbError::Query {
-            context: "starting pg_restore".into(),
-            message: e.to_string(),
-        })?;
-    let (mut apply, cli_url) = pg_tool("psql", url);
-    let mut apply = apply
-        .args([
+    let mut render = Tool::spawn(
+        "pg_restore",
+        &["--no-owner", "--file=-"],
+        None,
+        Stdio::piped(),
+        Stdio::piped(),
+    )?;
+    let mut apply = Tool::spawn(
+        "psql",
+        &[
             "-X",
             "-q",
             "--no-password",
@@ -766,45 +796,23 @@ fn pg_restore(
             "--single-transaction",
             "-f",
             "-",
-            "-d",
-        ])
-        .arg(&cli_url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| DbError::Query {
-            context: "starting psql".into(),
-            message: e.to_string(),
-        })?;
-    let collect = |mut pipe: std::process::ChildStderr| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let render_err = collect(
-        render
-            .stderr
-            .take()
-            .ok_or_else(|| DbError::query("pg_restore", "no stderr"))?,
-    );
-    let apply_err = collect(
-        apply
-            .stderr
-            .take()
-            .ok_or_else(|| DbError::query("psql", "no stderr"))?,
-    );
+        ],
+        Some(url),
+        Stdio::piped(),
+        Stdio::null(),
+    )?;
     let mut render_in = render
+        .child
         .stdin
         .take()
         .ok_or_else(|| DbError::query("pg_restore", "no stdin"))?;
     let mut render_out = render
+        .child
         .stdout
         .take()
         .ok_or_else(|| DbError::query("pg_restore", "no stdout"))?;
     let mut apply_in = apply
+        .child
         .stdin
         .take()
         .ok_or_else(|| DbError::query("psql", "no stdin"))?;
@@ -818,44 +826,41 @@ fn pg_restore(
     if !schemas.is_empty() {
         prelude.push_str("CREATE SCHEMA IF NOT EXISTS public;\n");
     }
-    let pump = std::thread::spawn(move || -> io::Result<()> {
+    // The copy thread hands psql's stdin back instead of closing it: closing it ends the
+    // script, and psql then COMMITs. That must happen only once the whole backup decoded and
+    // pg_restore succeeded; otherwise psql is killed and the server rolls the restore back.
+    let pump = std::thread::spawn(move || -> io::Result<std::process::ChildStdin> {
         apply_in.write_all(prelude.as_bytes())?;
         io::copy(&mut render_out, &mut apply_in)?;
-        Ok(())
+        Ok(apply_in)
     });
     let fed = io::copy(&mut plain, &mut render_in);
     drop(render_in);
-    let rendered = render
-        .wait()
-        .map_err(|e| DbError::query("waiting for pg_restore", e))?;
+    let rendered = render.finish()?;
     let pumped = pump
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("copy thread panicked")));
-    let applied = apply
-        .wait()
-        .map_err(|e| DbError::query("waiting for psql", e))?;
-    let (render_err, apply_err) = (
-        render_err.join().unwrap_or_default(),
-        apply_err.join().unwrap_or_default(),
-    );
+    let complete = fed.is_ok() && rendered.is_ok() && pumped.is_ok();
+    if !complete {
+        let _ = apply.child.kill();
+    }
+    drop(pumped);
+    let applied = apply.finish()?;
+    let unchanged = "the restore was rolled back: the database is unchanged";
     if let Err(e) = fed {
         return Err(DbError::Query {
-            context: format!("reading backup {} (nothing was changed)", manifest.id),
+            context: format!("reading backup {} ({unchanged})", manifest.id),
             message: e.to_string(),
         });
     }
-    if !rendered.success() {
-        return Err(DbError::Query {
-            context: "pg_restore could not read the archive (nothing was changed)".into(),
-            message: redact_url(render_err.trim()),
-        });
-    }
-    if !applied.success() || pumped.is_err() {
-        return Err(DbError::Query {
-            context: "restore failed and was rolled back (nothing was changed)".into(),
-            message: redact_url(apply_err.trim()),
-        });
-    }
+    rendered.map_err(|errors| DbError::Query {
+        context: format!("pg_restore could not read the archive ({unchanged})"),
+        message: errors,
+    })?;
+    applied.map_err(|errors| DbError::Query {
+        context: format!("restore failed ({unchanged})"),
+        message: errors,
+    })?;
     Ok(())
 }
 
