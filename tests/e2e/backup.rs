@@ -345,14 +345,7 @@ async fn sqlite_backup_round_trip_with_restore_test() {
         deploy_agent::db::schema::fingerprint(&url).await.unwrap(),
         fingerprint
     );
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(n, 3);
+    assert_eq!(deploy_agent_tests::sqlite_count(&url, "t").await, 3);
 }
 
 #[tokio::test]

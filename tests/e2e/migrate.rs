@@ -629,14 +629,7 @@ async fn sqlite_failure_mid_file_rolls_back_and_names_the_line() {
     let status = migrate::status(&settings).await.unwrap();
     assert_eq!((status.current, status.pending()), (Some(1), 1));
     // Row count unchanged too.
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(deploy_agent_tests::sqlite_count(&url, "t").await, 1);
 }
 
 #[tokio::test]

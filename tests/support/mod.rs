@@ -84,3 +84,17 @@ pub fn repo_root() -> PathBuf {
         .expect("repo root")
         .to_path_buf()
 }
+
+/// Rows in a table of the SQLite database at `url`.
+pub async fn sqlite_count(url: &str, table: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url)
+        .await
+        .expect("opens the database");
+    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&mut conn)
+        .await
+        .expect("counts rows");
+    let _ = conn.close().await;
+    n
+}

@@ -236,50 +236,54 @@ pub(crate) async fn prechecks(conn: &mut Conn) -> Result<Vec<Check>, DbError> {
     Ok(out)
 }
 
+/// A check that lists what `sql` finds (one name per row): `ok` when it finds nothing,
+/// otherwise `status`, the names and `advice`.
+async fn names_check(
+    conn: &mut Conn,
+    name: &str,
+    sql: &str,
+    status: &'static str,
+    advice: &str,
+) -> Result<Check, DbError> {
+    let rows = conn
+        .rows(sql)
+        .await
+        .map_err(|e| DbError::query(format!("checking {name}"), e))?;
+    let found: Vec<String> = rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    Ok(if found.is_empty() {
+        check(name, "ok", "none".into())
+    } else {
+        check(name, status, format!("{} ({advice})", found.join(", ")))
+    })
+}
+
 /// After migrating: invalid indexes, unvalidated constraints, the schema fingerprint.
 pub(crate) async fn postchecks(conn: &mut Conn) -> Result<(Vec<Check>, String), DbError> {
     let mut out = Vec::new();
     if conn.backend() == Backend::Postgres {
-        let invalid = conn
-            .rows("SELECT i.indexrelid::regclass::text FROM pg_index i WHERE NOT i.indisvalid")
-            .await
-            .map_err(|e| DbError::query("checking indexes", e))?;
-        let names: Vec<String> = invalid
-            .iter()
-            .filter_map(|r| r.first().cloned().flatten())
-            .collect();
-        out.push(if names.is_empty() {
-            check("invalid indexes", "ok", "none".into())
-        } else {
-            check(
+        out.push(
+            names_check(
+                conn,
                 "invalid indexes",
+                "SELECT i.indexrelid::regclass::text FROM pg_index i WHERE NOT i.indisvalid",
                 "error",
-                format!(
-                    "{} (a failed CREATE INDEX CONCURRENTLY leaves these; drop and recreate)",
-                    names.join(", ")
-                ),
+                "a failed CREATE INDEX CONCURRENTLY leaves these; drop and recreate",
             )
-        });
-        let unvalidated = conn
-            .rows("SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint WHERE NOT convalidated")
-            .await
-            .map_err(|e| DbError::query("checking constraints", e))?;
-        let names: Vec<String> = unvalidated
-            .iter()
-            .filter_map(|r| r.first().cloned().flatten())
-            .collect();
-        out.push(if names.is_empty() {
-            check("unvalidated constraints", "ok", "none".into())
-        } else {
-            check(
+            .await?,
+        );
+        out.push(
+            names_check(
+                conn,
                 "unvalidated constraints",
+                "SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint WHERE NOT convalidated",
                 "warning",
-                format!(
-                    "{} (NOT VALID: run ALTER TABLE … VALIDATE CONSTRAINT)",
-                    names.join(", ")
-                ),
+                "NOT VALID: run ALTER TABLE … VALIDATE CONSTRAINT",
             )
-        });
+            .await?,
+        );
     }
     let fingerprint = Snapshot::take(conn).await?.fingerprint();
     out.push(check("schema fingerprint", "ok", fingerprint.clone()));
