@@ -12,4 +12,6 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod pipeline;
 pub mod runtime;
+pub mod store;

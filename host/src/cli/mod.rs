@@ -19,6 +19,7 @@ macro_rules! say {
 mod backup;
 mod bench;
 mod config;
+mod deploy;
 mod migrate;
 mod plugin;
 
@@ -38,7 +39,13 @@ pub const EXIT_CONFIG: u8 = 2;
 /// run in a sandbox that grants each only the hosts, files, memory, time and secrets that
 /// agent.toml gives it.
 #[derive(Debug, Parser)]
-#[command(name = "deploy-agent", version, about, long_about = None)]
+#[command(
+    name = "deploy-agent",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success; 1 the operation failed (a deployment, a check, a validation); 2 bad usage or configuration.\n\nThe main job: deploy-agent deploy --env local"
+)]
 pub struct Cli {
     /// Log verbosity: -v for debug, -vv for trace. DEPLOY_AGENT_LOG overrides (tracing filter syntax).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -62,6 +69,35 @@ pub enum Output {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Deploy a release through the environment's pipeline: lock, validate, back up, migrate,
+    /// deploy (staged), verify, promote, watch, notify. Resumes a run interrupted by a crash.
+    Deploy(deploy::DeployArgs),
+    /// What `deploy` would do, step by step (migration dry run and lint included); changes nothing.
+    Plan(deploy::DeployArgs),
+    /// The environment's live release, lock and last run with its journal.
+    Status(deploy::EnvArgs),
+    /// Past deployments, newest first (`--id` for one run's journal).
+    History {
+        /// Environment, config and output.
+        #[command(flatten)]
+        target: deploy::EnvArgs,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One run, with its journaled steps.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Releases this agent made, newest first (`*` marks the live one).
+    Releases(deploy::EnvArgs),
+    /// The hash-chained audit log: list, verify.
+    #[command(subcommand)]
+    Audit(deploy::AuditCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Inspect and check plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -110,6 +146,8 @@ pub enum ConfigCommand {
         #[arg(long, default_value = "agent.toml")]
         config: PathBuf,
     },
+    /// Print the JSON Schema of agent.toml, for editors (e.g. taplo, Even Better TOML).
+    Schema,
 }
 
 /// `deploy-agent bench ...`
@@ -159,6 +197,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(plugin::check(&config, output))
         }
         Command::Config(ConfigCommand::Check { config }) => config::check(&config),
+        Command::Config(ConfigCommand::Schema) => {
+            say!("{}", crate::config::SCHEMA.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy(args) => runtime.block_on(deploy::deploy(args)),
+        Command::Plan(args) => runtime.block_on(deploy::plan(args)),
+        Command::Status(args) => runtime.block_on(deploy::status(args)),
+        Command::History { target, limit, id } => {
+            runtime.block_on(deploy::history(target, limit, id))
+        }
+        Command::Releases(args) => runtime.block_on(deploy::releases(args)),
+        Command::Audit(command) => runtime.block_on(deploy::audit(command)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "deploy-agent",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate(command) => runtime.block_on(migrate::run(command)),
         Command::Backup(command) => runtime.block_on(backup::run(command)),
         Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {

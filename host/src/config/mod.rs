@@ -13,6 +13,7 @@
 //! # Ok::<(), deploy_agent::config::ConfigErrors>(())
 //! ```
 
+mod environment;
 mod error;
 mod raw;
 
@@ -22,6 +23,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+pub use environment::{
+    ArtifactConfig, BackupWhen, CheckConfig, CheckStage, DeploySettings, Environment, Probe,
+    Strategy, TargetConfig, ValidateConfig,
+};
 pub use error::{ConfigError, ConfigErrors};
 
 use crate::runtime::PluginSpec;
@@ -43,18 +48,8 @@ pub struct Config {
     pub warnings: Vec<ConfigError>,
 }
 
-/// One environment (`local`, `staging`, `production`, ...).
-#[derive(Debug, Clone)]
-pub struct Environment {
-    /// Its name.
-    pub name: String,
-    /// Strict: warnings (lint findings included) block.
-    pub strict: bool,
-    /// Its application database, if it has one.
-    pub database: Option<DatabaseConfig>,
-    /// Where and how its database backups are kept.
-    pub backup: BackupConfig,
-}
+/// The JSON Schema of agent.toml (`deploy-agent config schema`).
+pub const SCHEMA: &str = include_str!("schema.json");
 
 /// zstd level for backups unless configured (see the backup benchmark in the README).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
@@ -267,9 +262,10 @@ impl Config {
             }
         }
         let mut environments = BTreeMap::new();
-        for (name, env) in &raw.environments {
-            if let Some(e) = v.environment(name, env, &state_dir) {
-                environments.insert(name.get_ref().clone(), e);
+        let resolved = environment::resolve_extends(&mut v, &raw.environments);
+        for (name, (spanned, env)) in &resolved {
+            if let Some(e) = v.environment(spanned, env, &state_dir, &plugins) {
+                environments.insert(name.clone(), e);
             }
         }
         if !v.errors.is_empty() {
@@ -301,6 +297,14 @@ impl Config {
         })
     }
 
+    /// The directory relative paths in the file are relative to (commands run there).
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
     /// Where compiled components are cached.
     pub fn cache_dir(&self) -> PathBuf {
         self.state_dir.join("cache")
@@ -325,6 +329,14 @@ impl Config {
                     hosts: cfg.hosts.clone(),
                 },
             );
+        }
+        for dir in plugin.policy.dirs.iter().filter(|d| d.writable) {
+            std::fs::create_dir_all(&dir.host).map_err(|e| {
+                format!(
+                    "plugin `{name}`: cannot create its directory {}: {e}",
+                    dir.host.display()
+                )
+            })?;
         }
         Ok(PluginSpec {
             name: name.to_string(),
@@ -489,131 +501,6 @@ impl Validator<'_> {
         })
     }
 
-    fn environment(
-        &mut self,
-        name: &Spanned<String>,
-        env: &Spanned<raw::RawEnvironment>,
-        state_dir: &Path,
-    ) -> Option<Environment> {
-        let before = self.errors.len();
-        if !valid_plugin_name(name.get_ref()) {
-            self.error(
-                name,
-                format!("environment name `{}` is not allowed", name.get_ref()),
-                "use lowercase letters, digits, `-` and `_`",
-            );
-        }
-        let env = env.get_ref();
-        let database = env.database.as_ref().map(|d| {
-            let d = d.get_ref();
-            let url_text = d.url.get_ref().trim();
-            let url = match SecretSource::parse(url_text) {
-                Some(source) => UrlSource::Secret(source),
-                None => {
-                    if crate::db::backend_of(url_text).is_none() {
-                        self.error(&d.url, format!("`{url_text}` is not a database URL"), "use `sqlite:path/to/app.db`, `postgres://user@host/db`, or a reference such as `${env:DATABASE_URL}`");
-                    }
-                    if crate::db::redact_url(url_text) != url_text {
-                        self.error(&d.url, "this URL contains a password", "keep the URL in the environment or a file: `url = \"${env:DATABASE_URL}\"`; secrets never go in agent.toml");
-                    }
-                    match url_text.strip_prefix("sqlite:") {
-                        Some(path) if !path.starts_with('/') && !path.starts_with(':') && !path.starts_with("//") => {
-                            UrlSource::Plain(format!("sqlite:{}", self.base.join(path).display()))
-                        }
-                        _ => UrlSource::Plain(url_text.to_string()),
-                    }
-                }
-            };
-            let migrations = self.base.join(d.migrations.as_ref().map_or("migrations", |m| m.get_ref().as_str()));
-            if !migrations.is_dir() {
-                let at = d.migrations.as_ref().map_or(d.url.span(), |m| m.span());
-                self.errors.push(
-                    ConfigError::at(self.file, self.text, at, format!("migrations directory {} does not exist", migrations.display()))
-                        .hint("create it, or set `migrations = \"path\"` (relative to this file)"),
-                );
-            }
-            let ms = |v: &Option<Spanned<u64>>, default: u64, this: &mut Self, what: &str, max: u64| -> Duration {
-                match v {
-                    Some(x) if *x.get_ref() == 0 || *x.get_ref() > max => {
-                        this.error(x, format!("{what} must be between 1 and {max}"), "");
-                        Duration::from_millis(default)
-                    }
-                    Some(x) => Duration::from_millis(*x.get_ref()),
-                    None => Duration::from_millis(default),
-                }
-            };
-            let lock_timeout = ms(&d.lock_timeout_ms, 2_000, self, "lock_timeout_ms", 600_000);
-            let lock_wait = ms(&d.lock_wait_ms, 60_000, self, "lock_wait_ms", 3_600_000);
-            let lock_retries = d.lock_retries.as_ref().map_or(5, |r| *r.get_ref());
-            DatabaseConfig { url, migrations, lock_timeout, lock_retries, lock_wait }
-        });
-        let backup = self.backup(name.get_ref(), env.backup.as_ref(), state_dir);
-        if self.errors.len() > before {
-            return None;
-        }
-        Some(Environment {
-            name: name.get_ref().clone(),
-            strict: env.strict,
-            database,
-            backup,
-        })
-    }
-
-    fn backup(
-        &mut self,
-        env: &str,
-        raw: Option<&Spanned<raw::RawBackup>>,
-        state_dir: &Path,
-    ) -> BackupConfig {
-        let default_dir = state_dir.join("backups").join(env);
-        let Some(raw) = raw.map(Spanned::get_ref) else {
-            return BackupConfig {
-                dir: default_dir,
-                key: None,
-                zstd_level: DEFAULT_ZSTD_LEVEL,
-                zstd_workers: 0,
-                retention: crate::db::backup::Retention {
-                    keep_last: 10,
-                    keep_daily: 7,
-                    keep_weekly: 4,
-                },
-            };
-        };
-        let key = raw.key.as_ref().and_then(|k| match SecretSource::parse(k.get_ref()) {
-            Some(s) => Some(s),
-            None => {
-                self.error(k, "the backup key must be a reference, not a value", "write `key = \"${file:/etc/deploy-agent/backup.key}\"` (32 bytes, hex or base64); secret values never go in agent.toml");
-                None
-            }
-        });
-        let zstd_level = match &raw.zstd_level {
-            Some(l) if !(-7..=19).contains(l.get_ref()) => {
-                self.error(
-                    l,
-                    "zstd_level must be between -7 and 19",
-                    "negative levels are zstd's fast modes; 3 is zstd's default",
-                );
-                DEFAULT_ZSTD_LEVEL
-            }
-            Some(l) => *l.get_ref(),
-            None => DEFAULT_ZSTD_LEVEL,
-        };
-        BackupConfig {
-            dir: raw
-                .dir
-                .as_ref()
-                .map_or(default_dir, |d| self.base.join(d.get_ref())),
-            key,
-            zstd_level,
-            zstd_workers: raw.zstd_workers.unwrap_or(0),
-            retention: crate::db::backup::Retention {
-                keep_last: raw.keep_last.unwrap_or(10),
-                keep_daily: raw.keep_daily.unwrap_or(7),
-                keep_weekly: raw.keep_weekly.unwrap_or(4),
-            },
-        }
-    }
-
     fn policy(&mut self, raw: &raw::RawPolicy) -> Policy {
         let mut policy = Policy::default();
         for h in &raw.allowed_hosts {
@@ -642,7 +529,8 @@ impl Validator<'_> {
         for d in &raw.dirs {
             let dir = d.get_ref();
             let host = self.base.join(dir.path.get_ref());
-            if !host.is_dir() {
+            // A writable grant (a deploy target's root) is created when the plugin loads.
+            if !host.is_dir() && !dir.rw {
                 self.error(
                     &dir.path,
                     format!("granted directory {} does not exist", host.display()),

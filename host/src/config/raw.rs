@@ -16,16 +16,170 @@ pub(super) struct RawConfig {
     pub environments: BTreeMap<Spanned<String>, Spanned<RawEnvironment>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEnvironment {
-    #[serde(default)]
-    pub strict: bool,
+    pub extends: Option<Spanned<String>>,
+    pub strict: Option<bool>,
+    pub target: Option<Spanned<RawTarget>>,
+    pub artifact: Option<Spanned<RawArtifact>>,
+    pub validate: Option<Spanned<RawValidate>>,
     pub database: Option<Spanned<RawDatabase>>,
     pub backup: Option<Spanned<RawBackup>>,
+    pub deploy: Option<Spanned<RawDeploy>>,
+    pub checks: Option<Vec<Spanned<RawCheck>>>,
+    pub notifiers: Option<Vec<Spanned<String>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTarget {
+    pub plugin: Option<Spanned<String>>,
+    pub config: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawArtifact {
+    pub path: Option<Spanned<String>>,
+    pub sha256: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawValidate {
+    pub plugins: Option<Vec<Spanned<String>>>,
+    pub required_env: Option<Vec<Spanned<String>>>,
+    pub min_secret_length: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDeploy {
+    pub strategy: Option<Spanned<String>>,
+    pub backup: Option<Spanned<String>>,
+    pub poll_interval_ms: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub lock_lease_ms: Option<Spanned<u64>>,
+    pub watch_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheck {
+    pub name: Spanned<String>,
+    pub http: Option<Spanned<String>>,
+    pub tcp: Option<Spanned<String>>,
+    pub command: Option<Spanned<String>>,
+    pub stage: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<u16>>,
+    pub body_contains: Option<String>,
+    pub json_pointer: Option<Spanned<String>>,
+    pub json_equals: Option<toml::Value>,
+    pub max_latency_ms: Option<u64>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub retries: Option<u32>,
+    pub interval_ms: Option<u64>,
+}
+
+/// `extends`: a child's settings win, field by field, section by section.
+pub(super) trait Merge {
+    fn merge(&mut self, parent: &Self);
+}
+
+fn take<T: Clone>(child: &mut Option<T>, parent: &Option<T>) {
+    if child.is_none() {
+        child.clone_from(parent);
+    }
+}
+
+fn nested<T: Merge + Clone>(child: &mut Option<Spanned<T>>, parent: &Option<Spanned<T>>) {
+    match (child.as_mut(), parent) {
+        (Some(c), Some(p)) => c.get_mut().merge(p.get_ref()),
+        (None, Some(_)) => child.clone_from(parent),
+        _ => {}
+    }
+}
+
+impl Merge for RawEnvironment {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.strict, &p.strict);
+        nested(&mut self.target, &p.target);
+        nested(&mut self.artifact, &p.artifact);
+        nested(&mut self.validate, &p.validate);
+        nested(&mut self.database, &p.database);
+        nested(&mut self.backup, &p.backup);
+        nested(&mut self.deploy, &p.deploy);
+        take(&mut self.checks, &p.checks);
+        take(&mut self.notifiers, &p.notifiers);
+    }
+}
+
+impl Merge for RawTarget {
+    fn merge(&mut self, p: &Self) {
+        let same_plugin = match (&self.plugin, &p.plugin) {
+            (Some(c), Some(pp)) => c.get_ref() == pp.get_ref(),
+            _ => true,
+        };
+        take(&mut self.plugin, &p.plugin);
+        // Config is the parent's, overridden key by key, unless the plugin changed.
+        if same_plugin && let Some(parent) = &p.config {
+            let mut merged = parent.clone();
+            merged.extend(self.config.take().unwrap_or_default());
+            self.config = Some(merged);
+        }
+    }
+}
+
+impl Merge for RawArtifact {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.path, &p.path);
+        take(&mut self.sha256, &p.sha256);
+    }
+}
+
+impl Merge for RawValidate {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.plugins, &p.plugins);
+        take(&mut self.required_env, &p.required_env);
+        take(&mut self.min_secret_length, &p.min_secret_length);
+    }
+}
+
+impl Merge for RawDeploy {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.strategy, &p.strategy);
+        take(&mut self.backup, &p.backup);
+        take(&mut self.poll_interval_ms, &p.poll_interval_ms);
+        take(&mut self.timeout_ms, &p.timeout_ms);
+        take(&mut self.lock_lease_ms, &p.lock_lease_ms);
+        take(&mut self.watch_ms, &p.watch_ms);
+    }
+}
+
+impl Merge for RawDatabase {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.url, &p.url);
+        take(&mut self.migrations, &p.migrations);
+        take(&mut self.lock_timeout_ms, &p.lock_timeout_ms);
+        take(&mut self.lock_retries, &p.lock_retries);
+        take(&mut self.lock_wait_ms, &p.lock_wait_ms);
+    }
+}
+
+impl Merge for RawBackup {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.dir, &p.dir);
+        take(&mut self.key, &p.key);
+        take(&mut self.zstd_level, &p.zstd_level);
+        take(&mut self.zstd_workers, &p.zstd_workers);
+        take(&mut self.keep_last, &p.keep_last);
+        take(&mut self.keep_daily, &p.keep_daily);
+        take(&mut self.keep_weekly, &p.keep_weekly);
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackup {
     pub dir: Option<Spanned<String>>,
@@ -37,10 +191,10 @@ pub(super) struct RawBackup {
     pub keep_weekly: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDatabase {
-    pub url: Spanned<String>,
+    pub url: Option<Spanned<String>>,
     pub migrations: Option<Spanned<String>>,
     pub lock_timeout_ms: Option<Spanned<u64>>,
     pub lock_retries: Option<Spanned<u32>>,

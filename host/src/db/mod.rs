@@ -4,7 +4,7 @@
 //! ([`migrate`]); the schema is snapshotted and fingerprinted ([`schema`]).
 
 pub mod backup;
-mod conn;
+pub(crate) mod conn;
 mod error;
 pub mod migrate;
 pub mod schema;

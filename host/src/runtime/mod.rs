@@ -44,6 +44,7 @@ pub use plugin::{CallContext, Kind, Plugin, PluginSpec};
 pub use policy::{DirGrant, HostPattern, Policy, PolicyViolation};
 pub use secrets::{Secret, SecretValue, Secrets};
 
+pub(crate) use http::tls_config;
 use state::PluginState;
 
 /// Why the runtime could not start.

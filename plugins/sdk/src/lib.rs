@@ -33,6 +33,7 @@
 
 mod context;
 mod error;
+pub mod fs;
 pub mod http;
 pub mod log;
 mod traits;
@@ -44,7 +45,7 @@ mod traits;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        inline: "package deploy-agent:sdk; world sdk { include deploy-agent:plugin/imports@0.1.0; import deploy-agent:plugin/types@0.1.0; import wasi:io/streams@0.2.12; }",
+        inline: "package deploy-agent:sdk; world sdk { include deploy-agent:plugin/imports@0.1.0; import deploy-agent:plugin/types@0.1.0; import wasi:io/streams@0.2.12; import wasi:filesystem/preopens@0.2.12; }",
         world: "deploy-agent:sdk/sdk",
         generate_all,
     });
@@ -64,6 +65,7 @@ pub use wit_bindgen as __wit_bindgen;
 
 /// What most plugins need: the traits, the types, the helpers and [`export!`].
 pub mod prelude {
+    pub use crate::fs;
     pub use crate::http;
     pub use crate::log;
     pub use crate::{

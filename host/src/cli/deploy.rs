@@ -1,0 +1,499 @@
+//! `deploy`, `plan`, `status`, `history`, `releases` and `audit`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::{EXIT_FAILED, Output};
+use crate::config::Config;
+use crate::pipeline::{self, Reporter, Request, StageReport, StageStatus};
+use crate::store::Store;
+
+/// What every environment command takes.
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// The environment (a section of agent.toml).
+    #[arg(long, short = 'e')]
+    pub env: String,
+    /// The configuration.
+    #[arg(long, default_value = "agent.toml")]
+    pub config: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// `deploy` and `plan`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// The version being deployed (default: the first 12 hex digits of the artifact digest).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The artifact directory (default: the environment's `[artifact] path`).
+    #[arg(long)]
+    pub artifact: Option<PathBuf>,
+    /// Why, for the audit log and the notifications.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Show what would happen, step by step (the migration dry run included); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `deploy-agent audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The newest entries, oldest first.
+    List {
+        /// Only this environment.
+        #[arg(long, short = 'e')]
+        env: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// The configuration.
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Walks the hash chain: exit 1 if an entry was edited or deleted.
+    Verify {
+        /// The head hash recorded earlier: also detects entries removed from the end.
+        #[arg(long)]
+        expect_head: Option<String>,
+        /// The configuration.
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+fn actor() -> String {
+    crate::db::migrate::whoami()
+}
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else {
+        format!("{v:.1} ms")
+    }
+}
+
+fn time(ms: i64) -> String {
+    crate::db::backup::time::rfc3339(ms / 1000)
+}
+
+/// The live view: a line per stage as it ends (and, on a terminal, the one running).
+struct Live {
+    tty: bool,
+}
+
+impl Reporter for Live {
+    fn stage(&self, r: &StageReport) {
+        use std::io::Write as _;
+        let name = r.stage.name();
+        if r.status == StageStatus::Started {
+            if self.tty {
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "  … {name:<9}");
+                let _ = out.flush();
+            }
+            return;
+        }
+        let mark = match r.status {
+            StageStatus::Done => "✓",
+            StageStatus::Skipped => "-",
+            StageStatus::Failed => "✗",
+            StageStatus::Started => "…",
+        };
+        let clear = if self.tty { "\r\x1b[2K" } else { "" };
+        say!(
+            "{clear}  {mark} {name:<9} {:>9}  {}",
+            ms(r.duration_ms),
+            r.detail
+        );
+    }
+
+    fn note(&self, text: &str) {
+        let clear = if self.tty { "\r\x1b[2K" } else { "" };
+        say!("{clear}  ! {text}");
+    }
+}
+
+struct Silent;
+
+impl Reporter for Silent {
+    fn stage(&self, _: &StageReport) {}
+    fn note(&self, _: &str) {}
+}
+
+fn request(args: &DeployArgs) -> Request {
+    Request {
+        environment: args.target.env.clone(),
+        version: args.version.clone(),
+        artifact: args.artifact.clone(),
+        actor: actor(),
+        reason: args.reason.clone(),
+    }
+}
+
+pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    if args.dry_run {
+        return plan(args).await;
+    }
+    let config = Config::load(&args.target.config)?;
+    let request = request(&args);
+    let json = args.target.output == Output::Json;
+    if !json {
+        say!(
+            "Deploying to {} ({})",
+            request.environment,
+            config.path.display()
+        );
+    }
+    let live = Live {
+        tty: std::io::stdout().is_terminal(),
+    };
+    let reporter: &dyn Reporter = if json { &Silent } else { &live };
+    let outcome = pipeline::deploy(&config, &request, reporter).await?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        let d = &outcome.deployment;
+        for f in outcome.findings.iter().filter(|f| f.severity != "info") {
+            say!("  {} [{}] {}", f.severity, f.source, f.message);
+            if let Some(h) = &f.hint {
+                say!("      hint: {h}");
+            }
+        }
+        for n in &outcome.notify_failures {
+            say!("  notifier: {n}");
+        }
+        say!("");
+        if outcome.succeeded() {
+            say!(
+                "{} is live on {}: release {}, schema {}, backup {} (run {}, {} agent time)",
+                d.version,
+                d.environment,
+                d.release_id.as_deref().unwrap_or("?"),
+                d.schema_after.as_deref().unwrap_or("none"),
+                d.backup_id.as_deref().unwrap_or("none"),
+                d.id,
+                ms(outcome.total_ms)
+            );
+        } else {
+            say!(
+                "Deployment {} of {} to {} FAILED: {}",
+                d.id,
+                d.version,
+                d.environment,
+                d.error.as_deref().unwrap_or("unknown error")
+            );
+            say!(
+                "  the journal: deploy-agent history --env {} --id {}",
+                d.environment,
+                d.id
+            );
+        }
+    }
+    Ok(if outcome.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+pub(super) async fn plan(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.target.config)?;
+    let plan = pipeline::plan::plan(&config, &request(&args)).await?;
+    if args.target.output == Output::Json {
+        say!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        say!(
+            "Plan: deploy {} to {}{}",
+            plan.version,
+            plan.environment,
+            plan.digest
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        );
+        for (i, step) in plan.steps.iter().enumerate() {
+            say!("  {}. {:<9} {}", i + 1, step.stage.name(), step.action);
+            for d in &step.details {
+                say!("       {d}");
+            }
+        }
+        if !plan.findings.is_empty() {
+            say!("Findings:");
+            for f in &plan.findings {
+                say!("  {} [{}] {}", f.severity, f.source, f.message);
+                if let Some(h) = &f.hint {
+                    say!("      hint: {h}");
+                }
+            }
+        }
+        say!(
+            "{}",
+            if plan.blocked {
+                "This deployment would stop: see above. Nothing was changed."
+            } else {
+                "Nothing was changed. Run it with `deploy-agent deploy`."
+            }
+        );
+    }
+    Ok(if plan.blocked {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn store_for(config: &Path, env: Option<&str>) -> anyhow::Result<(Config, Store)> {
+    let config = Config::load(config)?;
+    if let Some(env) = env {
+        config.environment(env).map_err(anyhow::Error::msg)?;
+    }
+    let store = pipeline::open_store(&config).await?;
+    Ok((config, store))
+}
+
+pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
+    let (_, store) = store_for(&args.config, Some(&args.env)).await?;
+    let lock = store.lock_holder(&args.env).await?;
+    let live = store
+        .releases(&args.env)
+        .await?
+        .into_iter()
+        .find(|r| r.state == "live");
+    let last = store.deployments(&args.env, 1).await?.into_iter().next();
+    let steps = match &last {
+        Some(d) => store.steps(&d.id).await?,
+        None => Vec::new(),
+    };
+    if args.output == Output::Json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "environment": args.env, "lock": lock, "live": live, "last": last, "steps": steps,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    say!("Environment {}", args.env);
+    match &live {
+        Some(r) => say!(
+            "  live:  {} (version {}, schema {}, backup {}, since {})",
+            r.id,
+            r.version,
+            r.schema_version.as_deref().unwrap_or("none"),
+            r.backup_id.as_deref().unwrap_or("none"),
+            r.promoted_at.map_or("?".into(), time)
+        ),
+        None => say!("  live:  nothing deployed by this agent yet"),
+    }
+    match &lock {
+        Some(h) if h.expires_at > crate::store::now_ms() => {
+            say!("  lock:  held by {} for run {}", h.owner, h.deployment_id)
+        }
+        Some(h) => say!(
+            "  lock:  expired lease of {} (run {})",
+            h.owner,
+            h.deployment_id
+        ),
+        None => say!("  lock:  free"),
+    }
+    if let Some(d) = &last {
+        say!(
+            "  last:  {} {} {} by {} at {}{}",
+            d.id,
+            d.version,
+            d.status,
+            d.actor,
+            time(d.started_at),
+            d.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        for s in &steps {
+            let took = s
+                .finished_at
+                .map_or("unfinished".into(), |f| ms((f - s.started_at) as f64));
+            say!(
+                "         {:<9} {:<8} {:>10}  {}",
+                s.stage,
+                s.status,
+                took,
+                s.detail.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn history(
+    args: EnvArgs,
+    limit: usize,
+    id: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let (_, store) = store_for(&args.config, Some(&args.env)).await?;
+    let runs = match &id {
+        Some(id) => store.deployment(id).await?.into_iter().collect(),
+        None => store.deployments(&args.env, limit).await?,
+    };
+    if args.output == Output::Json {
+        let mut out = Vec::new();
+        for d in runs {
+            let steps = store.steps(&d.id).await?;
+            out.push(serde_json::json!({ "deployment": d, "steps": steps }));
+        }
+        say!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        say!("No deployments of {} yet.", args.env);
+    }
+    for d in &runs {
+        let took = d
+            .finished_at
+            .map_or("running".into(), |f| ms((f - d.started_at) as f64));
+        say!(
+            "{}  {:<12} {:<11} {:>9}  by {}{}{}",
+            d.id,
+            d.version,
+            d.status,
+            took,
+            d.actor,
+            d.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            d.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        if id.is_some() {
+            for s in store.steps(&d.id).await? {
+                let took = s
+                    .finished_at
+                    .map_or("unfinished".into(), |f| ms((f - s.started_at) as f64));
+                say!(
+                    "    {:<9} {:<8} {:>10}  {}",
+                    s.stage,
+                    s.status,
+                    took,
+                    s.detail.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn releases(args: EnvArgs) -> anyhow::Result<ExitCode> {
+    let (_, store) = store_for(&args.config, Some(&args.env)).await?;
+    let releases = store.releases(&args.env).await?;
+    if args.output == Output::Json {
+        say!("{}", serde_json::to_string_pretty(&releases)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if releases.is_empty() {
+        say!("No releases of {} yet.", args.env);
+    }
+    for r in &releases {
+        say!(
+            "{} {:<28} {:<12} {:<10} schema {:<6} backup {}",
+            if r.state == "live" { "*" } else { " " },
+            r.id,
+            r.version,
+            r.state,
+            r.schema_version.as_deref().unwrap_or("-"),
+            r.backup_id.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::List {
+            env,
+            limit,
+            config,
+            output,
+        } => {
+            let (_, store) = store_for(&config, env.as_deref()).await?;
+            let entries = store.audit_entries(env.as_deref(), limit).await?;
+            if output == Output::Json {
+                say!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for e in &entries {
+                say!(
+                    "{:>5} {} {:<10} {:<18} {:<10} {}{}{}",
+                    e.seq,
+                    time(e.at),
+                    e.actor,
+                    e.action,
+                    e.environment.as_deref().unwrap_or("-"),
+                    e.subject.as_deref().unwrap_or(""),
+                    e.why
+                        .as_deref()
+                        .map(|w| format!(" why: {w}"))
+                        .unwrap_or_default(),
+                    e.detail
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify {
+            expect_head,
+            config,
+            output,
+        } => {
+            let (_, store) = store_for(&config, None).await?;
+            let mut report = store.audit_verify().await?;
+            if let Some(head) = expect_head
+                && head != report.head
+            {
+                report.problems.push(format!(
+                    "the head is {}, not the expected {head}: entries were removed from the end, or the log was replaced",
+                    report.head
+                ));
+            }
+            if output == Output::Json {
+                say!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.problems.is_empty() {
+                say!(
+                    "audit log intact: {} entries, head {}",
+                    report.entries,
+                    report.head
+                );
+            } else {
+                say!("audit log TAMPERED ({} entries checked):", report.entries);
+                for p in &report.problems {
+                    say!("  {p}");
+                }
+            }
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            })
+        }
+    }
+}

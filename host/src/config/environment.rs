@@ -1,0 +1,692 @@
+//! One environment's settings: what it deploys, to which target, through which checks.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{self, Merge};
+use super::{
+    BackupConfig, ConfigError, DEFAULT_ZSTD_LEVEL, DatabaseConfig, SecretSource, UrlSource,
+    Validator, valid_plugin_name,
+};
+
+/// One environment (`local`, `staging`, `production`, ...).
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// Its name.
+    pub name: String,
+    /// The environment it inherits from, if any.
+    pub extends: Option<String>,
+    /// Strict: warnings (lint findings included) block.
+    pub strict: bool,
+    /// Where releases go.
+    pub target: Option<TargetConfig>,
+    /// What is deployed.
+    pub artifact: ArtifactConfig,
+    /// What is checked before anything changes.
+    pub validate: ValidateConfig,
+    /// Its application database, if it has one.
+    pub database: Option<DatabaseConfig>,
+    /// Where and how its database backups are kept.
+    pub backup: BackupConfig,
+    /// How a deployment runs.
+    pub deploy: DeploySettings,
+    /// Health checks and smoke tests.
+    pub checks: Vec<CheckConfig>,
+    /// Notifier plugins told of every transition.
+    pub notifiers: Vec<String>,
+}
+
+/// The deploy-target plugin and this environment's settings for it.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Keys that override the plugin's `[plugins.NAME.config]` for this environment.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The artifact: a directory on the deploy host.
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactConfig {
+    /// The directory (overridden by `deploy --artifact`).
+    pub path: Option<PathBuf>,
+    /// Its pinned digest (`sha256:…` over the tree), if pinned.
+    pub sha256: Option<String>,
+}
+
+/// Built-in and plugin validators.
+#[derive(Debug, Clone, Default)]
+pub struct ValidateConfig {
+    /// Validator plugins, by name.
+    pub plugins: Vec<String>,
+    /// Environment variables the agent's process must have.
+    pub required_env: Vec<String>,
+    /// Minimum length of every secret this environment uses (0: unchecked).
+    pub min_secret_length: usize,
+}
+
+/// Stage then promote, or promote at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Deploy, verify the staged release, then promote it (two-phase; the default).
+    Staged,
+    /// Deploy and promote, then verify the live release (for targets without previews).
+    Direct,
+}
+
+/// When a deployment backs up the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupWhen {
+    /// Only when migrations are pending (the default).
+    Pending,
+    /// Every deployment.
+    Always,
+    /// Never (the plan says so, loudly).
+    Never,
+}
+
+/// How a deployment runs.
+#[derive(Debug, Clone)]
+pub struct DeploySettings {
+    /// Staged or direct.
+    pub strategy: Strategy,
+    /// When to back up.
+    pub backup: BackupWhen,
+    /// How often the target's status is polled.
+    pub poll_interval: Duration,
+    /// How long a release may take to become ready.
+    pub timeout: Duration,
+    /// The environment lock's lease; a dead agent's lock expires after it.
+    pub lock_lease: Duration,
+    /// How long `watch` checks keep running after promotion (0: once).
+    pub watch: Duration,
+}
+
+impl Default for DeploySettings {
+    fn default() -> Self {
+        DeploySettings {
+            strategy: Strategy::Staged,
+            backup: BackupWhen::Pending,
+            poll_interval: Duration::from_millis(1_000),
+            timeout: Duration::from_secs(600),
+            lock_lease: Duration::from_secs(60),
+            watch: Duration::ZERO,
+        }
+    }
+}
+
+/// One health check or smoke test.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    /// Its name, in reports.
+    pub name: String,
+    /// What it probes.
+    pub probe: Probe,
+    /// Before promotion (`verify`) or after (`watch`).
+    pub stage: CheckStage,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Attempts after the first failure.
+    pub retries: u32,
+    /// Between attempts.
+    pub interval: Duration,
+}
+
+/// When a check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStage {
+    /// After deploy, before promote (the staged release).
+    Verify,
+    /// After promote (the live release), for `watch_ms`.
+    Watch,
+}
+
+/// What a check probes. `{url}` and `{release}` in a URL, address or command are replaced by
+/// the staged release's URL and id.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    /// An HTTP(S) GET.
+    Http {
+        /// The URL.
+        url: String,
+        /// Expected status (default: any 2xx).
+        expect_status: Option<u16>,
+        /// A substring the body must contain.
+        body_contains: Option<String>,
+        /// A JSON pointer (`/status`) into the body...
+        json_pointer: Option<String>,
+        /// ...and the value it must equal (default: it must exist).
+        json_equals: Option<serde_json::Value>,
+        /// Slower than this fails.
+        max_latency: Option<Duration>,
+    },
+    /// A TCP connect to `host:port`.
+    Tcp {
+        /// The address.
+        address: String,
+    },
+    /// A shell command (`sh -c`) that must exit 0; run in the config file's directory.
+    Command {
+        /// The command.
+        command: String,
+    },
+}
+
+/// Resolves `extends` chains: the child wins field by field, section by section.
+pub(super) fn resolve_extends(
+    v: &mut Validator<'_>,
+    raw: &BTreeMap<Spanned<String>, Spanned<raw::RawEnvironment>>,
+) -> BTreeMap<String, (Spanned<String>, raw::RawEnvironment)> {
+    let by_name: BTreeMap<&str, &raw::RawEnvironment> = raw
+        .iter()
+        .map(|(k, e)| (k.get_ref().as_str(), e.get_ref()))
+        .collect();
+    let mut out = BTreeMap::new();
+    'envs: for (name, env) in raw {
+        let mut merged = env.get_ref().clone();
+        let mut seen = vec![name.get_ref().as_str()];
+        let mut next = env.get_ref().extends.as_ref();
+        while let Some(parent) = next {
+            let pname = parent.get_ref().as_str();
+            if seen.contains(&pname) {
+                seen.push(pname);
+                v.error(
+                    parent,
+                    format!("`extends` makes a cycle: {}", seen.join(" -> ")),
+                    "an environment cannot inherit from itself, directly or not",
+                );
+                continue 'envs;
+            }
+            let Some(p) = by_name.get(pname) else {
+                let known: Vec<&str> = by_name.keys().copied().collect();
+                v.error(
+                    parent,
+                    format!("`extends` names no environment `{pname}`"),
+                    &format!("known environments: {}", known.join(", ")),
+                );
+                continue 'envs;
+            };
+            merged.merge(p);
+            seen.push(pname);
+            next = p.extends.as_ref();
+        }
+        out.insert(name.get_ref().clone(), (name.clone(), merged));
+    }
+    out
+}
+
+fn ms(
+    v: &mut Validator<'_>,
+    value: &Option<Spanned<u64>>,
+    default: Duration,
+    what: &str,
+    (min, max): (u64, u64),
+) -> Duration {
+    match value {
+        Some(x) if *x.get_ref() < min || *x.get_ref() > max => {
+            v.error(x, format!("{what} must be between {min} and {max}"), "");
+            default
+        }
+        Some(x) => Duration::from_millis(*x.get_ref()),
+        None => default,
+    }
+}
+
+impl Validator<'_> {
+    pub(super) fn environment(
+        &mut self,
+        name: &Spanned<String>,
+        env: &raw::RawEnvironment,
+        state_dir: &Path,
+        plugins: &BTreeMap<String, super::PluginConfig>,
+    ) -> Option<Environment> {
+        let before = self.errors.len();
+        if !valid_plugin_name(name.get_ref()) {
+            self.error(
+                name,
+                format!("environment name `{}` is not allowed", name.get_ref()),
+                "use lowercase letters, digits, `-` and `_`",
+            );
+        }
+        let database = env
+            .database
+            .as_ref()
+            .and_then(|d| self.database(name, d.get_ref()));
+        let backup = self.backup(name.get_ref(), env.backup.as_ref(), state_dir);
+        let plugin_ref = |this: &mut Self, p: &Spanned<String>, role: &str| {
+            if !plugins.contains_key(p.get_ref()) {
+                let known: Vec<&str> = plugins.keys().map(String::as_str).collect();
+                this.error(
+                    p,
+                    format!("{role} `{}` is not a configured plugin", p.get_ref()),
+                    &format!(
+                        "declare it under [plugins.{}] (known: {})",
+                        p.get_ref(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        };
+        let target = env.target.as_ref().and_then(|t| {
+            let t = t.get_ref();
+            let Some(plugin) = &t.plugin else {
+                self.error(
+                    name,
+                    format!(
+                        "environment `{}` has a [target] without `plugin`",
+                        name.get_ref()
+                    ),
+                    "add `plugin = \"NAME\"` under the environment's [target]",
+                );
+                return None;
+            };
+            plugin_ref(self, plugin, "target plugin");
+            let config = match serde_json::to_value(t.config.clone().unwrap_or_default()) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            Some(TargetConfig {
+                plugin: plugin.get_ref().clone(),
+                config,
+            })
+        });
+        let artifact = env
+            .artifact
+            .as_ref()
+            .map_or_else(ArtifactConfig::default, |a| {
+                let a = a.get_ref();
+                let sha256 = a.sha256.as_ref().and_then(|s| {
+                    let hex = s
+                        .get_ref()
+                        .trim_start_matches("sha256:")
+                        .to_ascii_lowercase();
+                    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                        Some(hex)
+                    } else {
+                        self.error(
+                            s,
+                            "sha256 must be 64 hexadecimal characters",
+                            "`deploy-agent plan` prints the artifact's digest",
+                        );
+                        None
+                    }
+                });
+                ArtifactConfig {
+                    path: a.path.as_ref().map(|p| self.base.join(p.get_ref())),
+                    sha256,
+                }
+            });
+        let validate = env
+            .validate
+            .as_ref()
+            .map_or_else(ValidateConfig::default, |val| {
+                let val = val.get_ref();
+                let mut out = ValidateConfig::default();
+                for p in val.plugins.iter().flatten() {
+                    plugin_ref(self, p, "validator plugin");
+                    out.plugins.push(p.get_ref().clone());
+                }
+                for e in val.required_env.iter().flatten() {
+                    let ok = !e.get_ref().is_empty()
+                        && e.get_ref()
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !ok {
+                        self.error(
+                            e,
+                            format!("`{}` is not an environment variable name", e.get_ref()),
+                            "",
+                        );
+                    }
+                    out.required_env.push(e.get_ref().clone());
+                }
+                out.min_secret_length = val.min_secret_length.as_ref().map_or(0, |m| *m.get_ref());
+                out
+            });
+        let mut notifiers = Vec::new();
+        for n in env.notifiers.iter().flatten() {
+            plugin_ref(self, n, "notifier");
+            notifiers.push(n.get_ref().clone());
+        }
+        let deploy = self.deploy(env.deploy.as_ref().map(Spanned::get_ref));
+        let mut checks = Vec::new();
+        for c in env.checks.iter().flatten() {
+            if let Some(check) = self.check(c.get_ref()) {
+                if checks.iter().any(|x: &CheckConfig| x.name == check.name) {
+                    self.error(
+                        &c.get_ref().name,
+                        format!("two checks are named `{}`", check.name),
+                        "give each check its own name",
+                    );
+                }
+                checks.push(check);
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Environment {
+            name: name.get_ref().clone(),
+            extends: env.extends.as_ref().map(|e| e.get_ref().clone()),
+            strict: env.strict.unwrap_or(false),
+            target,
+            artifact,
+            validate,
+            database,
+            backup,
+            deploy,
+            checks,
+            notifiers,
+        })
+    }
+
+    fn deploy(&mut self, raw: Option<&raw::RawDeploy>) -> DeploySettings {
+        let d = DeploySettings::default();
+        let Some(raw) = raw else { return d };
+        let strategy = match raw.strategy.as_ref() {
+            None => d.strategy,
+            Some(s) => match s.get_ref().as_str() {
+                "staged" => Strategy::Staged,
+                "direct" => Strategy::Direct,
+                other => {
+                    self.error(s, format!("unknown strategy `{other}`"), "use `staged` (deploy, verify, promote) or `direct` (deploy and promote, then verify)");
+                    d.strategy
+                }
+            },
+        };
+        let backup = match raw.backup.as_ref() {
+            None => d.backup,
+            Some(s) => {
+                match s.get_ref().as_str() {
+                    "pending" => BackupWhen::Pending,
+                    "always" => BackupWhen::Always,
+                    "never" => BackupWhen::Never,
+                    other => {
+                        self.error(s, format!("unknown backup setting `{other}`"), "use `pending` (back up when migrations are pending), `always` or `never`");
+                        d.backup
+                    }
+                }
+            }
+        };
+        DeploySettings {
+            strategy,
+            backup,
+            poll_interval: ms(
+                self,
+                &raw.poll_interval_ms,
+                d.poll_interval,
+                "poll_interval_ms",
+                (10, 600_000),
+            ),
+            timeout: ms(
+                self,
+                &raw.timeout_ms,
+                d.timeout,
+                "timeout_ms",
+                (1, 86_400_000),
+            ),
+            lock_lease: ms(
+                self,
+                &raw.lock_lease_ms,
+                d.lock_lease,
+                "lock_lease_ms",
+                (1_000, 3_600_000),
+            ),
+            watch: ms(self, &raw.watch_ms, d.watch, "watch_ms", (0, 86_400_000)),
+        }
+    }
+
+    fn check(&mut self, raw: &raw::RawCheck) -> Option<CheckConfig> {
+        let kinds = [raw.http.is_some(), raw.tcp.is_some(), raw.command.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            self.error(
+                &raw.name,
+                format!("check `{}` must have exactly one of `http`, `tcp` and `command`", raw.name.get_ref()),
+                "for example `http = \"https://{url}/healthz\"`, `tcp = \"db:5432\"` or `command = \"./smoke-test\"`",
+            );
+            return None;
+        }
+        let http_only = [
+            raw.expect_status.is_some(),
+            raw.body_contains.is_some(),
+            raw.json_pointer.is_some(),
+            raw.json_equals.is_some(),
+            raw.max_latency_ms.is_some(),
+        ];
+        if raw.http.is_none() && http_only.iter().any(|x| *x) {
+            self.error(
+                &raw.name,
+                format!(
+                    "check `{}` sets HTTP expectations but is not an `http` check",
+                    raw.name.get_ref()
+                ),
+                "",
+            );
+        }
+        let probe = if let Some(url) = &raw.http {
+            let u = url.get_ref();
+            if !(u.starts_with("http://") || u.starts_with("https://") || u.starts_with("{url}")) {
+                self.error(
+                    url,
+                    "an http check needs an http:// or https:// URL",
+                    "`{url}` stands for the staged release's URL, e.g. `{url}/healthz`",
+                );
+            }
+            if let Some(p) = &raw.json_pointer
+                && !p.get_ref().is_empty()
+                && !p.get_ref().starts_with('/')
+            {
+                self.error(
+                    p,
+                    "a JSON pointer starts with `/`",
+                    "for example `/status` or `/checks/0/ok`",
+                );
+            }
+            if let Some(s) = &raw.expect_status
+                && !(100..=599).contains(s.get_ref())
+            {
+                self.error(s, "expect_status must be an HTTP status (100 to 599)", "");
+            }
+            Probe::Http {
+                url: u.clone(),
+                expect_status: raw.expect_status.as_ref().map(|s| *s.get_ref()),
+                body_contains: raw.body_contains.clone(),
+                json_pointer: raw.json_pointer.as_ref().map(|p| p.get_ref().clone()),
+                json_equals: raw
+                    .json_equals
+                    .as_ref()
+                    .and_then(|v| serde_json::to_value(v).ok()),
+                max_latency: raw.max_latency_ms.map(Duration::from_millis),
+            }
+        } else if let Some(a) = &raw.tcp {
+            if !a.get_ref().contains(':') {
+                self.error(a, "a tcp check needs `host:port`", "");
+            }
+            Probe::Tcp {
+                address: a.get_ref().clone(),
+            }
+        } else {
+            let command = raw
+                .command
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_default();
+            Probe::Command { command }
+        };
+        let stage = match raw.stage.as_ref() {
+            None => CheckStage::Verify,
+            Some(s) => match s.get_ref().as_str() {
+                "verify" => CheckStage::Verify,
+                "watch" => CheckStage::Watch,
+                other => {
+                    self.error(
+                        s,
+                        format!("unknown check stage `{other}`"),
+                        "use `verify` (before promotion) or `watch` (after)",
+                    );
+                    CheckStage::Verify
+                }
+            },
+        };
+        Some(CheckConfig {
+            name: raw.name.get_ref().clone(),
+            probe,
+            stage,
+            timeout: ms(
+                self,
+                &raw.timeout_ms,
+                Duration::from_secs(10),
+                "timeout_ms",
+                (1, 600_000),
+            ),
+            retries: raw.retries.unwrap_or(0),
+            interval: Duration::from_millis(raw.interval_ms.unwrap_or(1_000)),
+        })
+    }
+
+    fn database(&mut self, env: &Spanned<String>, d: &raw::RawDatabase) -> Option<DatabaseConfig> {
+        let Some(url_spanned) = &d.url else {
+            self.error(
+                env,
+                format!(
+                    "environment `{}` has a [database] without `url`",
+                    env.get_ref()
+                ),
+                "add `url = \"sqlite:app.db\"` or `url = \"${env:DATABASE_URL}\"`",
+            );
+            return None;
+        };
+        let url_text = url_spanned.get_ref().trim();
+        let url = match SecretSource::parse(url_text) {
+            Some(source) => UrlSource::Secret(source),
+            None => {
+                if crate::db::backend_of(url_text).is_none() {
+                    self.error(url_spanned, format!("`{url_text}` is not a database URL"), "use `sqlite:path/to/app.db`, `postgres://user@host/db`, or a reference such as `${env:DATABASE_URL}`");
+                }
+                if crate::db::redact_url(url_text) != url_text {
+                    self.error(url_spanned, "this URL contains a password", "keep the URL in the environment or a file: `url = \"${env:DATABASE_URL}\"`; secrets never go in agent.toml");
+                }
+                match url_text.strip_prefix("sqlite:") {
+                    Some(path)
+                        if !path.starts_with('/')
+                            && !path.starts_with(':')
+                            && !path.starts_with("//") =>
+                    {
+                        UrlSource::Plain(format!("sqlite:{}", self.base.join(path).display()))
+                    }
+                    _ => UrlSource::Plain(url_text.to_string()),
+                }
+            }
+        };
+        let migrations = self.base.join(
+            d.migrations
+                .as_ref()
+                .map_or("migrations", |m| m.get_ref().as_str()),
+        );
+        if !migrations.is_dir() {
+            let at = d
+                .migrations
+                .as_ref()
+                .map_or(url_spanned.span(), |m| m.span());
+            self.errors.push(
+                ConfigError::at(
+                    self.file,
+                    self.text,
+                    at,
+                    format!(
+                        "migrations directory {} does not exist",
+                        migrations.display()
+                    ),
+                )
+                .hint("create it, or set `migrations = \"path\"` (relative to this file)"),
+            );
+        }
+        let lock_timeout = ms(
+            self,
+            &d.lock_timeout_ms,
+            Duration::from_millis(2_000),
+            "lock_timeout_ms",
+            (1, 600_000),
+        );
+        let lock_wait = ms(
+            self,
+            &d.lock_wait_ms,
+            Duration::from_millis(60_000),
+            "lock_wait_ms",
+            (1, 3_600_000),
+        );
+        let lock_retries = d.lock_retries.as_ref().map_or(5, |r| *r.get_ref());
+        Some(DatabaseConfig {
+            url,
+            migrations,
+            lock_timeout,
+            lock_retries,
+            lock_wait,
+        })
+    }
+
+    fn backup(
+        &mut self,
+        env: &str,
+        raw: Option<&Spanned<raw::RawBackup>>,
+        state_dir: &Path,
+    ) -> BackupConfig {
+        let default_dir = state_dir.join("backups").join(env);
+        let Some(raw) = raw.map(Spanned::get_ref) else {
+            return BackupConfig {
+                dir: default_dir,
+                key: None,
+                zstd_level: DEFAULT_ZSTD_LEVEL,
+                zstd_workers: 0,
+                retention: crate::db::backup::Retention {
+                    keep_last: 10,
+                    keep_daily: 7,
+                    keep_weekly: 4,
+                },
+            };
+        };
+        let key = raw.key.as_ref().and_then(|k| match SecretSource::parse(k.get_ref()) {
+            Some(s) => Some(s),
+            None => {
+                self.error(k, "the backup key must be a reference, not a value", "write `key = \"${file:/etc/deploy-agent/backup.key}\"` (32 bytes, hex or base64); secret values never go in agent.toml");
+                None
+            }
+        });
+        let zstd_level = match &raw.zstd_level {
+            Some(l) if !(-7..=19).contains(l.get_ref()) => {
+                self.error(
+                    l,
+                    "zstd_level must be between -7 and 19",
+                    "negative levels are zstd's fast modes; 3 is zstd's default",
+                );
+                DEFAULT_ZSTD_LEVEL
+            }
+            Some(l) => *l.get_ref(),
+            None => DEFAULT_ZSTD_LEVEL,
+        };
+        BackupConfig {
+            dir: raw
+                .dir
+                .as_ref()
+                .map_or(default_dir, |d| self.base.join(d.get_ref())),
+            key,
+            zstd_level,
+            zstd_workers: raw.zstd_workers.unwrap_or(0),
+            retention: crate::db::backup::Retention {
+                keep_last: raw.keep_last.unwrap_or(10),
+                keep_daily: raw.keep_daily.unwrap_or(7),
+                keep_weekly: raw.keep_weekly.unwrap_or(4),
+            },
+        }
+    }
+}

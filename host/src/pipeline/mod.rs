@@ -1,0 +1,1171 @@
+//! The deploy pipeline: one release through one environment, every step journaled.
+//!
+//! ```text
+//! lock → validate → back up → migrate → deploy (staged) → verify → promote → watch → notify → unlock
+//! ```
+//!
+//! Each stage writes a `started` row to the state store before it acts and a `done` (or
+//! `failed`) row after. A run that dies (kill -9, power cut) stays `running` in the store and
+//! its lock lease stops being renewed. The next `deploy` of that environment takes the lock
+//! (at once if the dead agent was on this host, else when the lease expires) and finds the
+//! run: the same release is **resumed** from where it stopped, reusing what was recorded (the
+//! backup, the staged release), and every stage is idempotent (migrations apply only what is
+//! pending; the target reuses a release it already staged; promote is a no-op when live).
+//! A run for another release is marked **superseded** and the new run rolls forward from the
+//! state the dead run left, which the store records (schema version, release ids).
+
+mod artifact;
+pub mod checks;
+mod failpoint;
+pub mod notify;
+pub mod plan;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use artifact::{digest, guest_path};
+
+use crate::config::{CheckStage, Config, Environment, Strategy};
+use crate::db::{backup, migrate};
+use crate::runtime::{Artifact, CallContext, EventKind, Plugin, ReleaseState, Runtime};
+use crate::store::{
+    AuditEntry, Deployment, DeploymentField, Lease, Owner, ReleaseRecord, Store, StoreError, now_ms,
+};
+use checks::{CheckResult, Subst};
+use notify::Notifications;
+use validate::Finding;
+
+/// The stages, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Take the environment's lock.
+    Lock,
+    /// Built-in and plugin validators.
+    Validate,
+    /// Back up the database.
+    Backup,
+    /// Apply pending migrations.
+    Migrate,
+    /// Stage the release on the target.
+    Deploy,
+    /// Checks against the staged release.
+    Verify,
+    /// Make it live.
+    Promote,
+    /// Checks against the live release.
+    Watch,
+    /// Deliver the notifications.
+    Notify,
+}
+
+impl Stage {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Lock => "lock",
+            Stage::Validate => "validate",
+            Stage::Backup => "backup",
+            Stage::Migrate => "migrate",
+            Stage::Deploy => "deploy",
+            Stage::Verify => "verify",
+            Stage::Promote => "promote",
+            Stage::Watch => "watch",
+            Stage::Notify => "notify",
+        }
+    }
+}
+
+/// What to deploy, where, by whom.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The environment.
+    pub environment: String,
+    /// The version (default: the artifact digest's first 12 characters).
+    pub version: Option<String>,
+    /// The artifact directory (default: the environment's `artifact.path`).
+    pub artifact: Option<PathBuf>,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// How a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageStatus {
+    /// Running.
+    Started,
+    /// Done.
+    Done,
+    /// Not needed.
+    Skipped,
+    /// Failed: the run stops.
+    Failed,
+}
+
+/// One stage in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    /// The stage.
+    pub stage: Stage,
+    /// How it ended.
+    pub status: StageStatus,
+    /// How long it took, ms (fractional).
+    pub duration_ms: f64,
+    /// What it did.
+    pub detail: String,
+}
+
+/// Live progress, for the CLI's view (and the daemon's event stream).
+pub trait Reporter: Send + Sync {
+    /// A stage changed state.
+    fn stage(&self, report: &StageReport);
+    /// A remark worth showing (recovery, lock takeover, waiting).
+    fn note(&self, text: &str);
+}
+
+/// A reporter that shows nothing.
+#[derive(Debug)]
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn stage(&self, _: &StageReport) {}
+    fn note(&self, _: &str) {}
+}
+
+/// What happened to a run found interrupted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    /// The interrupted run.
+    pub deployment_id: String,
+    /// The stage it stopped in.
+    pub stopped_in: Option<String>,
+    /// `resumed` or `superseded`.
+    pub action: &'static str,
+    /// In words.
+    pub detail: String,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The run as recorded at its end.
+    pub deployment: Deployment,
+    /// Stage by stage.
+    pub stages: Vec<StageReport>,
+    /// Validator findings.
+    pub findings: Vec<Finding>,
+    /// Check results.
+    pub checks: Vec<CheckResult>,
+    /// Interrupted runs found and dealt with first.
+    pub recovered: Vec<Recovery>,
+    /// Notifications that could not be delivered (never fatal).
+    pub notify_failures: Vec<String>,
+    /// Agent time, ms: the whole run minus time spent waiting (polling a target, check retries).
+    pub total_ms: f64,
+}
+
+impl Outcome {
+    /// Whether the release went live.
+    pub fn succeeded(&self) -> bool {
+        self.deployment.status == "succeeded"
+    }
+}
+
+/// Why a run could not start (a run that starts and fails is an [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The environment is not set up for deploying.
+    #[error("{0}")]
+    Setup(String),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens the state store a configuration names.
+pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
+    Store::open_dir(&config.state_dir).await
+}
+
+/// Loads a plugin under its policy, with an environment's overrides merged into its config.
+pub fn load_plugin(
+    config: &Config,
+    runtime: &Runtime,
+    name: &str,
+    overrides: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<Plugin, String> {
+    let mut spec = config.plugin_spec(name)?;
+    if let (Some(o), serde_json::Value::Object(base)) = (overrides, &mut spec.config) {
+        base.extend(o.clone());
+    }
+    runtime.load(spec).map_err(|e| e.to_string())
+}
+
+/// The environment's plugins, loaded.
+pub(crate) struct Plugins {
+    pub target: Plugin,
+    pub validators: Vec<Plugin>,
+    pub notifiers: Vec<Plugin>,
+}
+
+pub(crate) fn load_plugins(config: &Config, env: &Environment) -> Result<Plugins, String> {
+    let target_cfg = env.target.as_ref().ok_or_else(|| {
+        format!(
+            "environment `{}` has no deploy target: add [environments.{}.target] with `plugin = \"NAME\"`",
+            env.name, env.name
+        )
+    })?;
+    let runtime = Runtime::new(config.cache_dir()).map_err(|e| e.to_string())?;
+    let target = load_plugin(
+        config,
+        &runtime,
+        &target_cfg.plugin,
+        Some(&target_cfg.config),
+    )?;
+    let validators = env
+        .validate
+        .plugins
+        .iter()
+        .map(|n| load_plugin(config, &runtime, n, None))
+        .collect::<Result<_, _>>()?;
+    let notifiers = env
+        .notifiers
+        .iter()
+        .map(|n| load_plugin(config, &runtime, n, None))
+        .collect::<Result<_, _>>()?;
+    Ok(Plugins {
+        target,
+        validators,
+        notifiers,
+    })
+}
+
+/// The artifact as the target plugin sees it, and its host path.
+pub(crate) fn artifact_for(
+    env: &Environment,
+    request: &Request,
+    target: &Plugin,
+) -> Result<(Option<PathBuf>, Artifact), String> {
+    let path = request
+        .artifact
+        .clone()
+        .or_else(|| env.artifact.path.clone());
+    let digest = match &path {
+        Some(p) if p.is_dir() => Some(format!(
+            "sha256:{}",
+            digest(p).map_err(|e| format!("cannot read the artifact {}: {e}", p.display()))?
+        )),
+        _ => None,
+    };
+    let version = match (&request.version, &digest) {
+        (Some(v), _) => v.clone(),
+        (None, Some(d)) => d.trim_start_matches("sha256:")[..12].to_string(),
+        (None, None) => {
+            return Err("no version: pass --version, or give the environment an artifact".into());
+        }
+    };
+    let guest = match &path {
+        Some(p) if p.is_dir() => Some(guest_path(target.policy(), p).ok_or_else(|| {
+            format!(
+                "the target plugin `{}` cannot see the artifact {}: grant it, e.g. dirs = [{{ path = \"{}\", guest = \"/artifact\" }}] under [plugins.{}.policy]",
+                target.name(),
+                p.display(),
+                p.display(),
+                target.name()
+            )
+        })?),
+        _ => None,
+    };
+    Ok((
+        path,
+        Artifact {
+            version,
+            path: guest,
+            digest,
+            labels: Vec::new(),
+        },
+    ))
+}
+
+/// A new run id: UTC time, then random, so ids sort by start.
+pub fn new_id() -> String {
+    let mut r = [0u8; 3];
+    chacha20poly1305::aead::rand_core::RngCore::fill_bytes(
+        &mut chacha20poly1305::aead::OsRng,
+        &mut r,
+    );
+    format!(
+        "{}-{}",
+        backup::time::compact(backup::time::now_secs()),
+        hex::encode(r)
+    )
+}
+
+struct Run<'a> {
+    config: &'a Config,
+    env: &'a Environment,
+    store: Store,
+    plugins: Plugins,
+    reporter: &'a dyn Reporter,
+    notifications: Notifications,
+    lease: Option<Lease>,
+    d: Deployment,
+    ctx: CallContext,
+    artifact_path: Option<PathBuf>,
+    artifact: Artifact,
+    stages: Vec<StageReport>,
+    findings: Vec<Finding>,
+    checks: Vec<CheckResult>,
+    staged_url: Option<String>,
+    waited: Duration,
+}
+
+/// Runs a deployment: recovers interrupted runs of the environment first, then takes the
+/// release through every stage. A run that starts and fails is an `Ok` outcome with status
+/// `failed`; `Err` means nothing was started.
+pub async fn deploy(
+    config: &Config,
+    request: &Request,
+    reporter: &dyn Reporter,
+) -> Result<Outcome, PipelineError> {
+    let started = Instant::now();
+    let env = config
+        .environment(&request.environment)
+        .map_err(PipelineError::Setup)?;
+    let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
+    let (artifact_path, artifact) =
+        artifact_for(env, request, &plugins.target).map_err(PipelineError::Setup)?;
+    let store = open_store(config).await?;
+    let owner = Owner::this_process();
+    let id = new_id();
+
+    // lock
+    let lock_started = Instant::now();
+    let (lease, taken_over) = store
+        .acquire(&env.name, &owner, &id, env.deploy.lock_lease)
+        .await?;
+    if let Some(prev) = &taken_over {
+        let why = if prev.expires_at < now_ms() {
+            "its lease expired"
+        } else {
+            "its process is gone"
+        };
+        reporter.note(&format!(
+            "took over the lock of {} (run {}): {why}",
+            prev.owner, prev.deployment_id
+        ));
+    }
+
+    // Interrupted runs: resume the same release, supersede any other.
+    let mut recovered = Vec::new();
+    let mut resumed: Option<Deployment> = None;
+    for old in store.running(&env.name).await? {
+        let same = old.version == artifact.version && old.digest == artifact.digest;
+        if same && resumed.is_none() {
+            store.take_over(&old.id, &owner.0, &old.owner).await?;
+            let detail = format!(
+                "run {} of {} stopped in {}; resuming it",
+                old.id,
+                old.version,
+                old.stage.as_deref().unwrap_or("its first stage")
+            );
+            reporter.note(&detail);
+            store
+                .audit(AuditEntry {
+                    actor: request.actor.clone(),
+                    action: "deploy.resumed".into(),
+                    environment: Some(env.name.clone()),
+                    subject: Some(old.id.clone()),
+                    why: request.reason.clone(),
+                    detail: Some(detail.clone()),
+                })
+                .await?;
+            recovered.push(Recovery {
+                deployment_id: old.id.clone(),
+                stopped_in: old.stage.clone(),
+                action: "resumed",
+                detail,
+            });
+            resumed = Some(old);
+        } else {
+            store
+                .finish_deployment(
+                    &old.id,
+                    "superseded",
+                    Some("interrupted; superseded by a newer run"),
+                )
+                .await?;
+            let detail = format!(
+                "run {} of {} stopped in {}; superseded: this run rolls forward from the state it left (schema {}, release {})",
+                old.id,
+                old.version,
+                old.stage.as_deref().unwrap_or("its first stage"),
+                old.schema_after
+                    .as_deref()
+                    .or(old.schema_before.as_deref())
+                    .unwrap_or("unchanged"),
+                old.release_id.as_deref().unwrap_or("none staged"),
+            );
+            reporter.note(&detail);
+            store
+                .audit(AuditEntry {
+                    actor: request.actor.clone(),
+                    action: "deploy.superseded".into(),
+                    environment: Some(env.name.clone()),
+                    subject: Some(old.id.clone()),
+                    why: request.reason.clone(),
+                    detail: Some(detail.clone()),
+                })
+                .await?;
+            recovered.push(Recovery {
+                deployment_id: old.id.clone(),
+                stopped_in: old.stage.clone(),
+                action: "superseded",
+                detail,
+            });
+        }
+    }
+
+    let d = match resumed {
+        Some(d) => Deployment {
+            owner: owner.0.clone(),
+            status: "running".into(),
+            ..d
+        },
+        None => {
+            let d = Deployment {
+                id: id.clone(),
+                environment: env.name.clone(),
+                version: artifact.version.clone(),
+                artifact: artifact_path.as_ref().map(|p| p.display().to_string()),
+                digest: artifact.digest.clone(),
+                actor: request.actor.clone(),
+                reason: request.reason.clone(),
+                host: crate::store::hostname(),
+                owner: owner.0.clone(),
+                status: "running".into(),
+                stage: Some("lock".into()),
+                started_at: now_ms(),
+                finished_at: None,
+                error: None,
+                backup_id: None,
+                schema_before: None,
+                schema_after: None,
+                release_id: None,
+                previous_release: None,
+                resumed_from: None,
+            };
+            store.insert_deployment(&d).await?;
+            store
+                .audit(AuditEntry {
+                    actor: request.actor.clone(),
+                    action: "deploy.started".into(),
+                    environment: Some(env.name.clone()),
+                    subject: Some(d.id.clone()),
+                    why: request.reason.clone(),
+                    detail: Some(format!("version {}", d.version)),
+                })
+                .await?;
+            d
+        }
+    };
+    let ctx = CallContext {
+        environment: env.name.clone(),
+        deployment_id: d.id.clone(),
+    };
+    let notifications = Notifications::start(plugins.notifiers.clone(), ctx.clone());
+    let mut run = Run {
+        config,
+        env,
+        store,
+        plugins,
+        reporter,
+        notifications,
+        lease: Some(lease),
+        d,
+        ctx,
+        artifact_path,
+        artifact,
+        stages: Vec::new(),
+        findings: Vec::new(),
+        checks: Vec::new(),
+        staged_url: None,
+        waited: Duration::ZERO,
+    };
+    run.notify(
+        EventKind::Started,
+        None,
+        format!("Deploying {} to {}", run.d.version, env.name),
+        None,
+        None,
+    );
+    let lock_report = StageReport {
+        stage: Stage::Lock,
+        status: StageStatus::Done,
+        duration_ms: lock_started.elapsed().as_secs_f64() * 1e3,
+        detail: format!("lease {} s", env.deploy.lock_lease.as_secs()),
+    };
+    reporter.stage(&lock_report);
+    run.stages.push(lock_report);
+
+    let result = run.stages_in_order().await;
+    let error = result.err();
+    run.finish(error, started, recovered).await
+}
+
+impl Run<'_> {
+    fn notify(
+        &self,
+        kind: EventKind,
+        stage: Option<Stage>,
+        summary: String,
+        detail: Option<String>,
+        duration: Option<Duration>,
+    ) {
+        self.notifications.send(notify::event(
+            kind,
+            &self.env.name,
+            &self.d.id,
+            &self.d.version,
+            &self.d.actor,
+            stage.map(Stage::name),
+            summary,
+            detail,
+            duration,
+        ));
+    }
+
+    /// Journals a stage's start; fails the run if the lock was lost.
+    async fn begin(&mut self, stage: Stage) -> Result<(i64, Instant), String> {
+        if self.lease.as_ref().is_some_and(Lease::lost) {
+            return Err(
+                "the environment lock was taken over (this agent stalled past its lease)".into(),
+            );
+        }
+        let seq = self
+            .store
+            .step_started(&self.d.id, stage.name())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.d.stage = Some(stage.name().into());
+        self.reporter.stage(&StageReport {
+            stage,
+            status: StageStatus::Started,
+            duration_ms: 0.0,
+            detail: String::new(),
+        });
+        self.notify(
+            EventKind::StageStarted,
+            Some(stage),
+            format!("{} started", stage.name()),
+            None,
+            None,
+        );
+        failpoint::hit("before", stage.name());
+        Ok((seq, Instant::now()))
+    }
+
+    /// Journals a stage's end.
+    async fn end(
+        &mut self,
+        stage: Stage,
+        (seq, started): (i64, Instant),
+        status: StageStatus,
+        detail: String,
+    ) -> Result<(), String> {
+        failpoint::hit("after", stage.name());
+        let elapsed = started.elapsed();
+        let word = match status {
+            StageStatus::Done => "done",
+            StageStatus::Skipped => "skipped",
+            StageStatus::Failed => "failed",
+            StageStatus::Started => "started",
+        };
+        self.store
+            .step_finished(&self.d.id, seq, word, Some(&detail))
+            .await
+            .map_err(|e| e.to_string())?;
+        let report = StageReport {
+            stage,
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            detail: detail.clone(),
+        };
+        self.reporter.stage(&report);
+        self.stages.push(report);
+        let kind = if status == StageStatus::Failed {
+            EventKind::StageFailed
+        } else {
+            EventKind::StageSucceeded
+        };
+        self.notify(
+            kind,
+            Some(stage),
+            format!("{} {word}", stage.name()),
+            Some(detail),
+            Some(elapsed),
+        );
+        Ok(())
+    }
+
+    /// Runs a stage body; on error journals the failure and returns it.
+    async fn fail(&mut self, stage: Stage, step: (i64, Instant), error: String) -> String {
+        let _ = self
+            .end(stage, step, StageStatus::Failed, error.clone())
+            .await;
+        format!("{}: {error}", stage.name())
+    }
+
+    async fn stages_in_order(&mut self) -> Result<(), String> {
+        self.validate().await?;
+        self.backup_and_migrate().await?;
+        self.deploy().await?;
+        match self.env.deploy.strategy {
+            Strategy::Staged => {
+                self.checks(Stage::Verify, CheckStage::Verify).await?;
+                self.promote().await?;
+            }
+            Strategy::Direct => {
+                self.promote().await?;
+                self.checks(Stage::Verify, CheckStage::Verify).await?;
+            }
+        }
+        self.checks(Stage::Watch, CheckStage::Watch).await
+    }
+
+    async fn validate(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Validate).await?;
+        let findings = validate::run(
+            self.config,
+            self.env,
+            self.artifact_path.as_deref(),
+            &self.artifact,
+            &self.plugins.validators,
+            &self.ctx,
+        )
+        .await;
+        let blocking: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.blocks(self.env.strict))
+            .collect();
+        let detail = if blocking.is_empty() {
+            format!("{} finding(s), none blocking", findings.len())
+        } else {
+            let first = blocking[0];
+            format!(
+                "{} blocking finding(s); first: [{}] {}{}",
+                blocking.len(),
+                first.source,
+                first.message,
+                if self.env.strict && first.severity == "warning" {
+                    " (a warning: this environment is strict)"
+                } else {
+                    ""
+                }
+            )
+        };
+        let failed = !blocking.is_empty();
+        self.findings = findings;
+        if failed {
+            return Err(self.fail(Stage::Validate, step, detail).await);
+        }
+        self.end(Stage::Validate, step, StageStatus::Done, detail)
+            .await
+    }
+
+    async fn backup_and_migrate(&mut self) -> Result<(), String> {
+        let Some(db) = self.env.database.clone() else {
+            let step = self.begin(Stage::Backup).await?;
+            self.end(
+                Stage::Backup,
+                step,
+                StageStatus::Skipped,
+                "no database".into(),
+            )
+            .await?;
+            let step = self.begin(Stage::Migrate).await?;
+            return self
+                .end(
+                    Stage::Migrate,
+                    step,
+                    StageStatus::Skipped,
+                    "no database".into(),
+                )
+                .await;
+        };
+        let mut settings = db.settings(self.env.strict)?;
+        settings.actor = self.d.actor.clone();
+
+        let step = self.begin(Stage::Backup).await?;
+        let status = match migrate::status(&settings).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail(Stage::Backup, step, e.to_string()).await),
+        };
+        let pending = status.pending();
+        if self.d.schema_before.is_none() {
+            let before = status.current.map(|v| v.to_string());
+            self.record(DeploymentField::SchemaBefore, before.as_deref())
+                .await?;
+            self.d.schema_before = before;
+        }
+        use crate::config::BackupWhen;
+        let wanted = match self.env.deploy.backup {
+            BackupWhen::Always => true,
+            BackupWhen::Pending => pending > 0,
+            BackupWhen::Never => false,
+        };
+        if let Some(id) = self.d.backup_id.clone() {
+            self.end(
+                Stage::Backup,
+                step,
+                StageStatus::Skipped,
+                format!("taken before the interruption: {id}"),
+            )
+            .await?;
+        } else if !wanted {
+            let why = if self.env.deploy.backup == BackupWhen::Never {
+                "backup = \"never\"".to_string()
+            } else {
+                "no pending migrations".to_string()
+            };
+            self.end(Stage::Backup, step, StageStatus::Skipped, why)
+                .await?;
+        } else {
+            let backup_settings = match self.env.backup.settings(&self.env.name) {
+                Ok(s) => s,
+                Err(e) => return Err(self.fail(Stage::Backup, step, e).await),
+            };
+            let why = format!(
+                "before deployment {} ({} pending migration(s))",
+                self.d.id, pending
+            );
+            let manifest = match backup::create(
+                &settings.url,
+                &backup_settings,
+                &self.d.actor,
+                &why,
+                Arc::new(AtomicU64::new(0)),
+            )
+            .await
+            {
+                Ok(m) => m,
+                Err(e) => return Err(self.fail(Stage::Backup, step, e.to_string()).await),
+            };
+            self.store
+                .insert_backup(
+                    &manifest.id,
+                    &self.env.name,
+                    &self.d.id,
+                    manifest.schema_version.map(|v| v.to_string()).as_deref(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            self.record(DeploymentField::BackupId, Some(&manifest.id))
+                .await?;
+            self.d.backup_id = Some(manifest.id.clone());
+            self.audit(
+                "backup.created",
+                Some(manifest.id.clone()),
+                Some(format!("{} bytes stored", manifest.stored_bytes)),
+            )
+            .await;
+            self.end(
+                Stage::Backup,
+                step,
+                StageStatus::Done,
+                format!(
+                    "{} ({})",
+                    manifest.id,
+                    crate::cli::human_size(manifest.stored_bytes)
+                ),
+            )
+            .await?;
+        }
+
+        let step = self.begin(Stage::Migrate).await?;
+        if pending == 0 {
+            let current = status.current.map(|v| v.to_string());
+            self.record(DeploymentField::SchemaAfter, current.as_deref())
+                .await?;
+            self.d.schema_after = current.clone();
+            return self
+                .end(
+                    Stage::Migrate,
+                    step,
+                    StageStatus::Skipped,
+                    format!(
+                        "schema up to date at {}",
+                        current.as_deref().unwrap_or("no version")
+                    ),
+                )
+                .await;
+        }
+        let report = match migrate::run(&settings, None, &|_, _, _| {}).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(Stage::Migrate, step, e.to_string()).await),
+        };
+        let after = report
+            .applied
+            .last()
+            .map(|(v, _)| v.to_string())
+            .or(self.d.schema_before.clone());
+        self.record(DeploymentField::SchemaAfter, after.as_deref())
+            .await?;
+        self.d.schema_after = after.clone();
+        self.audit(
+            "migrate.applied",
+            None,
+            Some(format!(
+                "{} migration(s), schema now {}",
+                report.applied.len(),
+                after.as_deref().unwrap_or("?")
+            )),
+        )
+        .await;
+        self.end(
+            Stage::Migrate,
+            step,
+            StageStatus::Done,
+            format!(
+                "{} applied, schema {} -> {}",
+                report.applied.len(),
+                self.d.schema_before.as_deref().unwrap_or("none"),
+                after.as_deref().unwrap_or("none")
+            ),
+        )
+        .await
+    }
+
+    async fn record(&self, field: DeploymentField, value: Option<&str>) -> Result<(), String> {
+        self.store
+            .set_deployment(&self.d.id, field, value)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn audit(&self, action: &str, subject: Option<String>, detail: Option<String>) {
+        let entry = AuditEntry {
+            actor: self.d.actor.clone(),
+            action: action.to_string(),
+            environment: Some(self.env.name.clone()),
+            subject: subject.or_else(|| Some(self.d.id.clone())),
+            why: self.d.reason.clone(),
+            detail,
+        };
+        if let Err(e) = self.store.audit(entry).await {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
+    async fn deploy(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Deploy).await?;
+        let target = self.plugins.target.clone();
+        if self.d.previous_release.is_none() {
+            let live = self
+                .store
+                .releases(&self.env.name)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|r| r.state == "live")
+                .map(|r| r.id);
+            if let Some(live) = &live {
+                self.record(DeploymentField::PreviousRelease, Some(live))
+                    .await?;
+            }
+            self.d.previous_release = live;
+        }
+        let release_id = match self.d.release_id.clone() {
+            Some(id) => id,
+            None => {
+                let staged = match target.deploy(&self.ctx, &self.artifact).await {
+                    Ok(s) => s,
+                    Err(e) => return Err(self.fail(Stage::Deploy, step, e.to_string()).await),
+                };
+                self.record(DeploymentField::ReleaseId, Some(&staged.release_id))
+                    .await?;
+                self.d.release_id = Some(staged.release_id.clone());
+                self.staged_url = staged.url.clone();
+                let record = ReleaseRecord {
+                    environment: self.env.name.clone(),
+                    id: staged.release_id.clone(),
+                    deployment_id: self.d.id.clone(),
+                    version: self.d.version.clone(),
+                    digest: self.artifact.digest.clone(),
+                    backup_id: self.d.backup_id.clone(),
+                    schema_version: self.d.schema_after.clone(),
+                    url: staged.url.clone(),
+                    state: "staged".into(),
+                    created_at: now_ms(),
+                    promoted_at: None,
+                };
+                self.store
+                    .upsert_release(&record)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                staged.release_id
+            }
+        };
+        // Poll until ready, on the host's schedule.
+        let deadline = Instant::now() + self.env.deploy.timeout;
+        let mut last = String::new();
+        loop {
+            match target.status(&self.ctx, &release_id).await {
+                Ok(s) => {
+                    if s.url.is_some() {
+                        self.staged_url = s.url.clone();
+                    }
+                    match s.state {
+                        ReleaseState::Ready | ReleaseState::Live => break,
+                        ReleaseState::Failed(why) => {
+                            return Err(self
+                                .fail(
+                                    Stage::Deploy,
+                                    step,
+                                    format!("release {release_id} failed: {why}"),
+                                )
+                                .await);
+                        }
+                        ReleaseState::Canceled => {
+                            return Err(self
+                                .fail(
+                                    Stage::Deploy,
+                                    step,
+                                    format!("release {release_id} was cancelled"),
+                                )
+                                .await);
+                        }
+                        ReleaseState::InProgress(what) => {
+                            if what != last {
+                                self.reporter.note(&format!("{release_id}: {what}"));
+                                last = what;
+                            }
+                        }
+                        ReleaseState::Pending => {}
+                    }
+                }
+                Err(e) if e.retry_after().is_some() => {
+                    tracing::info!("status of {release_id}: {e}; polling again");
+                }
+                Err(e) => return Err(self.fail(Stage::Deploy, step, e.to_string()).await),
+            }
+            if Instant::now() >= deadline {
+                let t = self.env.deploy.timeout.as_secs();
+                return Err(self
+                    .fail(
+                        Stage::Deploy,
+                        step,
+                        format!("release {release_id} was not ready after {t} s (timeout_ms)"),
+                    )
+                    .await);
+            }
+            let wait = self.env.deploy.poll_interval;
+            self.waited += wait;
+            tokio::time::sleep(wait).await;
+        }
+        let url = self
+            .staged_url
+            .clone()
+            .map(|u| format!(" at {u}"))
+            .unwrap_or_default();
+        self.end(
+            Stage::Deploy,
+            step,
+            StageStatus::Done,
+            format!("release {release_id} ready{url}"),
+        )
+        .await
+    }
+
+    async fn checks(&mut self, stage: Stage, which: CheckStage) -> Result<(), String> {
+        let step = self.begin(stage).await?;
+        let list: Vec<_> = self
+            .env
+            .checks
+            .iter()
+            .filter(|c| c.stage == which)
+            .cloned()
+            .collect();
+        if list.is_empty() {
+            return self
+                .end(stage, step, StageStatus::Skipped, "no checks".into())
+                .await;
+        }
+        let subst = Subst {
+            url: self.staged_url.clone(),
+            release: self.d.release_id.clone().unwrap_or_default(),
+        };
+        let base = self.config.base_dir();
+        let window_end = Instant::now() + self.env.deploy.watch;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let results = checks::run_all(list.iter(), &subst, &base).await;
+            let failed = results.iter().find(|r| !r.passed).cloned();
+            for r in &results {
+                if r.attempts > 1 {
+                    self.waited += list
+                        .iter()
+                        .find(|c| c.name == r.name)
+                        .map_or(Duration::ZERO, |c| c.interval * (r.attempts - 1));
+                }
+            }
+            self.checks.extend(results);
+            if let Some(f) = failed {
+                return Err(self
+                    .fail(
+                        stage,
+                        step,
+                        format!(
+                            "check `{}` failed after {} attempt(s): {}",
+                            f.name, f.attempts, f.detail
+                        ),
+                    )
+                    .await);
+            }
+            if which == CheckStage::Verify || Instant::now() >= window_end {
+                break;
+            }
+            let pause = list
+                .iter()
+                .map(|c| c.interval)
+                .min()
+                .unwrap_or(Duration::from_secs(1));
+            self.waited += pause;
+            tokio::time::sleep(pause).await;
+        }
+        let detail = format!(
+            "{} check(s) passed{}",
+            list.len(),
+            if rounds > 1 {
+                format!(", {rounds} rounds")
+            } else {
+                String::new()
+            }
+        );
+        self.end(stage, step, StageStatus::Done, detail).await
+    }
+
+    async fn promote(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Promote).await?;
+        let Some(id) = self.d.release_id.clone() else {
+            return Err(self
+                .fail(Stage::Promote, step, "no release was staged".into())
+                .await);
+        };
+        if let Err(e) = self.plugins.target.promote(&self.ctx, &id).await {
+            return Err(self.fail(Stage::Promote, step, e.to_string()).await);
+        }
+        self.store
+            .mark_live(&self.env.name, &id)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.audit(
+            "release.promoted",
+            Some(id.clone()),
+            Some(format!("version {}", self.d.version)),
+        )
+        .await;
+        let previous = self
+            .d
+            .previous_release
+            .clone()
+            .map(|p| format!(" (was {p})"))
+            .unwrap_or_default();
+        self.end(
+            Stage::Promote,
+            step,
+            StageStatus::Done,
+            format!("{id} is live{previous}"),
+        )
+        .await
+    }
+
+    async fn finish(
+        mut self,
+        error: Option<String>,
+        started: Instant,
+        recovered: Vec<Recovery>,
+    ) -> Result<Outcome, PipelineError> {
+        let (status, kind, summary) = match &error {
+            None => (
+                "succeeded",
+                EventKind::Succeeded,
+                format!("{} is live on {}", self.d.version, self.env.name),
+            ),
+            Some(e) => (
+                "failed",
+                EventKind::Failed,
+                format!(
+                    "Deploying {} to {} failed in {e}",
+                    self.d.version, self.env.name
+                ),
+            ),
+        };
+        if error.is_some()
+            && let Some(id) = &self.d.release_id
+            && self
+                .stages
+                .iter()
+                .all(|s| s.stage != Stage::Promote || s.status != StageStatus::Done)
+        {
+            let _ = self
+                .store
+                .set_release_state(&self.env.name, id, "failed")
+                .await;
+        }
+        // notify: the final event, then wait for the queue to drain.
+        let step = self.begin(Stage::Notify).await.ok();
+        self.notify(kind, None, summary, error.clone(), Some(started.elapsed()));
+        let notifications = std::mem::replace(
+            &mut self.notifications,
+            Notifications::start(Vec::new(), self.ctx.clone()),
+        );
+        let delivery = notifications.finish().await;
+        if let Some(step) = step {
+            let detail = if delivery.failed.is_empty() {
+                format!("{} delivered", delivery.delivered)
+            } else {
+                format!(
+                    "{} delivered, {} not (never fatal; see the log)",
+                    delivery.delivered,
+                    delivery.failed.len()
+                )
+            };
+            let _ = self
+                .end(Stage::Notify, step, StageStatus::Done, detail)
+                .await;
+        }
+        self.store
+            .finish_deployment(&self.d.id, status, error.as_deref())
+            .await?;
+        self.audit(&format!("deploy.{status}"), None, error.clone())
+            .await;
+        if let Some(lease) = self.lease.take() {
+            lease.release().await?;
+        }
+        let deployment = self
+            .store
+            .deployment(&self.d.id)
+            .await?
+            .unwrap_or_else(|| self.d.clone());
+        let total = started.elapsed().saturating_sub(self.waited);
+        Ok(Outcome {
+            deployment,
+            stages: self.stages,
+            findings: self.findings,
+            checks: self.checks,
+            recovered,
+            notify_failures: delivery.failed,
+            total_ms: total.as_secs_f64() * 1e3,
+        })
+    }
+}

@@ -1,0 +1,295 @@
+//! `plan` / `deploy --dry-run`: what a deployment would do, step by step, changing nothing.
+//!
+//! Validators run (they only read), the pending migrations are dry-run (executed inside a
+//! transaction that is rolled back) and linted; nothing is locked, backed up, staged or sent.
+
+use serde::Serialize;
+
+use super::validate::{self, Finding};
+use super::{PipelineError, Request, Stage, artifact_for, load_plugins, open_store};
+use crate::config::{BackupWhen, CheckStage, Config, Probe, Strategy};
+use crate::db::migrate;
+use crate::runtime::CallContext;
+
+/// One step of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanStep {
+    /// The stage.
+    pub stage: Stage,
+    /// What it would do.
+    pub action: String,
+    /// Details (one per line).
+    pub details: Vec<String>,
+}
+
+/// The plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The environment.
+    pub environment: String,
+    /// The version.
+    pub version: String,
+    /// The artifact's digest.
+    pub digest: Option<String>,
+    /// Step by step.
+    pub steps: Vec<PlanStep>,
+    /// What the validators found.
+    pub findings: Vec<Finding>,
+    /// The migration dry run, when migrations are pending.
+    pub dry_run: Option<migrate::DryRun>,
+    /// Whether the deployment would stop (a blocking finding, a failing dry run).
+    pub blocked: bool,
+}
+
+fn probe_text(p: &Probe) -> String {
+    match p {
+        Probe::Http { url, .. } => format!("GET {url}"),
+        Probe::Tcp { address } => format!("connect to {address}"),
+        Probe::Command { command } => format!("run `{command}`"),
+    }
+}
+
+/// Builds the plan.
+pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineError> {
+    let env = config
+        .environment(&request.environment)
+        .map_err(PipelineError::Setup)?;
+    let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
+    let (artifact_path, artifact) =
+        artifact_for(env, request, &plugins.target).map_err(PipelineError::Setup)?;
+    let store = open_store(config).await?;
+    let mut steps = Vec::new();
+    let mut blocked = false;
+
+    let mut lock = vec![];
+    if let Some(h) = store.lock_holder(&env.name).await? {
+        lock.push(format!("now held by {} (run {})", h.owner, h.deployment_id));
+    }
+    for old in store.running(&env.name).await? {
+        let same = old.version == artifact.version && old.digest == artifact.digest;
+        lock.push(format!(
+            "interrupted run {} ({}, stopped in {}) would be {}",
+            old.id,
+            old.version,
+            old.stage.as_deref().unwrap_or("?"),
+            if same { "resumed" } else { "superseded" }
+        ));
+    }
+    steps.push(PlanStep {
+        stage: Stage::Lock,
+        action: format!(
+            "take the lock on `{}` (lease {} s)",
+            env.name,
+            env.deploy.lock_lease.as_secs()
+        ),
+        details: lock,
+    });
+
+    let ctx = CallContext::new(&env.name);
+    let findings = validate::run(
+        config,
+        env,
+        artifact_path.as_deref(),
+        &artifact,
+        &plugins.validators,
+        &ctx,
+    )
+    .await;
+    blocked |= findings.iter().any(|f| f.blocks(env.strict));
+    let mut names = vec!["builtin: env, secrets, database, lint, artifact".to_string()];
+    names.extend(
+        plugins
+            .validators
+            .iter()
+            .map(|p| format!("plugin: {}", p.name())),
+    );
+    steps.push(PlanStep {
+        stage: Stage::Validate,
+        action: format!(
+            "run {} validator group(s){}",
+            names.len(),
+            if env.strict {
+                " (strict: warnings block)"
+            } else {
+                ""
+            }
+        ),
+        details: names,
+    });
+
+    let mut dry_run = None;
+    match &env.database {
+        None => {
+            for stage in [Stage::Backup, Stage::Migrate] {
+                steps.push(PlanStep {
+                    stage,
+                    action: "skip: no database".into(),
+                    details: vec![],
+                });
+            }
+        }
+        Some(db) => {
+            let settings = db.settings(env.strict).map_err(PipelineError::Setup)?;
+            let status = migrate::status(&settings).await.ok();
+            let pending: Vec<String> = status
+                .iter()
+                .flat_map(|s| s.versions.iter())
+                .filter(|v| v.state == migrate::State::Pending)
+                .map(|v| format!("{} {}", v.version, v.description))
+                .collect();
+            let backup = match env.deploy.backup {
+                BackupWhen::Always => "back up the database (backup = \"always\")".to_string(),
+                BackupWhen::Never => "skip: backup = \"never\" (no restore point!)".to_string(),
+                BackupWhen::Pending if pending.is_empty() => {
+                    "skip: no pending migrations".to_string()
+                }
+                BackupWhen::Pending => format!(
+                    "back up the database to {}{}",
+                    env.backup.dir.display(),
+                    if env.backup.key.is_some() {
+                        " (encrypted)"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            steps.push(PlanStep {
+                stage: Stage::Backup,
+                action: backup,
+                details: vec![],
+            });
+            let mut details = pending.clone();
+            if !pending.is_empty() {
+                match migrate::dry_run(&settings, None).await {
+                    Ok(d) => {
+                        for s in &d.steps {
+                            if let Some(e) = &s.error {
+                                blocked = true;
+                                details.push(format!("dry run: {} fails: {e}", s.version));
+                            } else if let Some(why) = &s.skipped {
+                                details.push(format!("dry run: {} not executed: {why}", s.version));
+                            } else {
+                                details.push(format!(
+                                    "dry run: {} ok, {} change(s), {} row(s), {:.1} ms",
+                                    s.version,
+                                    s.changes.len(),
+                                    s.rows_affected,
+                                    s.duration_ms
+                                ));
+                            }
+                        }
+                        dry_run = Some(d);
+                    }
+                    Err(e) => {
+                        blocked = true;
+                        details.push(format!("dry run failed: {e}"));
+                    }
+                }
+            }
+            steps.push(PlanStep {
+                stage: Stage::Migrate,
+                action: if pending.is_empty() {
+                    format!(
+                        "skip: schema up to date at {}",
+                        status
+                            .and_then(|s| s.current)
+                            .map_or("no version".into(), |v| v.to_string())
+                    )
+                } else {
+                    format!(
+                        "apply {} migration(s), each in a transaction",
+                        pending.len()
+                    )
+                },
+                details,
+            });
+        }
+    }
+
+    steps.push(PlanStep {
+        stage: Stage::Deploy,
+        action: format!(
+            "stage {} on `{}` (poll every {} ms, up to {} s)",
+            artifact.version,
+            plugins.target.name(),
+            env.deploy.poll_interval.as_millis(),
+            env.deploy.timeout.as_secs()
+        ),
+        details: artifact_path
+            .iter()
+            .map(|p| {
+                format!(
+                    "artifact {} (the plugin sees {})",
+                    p.display(),
+                    artifact.path.as_deref().unwrap_or("?")
+                )
+            })
+            .chain(artifact.digest.iter().map(|d| format!("digest {d}")))
+            .collect(),
+    });
+    let checks_of = |which: CheckStage| -> Vec<String> {
+        env.checks
+            .iter()
+            .filter(|c| c.stage == which)
+            .map(|c| {
+                format!(
+                    "{}: {} (retries {})",
+                    c.name,
+                    probe_text(&c.probe),
+                    c.retries
+                )
+            })
+            .collect()
+    };
+    let verify = PlanStep {
+        stage: Stage::Verify,
+        action: if checks_of(CheckStage::Verify).is_empty() {
+            "skip: no verify checks".into()
+        } else if env.deploy.strategy == Strategy::Staged {
+            "check the staged release".into()
+        } else {
+            "check the live release (strategy = \"direct\")".into()
+        },
+        details: checks_of(CheckStage::Verify),
+    };
+    let promote = PlanStep {
+        stage: Stage::Promote,
+        action: format!("make it live on `{}`", plugins.target.name()),
+        details: vec![],
+    };
+    if env.deploy.strategy == Strategy::Staged {
+        steps.extend([verify, promote]);
+    } else {
+        steps.extend([promote, verify]);
+    }
+    steps.push(PlanStep {
+        stage: Stage::Watch,
+        action: if checks_of(CheckStage::Watch).is_empty() {
+            "skip: no watch checks".into()
+        } else {
+            format!(
+                "watch the live release for {} s",
+                env.deploy.watch.as_secs()
+            )
+        },
+        details: checks_of(CheckStage::Watch),
+    });
+    steps.push(PlanStep {
+        stage: Stage::Notify,
+        action: if env.notifiers.is_empty() {
+            "no notifiers".into()
+        } else {
+            format!("tell {} of every transition", env.notifiers.join(", "))
+        },
+        details: vec![],
+    });
+    Ok(Plan {
+        environment: env.name.clone(),
+        version: artifact.version,
+        digest: artifact.digest,
+        steps,
+        findings,
+        dry_run,
+        blocked,
+    })
+}

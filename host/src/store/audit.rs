@@ -1,0 +1,241 @@
+//! The append-only audit log: who did what, when, where and why, hash-chained.
+//!
+//! Entry `n` stores `hash_n = sha256(hash_{n-1} ‖ canonical JSON of entry n)`, with 64 zeros
+//! before the first. Editing an entry breaks its own hash; deleting one breaks the next
+//! entry's link and leaves a gap in the sequence. Truncating the newest entries leaves a
+//! consistent shorter chain, which only an outside copy of the head can reveal: `audit
+//! verify` prints the head so it can be recorded elsewhere (and `--expect-head` checks it).
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::lease::hostname;
+use super::{Store, StoreError, now_ms};
+use crate::db::conn::lit;
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What to record.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEntry {
+    /// Who (an operator's name, `agent` for what the agent does on its own).
+    pub actor: String,
+    /// What: `deploy.started`, `deploy.succeeded`, `migrate.applied`...
+    pub action: String,
+    /// Where.
+    pub environment: Option<String>,
+    /// What it acted on: a deployment, release or backup id.
+    pub subject: Option<String>,
+    /// Why, as the operator said.
+    pub why: Option<String>,
+    /// More, as text (never a secret).
+    pub detail: Option<String>,
+}
+
+/// An entry as stored.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// When, ms since the epoch.
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Where (environment).
+    pub environment: Option<String>,
+    /// On what.
+    pub subject: Option<String>,
+    /// The deploy host.
+    pub host: String,
+    /// Why.
+    pub why: Option<String>,
+    /// More.
+    pub detail: Option<String>,
+    /// The previous entry's hash.
+    pub prev_hash: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    /// Entries checked.
+    pub entries: usize,
+    /// The newest entry's hash (record it elsewhere to detect truncation).
+    pub head: String,
+    /// Problems, oldest first; empty when the chain is intact.
+    pub problems: Vec<String>,
+}
+
+impl AuditRecord {
+    fn compute_hash(&self) -> String {
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            seq: i64,
+            at: i64,
+            actor: &'a str,
+            action: &'a str,
+            environment: Option<&'a str>,
+            subject: Option<&'a str>,
+            host: &'a str,
+            why: Option<&'a str>,
+            detail: Option<&'a str>,
+        }
+        let body = serde_json::to_string(&Canonical {
+            seq: self.seq,
+            at: self.at,
+            actor: &self.actor,
+            action: &self.action,
+            environment: self.environment.as_deref(),
+            subject: self.subject.as_deref(),
+            host: &self.host,
+            why: self.why.as_deref(),
+            detail: self.detail.as_deref(),
+        })
+        .unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(body.as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+fn opt(v: Option<&str>) -> String {
+    v.map_or_else(|| "NULL".to_string(), lit)
+}
+
+impl Store {
+    /// Appends an entry. Concurrent writers (several agents on one PostgreSQL store) cannot
+    /// fork the chain: `seq` is the primary key, so the loser of a race retries on the new head.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            let head = self
+                .rows("SELECT CAST(seq AS TEXT), hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .await?;
+            let (seq, prev_hash) = match head.into_iter().next() {
+                Some(r) => {
+                    let mut it = r.into_iter().map(Option::unwrap_or_default);
+                    let seq: i64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    (seq + 1, it.next().unwrap_or_default())
+                }
+                None => (1, GENESIS.to_string()),
+            };
+            let mut record = AuditRecord {
+                seq,
+                at: now_ms(),
+                actor: entry.actor.clone(),
+                action: entry.action.clone(),
+                environment: entry.environment.clone(),
+                subject: entry.subject.clone(),
+                host: hostname(),
+                why: entry.why.clone(),
+                detail: entry.detail.clone(),
+                prev_hash,
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash();
+            let sql = format!(
+                "INSERT INTO audit (seq, at, actor, action, environment, subject, host, why, detail, prev_hash, hash) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                record.seq,
+                record.at,
+                lit(&record.actor),
+                lit(&record.action),
+                opt(record.environment.as_deref()),
+                opt(record.subject.as_deref()),
+                lit(&record.host),
+                opt(record.why.as_deref()),
+                opt(record.detail.as_deref()),
+                lit(&record.prev_hash),
+                lit(&record.hash),
+            );
+            match self.exec(&sql).await {
+                Ok(_) => return Ok(record),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(StoreError::Query(format!(
+            "cannot append to the audit log: {last_error}"
+        )))
+    }
+
+    /// Entries, oldest first; filtered by environment when given; the newest `limit`.
+    pub async fn audit_entries(
+        &self,
+        environment: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let filter =
+            environment.map_or_else(String::new, |e| format!("WHERE environment = {}", lit(e)));
+        let rows = self
+            .rows(&format!(
+                "SELECT CAST(seq AS TEXT), CAST(at AS TEXT), actor, action, environment, subject, host, why, detail, prev_hash, hash FROM audit {filter} ORDER BY seq DESC LIMIT {limit}"
+            ))
+            .await?;
+        let mut out: Vec<AuditRecord> = rows.into_iter().map(record).collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Walks the whole chain.
+    pub async fn audit_verify(&self) -> Result<AuditReport, StoreError> {
+        let rows = self
+            .rows("SELECT CAST(seq AS TEXT), CAST(at AS TEXT), actor, action, environment, subject, host, why, detail, prev_hash, hash FROM audit ORDER BY seq")
+            .await?;
+        let mut problems = Vec::new();
+        let mut prev = GENESIS.to_string();
+        let mut expected_seq = 1;
+        let entries = rows.len();
+        for r in rows.into_iter().map(record) {
+            if r.seq != expected_seq {
+                problems.push(format!(
+                    "entry {} is missing (the chain jumps from {} to {})",
+                    expected_seq,
+                    expected_seq - 1,
+                    r.seq
+                ));
+            }
+            if r.prev_hash != prev {
+                problems.push(format!(
+                    "entry {} does not follow the entry before it (deleted or altered)",
+                    r.seq
+                ));
+            }
+            if r.compute_hash() != r.hash {
+                problems.push(format!(
+                    "entry {} was altered: its content does not match its hash",
+                    r.seq
+                ));
+            }
+            prev = r.hash;
+            expected_seq = r.seq + 1;
+        }
+        Ok(AuditReport {
+            entries,
+            head: prev,
+            problems,
+        })
+    }
+}
+
+fn record(row: Vec<Option<String>>) -> AuditRecord {
+    let mut it = row.into_iter();
+    let mut s = || it.next().flatten();
+    AuditRecord {
+        seq: s().and_then(|v| v.parse().ok()).unwrap_or(0),
+        at: s().and_then(|v| v.parse().ok()).unwrap_or(0),
+        actor: s().unwrap_or_default(),
+        action: s().unwrap_or_default(),
+        environment: s(),
+        subject: s(),
+        host: s().unwrap_or_default(),
+        why: s(),
+        detail: s(),
+        prev_hash: s().unwrap_or_default(),
+        hash: s().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,222 @@
+//! Environment locks as leases: held while renewed, expired when the holder dies.
+//!
+//! A lock row names its owner (`host:pid:start-time`) and an expiry. Taking it is one upsert
+//! that succeeds only when the row is absent, expired, or already ours. The holder renews it
+//! every third of the lease; a holder that dies stops renewing and the lock expires. On the
+//! same host the agent can tell sooner: if the owner's process is gone (same pid and start
+//! time), the lock is taken over at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Store, StoreError, now_ms};
+use crate::db::conn::lit;
+
+/// This agent process, as lock owners and runs record it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(pub String);
+
+impl Owner {
+    /// `host:pid:start` for this process.
+    pub fn this_process() -> Owner {
+        let pid = std::process::id();
+        Owner(format!(
+            "{}:{pid}:{}",
+            hostname(),
+            start_time(pid).unwrap_or(0)
+        ))
+    }
+
+    /// Whether the owner is a process on this host that no longer exists.
+    pub fn is_dead_here(&self) -> bool {
+        let mut parts = self.0.rsplitn(3, ':');
+        let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        if host != hostname() {
+            return false;
+        }
+        let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+            return false;
+        };
+        start_time(pid) != Some(start)
+    }
+}
+
+/// The host's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A process's start time (clock ticks since boot): with the pid, it names one process even
+/// after the pid is reused.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Who holds an environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockHolder {
+    /// The owner.
+    pub owner: String,
+    /// Its run.
+    pub deployment_id: String,
+    /// When the lease ends, ms since the epoch.
+    pub expires_at: i64,
+}
+
+/// A held lock. Renewed in the background until released; [`Lease::lost`] turns true if a
+/// renewal finds the lock gone (taken over after this agent stalled past the lease).
+#[derive(Debug)]
+pub struct Lease {
+    store: Store,
+    environment: String,
+    owner: Owner,
+    lost: Arc<AtomicBool>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Whether the lock was lost.
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Releases the lock.
+    pub async fn release(self) -> Result<(), StoreError> {
+        self.renewer.abort();
+        self.store
+            .exec(&format!(
+                "DELETE FROM locks WHERE environment = {} AND owner = {}",
+                lit(&self.environment),
+                lit(&self.owner.0)
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Who holds an environment's lock now, if anyone (expired leases included).
+    pub async fn lock_holder(&self, environment: &str) -> Result<Option<LockHolder>, StoreError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT owner, deployment_id, CAST(expires_at AS TEXT) FROM locks WHERE environment = {}",
+                lit(environment)
+            ))
+            .await?;
+        Ok(rows.into_iter().next().map(|r| {
+            let mut it = r.into_iter().map(Option::unwrap_or_default);
+            LockHolder {
+                owner: it.next().unwrap_or_default(),
+                deployment_id: it.next().unwrap_or_default(),
+                expires_at: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            }
+        }))
+    }
+
+    /// Takes an environment's lock for `deployment`, or says who holds it. Returns the lease
+    /// and, when it was taken over from a dead or expired holder, that holder.
+    pub async fn acquire(
+        &self,
+        environment: &str,
+        owner: &Owner,
+        deployment: &str,
+        lease: Duration,
+    ) -> Result<(Lease, Option<LockHolder>), StoreError> {
+        let previous = self.lock_holder(environment).await?;
+        let now = now_ms();
+        let expires = now + lease.as_millis() as i64;
+        // A holder whose process is gone from this host is as good as expired.
+        let dead = previous
+            .as_ref()
+            .filter(|h| h.owner != owner.0 && Owner(h.owner.clone()).is_dead_here())
+            .map(|h| format!(" OR locks.owner = {}", lit(&h.owner)))
+            .unwrap_or_default();
+        let taken = self
+            .exec(&format!(
+                "INSERT INTO locks (environment, owner, deployment_id, acquired_at, expires_at) VALUES ({env}, {owner}, {dep}, {now}, {expires}) \
+                 ON CONFLICT (environment) DO UPDATE SET owner = excluded.owner, deployment_id = excluded.deployment_id, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \
+                 WHERE locks.expires_at < {now} OR locks.owner = {owner}{dead}",
+                env = lit(environment),
+                owner = lit(&owner.0),
+                dep = lit(deployment),
+            ))
+            .await?;
+        if taken == 0 {
+            let holder = self.lock_holder(environment).await?;
+            let h = holder.unwrap_or(LockHolder {
+                owner: "another agent".into(),
+                deployment_id: "?".into(),
+                expires_at: now,
+            });
+            return Err(StoreError::Locked {
+                environment: environment.to_string(),
+                holder: h.owner,
+                deployment: h.deployment_id,
+                expires_in_s: (h.expires_at - now).max(0) / 1000,
+            });
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = tokio::spawn(renew(
+            self.clone(),
+            environment.to_string(),
+            owner.clone(),
+            lease,
+            lost.clone(),
+        ));
+        let taken_over = previous.filter(|h| h.owner != owner.0);
+        Ok((
+            Lease {
+                store: self.clone(),
+                environment: environment.to_string(),
+                owner: owner.clone(),
+                lost,
+                renewer,
+            },
+            taken_over,
+        ))
+    }
+}
+
+async fn renew(
+    store: Store,
+    environment: String,
+    owner: Owner,
+    lease: Duration,
+    lost: Arc<AtomicBool>,
+) {
+    let every = lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let sql = format!(
+            "UPDATE locks SET expires_at = {} WHERE environment = {} AND owner = {}",
+            now_ms() + lease.as_millis() as i64,
+            lit(&environment),
+            lit(&owner.0)
+        );
+        match store.exec(&sql).await {
+            Ok(0) => {
+                tracing::error!(
+                    environment,
+                    "the environment lock was taken over: this run must stop"
+                );
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(environment, "cannot renew the environment lock: {e}"),
+        }
+    }
+}
