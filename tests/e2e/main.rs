@@ -5,4 +5,5 @@ mod backup;
 mod cli;
 mod config;
 mod migrate;
+mod pipeline;
 mod sandbox;

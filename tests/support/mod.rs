@@ -15,6 +15,8 @@ use deploy_agent::runtime::{Plugin, PluginSpec, Runtime};
 /// Paths of the components `build.rs` built, one constant per plugin.
 pub mod fixtures {
     pub const ECHO: &str = env!("PLUGIN_FIXTURE_ECHO");
+    /// The local deploy target (a first-party plugin, not a fixture).
+    pub const LOCAL: &str = env!("PLUGIN_DEPLOY_AGENT_LOCAL");
     pub const WEBHOOK: &str = env!("PLUGIN_FIXTURE_WEBHOOK");
     pub const SPIN_LOOP: &str = env!("PLUGIN_FIXTURE_SPIN_LOOP");
     pub const MEMORY_BOMB: &str = env!("PLUGIN_FIXTURE_MEMORY_BOMB");

@@ -298,7 +298,9 @@ impl DeployTarget for Local {
                 let at = releases.iter().position(|(r, _)| r == live);
                 let older = at.and_then(|i| releases.get(i + 1));
                 older.map(|(r, _)| r.clone()).ok_or_else(|| {
-                    rejected(format!("no release older than the live one ({live}) is kept"))
+                    rejected(format!(
+                        "no release older than the live one ({live}) is kept"
+                    ))
                 })?
             }
         };

@@ -26,8 +26,12 @@ pub fn symlink(target: &str, link: &str) -> Result<(), PluginError> {
         )));
     };
     let relative = link[root.len()..].trim_start_matches('/');
-    dir.symlink_at(target, relative)
-        .map_err(|e| rejected(format!("cannot create symlink {link} -> {target}: {}", describe(e))))
+    dir.symlink_at(target, relative).map_err(|e| {
+        rejected(format!(
+            "cannot create symlink {link} -> {target}: {}",
+            describe(e)
+        ))
+    })
 }
 
 fn describe(e: ErrorCode) -> &'static str {

@@ -1,0 +1,770 @@
+//! The deploy pipeline, through the real binary: the local target plugin, a real SQLite
+//! database with migrations, the state store, crashes at every step boundary.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use deploy_agent::store::{AuditEntry, Owner, Store, StoreError};
+use deploy_agent_tests::http::{Behaviour, TestServer};
+use deploy_agent_tests::{bin, fixtures, repo_root, sqlite_count};
+use serde_json::Value;
+
+/// A throwaway project: agent.toml, a site, the example app's migrations.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// `env_keys` go into `[environments.local]`; `tables` are appended at the end.
+    fn new(env_keys: &str, tables: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("site/assets")).unwrap();
+        std::fs::write(root.join("site/index.html"), "<h1>v1</h1>").unwrap();
+        std::fs::write(root.join("site/assets/app.css"), "body{}").unwrap();
+        std::fs::create_dir(root.join("migrations")).unwrap();
+        for entry in std::fs::read_dir(repo_root().join("examples/app/migrations")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(
+                entry.path(),
+                root.join("migrations").join(entry.file_name()),
+            )
+            .unwrap();
+        }
+        let toml = format!(
+            r#"[agent]
+state_dir = "state"
+
+[plugins.local]
+path = "{local}"
+[plugins.local.policy]
+dirs = [{{ path = "sites", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
+
+[environments.local]
+{env_keys}
+
+[environments.local.target]
+plugin = "local"
+config = {{ root = "/srv/local", keep = 3 }}
+
+[environments.local.artifact]
+path = "site"
+
+[environments.local.database]
+url = "sqlite:app.db"
+migrations = "migrations"
+
+[environments.local.deploy]
+poll_interval_ms = 10
+lock_lease_ms = 60000
+
+[[environments.local.checks]]
+name = "staged release is complete"
+command = "test -s sites/local/releases/{{release}}/index.html"
+
+[[environments.local.checks]]
+name = "live"
+stage = "watch"
+command = "test \"$(readlink sites/local/current)\" = releases/{{release}}"
+{tables}
+"#,
+            local = fixtures::LOCAL,
+        );
+        std::fs::write(root.join("agent.toml"), toml).unwrap();
+        Project { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(self.dir.path()).args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("runs")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.run(&all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    fn deploy(&self) -> (i32, Value) {
+        let out = self.run(&["deploy", "--env", "local", "--output", "json"]);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    fn current(&self) -> Option<String> {
+        std::fs::read_link(self.path("sites/local/current"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    fn db_url(&self) -> String {
+        format!("sqlite:{}", self.path("app.db").display())
+    }
+
+    fn backups(&self) -> usize {
+        std::fs::read_dir(self.path("state/backups/local"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".backup"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_runs_every_stage_and_records_everything() {
+    let p = Project::new("", "");
+    let (code, v) = p.deploy();
+    assert_eq!(code, 0, "{v:#}");
+    let stages: Vec<(&str, &str)> = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stage"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("lock", "done"),
+            ("validate", "done"),
+            ("backup", "done"),
+            ("migrate", "done"),
+            ("deploy", "done"),
+            ("verify", "done"),
+            ("promote", "done"),
+            ("watch", "done"),
+            ("notify", "done"),
+        ]
+    );
+    let d = &v["deployment"];
+    let release = d["release_id"].as_str().unwrap();
+    assert_eq!(d["status"], "succeeded");
+    assert_eq!(d["schema_before"], Value::Null);
+    assert_eq!(d["schema_after"], "20261102090000");
+    assert_eq!(p.current().unwrap(), format!("releases/{release}"));
+    assert_eq!(
+        std::fs::read_to_string(p.path("sites/local/current/index.html")).unwrap(),
+        "<h1>v1</h1>"
+    );
+    assert!(p.path("sites/local/current/assets/app.css").is_file());
+    // The migrations ran on the app's database, after a backup that the release records.
+    assert_eq!(sqlite_count(&p.db_url(), "_sqlx_migrations").await, 2);
+    assert_eq!(p.backups(), 1);
+    let releases = p.json(&["releases", "--env", "local"]);
+    assert_eq!(releases[0]["state"], "live");
+    assert_eq!(releases[0]["backup_id"], d["backup_id"]);
+    assert_eq!(releases[0]["schema_version"], "20261102090000");
+    // The state store is private to the agent's user.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.path("state/state.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A second release: no pending migrations, so no backup; the first becomes previous.
+    std::fs::write(p.path("site/index.html"), "<h1>v2</h1>").unwrap();
+    let (code, v2) = p.deploy();
+    assert_eq!(code, 0, "{v2:#}");
+    let d2 = &v2["deployment"];
+    assert_eq!(d2["previous_release"], release);
+    assert_ne!(
+        d2["version"], d["version"],
+        "the version follows the digest"
+    );
+    assert_eq!(p.backups(), 1);
+    assert_eq!(
+        std::fs::read_to_string(p.path("sites/local/current/index.html")).unwrap(),
+        "<h1>v2</h1>"
+    );
+    let releases = p.json(&["releases", "--env", "local"]);
+    let states: Vec<&str> = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["live", "superseded"]);
+
+    // The audit log tells the story and its chain is intact.
+    let audit = p.json(&["audit", "list", "--env", "local"]);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "deploy.started",
+            "backup.created",
+            "migrate.applied",
+            "release.promoted",
+            "deploy.succeeded",
+            "deploy.started",
+            "release.promoted",
+            "deploy.succeeded"
+        ]
+    );
+    let out = p.run(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = p.json(&["status", "--env", "local"]);
+    assert_eq!(status["lock"], Value::Null, "the lock is released");
+}
+
+#[test]
+fn a_failed_check_stops_before_promotion_and_keeps_the_live_release() {
+    let p = Project::new("", "");
+    let (code, v) = p.deploy();
+    assert_eq!(code, 0, "{v:#}");
+    let live = p.current().unwrap();
+    // The next artifact lacks index.html: the verify check fails on the staged release.
+    std::fs::remove_file(p.path("site/index.html")).unwrap();
+    std::fs::write(p.path("site/other.html"), "x").unwrap();
+    let (code, v) = p.deploy();
+    assert_eq!(code, 1, "{v:#}");
+    let d = &v["deployment"];
+    assert_eq!(d["status"], "failed");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("verify: check `staged release is complete` failed"),
+        "{d:#}"
+    );
+    assert_eq!(p.current().unwrap(), live, "nothing was promoted");
+    let last = v["stages"].as_array().unwrap();
+    assert!(last.iter().all(|s| s["stage"] != "promote"));
+    let releases = p.json(&["releases", "--env", "local"]);
+    assert_eq!(releases[0]["state"], "failed");
+    assert_eq!(releases[1]["state"], "live");
+}
+
+/// kill -9 at every step boundary, then deploy again: the run is found, resumed, and ends
+/// with the release live, the database migrated once, one backup, and the lock free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_killed_at_any_step_boundary_is_resumed_by_the_next_start() {
+    let stages = [
+        "validate", "backup", "migrate", "deploy", "verify", "promote", "watch", "notify",
+    ];
+    for stage in stages {
+        for when in ["before", "after"] {
+            let point = format!("{when}:{stage}");
+            let p = Project::new("", "");
+            let out = p
+                .command(&["deploy", "--env", "local"])
+                .env("DEPLOY_AGENT_FAILPOINT", &point)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.signal(), Some(9), "{point}: {}", stderr(&out));
+
+            // The store says exactly where it stopped, and the lock is still held.
+            let status = p.json(&["status", "--env", "local"]);
+            let crashed = status["last"]["id"].as_str().unwrap().to_string();
+            assert_eq!(status["last"]["status"], "running", "{point}");
+            assert_eq!(status["last"]["stage"], stage, "{point}");
+            assert!(status["lock"]["owner"].is_string(), "{point}: {status:#}");
+            let steps = status["steps"].as_array().unwrap();
+            let last = steps.last().unwrap();
+            assert_eq!(last["stage"], stage, "{point}");
+            assert_eq!(
+                last["status"], "started",
+                "{point}: the end was never journaled"
+            );
+
+            let (code, v) = p.deploy();
+            assert_eq!(code, 0, "{point}: {v:#}");
+            assert_eq!(v["recovered"][0]["action"], "resumed", "{point}");
+            assert_eq!(
+                v["recovered"][0]["deployment_id"],
+                crashed.as_str(),
+                "{point}"
+            );
+            assert_eq!(v["recovered"][0]["stopped_in"], stage, "{point}");
+            let d = &v["deployment"];
+            assert_eq!(d["id"], crashed.as_str(), "{point}: the same run finished");
+            assert_eq!(d["status"], "succeeded", "{point}");
+            let release = d["release_id"].as_str().unwrap();
+            assert_eq!(
+                p.current().unwrap(),
+                format!("releases/{release}"),
+                "{point}"
+            );
+            assert_eq!(
+                sqlite_count(&p.db_url(), "_sqlx_migrations").await,
+                2,
+                "{point}"
+            );
+            assert_eq!(p.backups(), 1, "{point}: one backup, never two");
+            let releases = p.json(&["releases", "--env", "local"]);
+            assert_eq!(
+                releases.as_array().unwrap().len(),
+                1,
+                "{point}: {releases:#}"
+            );
+            assert_eq!(releases[0]["state"], "live", "{point}");
+            let dirs: Vec<_> = std::fs::read_dir(p.path("sites/local/releases"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".json"))
+                .collect();
+            assert_eq!(
+                dirs,
+                [release.to_string()],
+                "{point}: no partial copies left"
+            );
+            let status = p.json(&["status", "--env", "local"]);
+            assert_eq!(status["lock"], Value::Null, "{point}");
+            let audit = p.json(&["audit", "list", "--env", "local"]);
+            assert!(
+                audit
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["action"] == "deploy.resumed"),
+                "{point}"
+            );
+            assert!(p.run(&["audit", "verify"]).status.success(), "{point}");
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_run_of_another_release_is_superseded() {
+    let p = Project::new("", "");
+    let out = p
+        .command(&["deploy", "--env", "local"])
+        .env("DEPLOY_AGENT_FAILPOINT", "after:deploy")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9));
+    std::fs::write(p.path("site/index.html"), "<h1>v2</h1>").unwrap();
+    let (code, v) = p.deploy();
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["recovered"][0]["action"], "superseded");
+    let history = p.json(&["history", "--env", "local"]);
+    let statuses: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["deployment"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["succeeded", "superseded"]);
+    assert_eq!(
+        std::fs::read_to_string(p.path("sites/local/current/index.html")).unwrap(),
+        "<h1>v2</h1>"
+    );
+}
+
+#[test]
+fn plan_shows_every_step_and_changes_nothing() {
+    let p = Project::new("", "");
+    let out = p.run(&["plan", "--env", "local"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for line in [
+        "1. lock",
+        "2. validate",
+        "3. backup    back up the database",
+        "4. migrate   apply 2 migration(s)",
+        "dry run: 20261101090000 ok",
+        "5. deploy",
+        "6. verify",
+        "7. promote",
+        "8. watch",
+        "9. notify",
+        "Nothing was changed.",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    // `deploy --dry-run` is the same plan.
+    let dry = p.run(&["deploy", "--env", "local", "--dry-run"]);
+    assert_eq!(String::from_utf8_lossy(&dry.stdout), text);
+    assert!(
+        !p.path("sites/local/releases").exists()
+            || std::fs::read_dir(p.path("sites/local/releases"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    assert_eq!(p.backups(), 0);
+    let history = p.json(&["history", "--env", "local"]);
+    assert_eq!(history, serde_json::json!([]));
+}
+
+#[test]
+fn validation_blocks_and_says_which_validator_said_what() {
+    // A strict environment, a missing required variable, and a pinned digest that differs.
+    let p = Project::new(
+        "strict = true\n[environments.local.validate]\nrequired_env = [\"DEPLOY_AGENT_TEST_UNSET_VAR\"]",
+        "",
+    );
+    let toml = std::fs::read_to_string(p.path("agent.toml"))
+        .unwrap()
+        .replace(
+            "path = \"site\"\n",
+            &format!("path = \"site\"\nsha256 = \"{}\"\n", "ab".repeat(32)),
+        );
+    std::fs::write(p.path("agent.toml"), toml).unwrap();
+    let (code, v) = p.deploy();
+    assert_eq!(code, 1, "{v:#}");
+    let findings: Vec<(String, String)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["source"].as_str().unwrap().into(),
+                f["code"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        findings.contains(&("builtin:env".into(), "env-missing".into())),
+        "{findings:?}"
+    );
+    assert!(
+        findings.contains(&("builtin:artifact".into(), "digest-mismatch".into())),
+        "{findings:?}"
+    );
+    assert!(
+        v["deployment"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("validate: 2 blocking finding(s)"),
+        "{v:#}"
+    );
+    // Nothing changed: no backup, no migration, no release.
+    assert_eq!(p.backups(), 0);
+    assert!(p.current().is_none());
+    assert_eq!(
+        v["stages"].as_array().unwrap().last().unwrap()["stage"],
+        "notify"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifiers_hear_every_transition_and_a_failing_one_never_fails_the_deploy() {
+    for (status, expect_failures) in [(200, false), (500, true)] {
+        let server = TestServer::start(Behaviour::Respond(status, "ok".into())).await;
+        let tables = format!(
+            "[plugins.hook]\npath = {:?}\n[plugins.hook.policy]\nallowed_hosts = [\"127.0.0.1\"]\nallow_ip_ranges = [\"127.0.0.0/8\"]\n[plugins.hook.config]\nurl = {:?}\n",
+            fixtures::WEBHOOK,
+            server.url("127.0.0.1", "/hook")
+        );
+        let p = Project::new("notifiers = [\"hook\"]", &tables);
+        let (out, _p) = tokio::task::spawn_blocking(move || {
+            let out = p.run(&["deploy", "--env", "local", "--output", "json"]);
+            (out, p)
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let texts: Vec<String> = server
+            .seen()
+            .iter()
+            .map(|s| {
+                let body: Value = serde_json::from_slice(&s.body).unwrap();
+                body["text"].as_str().unwrap().to_string()
+            })
+            .collect();
+        if expect_failures {
+            // Three attempts each for the retryable 500s, and the deploy still succeeded.
+            assert!(!v["notify_failures"].as_array().unwrap().is_empty());
+            assert_eq!(texts.len() % 3, 0, "{texts:?}");
+        } else {
+            assert_eq!(v["notify_failures"], serde_json::json!([]));
+            assert!(
+                texts.first().unwrap().starts_with("Deploying "),
+                "{texts:?}"
+            );
+            assert!(texts.contains(&"migrate done".to_string()), "{texts:?}");
+            assert!(
+                texts.last().unwrap().contains("is live on local"),
+                "{texts:?}"
+            );
+            // Every stage started and finished, in order.
+            let i = |t: &str| texts.iter().position(|x| x == t).unwrap();
+            assert!(i("validate started") < i("validate done"));
+            assert!(i("deploy done") < i("promote started"));
+        }
+    }
+}
+
+#[test]
+fn extends_inherits_field_by_field_and_reports_cycles() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("migrations")).unwrap();
+    let path = dir.path().join("agent.toml");
+    let text = format!(
+        r#"[plugins.local]
+path = "{local}"
+[plugins.local.config]
+keep = 2
+[environments.staging]
+strict = true
+notifiers = []
+[environments.staging.target]
+plugin = "local"
+config = {{ root = "/srv/staging", keep = 4 }}
+[environments.staging.deploy]
+timeout_ms = 5000
+backup = "always"
+[[environments.staging.checks]]
+name = "up"
+tcp = "localhost:80"
+[environments.production]
+extends = "staging"
+[environments.production.target]
+config = {{ root = "/srv/production" }}
+[environments.production.deploy]
+timeout_ms = 9000
+"#,
+        local = fixtures::LOCAL
+    );
+    let config = deploy_agent::config::Config::parse(&path, &text).unwrap();
+    let prod = config.environment("production").unwrap();
+    assert!(prod.strict, "inherited");
+    assert_eq!(prod.checks.len(), 1, "inherited");
+    assert_eq!(prod.deploy.timeout.as_millis(), 9000, "overridden");
+    assert_eq!(
+        prod.deploy.backup,
+        deploy_agent::config::BackupWhen::Always,
+        "inherited"
+    );
+    let target = prod.target.as_ref().unwrap();
+    assert_eq!(target.plugin, "local");
+    assert_eq!(target.config["root"], "/srv/production");
+    assert_eq!(target.config["keep"], 4, "the parent's key, not overridden");
+
+    let cyclic = "[environments.a]\nextends = \"b\"\n[environments.b]\nextends = \"a\"\n";
+    let err = deploy_agent::config::Config::parse(&path, cyclic)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`extends` makes a cycle: a -> b -> a"),
+        "{err}"
+    );
+    assert!(err.contains("agent.toml:2:"), "{err}");
+    let unknown = "[environments.a]\nextends = \"nope\"\n";
+    let err = deploy_agent::config::Config::parse(&path, unknown)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`extends` names no environment `nope`"),
+        "{err}"
+    );
+    let bad_check = "[environments.a]\n[[environments.a.checks]]\nname = \"x\"\nhttp = \"http://a\"\ntcp = \"a:1\"\n";
+    let err = deploy_agent::config::Config::parse(&path, bad_check)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("exactly one of `http`, `tcp` and `command`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_repository_agent_toml_matches_the_published_schema() {
+    // Every key agent.toml uses is in the schema (which forbids unknown keys).
+    let out = Command::new(bin())
+        .args(["config", "schema"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("agent.toml")).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    fn walk(schema: &Value, value: &toml::Value, at: &str) {
+        match value {
+            toml::Value::Table(t) if schema["type"] == "object" => {
+                for (k, v) in t {
+                    let sub = schema["properties"]
+                        .get(k)
+                        .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
+                    match sub {
+                        Some(s) => walk(s, v, &format!("{at}.{k}")),
+                        None if schema["properties"].is_null() => {}
+                        None => panic!("{at}.{k} is not in the schema"),
+                    }
+                }
+            }
+            toml::Value::Array(items) if schema["type"] == "array" => {
+                for item in items {
+                    walk(&schema["items"], item, &format!("{at}[]"));
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(&schema, &toml::Value::Table(doc), "agent.toml");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_blocks_while_renewed_and_a_dead_holder_is_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(dir.path()).await.unwrap();
+    let me = Owner::this_process();
+    let (lease, previous) = store
+        .acquire("prod", &me, "run-1", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(previous.is_none());
+    // Another agent (elsewhere) cannot take it while the lease is live.
+    let other = Owner("elsewhere:42:42".into());
+    match store
+        .acquire("prod", &other, "run-2", std::time::Duration::from_secs(60))
+        .await
+    {
+        Err(StoreError::Locked {
+            holder, deployment, ..
+        }) => {
+            assert_eq!(holder, me.0);
+            assert_eq!(deployment, "run-1");
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    lease.release().await.unwrap();
+
+    // A holder on this host whose process is gone is taken over at once.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let dead = Owner(format!("{}:{dead_pid}:1", deploy_agent::store::hostname()));
+    assert!(dead.is_dead_here());
+    let (lease, _) = store
+        .acquire("prod", &dead, "run-3", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    std::mem::forget(lease); // the "dead" agent never releases it
+    let (lease, previous) = store
+        .acquire("prod", &me, "run-4", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(previous.unwrap().deployment_id, "run-3");
+    lease.release().await.unwrap();
+
+    // An expired lease of a holder elsewhere is taken over too.
+    let path = dir.path().join("state.db");
+    let (lease, _) = store
+        .acquire("prod", &other, "run-5", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    std::mem::forget(lease);
+    assert!(
+        store
+            .acquire("prod", &me, "run-6", std::time::Duration::from_secs(60))
+            .await
+            .is_err()
+    );
+    sql(&path, "UPDATE locks SET expires_at = 0").await;
+    let (_lease, previous) = store
+        .acquire("prod", &me, "run-6", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(previous.unwrap().owner, "elsewhere:42:42");
+}
+
+async fn sql(path: &Path, statement: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_chain_detects_an_edited_or_deleted_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_dir(dir.path()).await.unwrap();
+    for i in 1..=5 {
+        store
+            .audit(AuditEntry {
+                actor: "alice".into(),
+                action: "deploy.started".into(),
+                environment: Some("prod".into()),
+                subject: Some(format!("run-{i}")),
+                why: Some("release day".into()),
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    let clean = store.audit_verify().await.unwrap();
+    assert_eq!(clean.entries, 5);
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    drop(store);
+
+    let path = dir.path().join("state.db");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, format!("[agent]\nstate_dir = {:?}\n", dir.path())).unwrap();
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify", "--config", config.to_str().unwrap()];
+        args.extend(extra);
+        let out = Command::new(bin()).args(&args).output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(verify(&[]).0, 0);
+
+    // Truncating the newest entry leaves a valid chain: only the recorded head shows it.
+    let head = clean.head.clone();
+    sql(&path, "DELETE FROM audit WHERE seq = 5").await;
+    assert_eq!(verify(&[]).0, 0);
+    let (code, text) = verify(&["--expect-head", &head]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("entries were removed from the end"), "{text}");
+
+    sql(&path, "UPDATE audit SET actor = 'mallory' WHERE seq = 2").await;
+    let (code, text) = verify(&[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("entry 2 was altered"), "{text}");
+
+    sql(
+        &path,
+        "UPDATE audit SET actor = 'alice' WHERE seq = 2; DELETE FROM audit WHERE seq = 3",
+    )
+    .await;
+    let (code, text) = verify(&[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("entry 3 is missing"), "{text}");
+    assert!(text.contains("entry 4 does not follow"), "{text}");
+}
