@@ -142,7 +142,7 @@ impl Layout {
                 // Meta first: a release without it is incomplete, never half-deleted-but-listed.
                 fs::remove_file(self.meta_path(&id)).map_err(|e| io("cannot remove", &dir, e))?;
                 fs::remove_dir_all(&dir).map_err(|e| io("cannot remove", &dir, e))?;
-                log::info(&format!("removed old release {id}"));
+                log::info(format!("removed old release {id}"));
             }
         }
         Ok(())
@@ -210,7 +210,7 @@ impl DeployTarget for Local {
             url: None,
         };
         if layout.meta(&id).is_some() {
-            log::info(&format!("release {id} is already staged"));
+            log::info(format!("release {id} is already staged"));
             return Ok(staged);
         }
         let Some(source) = release.path.as_deref() else {
@@ -246,7 +246,7 @@ impl DeployTarget for Local {
         fs::write(&tmp, text).map_err(|e| io("cannot write", &tmp, e))?;
         let meta_path = layout.meta_path(&id);
         fs::rename(&tmp, &meta_path).map_err(|e| io("cannot rename", &tmp, e))?;
-        log::info(&format!(
+        log::info(format!(
             "staged release {id} ({} {bytes} bytes)",
             release.version
         ));
@@ -276,7 +276,7 @@ impl DeployTarget for Local {
         }
         if layout.live().as_deref() != Some(release_id) {
             layout.switch(release_id)?;
-            log::info(&format!("current -> releases/{release_id}"));
+            log::info(format!("current -> releases/{release_id}"));
         }
         layout.prune()
     }
@@ -305,7 +305,7 @@ impl DeployTarget for Local {
             }
         };
         layout.switch(&target)?;
-        log::info(&format!("rolled back: current -> releases/{target}"));
+        log::info(format!("rolled back: current -> releases/{target}"));
         Ok(target)
     }
 
