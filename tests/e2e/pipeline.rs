@@ -768,3 +768,76 @@ async fn the_audit_chain_detects_an_edited_or_deleted_entry() {
     assert!(text.contains("entry 3 is missing"), "{text}");
     assert!(text.contains("entry 4 does not follow"), "{text}");
 }
+
+/// A fleet's set-up: the state store and the app's database both on PostgreSQL (a real,
+/// throwaway cluster), the backup through real pg_dump, and retention that never removes the
+/// backup a live release depends on.
+#[test]
+fn postgres_state_store_and_database_and_protected_backups() {
+    let pg = deploy_agent_tests::postgres::cluster();
+    let (state_db, state_url) = pg.database("state");
+    let (app_db, app_url) = pg.database("app");
+    let p = Project::new("", "");
+    let toml = std::fs::read_to_string(p.path("agent.toml"))
+        .unwrap()
+        .replace(
+            "state_dir = \"state\"\n",
+            "state_dir = \"state\"\nstate_url = \"${env:DA_TEST_STATE_URL}\"\n",
+        )
+        .replace(
+            "url = \"sqlite:app.db\"",
+            "url = \"${env:DA_TEST_APP_URL}\"",
+        )
+        + "\n[environments.local.backup]\nkeep_last = 0\nkeep_daily = 0\nkeep_weekly = 0\n";
+    std::fs::write(p.path("agent.toml"), toml).unwrap();
+    let run = |args: &[&str]| {
+        p.command(args)
+            .env("DA_TEST_STATE_URL", &state_url)
+            .env("DA_TEST_APP_URL", &app_url)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["deploy", "--env", "local", "--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backup_id = v["deployment"]["backup_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        pg.psql(&state_db, "SELECT status FROM deployments"),
+        "succeeded"
+    );
+    assert_eq!(
+        pg.psql(
+            &state_db,
+            "SELECT count(*) FROM releases WHERE state = 'live'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        pg.psql(&app_db, "SELECT count(*) FROM _sqlx_migrations"),
+        "2"
+    );
+    assert!(run(&["audit", "verify"]).status.success());
+    assert!(
+        !p.path("state/state.db").exists(),
+        "nothing written to SQLite"
+    );
+
+    // A manual backup nobody depends on is pruned; the release's backup is kept.
+    let out = run(&["backup", "create", "--env", "local"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(p.backups(), 2);
+    let out = run(&["backup", "prune", "--env", "local", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deleted: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_ne!(deleted[0], backup_id);
+    assert!(
+        p.path(&format!("state/backups/local/{backup_id}.backup"))
+            .is_file()
+    );
+}

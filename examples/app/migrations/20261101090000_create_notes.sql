@@ -4,4 +4,5 @@ CREATE TABLE notes (
     body TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
-INSERT INTO notes (title, body) VALUES ('Welcome', 'Deployed by deploy-agent.');
+-- An explicit id: the same SQL runs on SQLite and PostgreSQL.
+INSERT INTO notes (id, title, body) VALUES (1, 'Welcome', 'Deployed by deploy-agent.');

@@ -280,7 +280,15 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
         }
         BackupCommand::Prune(args) => {
             let t = target(&args.config, &args.env)?;
-            let deleted = backup::prune(&t.backup.dir, t.backup.retention, &BTreeSet::new())?;
+            // Backups that recorded releases depend on (what their rollback restores) stay.
+            let config = crate::config::Config::load(&args.config)?;
+            let store = crate::pipeline::open_store(&config).await?;
+            let protected: BTreeSet<String> = store
+                .protected_backups(&args.env)
+                .await?
+                .into_iter()
+                .collect();
+            let deleted = backup::prune(&t.backup.dir, t.backup.retention, &protected)?;
             if args.output == Output::Json {
                 say!("{}", serde_json::to_string_pretty(&deleted)?);
             } else {

@@ -566,28 +566,7 @@ impl Validator<'_> {
             );
             return None;
         };
-        let url_text = url_spanned.get_ref().trim();
-        let url = match SecretSource::parse(url_text) {
-            Some(source) => UrlSource::Secret(source),
-            None => {
-                if crate::db::backend_of(url_text).is_none() {
-                    self.error(url_spanned, format!("`{url_text}` is not a database URL"), "use `sqlite:path/to/app.db`, `postgres://user@host/db`, or a reference such as `${env:DATABASE_URL}`");
-                }
-                if crate::db::redact_url(url_text) != url_text {
-                    self.error(url_spanned, "this URL contains a password", "keep the URL in the environment or a file: `url = \"${env:DATABASE_URL}\"`; secrets never go in agent.toml");
-                }
-                match url_text.strip_prefix("sqlite:") {
-                    Some(path)
-                        if !path.starts_with('/')
-                            && !path.starts_with(':')
-                            && !path.starts_with("//") =>
-                    {
-                        UrlSource::Plain(format!("sqlite:{}", self.base.join(path).display()))
-                    }
-                    _ => UrlSource::Plain(url_text.to_string()),
-                }
-            }
-        };
+        let url = self.url(url_spanned);
         let migrations = self.base.join(
             d.migrations
                 .as_ref()
@@ -633,6 +612,32 @@ impl Validator<'_> {
             lock_retries,
             lock_wait,
         })
+    }
+
+    /// A database URL: a secret reference, or a URL without a password.
+    pub(super) fn url(&mut self, url_spanned: &Spanned<String>) -> UrlSource {
+        let url_text = url_spanned.get_ref().trim();
+        match SecretSource::parse(url_text) {
+            Some(source) => UrlSource::Secret(source),
+            None => {
+                if crate::db::backend_of(url_text).is_none() {
+                    self.error(url_spanned, format!("`{url_text}` is not a database URL"), "use `sqlite:path/to/app.db`, `postgres://user@host/db`, or a reference such as `${env:DATABASE_URL}`");
+                }
+                if crate::db::redact_url(url_text) != url_text {
+                    self.error(url_spanned, "this URL contains a password", "keep the URL in the environment or a file: `url = \"${env:DATABASE_URL}\"`; secrets never go in agent.toml");
+                }
+                match url_text.strip_prefix("sqlite:") {
+                    Some(path)
+                        if !path.starts_with('/')
+                            && !path.starts_with(':')
+                            && !path.starts_with("//") =>
+                    {
+                        UrlSource::Plain(format!("sqlite:{}", self.base.join(path).display()))
+                    }
+                    _ => UrlSource::Plain(url_text.to_string()),
+                }
+            }
+        }
     }
 
     fn backup(

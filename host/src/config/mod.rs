@@ -40,6 +40,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Where the agent keeps its state and caches.
     pub state_dir: PathBuf,
+    /// The state store's database when not `<state_dir>/state.db` (PostgreSQL, for a fleet).
+    pub state_url: Option<UrlSource>,
     /// The plugins, by name.
     pub plugins: BTreeMap<String, PluginConfig>,
     /// The environments, by name.
@@ -119,13 +121,20 @@ pub enum UrlSource {
     Secret(SecretSource),
 }
 
-impl DatabaseConfig {
+impl UrlSource {
     /// The URL, resolved now. Never log it: use [`crate::db::redact_url`].
-    pub fn url(&self) -> Result<String, String> {
-        match &self.url {
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
             UrlSource::Plain(u) => Ok(u.clone()),
             UrlSource::Secret(s) => s.resolve().map(|v| v.expose().to_string()),
         }
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL, resolved now. Never log it: use [`crate::db::redact_url`].
+    pub fn url(&self) -> Result<String, String> {
+        self.url.resolve()
     }
 
     /// The migration engine's settings for this database.
@@ -255,6 +264,7 @@ impl Config {
             Some(s) => v.base.join(s.get_ref()),
             None => v.base.join(".deploy-agent"),
         };
+        let state_url = raw.agent.state_url.as_ref().map(|u| v.url(u));
         let mut plugins = BTreeMap::new();
         for (name, plugin) in &raw.plugins {
             if let Some(p) = v.plugin(name, plugin) {
@@ -275,6 +285,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             state_dir,
+            state_url,
             plugins,
             environments,
             warnings: v.warnings,

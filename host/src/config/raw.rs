@@ -205,6 +205,7 @@ pub(super) struct RawDatabase {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAgent {
     pub state_dir: Option<Spanned<String>>,
+    pub state_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

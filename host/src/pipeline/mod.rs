@@ -32,7 +32,7 @@ pub use artifact::{digest, guest_path};
 
 use crate::config::{CheckStage, Config, Environment, Strategy};
 use crate::db::{backup, migrate};
-use crate::runtime::{Artifact, CallContext, EventKind, Plugin, ReleaseState, Runtime};
+use crate::runtime::{Artifact, CallContext, EventKind, Kind, Plugin, ReleaseState, Runtime};
 use crate::store::{
     AuditEntry, Deployment, DeploymentField, Lease, Owner, ReleaseRecord, Store, StoreError, now_ms,
 };
@@ -192,7 +192,16 @@ pub enum PipelineError {
 
 /// Opens the state store a configuration names.
 pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
-    Store::open_dir(&config.state_dir).await
+    match &config.state_url {
+        None => Store::open_dir(&config.state_dir).await,
+        Some(url) => {
+            let url = url.resolve().map_err(|reason| StoreError::Open {
+                location: "state_url".into(),
+                reason,
+            })?;
+            Store::open(&url).await
+        }
+    }
 }
 
 /// Loads a plugin under its policy, with an environment's overrides merged into its config.
@@ -230,16 +239,35 @@ pub(crate) fn load_plugins(config: &Config, env: &Environment) -> Result<Plugins
         &target_cfg.plugin,
         Some(&target_cfg.config),
     )?;
+    let exports = |p: &Plugin, kind: Kind, role: &str| {
+        if p.kinds().contains(&kind) {
+            Ok(())
+        } else {
+            Err(format!(
+                "plugin `{}` is the {role} of environment `{}`, but it does not export `{}`",
+                p.name(),
+                env.name,
+                kind.interface()
+            ))
+        }
+    };
+    exports(&target, Kind::DeployTarget, "deploy target")?;
     let validators = env
         .validate
         .plugins
         .iter()
-        .map(|n| load_plugin(config, &runtime, n, None))
+        .map(|n| {
+            let p = load_plugin(config, &runtime, n, None)?;
+            exports(&p, Kind::Validator, "validator").map(|()| p)
+        })
         .collect::<Result<_, _>>()?;
     let notifiers = env
         .notifiers
         .iter()
-        .map(|n| load_plugin(config, &runtime, n, None))
+        .map(|n| {
+            let p = load_plugin(config, &runtime, n, None)?;
+            exports(&p, Kind::Notifier, "notifier").map(|()| p)
+        })
         .collect::<Result<_, _>>()?;
     Ok(Plugins {
         target,
