@@ -1,15 +1,17 @@
 # One set of commands for people and CI. `make help` lists them.
-.PHONY: help setup plugins test lint fmt bench-plugins bench-db ci
+.PHONY: help setup plugins deploy-local test lint fmt bench-plugins bench-db bench-pipeline ci
 
 CARGO ?= cargo
 
 help:
 	@echo "make setup          install the wasm32-wasip2 target (rustup does not auto-install it here)"
 	@echo "make plugins        build every plugin for wasm32-wasip2 (release, size-optimised)"
+	@echo "make deploy-local   the main job: deploy the example app to the local environment (SQLite, local target)"
 	@echo "make test           the whole test suite (builds the plugins once, then runs every test)"
 	@echo "make lint           cargo fmt --check and clippy -D warnings over host, tests and plugins"
 	@echo "make bench-plugins  plugin runtime benchmark (release build), prints p50/p90"
 	@echo "make bench-db       migrations vs sqlx, backup vs pg_dump (throwaway PostgreSQL; several minutes)"
+	@echo "make bench-pipeline the full local pipeline, per stage, next to the runbook script it replaces"
 	@echo "make ci             what .ci/run runs: lint, then test"
 
 setup:
@@ -17,6 +19,9 @@ setup:
 
 plugins: setup
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2 --workspace
+
+deploy-local: plugins
+	$(CARGO) run -p deploy-agent -- deploy --env local
 
 test: setup
 	$(CARGO) test --workspace
@@ -38,5 +43,8 @@ bench-plugins: plugins
 bench-db: setup
 	$(CARGO) bench -p deploy-agent-tests --bench migrations
 	$(CARGO) bench -p deploy-agent-tests --bench backup
+
+bench-pipeline: setup
+	$(CARGO) bench -p deploy-agent-tests --bench pipeline
 
 ci: lint test

@@ -841,3 +841,181 @@ fn postgres_state_store_and_database_and_protected_backups() {
             .is_file()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_probe_http_tcp_and_commands_with_retries() {
+    use deploy_agent::config::{CheckConfig, CheckStage, Probe};
+    use deploy_agent::pipeline::checks::{Subst, run};
+    use std::time::Duration;
+
+    let server = TestServer::start(Behaviour::Respond(
+        200,
+        r#"{"status":"ok","checks":[{"db":true}]}"#.into(),
+    ))
+    .await;
+    let check = |probe: Probe, retries: u32| CheckConfig {
+        name: "c".into(),
+        probe,
+        stage: CheckStage::Verify,
+        timeout: Duration::from_secs(5),
+        retries,
+        interval: Duration::from_millis(10),
+    };
+    let http = |path: &str,
+                status: Option<u16>,
+                body: Option<&str>,
+                pointer: Option<&str>,
+                equals: Option<Value>| Probe::Http {
+        url: format!("{{url}}{path}"),
+        expect_status: status,
+        body_contains: body.map(str::to_string),
+        json_pointer: pointer.map(str::to_string),
+        json_equals: equals,
+        max_latency: None,
+    };
+    let subst = Subst {
+        url: Some(format!("http://127.0.0.1:{}", server.port)),
+        release: "r1".into(),
+        environment: "local".into(),
+    };
+    let base = Path::new(".");
+
+    let ok = run(
+        &check(
+            http(
+                "/healthz",
+                None,
+                Some("\"ok\""),
+                Some("/checks/0/db"),
+                Some(Value::Bool(true)),
+            ),
+            0,
+        ),
+        &subst,
+        base,
+    )
+    .await;
+    assert!(ok.passed, "{}", ok.detail);
+    assert_eq!(server.seen().last().unwrap().target, "/healthz");
+
+    let wrong_status = run(
+        &check(http("/", Some(204), None, None, None), 2),
+        &subst,
+        base,
+    )
+    .await;
+    assert!(!wrong_status.passed);
+    assert_eq!(wrong_status.attempts, 3, "retried twice");
+    assert!(
+        wrong_status.detail.contains("status 200, expected 204"),
+        "{}",
+        wrong_status.detail
+    );
+
+    let wrong_value = run(
+        &check(
+            http(
+                "/",
+                None,
+                None,
+                Some("/status"),
+                Some(Value::String("degraded".into())),
+            ),
+            0,
+        ),
+        &subst,
+        base,
+    )
+    .await;
+    assert!(
+        wrong_value
+            .detail
+            .contains("/status is \"ok\", expected \"degraded\""),
+        "{}",
+        wrong_value.detail
+    );
+    let missing = run(
+        &check(http("/", None, Some("nope"), None, None), 0),
+        &subst,
+        base,
+    )
+    .await;
+    assert!(
+        missing.detail.contains("does not contain \"nope\""),
+        "{}",
+        missing.detail
+    );
+    let no_url = run(
+        &check(http("/", None, None, None, None), 0),
+        &Subst {
+            url: None,
+            ..subst.clone()
+        },
+        base,
+    )
+    .await;
+    assert!(
+        no_url.detail.contains("gave this release no URL"),
+        "{}",
+        no_url.detail
+    );
+
+    let tcp = run(
+        &check(
+            Probe::Tcp {
+                address: format!("127.0.0.1:{}", server.port),
+            },
+            0,
+        ),
+        &subst,
+        base,
+    )
+    .await;
+    assert!(tcp.passed, "{}", tcp.detail);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let refused = run(
+        &check(
+            Probe::Tcp {
+                address: format!("127.0.0.1:{closed_port}"),
+            },
+            0,
+        ),
+        &subst,
+        base,
+    )
+    .await;
+    assert!(
+        !refused.passed && refused.detail.contains("cannot connect"),
+        "{}",
+        refused.detail
+    );
+
+    // A command that passes on its third attempt: retries are real attempts.
+    let dir = tempfile::tempdir().unwrap();
+    let counter = dir.path().join("n");
+    let cmd = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; test $n -ge 3 && test {{release}} = r1 && test {{env}} = local",
+        c = counter.display()
+    );
+    let flaky = run(&check(Probe::Command { command: cmd }, 5), &subst, base).await;
+    assert!(flaky.passed, "{}", flaky.detail);
+    assert_eq!(flaky.attempts, 3);
+    let failing = run(
+        &check(
+            Probe::Command {
+                command: "echo broken >&2; exit 3".into(),
+            },
+            0,
+        ),
+        &subst,
+        base,
+    )
+    .await;
+    assert!(
+        failing.detail.contains("exited 3: broken"),
+        "{}",
+        failing.detail
+    );
+}

@@ -171,8 +171,18 @@ pub enum BenchCommand {
 /// Parses arguments, runs, and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Benchmarks measure the runtime, not the terminal: only warnings unless asked.
-    let quiet = matches!(cli.command, Command::Bench(_));
+    // Benchmarks measure the runtime, not the terminal; the pipeline commands show their own
+    // live view. Only warnings unless asked (-v).
+    let quiet = matches!(
+        cli.command,
+        Command::Bench(_)
+            | Command::Deploy(_)
+            | Command::Plan(_)
+            | Command::Status(_)
+            | Command::History { .. }
+            | Command::Releases(_)
+            | Command::Audit(_)
+    );
     init_logging(cli.verbose, quiet);
     match run(cli) {
         Ok(code) => code,
@@ -237,8 +247,10 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter =
         EnvFilter::try_from_env("DEPLOY_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal as _;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

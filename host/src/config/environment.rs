@@ -147,8 +147,8 @@ pub enum CheckStage {
     Watch,
 }
 
-/// What a check probes. `{url}` and `{release}` in a URL, address or command are replaced by
-/// the staged release's URL and id.
+/// What a check probes. `{url}`, `{release}` and `{env}` in a URL, address or command are
+/// replaced by the release's URL, its id and the environment's name.
 #[derive(Debug, Clone)]
 pub enum Probe {
     /// An HTTP(S) GET.

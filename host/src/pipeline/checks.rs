@@ -36,6 +36,8 @@ pub struct Subst {
     pub url: Option<String>,
     /// `{release}`: the target's release id.
     pub release: String,
+    /// `{env}`: the environment's name (so an inherited check fits every environment).
+    pub environment: String,
 }
 
 impl Subst {
@@ -45,7 +47,8 @@ impl Subst {
         }
         Ok(text
             .replace("{url}", self.url.as_deref().unwrap_or(""))
-            .replace("{release}", &self.release))
+            .replace("{release}", &self.release)
+            .replace("{env}", &self.environment))
     }
 }
 

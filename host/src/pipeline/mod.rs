@@ -1030,6 +1030,7 @@ impl Run<'_> {
         let subst = Subst {
             url: self.staged_url.clone(),
             release: self.d.release_id.clone().unwrap_or_default(),
+            environment: self.env.name.clone(),
         };
         let base = self.config.base_dir();
         let window_end = Instant::now() + self.env.deploy.watch;
