@@ -1019,3 +1019,117 @@ async fn checks_probe_http_tcp_and_commands_with_retries() {
         failing.detail
     );
 }
+
+/// The second release adds a migration; the run dies after promoting it.
+fn crash_a_second_release(p: &Project) -> (String, String) {
+    let (code, v) = p.deploy();
+    assert_eq!(code, 0, "{v:#}");
+    let first = v["deployment"]["release_id"].as_str().unwrap().to_string();
+    std::fs::write(
+        p.path("migrations/20261103090000_archive.sql"),
+        "ALTER TABLE notes ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;\nINSERT INTO notes (id, title) VALUES (2, 'written by the new release');\n",
+    )
+    .unwrap();
+    std::fs::write(p.path("site/index.html"), "<h1>v2</h1>").unwrap();
+    let out = p
+        .command(&["deploy", "--env", "local"])
+        .env("DEPLOY_AGENT_FAILPOINT", "after:promote")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+    let status = p.json(&["status", "--env", "local"]);
+    let crashed = status["last"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        std::fs::read_to_string(p.path("sites/local/current/index.html")).unwrap(),
+        "<h1>v2</h1>",
+        "the crash came after the switch"
+    );
+    (first, crashed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recover_rollback_restores_the_previous_release_and_the_database() {
+    let p = Project::new("", "");
+    let (first, crashed) = crash_a_second_release(&p);
+    assert_eq!(sqlite_count(&p.db_url(), "_sqlx_migrations").await, 3);
+    assert_eq!(sqlite_count(&p.db_url(), "notes").await, 2);
+
+    let v = p.json(&["recover", "--env", "local", "--rollback"]);
+    assert_eq!(v["recovered"][0]["action"], "rolled back", "{v:#}");
+    assert_eq!(v["recovered"][0]["deployment_id"], crashed.as_str());
+    let detail = v["recovered"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("{first} is live again")),
+        "{detail}"
+    );
+    assert!(detail.contains("database restored from"), "{detail}");
+    assert_eq!(v["outcome"], Value::Null, "nothing new was started");
+
+    assert_eq!(p.current().unwrap(), format!("releases/{first}"));
+    assert_eq!(
+        std::fs::read_to_string(p.path("sites/local/current/index.html")).unwrap(),
+        "<h1>v1</h1>"
+    );
+    assert_eq!(sqlite_count(&p.db_url(), "_sqlx_migrations").await, 2);
+    assert_eq!(sqlite_count(&p.db_url(), "notes").await, 1);
+    let releases = p.json(&["releases", "--env", "local"]);
+    let states: Vec<(&str, &str)> = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert!(states.contains(&(first.as_str(), "live")), "{states:?}");
+    assert_eq!(
+        states.iter().filter(|(_, s)| *s == "live").count(),
+        1,
+        "{states:?}"
+    );
+    let history = p.json(&["history", "--env", "local", "--id", &crashed]);
+    assert_eq!(history[0]["deployment"]["status"], "rolled_back");
+    let status = p.json(&["status", "--env", "local"]);
+    assert_eq!(status["lock"], Value::Null);
+    assert!(p.run(&["audit", "verify"]).status.success());
+    // Nothing left to recover.
+    let v = p.json(&["recover", "--env", "local"]);
+    assert_eq!(v["recovered"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recover_resumes_by_default_and_on_interrupt_rollback_undoes_before_deploying() {
+    let p = Project::new("", "");
+    let (_, crashed) = crash_a_second_release(&p);
+    let v = p.json(&["recover", "--env", "local"]);
+    assert_eq!(v["recovered"][0]["action"], "resumed", "{v:#}");
+    assert_eq!(v["outcome"]["deployment"]["id"], crashed.as_str());
+    assert_eq!(v["outcome"]["deployment"]["status"], "succeeded");
+    assert_eq!(sqlite_count(&p.db_url(), "_sqlx_migrations").await, 3);
+
+    // With on_interrupt = "rollback", the next deploy undoes the dead run first.
+    let p = Project::new("", "");
+    let toml = std::fs::read_to_string(p.path("agent.toml"))
+        .unwrap()
+        .replace(
+            "poll_interval_ms = 10\n",
+            "poll_interval_ms = 10\non_interrupt = \"rollback\"\n",
+        );
+    std::fs::write(p.path("agent.toml"), toml).unwrap();
+    let (first, crashed) = crash_a_second_release(&p);
+    std::fs::write(p.path("site/index.html"), "<h1>v3</h1>").unwrap();
+    let (code, v) = p.deploy();
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["recovered"][0]["action"], "rolled back");
+    assert_eq!(v["recovered"][0]["deployment_id"], crashed.as_str());
+    assert_eq!(v["deployment"]["previous_release"], first.as_str());
+    // The restored database was migrated again by the new run.
+    assert_eq!(sqlite_count(&p.db_url(), "_sqlx_migrations").await, 3);
+    assert_eq!(sqlite_count(&p.db_url(), "notes").await, 2);
+    let audit = p.json(&["audit", "list", "--env", "local"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "deploy.rolled-back")
+    );
+}

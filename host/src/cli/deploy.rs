@@ -212,6 +212,55 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+pub(super) async fn recover(args: EnvArgs, rollback: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let json = args.output == Output::Json;
+    let live = Live {
+        tty: std::io::stdout().is_terminal(),
+    };
+    let reporter: &dyn Reporter = if json { &Silent } else { &live };
+    let done = pipeline::recover::recover(&config, &args.env, rollback, &actor(), reporter).await?;
+    let ok = done
+        .outcome
+        .as_ref()
+        .is_none_or(pipeline::Outcome::succeeded);
+    if json {
+        say!("{}", serde_json::to_string_pretty(&done)?);
+    } else if done.recovered.is_empty() {
+        say!("No interrupted run in {}.", args.env);
+    } else {
+        for r in &done.recovered {
+            say!(
+                "run {} (stopped in {}): {}",
+                r.deployment_id,
+                r.stopped_in.as_deref().unwrap_or("?"),
+                r.action
+            );
+        }
+        if let Some(o) = &done.outcome {
+            say!(
+                "{}",
+                if o.succeeded() {
+                    format!(
+                        "{} is live on {}",
+                        o.deployment.version, o.deployment.environment
+                    )
+                } else {
+                    format!(
+                        "the resumed run failed: {}",
+                        o.deployment.error.as_deref().unwrap_or("?")
+                    )
+                }
+            );
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
 pub(super) async fn plan(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.target.config)?;
     let plan = pipeline::plan::plan(&config, &request(&args)).await?;

@@ -74,6 +74,17 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// What `deploy` would do, step by step (migration dry run and lint included); changes nothing.
     Plan(deploy::DeployArgs),
+    /// Finish or undo a run interrupted by a crash (kill -9, power loss), starting nothing new:
+    /// resume it (the default), or roll it back (`--rollback`, or `on_interrupt = "rollback"`).
+    Recover {
+        /// Environment, config and output.
+        #[command(flatten)]
+        target: deploy::EnvArgs,
+        /// Roll the interrupted run back: the previous release live again, the database
+        /// restored from the backup the run took if its migrations ran.
+        #[arg(long)]
+        rollback: bool,
+    },
     /// The environment's live release, lock and last run with its journal.
     Status(deploy::EnvArgs),
     /// Past deployments, newest first (`--id` for one run's journal).
@@ -178,6 +189,7 @@ pub fn main() -> ExitCode {
         Command::Bench(_)
             | Command::Deploy(_)
             | Command::Plan(_)
+            | Command::Recover { .. }
             | Command::Status(_)
             | Command::History { .. }
             | Command::Releases(_)
@@ -214,6 +226,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(args) => runtime.block_on(deploy::deploy(args)),
         Command::Plan(args) => runtime.block_on(deploy::plan(args)),
         Command::Status(args) => runtime.block_on(deploy::status(args)),
+        Command::Recover { target, rollback } => {
+            runtime.block_on(deploy::recover(target, rollback))
+        }
         Command::History { target, limit, id } => {
             runtime.block_on(deploy::history(target, limit, id))
         }

@@ -105,6 +105,20 @@ pub struct DeploySettings {
     pub lock_lease: Duration,
     /// How long `watch` checks keep running after promotion (0: once).
     pub watch: Duration,
+    /// What the next start does with a run that was interrupted.
+    pub on_interrupt: OnInterrupt,
+}
+
+/// What happens to a run found interrupted (the agent died mid-run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInterrupt {
+    /// Finish it: the same release is resumed where it stopped; a run of another release is
+    /// superseded by the new one (the default).
+    Resume,
+    /// Undo it: the release live before it is made live again and, if its migrations ran,
+    /// the database is restored from the backup it took.
+    Rollback,
 }
 
 impl Default for DeploySettings {
@@ -116,6 +130,7 @@ impl Default for DeploySettings {
             timeout: Duration::from_secs(600),
             lock_lease: Duration::from_secs(60),
             watch: Duration::ZERO,
+            on_interrupt: OnInterrupt::Resume,
         }
     }
 }
@@ -418,9 +433,25 @@ impl Validator<'_> {
                 }
             }
         };
+        let on_interrupt = match raw.on_interrupt.as_ref() {
+            None => d.on_interrupt,
+            Some(s) => match s.get_ref().as_str() {
+                "resume" => OnInterrupt::Resume,
+                "rollback" => OnInterrupt::Rollback,
+                other => {
+                    self.error(
+                        s,
+                        format!("unknown on_interrupt `{other}`"),
+                        "use `resume` (finish the interrupted run) or `rollback` (undo it)",
+                    );
+                    d.on_interrupt
+                }
+            },
+        };
         DeploySettings {
             strategy,
             backup,
+            on_interrupt,
             poll_interval: ms(
                 self,
                 &raw.poll_interval_ms,

@@ -24,8 +24,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub use environment::{
-    ArtifactConfig, BackupWhen, CheckConfig, CheckStage, DeploySettings, Environment, Probe,
-    Strategy, TargetConfig, ValidateConfig,
+    ArtifactConfig, BackupWhen, CheckConfig, CheckStage, DeploySettings, Environment, OnInterrupt,
+    Probe, Strategy, TargetConfig, ValidateConfig,
 };
 pub use error::{ConfigError, ConfigErrors};
 

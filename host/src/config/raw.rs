@@ -62,6 +62,7 @@ pub(super) struct RawDeploy {
     pub timeout_ms: Option<Spanned<u64>>,
     pub lock_lease_ms: Option<Spanned<u64>>,
     pub watch_ms: Option<Spanned<u64>>,
+    pub on_interrupt: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +155,7 @@ impl Merge for RawDeploy {
         take(&mut self.timeout_ms, &p.timeout_ms);
         take(&mut self.lock_lease_ms, &p.lock_lease_ms);
         take(&mut self.watch_ms, &p.watch_ms);
+        take(&mut self.on_interrupt, &p.on_interrupt);
     }
 }
 

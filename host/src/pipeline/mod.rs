@@ -19,6 +19,7 @@ pub mod checks;
 mod failpoint;
 pub mod notify;
 pub mod plan;
+pub mod recover;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -147,7 +148,7 @@ pub struct Recovery {
     pub deployment_id: String,
     /// The stage it stopped in.
     pub stopped_in: Option<String>,
-    /// `resumed` or `superseded`.
+    /// `resumed`, `superseded` or `rolled back`.
     pub action: &'static str,
     /// In words.
     pub detail: String,
@@ -397,7 +398,31 @@ pub async fn deploy(
     let mut resumed: Option<Deployment> = None;
     for old in store.running(&env.name).await? {
         let same = old.version == artifact.version && old.digest == artifact.digest;
-        if same && resumed.is_none() {
+        if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback {
+            let detail = recover::roll_back(env, &store, &plugins.target, &old)
+                .await
+                .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
+            reporter.note(&format!(
+                "run {} was interrupted; rolled back: {detail}",
+                old.id
+            ));
+            store
+                .audit(AuditEntry {
+                    actor: request.actor.clone(),
+                    action: "deploy.rolled-back".into(),
+                    environment: Some(env.name.clone()),
+                    subject: Some(old.id.clone()),
+                    why: Some("interrupted".into()),
+                    detail: Some(detail.clone()),
+                })
+                .await?;
+            recovered.push(Recovery {
+                deployment_id: old.id.clone(),
+                stopped_in: old.stage.clone(),
+                action: "rolled back",
+                detail,
+            });
+        } else if same && resumed.is_none() {
             store.take_over(&old.id, &owner.0, &old.owner).await?;
             let detail = format!(
                 "run {} of {} stopped in {}; resuming it",
@@ -473,7 +498,12 @@ pub async fn deploy(
                 id: id.clone(),
                 environment: env.name.clone(),
                 version: artifact.version.clone(),
-                artifact: artifact_path.as_ref().map(|p| p.display().to_string()),
+                artifact: artifact_path.as_ref().map(|p| {
+                    p.canonicalize()
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string()
+                }),
                 digest: artifact.digest.clone(),
                 actor: request.actor.clone(),
                 reason: request.reason.clone(),

@@ -72,7 +72,13 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
             old.id,
             old.version,
             old.stage.as_deref().unwrap_or("?"),
-            if same { "resumed" } else { "superseded" }
+            if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback {
+                "rolled back"
+            } else if same {
+                "resumed"
+            } else {
+                "superseded"
+            }
         ));
     }
     steps.push(PlanStep {

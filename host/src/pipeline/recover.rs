@@ -1,0 +1,195 @@
+//! Interrupted runs: what the next start does with a run whose agent died.
+//!
+//! A run is *resumed* when the same release is deployed again (every stage is idempotent
+//! given what the run recorded), or *rolled back* (`on_interrupt = "rollback"`, or
+//! `recover --rollback`): the target returns to the release live before the run, and if the
+//! run's migrations moved the schema, the database is restored from the backup the run took.
+
+use serde::Serialize;
+
+use super::{Outcome, PipelineError, Recovery, Reporter, Request, load_plugins, open_store};
+use crate::config::{Config, Environment, OnInterrupt};
+use crate::db::{backup, migrate};
+use crate::runtime::{CallContext, Plugin};
+use crate::store::{AuditEntry, Deployment, Owner, Store};
+
+/// What `recover` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    /// Each interrupted run and what became of it.
+    pub recovered: Vec<Recovery>,
+    /// The resumed run's outcome, when one was resumed.
+    pub outcome: Option<Outcome>,
+}
+
+/// Rolls an interrupted run back. Returns what it did, in words.
+pub(crate) async fn roll_back(
+    env: &Environment,
+    store: &Store,
+    target: &Plugin,
+    old: &Deployment,
+) -> Result<String, String> {
+    let ctx = CallContext {
+        environment: env.name.clone(),
+        deployment_id: old.id.clone(),
+    };
+    let mut said = Vec::new();
+    if let Some(id) = &old.release_id {
+        // Ask the target what is live: a crash can fall between its switch and our record.
+        let live = target
+            .list_releases(&ctx)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| r.live)
+            .map(|r| r.id);
+        if live.as_deref() == Some(id.as_str()) {
+            match &old.previous_release {
+                Some(prev) => {
+                    let now = target
+                        .rollback(&ctx, Some(prev))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    store
+                        .mark_live(&env.name, &now)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    said.push(format!("release {id} was live; {now} is live again"));
+                }
+                None => said.push(format!(
+                    "release {id} is live and no earlier release exists to return to: it stays"
+                )),
+            }
+        } else {
+            said.push(format!("release {id} was never promoted"));
+        }
+        if live.as_deref() != Some(id.as_str()) || old.previous_release.is_some() {
+            store
+                .set_release_state(&env.name, id, "failed")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(db) = &env.database {
+        let settings = db.settings(env.strict)?;
+        let current = migrate::status(&settings)
+            .await
+            .map_err(|e| e.to_string())?
+            .current
+            .map(|v| v.to_string());
+        if current == old.schema_before {
+            said.push("the database was not changed".into());
+        } else {
+            match &old.backup_id {
+                Some(b) => {
+                    let bs = env.backup.settings(&env.name)?;
+                    let manifest = backup::find(&bs.dir, b).map_err(|e| e.to_string())?;
+                    backup::restore(&manifest, &bs.dir, bs.key.as_ref(), &settings.url)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    said.push(format!(
+                        "database restored from {b} (schema {} -> {})",
+                        current.as_deref().unwrap_or("none"),
+                        old.schema_before.as_deref().unwrap_or("none")
+                    ));
+                }
+                None => said.push(format!(
+                    "the schema moved to {} and the run recorded no backup: the database is left as is",
+                    current.as_deref().unwrap_or("none")
+                )),
+            }
+        }
+    }
+    store
+        .finish_deployment(&old.id, "rolled_back", Some("interrupted; rolled back"))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(said.join("; "))
+}
+
+/// Finds the environment's interrupted runs and resumes (the default) or rolls them back,
+/// without starting anything new. What the daemon does on start; `deploy-agent recover`.
+pub async fn recover(
+    config: &Config,
+    environment: &str,
+    rollback: bool,
+    actor: &str,
+    reporter: &dyn Reporter,
+) -> Result<Recovered, PipelineError> {
+    let env = config
+        .environment(environment)
+        .map_err(PipelineError::Setup)?;
+    let store = open_store(config).await?;
+    let interrupted = store.running(&env.name).await?;
+    let Some(newest) = interrupted.last().cloned() else {
+        return Ok(Recovered {
+            recovered: Vec::new(),
+            outcome: None,
+        });
+    };
+    if rollback || env.deploy.on_interrupt == OnInterrupt::Rollback {
+        let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
+        let owner = Owner::this_process();
+        let (lease, _) = store
+            .acquire(
+                &env.name,
+                &owner,
+                &format!("recover-{}", newest.id),
+                env.deploy.lock_lease,
+            )
+            .await?;
+        let mut recovered = Vec::new();
+        for old in &interrupted {
+            let detail = roll_back(env, &store, &plugins.target, old)
+                .await
+                .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
+            reporter.note(&format!("run {} rolled back: {detail}", old.id));
+            store
+                .audit(AuditEntry {
+                    actor: actor.to_string(),
+                    action: "deploy.rolled-back".into(),
+                    environment: Some(env.name.clone()),
+                    subject: Some(old.id.clone()),
+                    why: Some("interrupted".into()),
+                    detail: Some(detail.clone()),
+                })
+                .await?;
+            recovered.push(Recovery {
+                deployment_id: old.id.clone(),
+                stopped_in: old.stage.clone(),
+                action: "rolled back",
+                detail,
+            });
+        }
+        lease.release().await?;
+        return Ok(Recovered {
+            recovered,
+            outcome: None,
+        });
+    }
+    // Resume: deploy the same release again; the run is found and finished.
+    let artifact = newest.artifact.as_ref().map(std::path::PathBuf::from);
+    if let (Some(path), Some(recorded)) = (&artifact, &newest.digest) {
+        let now = super::digest(path).map(|d| format!("sha256:{d}")).ok();
+        if now.as_deref() != Some(recorded.as_str()) {
+            return Err(PipelineError::Setup(format!(
+                "cannot resume run {}: its artifact {} changed since (or is gone); roll it back with `deploy-agent recover --env {} --rollback`",
+                newest.id,
+                path.display(),
+                env.name
+            )));
+        }
+    }
+    let request = Request {
+        environment: env.name.clone(),
+        version: Some(newest.version.clone()),
+        artifact,
+        actor: actor.to_string(),
+        reason: Some(format!("resuming interrupted run {}", newest.id)),
+    };
+    let outcome = super::deploy(config, &request, reporter).await?;
+    Ok(Recovered {
+        recovered: outcome.recovered.clone(),
+        outcome: Some(outcome),
+    })
+}
