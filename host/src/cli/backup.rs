@@ -303,7 +303,7 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Asks on a terminal; refuses in a script unless `--yes`.
-fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+pub(crate) fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
     if yes {
         return Ok(());

@@ -334,6 +334,7 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "environment": args.env, "lock": lock, "live": live, "last": last, "steps": steps,
+                "waiting": store.pending_approvals(Some(&args.env)).await?,
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -360,6 +361,15 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
             h.deployment_id
         ),
         None => say!("  lock:  free"),
+    }
+    for a in store.pending_approvals(Some(&args.env)).await? {
+        say!(
+            "  waits: run {} at the {} gate: `deploy-agent approve {} --reason ...`{}",
+            a.deployment_id,
+            a.gate,
+            a.deployment_id,
+            a.expires_at.map(|e| format!(" (expires {})", time(e))).unwrap_or_default()
+        );
     }
     if let Some(d) = &last {
         say!(
@@ -545,4 +555,150 @@ pub(super) async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: EnvArgs,
+    /// The release to return to (default: the one before the live one).
+    #[arg(long, conflicts_with = "latest")]
+    pub to: Option<String>,
+    /// Return to the release before the live one (the default, spelled out).
+    #[arg(long)]
+    pub latest: bool,
+    /// The app only: the target's earlier release (the default).
+    #[arg(long, group = "what")]
+    pub app_only: bool,
+    /// The database only: restore the backup that holds the release's schema.
+    #[arg(long, group = "what")]
+    pub db_only: bool,
+    /// The app and the database.
+    #[arg(long, group = "what")]
+    pub full: bool,
+    /// Restore this backup instead of the one the release is pinned to.
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// `restore` a backup (data since is lost, kept in a safety snapshot) or run `down` migrations.
+    #[arg(long, value_enum, default_value = "restore")]
+    pub db_strategy: DbStrategyArg,
+    /// Why: recorded, audited and sent to the notifiers.
+    #[arg(long)]
+    pub reason: String,
+    /// Do not ask (required when not on a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Restore a backup whose schema is not the release's.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `--db-strategy`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DbStrategyArg {
+    /// Restore a backup.
+    Restore,
+    /// Down migrations.
+    Down,
+}
+
+pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    use crate::pipeline::rollback::{self as rb, DbStrategy, Mode};
+    let config = Config::load(&args.target.config)?;
+    let req = rb::RollbackRequest {
+        environment: args.target.env.clone(),
+        to: args.to.clone(),
+        mode: if args.full {
+            Mode::Full
+        } else if args.db_only {
+            Mode::Db
+        } else {
+            Mode::App
+        },
+        backup: args.backup.clone(),
+        db_strategy: match args.db_strategy {
+            DbStrategyArg::Restore => DbStrategy::Restore,
+            DbStrategyArg::Down => DbStrategy::Down,
+        },
+        reason: args.reason.clone(),
+        actor: actor(),
+        force: args.force,
+    };
+    let json = args.target.output == Output::Json;
+    let plan = rb::plan(&config, &req).await?;
+    if !json || !args.yes {
+        let mut out = std::io::stderr().lock();
+        use std::io::Write as _;
+        let _ = writeln!(out, "Rollback of {} ({:?}):", plan.environment, plan.mode);
+        for s in &plan.steps {
+            let _ = writeln!(out, "  - {s}");
+        }
+        if let Some(loss) = &plan.data_loss {
+            let _ = writeln!(out, "  ! {loss}");
+        }
+    }
+    if !plan.refusals.is_empty() {
+        anyhow::bail!("refusing to roll back: {}", plan.refusals.join("; "));
+    }
+    super::backup::confirm(args.yes, &format!("roll back {} to {}", plan.environment, plan.to.id))?;
+    let live = Live {
+        tty: std::io::stdout().is_terminal(),
+    };
+    let reporter: &dyn Reporter = if json { &Silent } else { &live };
+    let outcome = rb::execute(&config, &req, reporter).await?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        for s in &outcome.steps {
+            say!("  ✓ {:<9} {:>9}  {}", s.name, ms(s.duration_ms), s.detail);
+        }
+        say!(
+            "rollback {} {}: {} is live ({} agent time)",
+            outcome.record.id,
+            outcome.record.status,
+            outcome.record.to_release.as_deref().unwrap_or("?"),
+            ms(outcome.total_ms)
+        );
+        if let Some(s) = &outcome.record.safety_backup {
+            say!("  safety snapshot: {s} (restore it with `deploy-agent backup restore --env {} {s}`)", outcome.record.environment);
+        }
+    }
+    Ok(if outcome.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// `approve` and `reject`.
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The waiting run (its id is in the notification, `status` and the deploy's output).
+    pub run: String,
+    /// Why: recorded in the audit log.
+    #[arg(long)]
+    pub reason: String,
+    /// The configuration.
+    #[arg(long, default_value = "agent.toml")]
+    pub config: PathBuf,
+}
+
+pub(super) async fn decide(args: DecideArgs, decision: crate::store::Decision) -> anyhow::Result<ExitCode> {
+    let (_, store) = store_for(&args.config, None).await?;
+    let who = actor();
+    let a = store.decide(&args.run, decision, &who, &args.reason).await?;
+    let word = a.decision.clone().unwrap_or_default();
+    store
+        .audit(crate::store::AuditEntry {
+            actor: who.clone(),
+            action: format!("approval.{word}"),
+            environment: Some(a.environment.clone()),
+            subject: Some(a.deployment_id.clone()),
+            why: Some(args.reason.clone()),
+            detail: Some(format!("gate {}", a.gate)),
+        })
+        .await?;
+    say!("run {} ({} gate) {word} by {who}", a.deployment_id, a.gate);
+    Ok(ExitCode::SUCCESS)
 }

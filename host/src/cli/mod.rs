@@ -85,6 +85,14 @@ pub enum Command {
         #[arg(long)]
         rollback: bool,
     },
+    /// Emergency rollback: the app (`--app-only`, the default), the database (`--db-only`) or
+    /// both (`--full`), to the previous or a named release. Shows what will happen (releases,
+    /// backup and its age, what is lost) and asks; in a script it needs `--yes`.
+    Rollback(deploy::RollbackArgs),
+    /// Approve a run waiting at an approval gate (or an inconclusive analysis).
+    Approve(deploy::DecideArgs),
+    /// Reject a run waiting at an approval gate: it stops (after promotion: it is rolled back).
+    Reject(deploy::DecideArgs),
     /// The environment's live release, lock and last run with its journal.
     Status(deploy::EnvArgs),
     /// Past deployments, newest first (`--id` for one run's journal).
@@ -190,6 +198,9 @@ pub fn main() -> ExitCode {
             | Command::Deploy(_)
             | Command::Plan(_)
             | Command::Recover { .. }
+            | Command::Rollback(_)
+            | Command::Approve(_)
+            | Command::Reject(_)
             | Command::Status(_)
             | Command::History { .. }
             | Command::Releases(_)
@@ -226,6 +237,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(args) => runtime.block_on(deploy::deploy(args)),
         Command::Plan(args) => runtime.block_on(deploy::plan(args)),
         Command::Status(args) => runtime.block_on(deploy::status(args)),
+        Command::Rollback(args) => runtime.block_on(deploy::rollback(args)),
+        Command::Approve(args) => {
+            runtime.block_on(deploy::decide(args, crate::store::Decision::Approved))
+        }
+        Command::Reject(args) => {
+            runtime.block_on(deploy::decide(args, crate::store::Decision::Rejected))
+        }
         Command::Recover { target, rollback } => {
             runtime.block_on(deploy::recover(target, rollback))
         }

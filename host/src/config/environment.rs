@@ -37,6 +37,68 @@ pub struct Environment {
     pub checks: Vec<CheckConfig>,
     /// Notifier plugins told of every transition.
     pub notifiers: Vec<String>,
+    /// What a failed watch does.
+    pub rollback: RollbackPolicy,
+    /// An approval gate, if the environment requires one.
+    pub approval: Option<ApprovalConfig>,
+    /// Metric analysis during the watch window.
+    pub analysis: Vec<AnalysisConfig>,
+}
+
+/// What a release that fails its watch (checks or analysis) after promotion gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollbackPolicy {
+    /// The previous release is made live again, verified, and everyone told (the default).
+    Auto,
+    /// Everyone is told, with the evidence; the release stays live.
+    Notify,
+    /// The run fails; nothing else happens.
+    Off,
+}
+
+/// Where a run waits for approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gate {
+    /// Before anything (right after taking the lock).
+    Start,
+    /// Before promotion, once the release is staged and verified.
+    Promote,
+}
+
+/// An approval gate.
+#[derive(Debug, Clone)]
+pub struct ApprovalConfig {
+    /// Where.
+    pub before: Gate,
+    /// A request not decided within this fails the run.
+    pub expires: Option<Duration>,
+}
+
+/// One metric analysis: a Prometheus query measured `count` times, `interval` apart.
+#[derive(Debug, Clone)]
+pub struct AnalysisConfig {
+    /// Its name, in reports.
+    pub name: String,
+    /// The Prometheus-compatible server's base URL (`/api/v1/query` is appended).
+    pub prometheus: String,
+    /// The PromQL query; it must return one number (a scalar or a one-sample vector).
+    pub query: String,
+    /// A measurement above this fails.
+    pub max: Option<f64>,
+    /// A measurement below this fails.
+    pub min: Option<f64>,
+    /// Between measurements.
+    pub interval: Duration,
+    /// Measurements to take.
+    pub count: u32,
+    /// More failed measurements than this fails the analysis.
+    pub failure_limit: u32,
+    /// This many passing measurements in a row pass it early (0: never early).
+    pub consecutive_success_limit: u32,
+    /// More inconclusive measurements (no data) than this pauses for a decision.
+    pub inconclusive_limit: u32,
 }
 
 /// The deploy-target plugin and this environment's settings for it.
@@ -387,10 +449,63 @@ impl Validator<'_> {
                 checks.push(check);
             }
         }
+        let rollback = match env.rollback.as_ref().and_then(|r| r.get_ref().policy.as_ref()) {
+            None => RollbackPolicy::Auto,
+            Some(p) => match p.get_ref().as_str() {
+                "auto" => RollbackPolicy::Auto,
+                "notify" => RollbackPolicy::Notify,
+                "off" => RollbackPolicy::Off,
+                other => {
+                    self.error(p, format!("unknown rollback policy `{other}`"), "use `auto` (roll back and tell), `notify` (tell, keep the release) or `off`");
+                    RollbackPolicy::Auto
+                }
+            },
+        };
+        let approval = env.approval.as_ref().map(Spanned::get_ref).filter(|a| a.required.unwrap_or(true)).map(|a| {
+            let before = match a.before.as_ref() {
+                None => Gate::Promote,
+                Some(b) => match b.get_ref().as_str() {
+                    "promote" => Gate::Promote,
+                    "start" => Gate::Start,
+                    other => {
+                        self.error(b, format!("unknown approval gate `{other}`"), "use `promote` (after verify) or `start` (before anything)");
+                        Gate::Promote
+                    }
+                },
+            };
+            let expires = a.expires_ms.as_ref().map(|e| ms(self, &Some(e.clone()), Duration::ZERO, "expires_ms", (1_000, 30 * 86_400_000)));
+            ApprovalConfig { before, expires }
+        });
+        let mut analysis = Vec::new();
+        for a in env.analysis.iter().flatten() {
+            let a = a.get_ref();
+            let p = a.prometheus.get_ref();
+            if !(p.starts_with("http://") || p.starts_with("https://")) {
+                self.error(&a.prometheus, "`prometheus` must be an http:// or https:// base URL", "for example `http://prometheus:9090`");
+            }
+            if a.max.is_none() && a.min.is_none() {
+                self.error(&a.name, format!("analysis `{}` sets neither `max` nor `min`, so it could never fail", a.name.get_ref()), "add `max = 0.01` (error rate) or `min = ...`");
+            }
+            analysis.push(AnalysisConfig {
+                name: a.name.get_ref().clone(),
+                prometheus: p.trim_end_matches('/').to_string(),
+                query: a.query.clone(),
+                max: a.max,
+                min: a.min,
+                interval: ms(self, &a.interval_ms, Duration::from_secs(10), "interval_ms", (10, 3_600_000)),
+                count: a.count.unwrap_or(3).max(1),
+                failure_limit: a.failure_limit.unwrap_or(0),
+                consecutive_success_limit: a.consecutive_success_limit.unwrap_or(0),
+                inconclusive_limit: a.inconclusive_limit.unwrap_or(0),
+            });
+        }
         if self.errors.len() > before {
             return None;
         }
         Some(Environment {
+            rollback,
+            approval,
+            analysis,
             name: name.get_ref().clone(),
             extends: env.extends.as_ref().map(|e| e.get_ref().clone()),
             strict: env.strict.unwrap_or(false),

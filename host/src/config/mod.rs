@@ -24,8 +24,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub use environment::{
-    ArtifactConfig, BackupWhen, CheckConfig, CheckStage, DeploySettings, Environment, OnInterrupt,
-    Probe, Strategy, TargetConfig, ValidateConfig,
+    AnalysisConfig, ApprovalConfig, ArtifactConfig, BackupWhen, CheckConfig, CheckStage,
+    DeploySettings, Environment, Gate, OnInterrupt, Probe, RollbackPolicy, Strategy, TargetConfig,
+    ValidateConfig,
 };
 pub use error::{ConfigError, ConfigErrors};
 

@@ -29,6 +29,38 @@ pub(super) struct RawEnvironment {
     pub deploy: Option<Spanned<RawDeploy>>,
     pub checks: Option<Vec<Spanned<RawCheck>>>,
     pub notifiers: Option<Vec<Spanned<String>>>,
+    pub rollback: Option<Spanned<RawRollback>>,
+    pub approval: Option<Spanned<RawApproval>>,
+    pub analysis: Option<Vec<Spanned<RawAnalysis>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRollback {
+    pub policy: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApproval {
+    pub required: Option<bool>,
+    pub before: Option<Spanned<String>>,
+    pub expires_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnalysis {
+    pub name: Spanned<String>,
+    pub prometheus: Spanned<String>,
+    pub query: String,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    pub interval_ms: Option<Spanned<u64>>,
+    pub count: Option<u32>,
+    pub failure_limit: Option<u32>,
+    pub consecutive_success_limit: Option<u32>,
+    pub inconclusive_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +145,23 @@ impl Merge for RawEnvironment {
         nested(&mut self.deploy, &p.deploy);
         take(&mut self.checks, &p.checks);
         take(&mut self.notifiers, &p.notifiers);
+        nested(&mut self.rollback, &p.rollback);
+        nested(&mut self.approval, &p.approval);
+        take(&mut self.analysis, &p.analysis);
+    }
+}
+
+impl Merge for RawRollback {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.policy, &p.policy);
+    }
+}
+
+impl Merge for RawApproval {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.required, &p.required);
+        take(&mut self.before, &p.before);
+        take(&mut self.expires_ms, &p.expires_ms);
     }
 }
 

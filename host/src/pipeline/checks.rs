@@ -180,7 +180,7 @@ async fn probe(probe: &Probe, subst: &Subst, base: &Path) -> Result<String, Stri
 }
 
 /// A GET over HTTP/1.1, TLS for https (webpki roots).
-async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
+pub(crate) async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
     let tls = match uri.scheme_str() {
         Some("http") => false,

@@ -14,12 +14,14 @@
 //! A run for another release is marked **superseded** and the new run rolls forward from the
 //! state the dead run left, which the store records (schema version, release ids).
 
+pub mod analysis;
 mod artifact;
 pub mod checks;
 mod failpoint;
 pub mod notify;
 pub mod plan;
 pub mod recover;
+pub mod rollback;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -31,7 +33,7 @@ use serde::Serialize;
 
 pub use artifact::{digest, guest_path};
 
-use crate::config::{CheckStage, Config, Environment, Strategy};
+use crate::config::{CheckStage, Config, Environment, Gate, RollbackPolicy, Strategy};
 use crate::db::{backup, migrate};
 use crate::runtime::{Artifact, CallContext, EventKind, Kind, Plugin, ReleaseState, Runtime};
 use crate::store::{
@@ -57,10 +59,14 @@ pub enum Stage {
     Deploy,
     /// Checks against the staged release.
     Verify,
+    /// Wait for a person's approval.
+    Approve,
     /// Make it live.
     Promote,
     /// Checks against the live release.
     Watch,
+    /// Make the previous release live again (a failed watch, policy `auto`).
+    Rollback,
     /// Deliver the notifications.
     Notify,
 }
@@ -75,8 +81,10 @@ impl Stage {
             Stage::Migrate => "migrate",
             Stage::Deploy => "deploy",
             Stage::Verify => "verify",
+            Stage::Approve => "approve",
             Stage::Promote => "promote",
             Stage::Watch => "watch",
+            Stage::Rollback => "rollback",
             Stage::Notify => "notify",
         }
     }
@@ -165,6 +173,8 @@ pub struct Outcome {
     pub findings: Vec<Finding>,
     /// Check results.
     pub checks: Vec<CheckResult>,
+    /// Metric analyses, with their measurements.
+    pub analyses: Vec<analysis::AnalysisResult>,
     /// Interrupted runs found and dealt with first.
     pub recovered: Vec<Recovery>,
     /// Notifications that could not be delivered (never fatal).
@@ -355,6 +365,8 @@ struct Run<'a> {
     checks: Vec<CheckResult>,
     staged_url: Option<String>,
     waited: Duration,
+    analyses: Vec<analysis::AnalysisResult>,
+    watch_failed: Option<String>,
 }
 
 /// Runs a deployment: recovers interrupted runs of the environment first, then takes the
@@ -557,6 +569,8 @@ pub async fn deploy(
         checks: Vec::new(),
         staged_url: None,
         waited: Duration::ZERO,
+        analyses: Vec::new(),
+        watch_failed: None,
     };
     run.notify(
         EventKind::Started,
@@ -575,8 +589,21 @@ pub async fn deploy(
     run.stages.push(lock_report);
 
     let result = run.stages_in_order().await;
-    let error = result.err();
-    run.finish(error, started, recovered).await
+    let mut error = result.err();
+    let mut rolled_back = false;
+    if let Some(evidence) = run.watch_failed.clone() {
+        match env.rollback {
+            RollbackPolicy::Auto => match run.auto_rollback(&evidence).await {
+                Ok(_) => rolled_back = true,
+                Err(e) => error = Some(format!("{}; automatic rollback failed: {e}", error.unwrap_or_default())),
+            },
+            RollbackPolicy::Notify => {
+                error = Some(format!("{}; the release stays live (rollback policy `notify`)", error.unwrap_or_default()));
+            }
+            RollbackPolicy::Off => {}
+        }
+    }
+    run.finish(error, rolled_back, started, recovered).await
 }
 
 impl Run<'_> {
@@ -683,20 +710,30 @@ impl Run<'_> {
     }
 
     async fn stages_in_order(&mut self) -> Result<(), String> {
+        let gate = self.env.approval.as_ref().map(|a| a.before);
+        if gate == Some(Gate::Start) {
+            self.approve("start").await?;
+        }
         self.validate().await?;
         self.backup_and_migrate().await?;
         self.deploy().await?;
         match self.env.deploy.strategy {
             Strategy::Staged => {
-                self.checks(Stage::Verify, CheckStage::Verify).await?;
+                self.verify().await?;
+                if gate == Some(Gate::Promote) {
+                    self.approve("promote").await?;
+                }
                 self.promote().await?;
             }
             Strategy::Direct => {
+                if gate == Some(Gate::Promote) {
+                    self.approve("promote").await?;
+                }
                 self.promote().await?;
-                self.checks(Stage::Verify, CheckStage::Verify).await?;
+                self.verify().await?;
             }
         }
-        self.checks(Stage::Watch, CheckStage::Watch).await
+        self.watch().await
     }
 
     async fn validate(&mut self) -> Result<(), String> {
@@ -1043,74 +1080,194 @@ impl Run<'_> {
         .await
     }
 
-    async fn checks(&mut self, stage: Stage, which: CheckStage) -> Result<(), String> {
-        let step = self.begin(stage).await?;
-        let list: Vec<_> = self
-            .env
-            .checks
-            .iter()
-            .filter(|c| c.stage == which)
-            .cloned()
-            .collect();
-        if list.is_empty() {
-            return self
-                .end(stage, step, StageStatus::Skipped, "no checks".into())
-                .await;
-        }
-        let subst = Subst {
+    fn subst(&self) -> Subst {
+        Subst {
             url: self.staged_url.clone(),
             release: self.d.release_id.clone().unwrap_or_default(),
             environment: self.env.name.clone(),
-        };
+        }
+    }
+
+    async fn verify(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Verify).await?;
+        let list: Vec<_> = self.env.checks.iter().filter(|c| c.stage == CheckStage::Verify).cloned().collect();
+        if list.is_empty() {
+            return self.end(Stage::Verify, step, StageStatus::Skipped, "no checks".into()).await;
+        }
+        let rounds = check_rounds(&list, &self.subst(), &self.config.base_dir(), Duration::ZERO).await;
+        self.waited += rounds.waited;
+        self.checks.extend(rounds.results);
+        if let Some(f) = rounds.failed {
+            return Err(self.fail(Stage::Verify, step, f).await);
+        }
+        self.end(Stage::Verify, step, StageStatus::Done, format!("{} check(s) passed", list.len())).await
+    }
+
+    /// Watch checks for the window and every analysis, side by side. A failure is recorded
+    /// as `watch_failed` (the evidence) for the rollback policy.
+    async fn watch(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Watch).await?;
+        let list: Vec<_> = self.env.checks.iter().filter(|c| c.stage == CheckStage::Watch).cloned().collect();
+        let analyses = self.env.analysis.clone();
+        if list.is_empty() && analyses.is_empty() {
+            return self.end(Stage::Watch, step, StageStatus::Skipped, "no watch checks or analysis".into()).await;
+        }
+        let subst = self.subst();
         let base = self.config.base_dir();
-        let window_end = Instant::now() + self.env.deploy.watch;
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            let results = checks::run_all(list.iter(), &subst, &base).await;
-            let failed = results.iter().find(|r| !r.passed).cloned();
-            for r in &results {
-                if r.attempts > 1 {
-                    self.waited += list
-                        .iter()
-                        .find(|c| c.name == r.name)
-                        .map_or(Duration::ZERO, |c| c.interval * (r.attempts - 1));
-                }
+        let window = self.env.deploy.watch;
+        let checks_fut = async {
+            if list.is_empty() {
+                Rounds::default()
+            } else {
+                check_rounds(&list, &subst, &base, window).await
             }
-            self.checks.extend(results);
-            if let Some(f) = failed {
-                return Err(self
-                    .fail(
-                        stage,
-                        step,
-                        format!(
-                            "check `{}` failed after {} attempt(s): {}",
-                            f.name, f.attempts, f.detail
-                        ),
-                    )
-                    .await);
+        };
+        let analyses_fut = async {
+            let mut out = Vec::new();
+            for a in &analyses {
+                out.push(analysis::run(a).await);
             }
-            if which == CheckStage::Verify || Instant::now() >= window_end {
-                break;
+            out
+        };
+        let (rounds, results) = tokio::join!(checks_fut, analyses_fut);
+        self.waited += rounds.waited.max(results.iter().map(|r| r.waited).sum());
+        self.checks.extend(rounds.results);
+        let mut evidence: Option<String> = rounds.failed;
+        for r in &results {
+            self.reporter.note(&r.detail);
+        }
+        if evidence.is_none() {
+            evidence = results.iter().find(|r| r.verdict == analysis::Verdict::Failed).map(|r| r.detail.clone());
+        }
+        let unsure: Vec<&analysis::AnalysisResult> = results.iter().filter(|r| r.verdict == analysis::Verdict::Inconclusive).collect();
+        self.analyses.extend(results.iter().cloned());
+        if evidence.is_none() && !unsure.is_empty() {
+            let question = unsure.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>().join("; ");
+            if let Err(e) = self.wait_for_decision("analysis", &question, None).await {
+                evidence = Some(format!("{question}; {e}"));
             }
-            let pause = list
-                .iter()
-                .map(|c| c.interval)
-                .min()
-                .unwrap_or(Duration::from_secs(1));
-            self.waited += pause;
-            tokio::time::sleep(pause).await;
+        }
+        if let Some(e) = evidence {
+            self.watch_failed = Some(e.clone());
+            return Err(self.fail(Stage::Watch, step, e).await);
         }
         let detail = format!(
-            "{} check(s) passed{}",
+            "{} check(s){}{} passed",
             list.len(),
-            if rounds > 1 {
-                format!(", {rounds} rounds")
-            } else {
-                String::new()
-            }
+            if rounds.rounds > 1 { format!(" x {} rounds", rounds.rounds) } else { String::new() },
+            if analyses.is_empty() { String::new() } else { format!(", {} analysis", analyses.len()) }
         );
-        self.end(stage, step, StageStatus::Done, detail).await
+        self.end(Stage::Watch, step, StageStatus::Done, detail).await
+    }
+
+    /// An approval gate (`start` or `promote`).
+    async fn approve(&mut self, gate: &str) -> Result<(), String> {
+        let step = self.begin(Stage::Approve).await?;
+        let expires = self.env.approval.as_ref().and_then(|a| a.expires);
+        let question = format!("{} to {} ({gate})", self.d.version, self.env.name);
+        match self.wait_for_decision(gate, &question, expires).await {
+            Ok(detail) => self.end(Stage::Approve, step, StageStatus::Done, detail).await,
+            Err(e) => Err(self.fail(Stage::Approve, step, e).await),
+        }
+    }
+
+    /// Opens a gate, tells everyone, and waits for `approve` / `reject` (or expiry).
+    async fn wait_for_decision(&mut self, gate: &str, question: &str, expires: Option<Duration>) -> Result<String, String> {
+        let expires_at = expires.map(|d| now_ms() + d.as_millis() as i64);
+        let request = self
+            .store
+            .request_approval(&self.d.id, gate, &self.env.name, expires_at)
+            .await
+            .map_err(|e| e.to_string())?;
+        if request.decision.is_none() {
+            let how = format!(
+                "waiting for a decision on {question}: `deploy-agent approve {id} --reason ...` or `deploy-agent reject {id} --reason ...`",
+                id = self.d.id
+            );
+            self.reporter.note(&how);
+            self.notify(EventKind::ApprovalRequested, Some(Stage::Approve), format!("Approval needed: {question}"), Some(how), None);
+        }
+        let started = Instant::now();
+        loop {
+            let a = self
+                .store
+                .approval(&self.d.id, gate)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the approval request vanished")?;
+            let who = a.decided_by.clone().unwrap_or_default();
+            let why = a.reason.clone().map(|r| format!(": {r}")).unwrap_or_default();
+            match a.decision.as_deref() {
+                Some("approved") => return Ok(format!("approved by {who}{why}")),
+                Some(_) => return Err(format!("rejected by {who}{why}")),
+                None => {}
+            }
+            if a.expires_at.is_some_and(|e| e <= now_ms()) {
+                return Err(format!("no decision within {} s: the approval expired", expires.map_or(0, |d| d.as_secs())));
+            }
+            if self.lease.as_ref().is_some_and(Lease::lost) {
+                return Err("the environment lock was taken over while waiting".into());
+            }
+            let pause = Duration::from_millis(200);
+            tokio::time::sleep(pause).await;
+            self.waited = self.waited.max(Duration::ZERO) + pause;
+            let _ = started;
+        }
+    }
+
+    /// The rollback policy's `auto`: the previous release live again, verified, announced.
+    async fn auto_rollback(&mut self, evidence: &str) -> Result<String, String> {
+        let step = self.begin(Stage::Rollback).await?;
+        let started = now_ms();
+        let Some(previous) = self.d.previous_release.clone() else {
+            return Err(self.fail(Stage::Rollback, step, "there is no previous release to roll back to".into()).await);
+        };
+        let failed = self.d.release_id.clone().unwrap_or_default();
+        let live = match self.plugins.target.rollback(&self.ctx, Some(&previous)).await {
+            Ok(id) => id,
+            Err(e) => return Err(self.fail(Stage::Rollback, step, e.to_string()).await),
+        };
+        self.store.mark_live(&self.env.name, &live).await.map_err(|e| e.to_string())?;
+        self.store.set_release_state(&self.env.name, &failed, "failed").await.map_err(|e| e.to_string())?;
+        // Verify the release that serves again with the environment's checks.
+        let list: Vec<_> = self.env.checks.clone();
+        let subst = Subst { url: None, release: live.clone(), environment: self.env.name.clone() };
+        let rounds = check_rounds(&list, &subst, &self.config.base_dir(), Duration::ZERO).await;
+        self.waited += rounds.waited;
+        let verified = match &rounds.failed {
+            None => format!("{} check(s) pass on it", list.len()),
+            Some(f) => format!("but it fails its checks too: {f}"),
+        };
+        let detail = format!("{failed} failed its watch ({evidence}); {live} is live again, {verified}");
+        let mut record = crate::store::RollbackRecord {
+            id: new_id(),
+            environment: self.env.name.clone(),
+            initiator: "automatic".into(),
+            mode: "app".into(),
+            from_release: Some(failed.clone()),
+            to_release: Some(live.clone()),
+            actor: "agent".into(),
+            reason: Some(evidence.to_string()),
+            status: if rounds.failed.is_none() { "succeeded".into() } else { "failed".into() },
+            detail: Some(detail.clone()),
+            started_at: started,
+            ..Default::default()
+        };
+        Store::finished_now(&mut record);
+        self.store.save_rollback(&record).await.map_err(|e| e.to_string())?;
+        self.audit("release.rolled-back", Some(failed.clone()), Some(detail.clone())).await;
+        self.notify(
+            EventKind::RolledBack,
+            Some(Stage::Rollback),
+            format!("{} on {} was rolled back automatically: {live} is live again", self.d.version, self.env.name),
+            Some(format!("reason: {evidence}; verification: {verified}")),
+            None,
+        );
+        if rounds.failed.is_some() {
+            return Err(self.fail(Stage::Rollback, step, detail).await);
+        }
+        self.end(Stage::Rollback, step, StageStatus::Done, detail.clone()).await?;
+        Ok(detail)
     }
 
     async fn promote(&mut self) -> Result<(), String> {
@@ -1151,10 +1308,19 @@ impl Run<'_> {
     async fn finish(
         mut self,
         error: Option<String>,
+        rolled_back: bool,
         started: Instant,
         recovered: Vec<Recovery>,
     ) -> Result<Outcome, PipelineError> {
         let (status, kind, summary) = match &error {
+            Some(e) if rolled_back => (
+                "rolled_back",
+                EventKind::Failed,
+                format!(
+                    "Deploying {} to {} failed in {e}; rolled back",
+                    self.d.version, self.env.name
+                ),
+            ),
             None => (
                 "succeeded",
                 EventKind::Succeeded,
@@ -1222,9 +1388,45 @@ impl Run<'_> {
             stages: self.stages,
             findings: self.findings,
             checks: self.checks,
+            analyses: self.analyses,
             recovered,
             notify_failures: delivery.failed,
             total_ms: total.as_secs_f64() * 1e3,
         })
+    }
+}
+
+/// What rounds of checks found.
+#[derive(Debug, Default)]
+struct Rounds {
+    results: Vec<CheckResult>,
+    failed: Option<String>,
+    rounds: u32,
+    waited: Duration,
+}
+
+/// Runs `list` once, or in rounds until `window` has passed; stops at the first failure.
+async fn check_rounds(list: &[crate::config::CheckConfig], subst: &Subst, base: &std::path::Path, window: Duration) -> Rounds {
+    let mut out = Rounds::default();
+    let end = Instant::now() + window;
+    loop {
+        out.rounds += 1;
+        let results = checks::run_all(list.iter(), subst, base).await;
+        for r in &results {
+            if r.attempts > 1 {
+                out.waited += list.iter().find(|c| c.name == r.name).map_or(Duration::ZERO, |c| c.interval * (r.attempts - 1));
+            }
+        }
+        out.failed = results
+            .iter()
+            .find(|r| !r.passed)
+            .map(|f| format!("check `{}` failed after {} attempt(s): {}", f.name, f.attempts, f.detail));
+        out.results.extend(results);
+        if out.failed.is_some() || Instant::now() >= end {
+            return out;
+        }
+        let pause = list.iter().map(|c| c.interval).min().unwrap_or(Duration::from_secs(1));
+        out.waited += pause;
+        tokio::time::sleep(pause).await;
     }
 }

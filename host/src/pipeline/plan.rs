@@ -263,9 +263,24 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
         action: format!("make it live on `{}`", plugins.target.name()),
         details: vec![],
     };
+    let approve = env.approval.as_ref().map(|a| PlanStep {
+        stage: Stage::Approve,
+        action: format!(
+            "wait for `deploy-agent approve RUN`{}",
+            a.expires.map(|e| format!(" (expires after {} s)", e.as_secs())).unwrap_or_default()
+        ),
+        details: vec![],
+    });
+    if let Some(a) = approve.clone().filter(|_| env.approval.as_ref().is_some_and(|a| a.before == crate::config::Gate::Start)) {
+        steps.insert(1, a);
+    }
+    let before_promote = approve.filter(|_| env.approval.as_ref().is_some_and(|a| a.before == crate::config::Gate::Promote));
     if env.deploy.strategy == Strategy::Staged {
-        steps.extend([verify, promote]);
+        steps.push(verify);
+        steps.extend(before_promote);
+        steps.push(promote);
     } else {
+        steps.extend(before_promote);
         steps.extend([promote, verify]);
     }
     steps.push(PlanStep {

@@ -5,8 +5,10 @@
 //! PostgreSQL when several agents share one fleet (`state_url = "${env:STATE_DATABASE_URL}"`).
 //! The SQL is the same on both: text and 64-bit integer columns, `ON CONFLICT` upserts.
 
+mod approvals;
 mod audit;
 mod lease;
+mod rollbacks;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +16,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
+pub use approvals::{Approval, Decision};
 pub use audit::{AuditEntry, AuditRecord, AuditReport};
+pub use rollbacks::RollbackRecord;
 pub use lease::{Lease, LockHolder, Owner, hostname};
 
 use crate::db::Backend;
@@ -124,6 +128,34 @@ CREATE TABLE IF NOT EXISTS locks (
     deployment_id TEXT NOT NULL,
     acquired_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    deployment_id TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    requested_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    decision TEXT,
+    decided_by TEXT,
+    decided_at BIGINT,
+    reason TEXT,
+    PRIMARY KEY (deployment_id, gate)
+);
+CREATE TABLE IF NOT EXISTS rollbacks (
+    id TEXT PRIMARY KEY,
+    environment TEXT NOT NULL,
+    initiator TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    from_release TEXT,
+    to_release TEXT,
+    backup_id TEXT,
+    safety_backup TEXT,
+    actor TEXT NOT NULL,
+    reason TEXT,
+    status TEXT NOT NULL,
+    detail TEXT,
+    started_at BIGINT NOT NULL,
+    finished_at BIGINT
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq BIGINT PRIMARY KEY,
@@ -248,23 +280,23 @@ const DEPLOYMENT_COLUMNS: &str = "id, environment, version, artifact, digest, ac
 
 const RELEASE_COLUMNS: &str = "environment, id, deployment_id, version, digest, backup_id, schema_version, url, state, CAST(created_at AS TEXT), CAST(promoted_at AS TEXT)";
 
-fn opt(v: Option<&str>) -> String {
+pub(crate) fn opt(v: Option<&str>) -> String {
     v.map_or_else(|| "NULL".to_string(), lit)
 }
 
-struct Row(std::vec::IntoIter<Option<String>>);
+pub(crate) struct Row(pub(crate) std::vec::IntoIter<Option<String>>);
 
 impl Row {
-    fn s(&mut self) -> String {
+    pub(crate) fn s(&mut self) -> String {
         self.0.next().flatten().unwrap_or_default()
     }
-    fn o(&mut self) -> Option<String> {
+    pub(crate) fn o(&mut self) -> Option<String> {
         self.0.next().flatten()
     }
-    fn i(&mut self) -> i64 {
+    pub(crate) fn i(&mut self) -> i64 {
         self.s().parse().unwrap_or(0)
     }
-    fn oi(&mut self) -> Option<i64> {
+    pub(crate) fn oi(&mut self) -> Option<i64> {
         self.o().and_then(|v| v.parse().ok())
     }
 }

@@ -1,0 +1,478 @@
+//! Emergency rollback: the app (the target's previous or named release), the database (the
+//! backup that holds that release's schema, or down migrations), or both.
+//!
+//! [`plan`] works out what would happen and what it would cost (release ids, the backup and
+//! its age, what would be lost) without changing anything, and refuses a restore whose
+//! backup does not hold the schema the release runs on (unless forced). [`execute`] does it
+//! under the environment's lock: switch the app, take a safety snapshot, restore, verify the
+//! release with the environment's checks, record and announce it.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::checks::{CheckResult, Subst};
+use super::notify::{self, Notifications};
+use super::{PipelineError, Reporter, load_plugins, new_id, open_store};
+use crate::config::{Config, Environment};
+use crate::db::{backup, migrate};
+use crate::runtime::{CallContext, EventKind};
+use crate::store::{AuditEntry, Owner, ReleaseRecord, RollbackRecord, Store, now_ms};
+
+/// What to roll back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The app only: the target's earlier release.
+    App,
+    /// The database only.
+    Db,
+    /// Both.
+    Full,
+}
+
+/// How the database goes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbStrategy {
+    /// Restore the backup that holds the release's schema (data written since is lost).
+    Restore,
+    /// Run down migrations to the release's schema version (data kept where they allow).
+    Down,
+}
+
+/// A rollback request.
+#[derive(Debug, Clone)]
+pub struct RollbackRequest {
+    /// The environment.
+    pub environment: String,
+    /// The release to return to (default: the one before the live one).
+    pub to: Option<String>,
+    /// What to roll back.
+    pub mode: Mode,
+    /// The backup to restore, instead of the one that holds the release's schema.
+    pub backup: Option<String>,
+    /// Restore or down migrations.
+    pub db_strategy: DbStrategy,
+    /// Why (required: it goes in the record, the audit log and the notifications).
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+    /// Restore even when the backup's schema is not the release's.
+    pub force: bool,
+}
+
+/// The backup a restore would use.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupChoice {
+    /// Its id.
+    pub id: String,
+    /// The schema version it holds.
+    pub schema_version: Option<i64>,
+    /// When it finished.
+    pub taken_at: String,
+    /// Its age, seconds.
+    pub age_s: i64,
+}
+
+/// What a rollback would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackPlan {
+    /// The environment.
+    pub environment: String,
+    /// What.
+    pub mode: Mode,
+    /// How the database goes back.
+    pub db_strategy: DbStrategy,
+    /// The release live now.
+    pub from: Option<ReleaseRecord>,
+    /// The release to return to.
+    pub to: ReleaseRecord,
+    /// The database's schema version now.
+    pub schema_now: Option<String>,
+    /// The backup to restore (strategy `restore`).
+    pub backup: Option<BackupChoice>,
+    /// What would happen, step by step.
+    pub steps: Vec<String>,
+    /// What would be lost.
+    pub data_loss: Option<String>,
+    /// Reasons to refuse; empty when it can go ahead.
+    pub refusals: Vec<String>,
+}
+
+/// One step of an executed rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackStep {
+    /// Its name.
+    pub name: &'static str,
+    /// How long, ms.
+    pub duration_ms: f64,
+    /// What it did.
+    pub detail: String,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackOutcome {
+    /// The record, as stored.
+    pub record: RollbackRecord,
+    /// Step by step.
+    pub steps: Vec<RollbackStep>,
+    /// Checks of the release after the rollback.
+    pub checks: Vec<CheckResult>,
+    /// The whole rollback, ms (checks' retry waits excluded).
+    pub total_ms: f64,
+}
+
+impl RollbackOutcome {
+    /// Whether it worked and the release passed its checks.
+    pub fn succeeded(&self) -> bool {
+        self.record.status == "succeeded"
+    }
+}
+
+fn app(mode: Mode) -> bool {
+    matches!(mode, Mode::App | Mode::Full)
+}
+
+fn db(mode: Mode) -> bool {
+    matches!(mode, Mode::Db | Mode::Full)
+}
+
+/// Works out the rollback; changes nothing.
+pub async fn plan(config: &Config, req: &RollbackRequest) -> Result<RollbackPlan, PipelineError> {
+    let env = config
+        .environment(&req.environment)
+        .map_err(PipelineError::Setup)?;
+    let store = open_store(config).await?;
+    plan_with(env, &store, req).await
+}
+
+async fn plan_with(
+    env: &Environment,
+    store: &Store,
+    req: &RollbackRequest,
+) -> Result<RollbackPlan, PipelineError> {
+    let setup = PipelineError::Setup;
+    let releases = store.releases(&env.name).await?;
+    let from = releases.iter().find(|r| r.state == "live").cloned();
+    let to = match &req.to {
+        Some(id) => releases
+            .iter()
+            .find(|r| &r.id == id)
+            .cloned()
+            .ok_or_else(|| setup(format!("no release `{id}` in {} (see `deploy-agent releases --env {}`)", env.name, env.name)))?,
+        None => {
+            let live_at = from.as_ref().map_or(i64::MAX, |l| l.created_at);
+            releases
+                .iter()
+                .filter(|r| r.created_at < live_at && matches!(r.state.as_str(), "superseded" | "rolled_back"))
+                .max_by_key(|r| r.created_at)
+                .cloned()
+                .ok_or_else(|| setup(format!("no earlier release of {} to roll back to", env.name)))?
+        }
+    };
+    let mut steps = Vec::new();
+    let mut refusals = Vec::new();
+    if app(req.mode) {
+        match &from {
+            Some(l) if l.id == to.id && req.mode == Mode::App => {
+                refusals.push(format!("{} is already live", to.id));
+            }
+            Some(l) => steps.push(format!("switch the app from {} ({}) to {} ({})", l.id, l.version, to.id, to.version)),
+            None => steps.push(format!("make {} ({}) live", to.id, to.version)),
+        }
+    }
+    let mut schema_now = None;
+    let mut choice = None;
+    let mut data_loss = None;
+    if db(req.mode) {
+        let Some(database) = &env.database else {
+            return Err(setup(format!("environment `{}` has no database to roll back", env.name)));
+        };
+        let settings = database.settings(env.strict).map_err(setup)?;
+        schema_now = migrate::status(&settings)
+            .await
+            .map_err(|e| setup(e.to_string()))?
+            .current
+            .map(|v| v.to_string());
+        let want = to.schema_version.clone();
+        match req.db_strategy {
+            DbStrategy::Down => {
+                if schema_now == want {
+                    steps.push(format!("the database is already at schema {}: nothing to revert", want.as_deref().unwrap_or("none")));
+                } else {
+                    steps.push(format!(
+                        "take a safety snapshot, then run down migrations from schema {} to {}",
+                        schema_now.as_deref().unwrap_or("none"),
+                        want.as_deref().unwrap_or("none")
+                    ));
+                }
+            }
+            DbStrategy::Restore => {
+                // The backup that holds `to`'s schema: named, else the first one taken after
+                // `to` (before the next release migrated), else any with that schema.
+                let id = match &req.backup {
+                    Some(b) => Some(b.clone()),
+                    None => releases
+                        .iter()
+                        .filter(|r| r.created_at > to.created_at && r.backup_id.is_some())
+                        .min_by_key(|r| r.created_at)
+                        .and_then(|r| r.backup_id.clone())
+                        .or_else(|| to.backup_id.clone().filter(|_| schema_now == want)),
+                };
+                match id {
+                    None if schema_now == want => steps.push(format!(
+                        "the database is already at schema {}: nothing to restore (name a backup with --backup to restore data anyway)",
+                        want.as_deref().unwrap_or("none")
+                    )),
+                    None => refusals.push(format!(
+                        "no recorded backup holds schema {} (the database is at {}): name one with --backup ID, or use --db-strategy down",
+                        want.as_deref().unwrap_or("none"),
+                        schema_now.as_deref().unwrap_or("none")
+                    )),
+                    Some(id) => {
+                        let m = backup::find(&env.backup.dir, &id).map_err(|e| setup(e.to_string()))?;
+                        let taken = backup::time::parse_rfc3339(&m.finished_at).unwrap_or(0);
+                        let age_s = (now_ms() / 1000 - taken).max(0);
+                        let held = m.schema_version.map(|v| v.to_string());
+                        if held != want {
+                            let msg = format!(
+                                "backup {id} holds schema {}, but release {} runs on schema {}: restoring it would leave the release on a schema it was not built for",
+                                held.as_deref().unwrap_or("none"),
+                                to.id,
+                                want.as_deref().unwrap_or("none")
+                            );
+                            if req.force {
+                                steps.push(format!("{msg} (forced)"));
+                            } else {
+                                refusals.push(format!("{msg}; pass --force to restore it anyway"));
+                            }
+                        }
+                        steps.push("take a safety snapshot of the database as it is now".into());
+                        steps.push(format!(
+                            "restore backup {id} (schema {}, taken {}, {} ago)",
+                            held.as_deref().unwrap_or("none"),
+                            m.finished_at,
+                            age(age_s)
+                        ));
+                        data_loss = Some(format!(
+                            "everything written to the database since {} ({} ago) is replaced by the backup; the safety snapshot keeps it",
+                            m.finished_at,
+                            age(age_s)
+                        ));
+                        choice = Some(BackupChoice {
+                            id,
+                            schema_version: m.schema_version,
+                            taken_at: m.finished_at,
+                            age_s,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let checks = env.checks.len();
+    steps.push(format!("verify {} with the environment's {checks} check(s)", to.id));
+    steps.push("record the rollback, write the audit log, notify".into());
+    Ok(RollbackPlan {
+        environment: env.name.clone(),
+        mode: req.mode,
+        db_strategy: req.db_strategy,
+        from,
+        to,
+        schema_now,
+        backup: choice,
+        steps,
+        data_loss,
+        refusals,
+    })
+}
+
+fn age(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+/// Carries out a plan made by [`plan`] (re-checked under the lock).
+pub async fn execute(
+    config: &Config,
+    req: &RollbackRequest,
+    reporter: &dyn Reporter,
+) -> Result<RollbackOutcome, PipelineError> {
+    let started = Instant::now();
+    let env = config
+        .environment(&req.environment)
+        .map_err(PipelineError::Setup)?;
+    let store = open_store(config).await?;
+    let id = new_id();
+    let mut steps: Vec<RollbackStep> = Vec::new();
+    let mut step = |name: &'static str, at: Instant, detail: String, _: &dyn Reporter| {
+        steps.push(RollbackStep {
+            name,
+            duration_ms: at.elapsed().as_secs_f64() * 1e3,
+            detail,
+        });
+    };
+
+    let at = Instant::now();
+    let (lease, _) = store
+        .acquire(&env.name, &Owner::this_process(), &format!("rollback-{id}"), env.deploy.lock_lease)
+        .await?;
+    let plan = match plan_with(env, &store, req).await {
+        Ok(p) if p.refusals.is_empty() => p,
+        Ok(p) => {
+            lease.release().await?;
+            return Err(PipelineError::Setup(p.refusals.join("; ")));
+        }
+        Err(e) => {
+            lease.release().await?;
+            return Err(e);
+        }
+    };
+    step("lock", at, format!("lease {} s", env.deploy.lock_lease.as_secs()), reporter);
+    let mut record = RollbackRecord {
+        id: id.clone(),
+        environment: env.name.clone(),
+        initiator: "operator".into(),
+        mode: format!("{:?}", req.mode).to_lowercase(),
+        from_release: plan.from.as_ref().map(|r| r.id.clone()),
+        to_release: Some(plan.to.id.clone()),
+        backup_id: plan.backup.as_ref().map(|b| b.id.clone()),
+        actor: req.actor.clone(),
+        reason: Some(req.reason.clone()),
+        status: "running".into(),
+        started_at: now_ms(),
+        ..Default::default()
+    };
+    store.save_rollback(&record).await?;
+    let result = run_steps(config, env, &store, req, &plan, &mut record, &mut step, reporter).await;
+    let (checks, waited) = match result {
+        Ok(c) => c,
+        Err(e) => {
+            record.status = "failed".into();
+            record.detail = Some(e.clone());
+            (Vec::new(), std::time::Duration::ZERO)
+        }
+    };
+    if record.status == "running" {
+        record.status = if checks.iter().all(|c| c.passed) { "succeeded".into() } else { "failed".into() };
+    }
+    Store::finished_now(&mut record);
+    let summary = steps.iter().map(|s| format!("{} {:.0} ms: {}", s.name, s.duration_ms, s.detail)).collect::<Vec<_>>().join("; ");
+    if record.detail.is_none() {
+        record.detail = Some(summary.clone());
+    }
+    store.save_rollback(&record).await?;
+    store
+        .audit(AuditEntry {
+            actor: req.actor.clone(),
+            action: format!("rollback.{}", record.mode),
+            environment: Some(env.name.clone()),
+            subject: Some(id.clone()),
+            why: Some(req.reason.clone()),
+            detail: record.detail.clone(),
+        })
+        .await?;
+    // Tell the environment's notifiers.
+    if let Ok(plugins) = load_plugins(config, env) {
+        let ctx = CallContext { environment: env.name.clone(), deployment_id: id.clone() };
+        let n = Notifications::start(plugins.notifiers, ctx);
+        n.send(notify::event(
+            EventKind::RolledBack,
+            &env.name,
+            &id,
+            &plan.to.version,
+            &req.actor,
+            None,
+            format!(
+                "{} rolled back ({}) to {} by {}: {}",
+                env.name, record.mode, plan.to.id, req.actor, record.status
+            ),
+            Some(format!("reason: {}; {}", req.reason, record.detail.clone().unwrap_or_default())),
+            Some(started.elapsed()),
+        ));
+        let delivery = n.finish().await;
+        for f in &delivery.failed {
+            reporter.note(&format!("notifier: {f}"));
+        }
+    }
+    lease.release().await?;
+    Ok(RollbackOutcome {
+        record,
+        steps,
+        checks,
+        total_ms: started.elapsed().saturating_sub(waited).as_secs_f64() * 1e3,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_steps(
+    config: &Config,
+    env: &Environment,
+    store: &Store,
+    req: &RollbackRequest,
+    plan: &RollbackPlan,
+    record: &mut RollbackRecord,
+    step: &mut impl FnMut(&'static str, Instant, String, &dyn Reporter),
+    reporter: &dyn Reporter,
+) -> Result<(Vec<CheckResult>, std::time::Duration), String> {
+    let to = &plan.to;
+    if app(req.mode) && plan.from.as_ref().is_none_or(|f| f.id != to.id) {
+        let at = Instant::now();
+        let plugins = load_plugins(config, env)?;
+        let ctx = CallContext { environment: env.name.clone(), deployment_id: record.id.clone() };
+        let live = plugins.target.rollback(&ctx, Some(&to.id)).await.map_err(|e| e.to_string())?;
+        store.mark_live(&env.name, &live).await.map_err(|e| e.to_string())?;
+        if let Some(from) = &plan.from {
+            store.set_release_state(&env.name, &from.id, "rolled_back").await.map_err(|e| e.to_string())?;
+        }
+        step("app", at, format!("{live} is live"), reporter);
+    }
+    if db(req.mode) {
+        let database = env.database.as_ref().ok_or("no database")?;
+        let settings = database.settings(env.strict)?;
+        let want = to.schema_version.as_ref().and_then(|v| v.parse::<i64>().ok());
+        let needs_down = req.db_strategy == DbStrategy::Down && plan.schema_now != to.schema_version;
+        if plan.backup.is_some() || needs_down {
+            let at = Instant::now();
+            let bs = env.backup.settings(&env.name)?;
+            let safety = backup::create(
+                &settings.url,
+                &bs,
+                &req.actor,
+                &format!("safety snapshot before rollback {}", record.id),
+                Arc::new(AtomicU64::new(0)),
+            )
+            .await
+            .map_err(|e| format!("the safety snapshot failed, so nothing was restored: {e}"))?;
+            record.safety_backup = Some(safety.id.clone());
+            store.save_rollback(record).await.map_err(|e| e.to_string())?;
+            step("snapshot", at, safety.id.clone(), reporter);
+            let at = Instant::now();
+            if let Some(choice) = &plan.backup {
+                let m = backup::find(&bs.dir, &choice.id).map_err(|e| e.to_string())?;
+                backup::restore(&m, &bs.dir, bs.key.as_ref(), &settings.url).await.map_err(|e| e.to_string())?;
+                step("restore", at, format!("{} restored (schema {})", choice.id, choice.schema_version.map_or("none".into(), |v| v.to_string())), reporter);
+            } else {
+                let reverted = migrate::revert(&settings, Some(want.unwrap_or(0))).await.map_err(|e| e.to_string())?;
+                step("down", at, format!("reverted {} migration(s) to schema {}", reverted.len(), want.map_or("none".into(), |v| v.to_string())), reporter);
+            }
+        }
+    }
+    let at = Instant::now();
+    let subst = Subst { url: to.url.clone(), release: to.id.clone(), environment: env.name.clone() };
+    let rounds = super::check_rounds(&env.checks, &subst, &config.base_dir(), std::time::Duration::ZERO).await;
+    let detail = match &rounds.failed {
+        None => format!("{} check(s) passed on {}", env.checks.len(), to.id),
+        Some(f) => format!("{} fails its checks: {f}", to.id),
+    };
+    step("verify", at, detail, reporter);
+    Ok((rounds.results, rounds.waited))
+}

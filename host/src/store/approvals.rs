@@ -1,0 +1,147 @@
+//! Approval gates: a run waits at a gate until someone approves or rejects it, or it expires.
+
+use serde::Serialize;
+
+use super::{Row, Store, StoreError, now_ms, opt};
+use crate::db::conn::lit;
+
+/// A gate's request and, once made, its decision.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Approval {
+    /// The run.
+    pub deployment_id: String,
+    /// The gate: `start`, `promote`, or `analysis` (an inconclusive analysis).
+    pub gate: String,
+    /// The environment.
+    pub environment: String,
+    /// Asked, ms since the epoch.
+    pub requested_at: i64,
+    /// Expires, ms since the epoch.
+    pub expires_at: Option<i64>,
+    /// `approved` or `rejected`, once decided.
+    pub decision: Option<String>,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When, ms since the epoch.
+    pub decided_at: Option<i64>,
+    /// Why, as they said.
+    pub reason: Option<String>,
+}
+
+/// A decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on.
+    Approved,
+    /// Stop.
+    Rejected,
+}
+
+impl Decision {
+    fn word(self) -> &'static str {
+        match self {
+            Decision::Approved => "approved",
+            Decision::Rejected => "rejected",
+        }
+    }
+}
+
+const COLUMNS: &str = "deployment_id, gate, environment, CAST(requested_at AS TEXT), CAST(expires_at AS TEXT), decision, decided_by, CAST(decided_at AS TEXT), reason";
+
+fn approval(row: Vec<Option<String>>) -> Approval {
+    let mut r = Row(row.into_iter());
+    Approval {
+        deployment_id: r.s(),
+        gate: r.s(),
+        environment: r.s(),
+        requested_at: r.i(),
+        expires_at: r.oi(),
+        decision: r.o(),
+        decided_by: r.o(),
+        decided_at: r.oi(),
+        reason: r.o(),
+    }
+}
+
+impl Store {
+    /// Opens a gate (keeps an existing request, and its decision, when a resumed run asks again).
+    pub async fn request_approval(
+        &self,
+        deployment: &str,
+        gate: &str,
+        environment: &str,
+        expires_at: Option<i64>,
+    ) -> Result<Approval, StoreError> {
+        self.exec(&format!(
+            "INSERT INTO approvals (deployment_id, gate, environment, requested_at, expires_at) VALUES ({}, {}, {}, {}, {}) ON CONFLICT (deployment_id, gate) DO NOTHING",
+            lit(deployment),
+            lit(gate),
+            lit(environment),
+            now_ms(),
+            expires_at.map_or("NULL".into(), |e| e.to_string()),
+        ))
+        .await?;
+        self.approval(deployment, gate)
+            .await?
+            .ok_or_else(|| StoreError::Query("the approval request vanished".into()))
+    }
+
+    /// One gate.
+    pub async fn approval(&self, deployment: &str, gate: &str) -> Result<Option<Approval>, StoreError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE deployment_id = {} AND gate = {}",
+                lit(deployment),
+                lit(gate)
+            ))
+            .await?;
+        Ok(rows.into_iter().next().map(approval))
+    }
+
+    /// Gates still waiting (undecided, unexpired), oldest first.
+    pub async fn pending_approvals(&self, environment: Option<&str>) -> Result<Vec<Approval>, StoreError> {
+        let env = environment.map_or_else(String::new, |e| format!(" AND environment = {}", lit(e)));
+        let rows = self
+            .rows(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE decision IS NULL AND (expires_at IS NULL OR expires_at > {}){env} ORDER BY requested_at",
+                now_ms()
+            ))
+            .await?;
+        Ok(rows.into_iter().map(approval).collect())
+    }
+
+    /// Decides the run's open gate. Fails when nothing is waiting (decided, expired, unknown).
+    pub async fn decide(
+        &self,
+        deployment: &str,
+        decision: Decision,
+        who: &str,
+        reason: &str,
+    ) -> Result<Approval, StoreError> {
+        let now = now_ms();
+        let changed = self
+            .exec(&format!(
+                "UPDATE approvals SET decision = {}, decided_by = {}, decided_at = {now}, reason = {} WHERE deployment_id = {} AND decision IS NULL AND (expires_at IS NULL OR expires_at > {now})",
+                lit(decision.word()),
+                lit(who),
+                opt(Some(reason)),
+                lit(deployment),
+            ))
+            .await?;
+        if changed == 0 {
+            return Err(StoreError::Query(format!(
+                "run {deployment} is not waiting for a decision (unknown run, already decided, or expired)"
+            )));
+        }
+        let rows = self
+            .rows(&format!(
+                "SELECT {COLUMNS} FROM approvals WHERE deployment_id = {} AND decided_at = {now}",
+                lit(deployment)
+            ))
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(approval)
+            .ok_or_else(|| StoreError::Query("the decision vanished".into()))
+    }
+}

@@ -1,0 +1,104 @@
+//! Rollback records: automatic (a failed watch) and emergency (an operator).
+
+use serde::Serialize;
+
+use super::{Row, Store, StoreError, now_ms, opt};
+use crate::db::conn::lit;
+
+/// One rollback.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+pub struct RollbackRecord {
+    /// Its id.
+    pub id: String,
+    /// The environment.
+    pub environment: String,
+    /// `automatic` or `operator`.
+    pub initiator: String,
+    /// `app`, `db` or `full`.
+    pub mode: String,
+    /// The release that was live.
+    pub from_release: Option<String>,
+    /// The release live afterwards.
+    pub to_release: Option<String>,
+    /// The backup restored.
+    pub backup_id: Option<String>,
+    /// The snapshot taken before restoring.
+    pub safety_backup: Option<String>,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// `running`, `succeeded`, `failed`.
+    pub status: String,
+    /// What happened, stage by stage.
+    pub detail: Option<String>,
+    /// Start, ms since the epoch.
+    pub started_at: i64,
+    /// End, ms since the epoch.
+    pub finished_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, environment, initiator, mode, from_release, to_release, backup_id, safety_backup, actor, reason, status, detail, CAST(started_at AS TEXT), CAST(finished_at AS TEXT)";
+
+impl Store {
+    /// Records a rollback (insert or update by id).
+    pub async fn save_rollback(&self, r: &RollbackRecord) -> Result<(), StoreError> {
+        self.exec(&format!(
+            "INSERT INTO rollbacks (id, environment, initiator, mode, from_release, to_release, backup_id, safety_backup, actor, reason, status, detail, started_at, finished_at) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+             ON CONFLICT (id) DO UPDATE SET to_release = excluded.to_release, backup_id = excluded.backup_id, safety_backup = excluded.safety_backup, status = excluded.status, detail = excluded.detail, finished_at = excluded.finished_at",
+            lit(&r.id),
+            lit(&r.environment),
+            lit(&r.initiator),
+            lit(&r.mode),
+            opt(r.from_release.as_deref()),
+            opt(r.to_release.as_deref()),
+            opt(r.backup_id.as_deref()),
+            opt(r.safety_backup.as_deref()),
+            lit(&r.actor),
+            opt(r.reason.as_deref()),
+            lit(&r.status),
+            opt(r.detail.as_deref()),
+            r.started_at,
+            r.finished_at.map_or("NULL".into(), |v| v.to_string()),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// An environment's rollbacks, newest first.
+    pub async fn rollbacks(&self, environment: &str) -> Result<Vec<RollbackRecord>, StoreError> {
+        let rows = self
+            .rows(&format!(
+                "SELECT {COLUMNS} FROM rollbacks WHERE environment = {} ORDER BY started_at DESC",
+                lit(environment)
+            ))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let mut r = Row(row.into_iter());
+                RollbackRecord {
+                    id: r.s(),
+                    environment: r.s(),
+                    initiator: r.s(),
+                    mode: r.s(),
+                    from_release: r.o(),
+                    to_release: r.o(),
+                    backup_id: r.o(),
+                    safety_backup: r.o(),
+                    actor: r.s(),
+                    reason: r.o(),
+                    status: r.s(),
+                    detail: r.o(),
+                    started_at: r.i(),
+                    finished_at: r.oi(),
+                }
+            })
+            .collect())
+    }
+
+    /// Stamps the end time.
+    pub fn finished_now(r: &mut RollbackRecord) {
+        r.finished_at = Some(now_ms());
+    }
+}
