@@ -6,4 +6,6 @@ mod cli;
 mod config;
 mod migrate;
 mod pipeline;
+mod project;
+mod rollback;
 mod sandbox;

@@ -2,144 +2,15 @@
 //! database with migrations, the state store, crashes at every step boundary.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use deploy_agent::store::{AuditEntry, Owner, Store, StoreError};
 use deploy_agent_tests::http::{Behaviour, TestServer};
 use deploy_agent_tests::{bin, fixtures, repo_root, sqlite_count};
+
+use crate::project::{Project, stderr};
 use serde_json::Value;
-
-/// A throwaway project: agent.toml, a site, the example app's migrations.
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    /// `env_keys` go into `[environments.local]`; `tables` are appended at the end.
-    fn new(env_keys: &str, tables: &str) -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("site/assets")).unwrap();
-        std::fs::write(root.join("site/index.html"), "<h1>v1</h1>").unwrap();
-        std::fs::write(root.join("site/assets/app.css"), "body{}").unwrap();
-        std::fs::create_dir(root.join("migrations")).unwrap();
-        for entry in std::fs::read_dir(repo_root().join("examples/app/migrations")).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(
-                entry.path(),
-                root.join("migrations").join(entry.file_name()),
-            )
-            .unwrap();
-        }
-        let toml = format!(
-            r#"[agent]
-state_dir = "state"
-
-[plugins.local]
-path = "{local}"
-[plugins.local.policy]
-dirs = [{{ path = "sites", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
-
-[environments.local]
-{env_keys}
-
-[environments.local.target]
-plugin = "local"
-config = {{ root = "/srv/local", keep = 3 }}
-
-[environments.local.artifact]
-path = "site"
-
-[environments.local.database]
-url = "sqlite:app.db"
-migrations = "migrations"
-
-[environments.local.deploy]
-poll_interval_ms = 10
-lock_lease_ms = 60000
-
-[[environments.local.checks]]
-name = "staged release is complete"
-command = "test -s sites/local/releases/{{release}}/index.html"
-
-[[environments.local.checks]]
-name = "live"
-stage = "watch"
-command = "test \"$(readlink sites/local/current)\" = releases/{{release}}"
-{tables}
-"#,
-            local = fixtures::LOCAL,
-        );
-        std::fs::write(root.join("agent.toml"), toml).unwrap();
-        Project { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin());
-        cmd.current_dir(self.dir.path()).args(args);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("runs")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let out = self.run(&all);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{args:?}: not JSON ({e}): {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-    }
-
-    fn deploy(&self) -> (i32, Value) {
-        let out = self.run(&["deploy", "--env", "local", "--output", "json"]);
-        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code().unwrap_or(-1), v)
-    }
-
-    fn current(&self) -> Option<String> {
-        std::fs::read_link(self.path("sites/local/current"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned())
-    }
-
-    fn db_url(&self) -> String {
-        format!("sqlite:{}", self.path("app.db").display())
-    }
-
-    fn backups(&self) -> usize {
-        std::fs::read_dir(self.path("state/backups/local"))
-            .map(|d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".backup"))
-                })
-                .count()
-            })
-            .unwrap_or(0)
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_runs_every_stage_and_records_everything() {
@@ -1021,7 +892,7 @@ async fn checks_probe_http_tcp_and_commands_with_retries() {
 }
 
 /// The second release adds a migration; the run dies after promoting it.
-fn crash_a_second_release(p: &Project) -> (String, String) {
+pub(crate) fn crash_a_second_release(p: &Project) -> (String, String) {
     let (code, v) = p.deploy();
     assert_eq!(code, 0, "{v:#}");
     let first = v["deployment"]["release_id"].as_str().unwrap().to_string();

@@ -368,7 +368,9 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
             a.deployment_id,
             a.gate,
             a.deployment_id,
-            a.expires_at.map(|e| format!(" (expires {})", time(e))).unwrap_or_default()
+            a.expires_at
+                .map(|e| format!(" (expires {})", time(e)))
+                .unwrap_or_default()
         );
     }
     if let Some(d) = &last {
@@ -641,7 +643,10 @@ pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     if !plan.refusals.is_empty() {
         anyhow::bail!("refusing to roll back: {}", plan.refusals.join("; "));
     }
-    super::backup::confirm(args.yes, &format!("roll back {} to {}", plan.environment, plan.to.id))?;
+    super::backup::confirm(
+        args.yes,
+        &format!("roll back {} to {}", plan.environment, plan.to.id),
+    )?;
     let live = Live {
         tty: std::io::stdout().is_terminal(),
     };
@@ -661,7 +666,10 @@ pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
             ms(outcome.total_ms)
         );
         if let Some(s) = &outcome.record.safety_backup {
-            say!("  safety snapshot: {s} (restore it with `deploy-agent backup restore --env {} {s}`)", outcome.record.environment);
+            say!(
+                "  safety snapshot: {s} (restore it with `deploy-agent backup restore --env {} {s}`)",
+                outcome.record.environment
+            );
         }
     }
     Ok(if outcome.succeeded() {
@@ -684,10 +692,15 @@ pub struct DecideArgs {
     pub config: PathBuf,
 }
 
-pub(super) async fn decide(args: DecideArgs, decision: crate::store::Decision) -> anyhow::Result<ExitCode> {
+pub(super) async fn decide(
+    args: DecideArgs,
+    decision: crate::store::Decision,
+) -> anyhow::Result<ExitCode> {
     let (_, store) = store_for(&args.config, None).await?;
     let who = actor();
-    let a = store.decide(&args.run, decision, &who, &args.reason).await?;
+    let a = store
+        .decide(&args.run, decision, &who, &args.reason)
+        .await?;
     let word = a.decision.clone().unwrap_or_default();
     store
         .audit(crate::store::AuditEntry {

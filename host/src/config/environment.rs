@@ -449,7 +449,11 @@ impl Validator<'_> {
                 checks.push(check);
             }
         }
-        let rollback = match env.rollback.as_ref().and_then(|r| r.get_ref().policy.as_ref()) {
+        let rollback = match env
+            .rollback
+            .as_ref()
+            .and_then(|r| r.get_ref().policy.as_ref())
+        {
             None => RollbackPolicy::Auto,
             Some(p) => match p.get_ref().as_str() {
                 "auto" => RollbackPolicy::Auto,
@@ -461,30 +465,58 @@ impl Validator<'_> {
                 }
             },
         };
-        let approval = env.approval.as_ref().map(Spanned::get_ref).filter(|a| a.required.unwrap_or(true)).map(|a| {
-            let before = match a.before.as_ref() {
-                None => Gate::Promote,
-                Some(b) => match b.get_ref().as_str() {
-                    "promote" => Gate::Promote,
-                    "start" => Gate::Start,
-                    other => {
-                        self.error(b, format!("unknown approval gate `{other}`"), "use `promote` (after verify) or `start` (before anything)");
-                        Gate::Promote
-                    }
-                },
-            };
-            let expires = a.expires_ms.as_ref().map(|e| ms(self, &Some(e.clone()), Duration::ZERO, "expires_ms", (1_000, 30 * 86_400_000)));
-            ApprovalConfig { before, expires }
-        });
+        let approval = env
+            .approval
+            .as_ref()
+            .map(Spanned::get_ref)
+            .filter(|a| a.required.unwrap_or(true))
+            .map(|a| {
+                let before = match a.before.as_ref() {
+                    None => Gate::Promote,
+                    Some(b) => match b.get_ref().as_str() {
+                        "promote" => Gate::Promote,
+                        "start" => Gate::Start,
+                        other => {
+                            self.error(
+                                b,
+                                format!("unknown approval gate `{other}`"),
+                                "use `promote` (after verify) or `start` (before anything)",
+                            );
+                            Gate::Promote
+                        }
+                    },
+                };
+                let expires = a.expires_ms.as_ref().map(|e| {
+                    ms(
+                        self,
+                        &Some(e.clone()),
+                        Duration::ZERO,
+                        "expires_ms",
+                        (1_000, 30 * 86_400_000),
+                    )
+                });
+                ApprovalConfig { before, expires }
+            });
         let mut analysis = Vec::new();
         for a in env.analysis.iter().flatten() {
             let a = a.get_ref();
             let p = a.prometheus.get_ref();
             if !(p.starts_with("http://") || p.starts_with("https://")) {
-                self.error(&a.prometheus, "`prometheus` must be an http:// or https:// base URL", "for example `http://prometheus:9090`");
+                self.error(
+                    &a.prometheus,
+                    "`prometheus` must be an http:// or https:// base URL",
+                    "for example `http://prometheus:9090`",
+                );
             }
             if a.max.is_none() && a.min.is_none() {
-                self.error(&a.name, format!("analysis `{}` sets neither `max` nor `min`, so it could never fail", a.name.get_ref()), "add `max = 0.01` (error rate) or `min = ...`");
+                self.error(
+                    &a.name,
+                    format!(
+                        "analysis `{}` sets neither `max` nor `min`, so it could never fail",
+                        a.name.get_ref()
+                    ),
+                    "add `max = 0.01` (error rate) or `min = ...`",
+                );
             }
             analysis.push(AnalysisConfig {
                 name: a.name.get_ref().clone(),
@@ -492,7 +524,13 @@ impl Validator<'_> {
                 query: a.query.clone(),
                 max: a.max,
                 min: a.min,
-                interval: ms(self, &a.interval_ms, Duration::from_secs(10), "interval_ms", (10, 3_600_000)),
+                interval: ms(
+                    self,
+                    &a.interval_ms,
+                    Duration::from_secs(10),
+                    "interval_ms",
+                    (10, 3_600_000),
+                ),
                 count: a.count.unwrap_or(3).max(1),
                 failure_limit: a.failure_limit.unwrap_or(0),
                 consecutive_success_limit: a.consecutive_success_limit.unwrap_or(0),

@@ -76,11 +76,12 @@ fn encode(text: &str) -> String {
 pub async fn measure(a: &AnalysisConfig) -> Measurement {
     let url = format!("{}/api/v1/query?query={}", a.prometheus, encode(&a.query));
     let inconclusive = |reason: String| Measurement::Inconclusive { reason };
-    let (status, body) = match tokio::time::timeout(Duration::from_secs(10), super::checks::get(&url)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return inconclusive(e),
-        Err(_) => return inconclusive("the query server did not answer within 10 s".into()),
-    };
+    let (status, body) =
+        match tokio::time::timeout(Duration::from_secs(10), super::checks::get(&url)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return inconclusive(e),
+            Err(_) => return inconclusive("the query server did not answer within 10 s".into()),
+        };
     let doc: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(d) => d,
         Err(e) => return inconclusive(format!("status {status}, not JSON: {e}")),

@@ -595,10 +595,18 @@ pub async fn deploy(
         match env.rollback {
             RollbackPolicy::Auto => match run.auto_rollback(&evidence).await {
                 Ok(_) => rolled_back = true,
-                Err(e) => error = Some(format!("{}; automatic rollback failed: {e}", error.unwrap_or_default())),
+                Err(e) => {
+                    error = Some(format!(
+                        "{}; automatic rollback failed: {e}",
+                        error.unwrap_or_default()
+                    ))
+                }
             },
             RollbackPolicy::Notify => {
-                error = Some(format!("{}; the release stays live (rollback policy `notify`)", error.unwrap_or_default()));
+                error = Some(format!(
+                    "{}; the release stays live (rollback policy `notify`)",
+                    error.unwrap_or_default()
+                ));
             }
             RollbackPolicy::Off => {}
         }
@@ -1090,27 +1098,65 @@ impl Run<'_> {
 
     async fn verify(&mut self) -> Result<(), String> {
         let step = self.begin(Stage::Verify).await?;
-        let list: Vec<_> = self.env.checks.iter().filter(|c| c.stage == CheckStage::Verify).cloned().collect();
+        let list: Vec<_> = self
+            .env
+            .checks
+            .iter()
+            .filter(|c| c.stage == CheckStage::Verify)
+            .cloned()
+            .collect();
         if list.is_empty() {
-            return self.end(Stage::Verify, step, StageStatus::Skipped, "no checks".into()).await;
+            return self
+                .end(
+                    Stage::Verify,
+                    step,
+                    StageStatus::Skipped,
+                    "no checks".into(),
+                )
+                .await;
         }
-        let rounds = check_rounds(&list, &self.subst(), &self.config.base_dir(), Duration::ZERO).await;
+        let rounds = check_rounds(
+            &list,
+            &self.subst(),
+            &self.config.base_dir(),
+            Duration::ZERO,
+        )
+        .await;
         self.waited += rounds.waited;
         self.checks.extend(rounds.results);
         if let Some(f) = rounds.failed {
             return Err(self.fail(Stage::Verify, step, f).await);
         }
-        self.end(Stage::Verify, step, StageStatus::Done, format!("{} check(s) passed", list.len())).await
+        self.end(
+            Stage::Verify,
+            step,
+            StageStatus::Done,
+            format!("{} check(s) passed", list.len()),
+        )
+        .await
     }
 
     /// Watch checks for the window and every analysis, side by side. A failure is recorded
     /// as `watch_failed` (the evidence) for the rollback policy.
     async fn watch(&mut self) -> Result<(), String> {
         let step = self.begin(Stage::Watch).await?;
-        let list: Vec<_> = self.env.checks.iter().filter(|c| c.stage == CheckStage::Watch).cloned().collect();
+        let list: Vec<_> = self
+            .env
+            .checks
+            .iter()
+            .filter(|c| c.stage == CheckStage::Watch)
+            .cloned()
+            .collect();
         let analyses = self.env.analysis.clone();
         if list.is_empty() && analyses.is_empty() {
-            return self.end(Stage::Watch, step, StageStatus::Skipped, "no watch checks or analysis".into()).await;
+            return self
+                .end(
+                    Stage::Watch,
+                    step,
+                    StageStatus::Skipped,
+                    "no watch checks or analysis".into(),
+                )
+                .await;
         }
         let subst = self.subst();
         let base = self.config.base_dir();
@@ -1137,12 +1183,22 @@ impl Run<'_> {
             self.reporter.note(&r.detail);
         }
         if evidence.is_none() {
-            evidence = results.iter().find(|r| r.verdict == analysis::Verdict::Failed).map(|r| r.detail.clone());
+            evidence = results
+                .iter()
+                .find(|r| r.verdict == analysis::Verdict::Failed)
+                .map(|r| r.detail.clone());
         }
-        let unsure: Vec<&analysis::AnalysisResult> = results.iter().filter(|r| r.verdict == analysis::Verdict::Inconclusive).collect();
+        let unsure: Vec<&analysis::AnalysisResult> = results
+            .iter()
+            .filter(|r| r.verdict == analysis::Verdict::Inconclusive)
+            .collect();
         self.analyses.extend(results.iter().cloned());
         if evidence.is_none() && !unsure.is_empty() {
-            let question = unsure.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>().join("; ");
+            let question = unsure
+                .iter()
+                .map(|r| r.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
             if let Err(e) = self.wait_for_decision("analysis", &question, None).await {
                 evidence = Some(format!("{question}; {e}"));
             }
@@ -1154,10 +1210,19 @@ impl Run<'_> {
         let detail = format!(
             "{} check(s){}{} passed",
             list.len(),
-            if rounds.rounds > 1 { format!(" x {} rounds", rounds.rounds) } else { String::new() },
-            if analyses.is_empty() { String::new() } else { format!(", {} analysis", analyses.len()) }
+            if rounds.rounds > 1 {
+                format!(" x {} rounds", rounds.rounds)
+            } else {
+                String::new()
+            },
+            if analyses.is_empty() {
+                String::new()
+            } else {
+                format!(", {} analysis", analyses.len())
+            }
         );
-        self.end(Stage::Watch, step, StageStatus::Done, detail).await
+        self.end(Stage::Watch, step, StageStatus::Done, detail)
+            .await
     }
 
     /// An approval gate (`start` or `promote`).
@@ -1166,13 +1231,21 @@ impl Run<'_> {
         let expires = self.env.approval.as_ref().and_then(|a| a.expires);
         let question = format!("{} to {} ({gate})", self.d.version, self.env.name);
         match self.wait_for_decision(gate, &question, expires).await {
-            Ok(detail) => self.end(Stage::Approve, step, StageStatus::Done, detail).await,
+            Ok(detail) => {
+                self.end(Stage::Approve, step, StageStatus::Done, detail)
+                    .await
+            }
             Err(e) => Err(self.fail(Stage::Approve, step, e).await),
         }
     }
 
     /// Opens a gate, tells everyone, and waits for `approve` / `reject` (or expiry).
-    async fn wait_for_decision(&mut self, gate: &str, question: &str, expires: Option<Duration>) -> Result<String, String> {
+    async fn wait_for_decision(
+        &mut self,
+        gate: &str,
+        question: &str,
+        expires: Option<Duration>,
+    ) -> Result<String, String> {
         let expires_at = expires.map(|d| now_ms() + d.as_millis() as i64);
         let request = self
             .store
@@ -1185,7 +1258,13 @@ impl Run<'_> {
                 id = self.d.id
             );
             self.reporter.note(&how);
-            self.notify(EventKind::ApprovalRequested, Some(Stage::Approve), format!("Approval needed: {question}"), Some(how), None);
+            self.notify(
+                EventKind::ApprovalRequested,
+                Some(Stage::Approve),
+                format!("Approval needed: {question}"),
+                Some(how),
+                None,
+            );
         }
         let started = Instant::now();
         loop {
@@ -1196,14 +1275,21 @@ impl Run<'_> {
                 .map_err(|e| e.to_string())?
                 .ok_or("the approval request vanished")?;
             let who = a.decided_by.clone().unwrap_or_default();
-            let why = a.reason.clone().map(|r| format!(": {r}")).unwrap_or_default();
+            let why = a
+                .reason
+                .clone()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
             match a.decision.as_deref() {
                 Some("approved") => return Ok(format!("approved by {who}{why}")),
                 Some(_) => return Err(format!("rejected by {who}{why}")),
                 None => {}
             }
             if a.expires_at.is_some_and(|e| e <= now_ms()) {
-                return Err(format!("no decision within {} s: the approval expired", expires.map_or(0, |d| d.as_secs())));
+                return Err(format!(
+                    "no decision within {} s: the approval expired",
+                    expires.map_or(0, |d| d.as_secs())
+                ));
             }
             if self.lease.as_ref().is_some_and(Lease::lost) {
                 return Err("the environment lock was taken over while waiting".into());
@@ -1220,25 +1306,47 @@ impl Run<'_> {
         let step = self.begin(Stage::Rollback).await?;
         let started = now_ms();
         let Some(previous) = self.d.previous_release.clone() else {
-            return Err(self.fail(Stage::Rollback, step, "there is no previous release to roll back to".into()).await);
+            return Err(self
+                .fail(
+                    Stage::Rollback,
+                    step,
+                    "there is no previous release to roll back to".into(),
+                )
+                .await);
         };
         let failed = self.d.release_id.clone().unwrap_or_default();
-        let live = match self.plugins.target.rollback(&self.ctx, Some(&previous)).await {
+        let live = match self
+            .plugins
+            .target
+            .rollback(&self.ctx, Some(&previous))
+            .await
+        {
             Ok(id) => id,
             Err(e) => return Err(self.fail(Stage::Rollback, step, e.to_string()).await),
         };
-        self.store.mark_live(&self.env.name, &live).await.map_err(|e| e.to_string())?;
-        self.store.set_release_state(&self.env.name, &failed, "failed").await.map_err(|e| e.to_string())?;
+        self.store
+            .mark_live(&self.env.name, &live)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.store
+            .set_release_state(&self.env.name, &failed, "failed")
+            .await
+            .map_err(|e| e.to_string())?;
         // Verify the release that serves again with the environment's checks.
         let list: Vec<_> = self.env.checks.clone();
-        let subst = Subst { url: None, release: live.clone(), environment: self.env.name.clone() };
+        let subst = Subst {
+            url: None,
+            release: live.clone(),
+            environment: self.env.name.clone(),
+        };
         let rounds = check_rounds(&list, &subst, &self.config.base_dir(), Duration::ZERO).await;
         self.waited += rounds.waited;
         let verified = match &rounds.failed {
             None => format!("{} check(s) pass on it", list.len()),
             Some(f) => format!("but it fails its checks too: {f}"),
         };
-        let detail = format!("{failed} failed its watch ({evidence}); {live} is live again, {verified}");
+        let detail =
+            format!("{failed} failed its watch ({evidence}); {live} is live again, {verified}");
         let mut record = crate::store::RollbackRecord {
             id: new_id(),
             environment: self.env.name.clone(),
@@ -1248,25 +1356,41 @@ impl Run<'_> {
             to_release: Some(live.clone()),
             actor: "agent".into(),
             reason: Some(evidence.to_string()),
-            status: if rounds.failed.is_none() { "succeeded".into() } else { "failed".into() },
+            status: if rounds.failed.is_none() {
+                "succeeded".into()
+            } else {
+                "failed".into()
+            },
             detail: Some(detail.clone()),
             started_at: started,
             ..Default::default()
         };
         Store::finished_now(&mut record);
-        self.store.save_rollback(&record).await.map_err(|e| e.to_string())?;
-        self.audit("release.rolled-back", Some(failed.clone()), Some(detail.clone())).await;
+        self.store
+            .save_rollback(&record)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.audit(
+            "release.rolled-back",
+            Some(failed.clone()),
+            Some(detail.clone()),
+        )
+        .await;
         self.notify(
             EventKind::RolledBack,
             Some(Stage::Rollback),
-            format!("{} on {} was rolled back automatically: {live} is live again", self.d.version, self.env.name),
+            format!(
+                "{} on {} was rolled back automatically: {live} is live again",
+                self.d.version, self.env.name
+            ),
             Some(format!("reason: {evidence}; verification: {verified}")),
             None,
         );
         if rounds.failed.is_some() {
             return Err(self.fail(Stage::Rollback, step, detail).await);
         }
-        self.end(Stage::Rollback, step, StageStatus::Done, detail.clone()).await?;
+        self.end(Stage::Rollback, step, StageStatus::Done, detail.clone())
+            .await?;
         Ok(detail)
     }
 
@@ -1406,7 +1530,12 @@ struct Rounds {
 }
 
 /// Runs `list` once, or in rounds until `window` has passed; stops at the first failure.
-async fn check_rounds(list: &[crate::config::CheckConfig], subst: &Subst, base: &std::path::Path, window: Duration) -> Rounds {
+async fn check_rounds(
+    list: &[crate::config::CheckConfig],
+    subst: &Subst,
+    base: &std::path::Path,
+    window: Duration,
+) -> Rounds {
     let mut out = Rounds::default();
     let end = Instant::now() + window;
     loop {
@@ -1414,18 +1543,27 @@ async fn check_rounds(list: &[crate::config::CheckConfig], subst: &Subst, base: 
         let results = checks::run_all(list.iter(), subst, base).await;
         for r in &results {
             if r.attempts > 1 {
-                out.waited += list.iter().find(|c| c.name == r.name).map_or(Duration::ZERO, |c| c.interval * (r.attempts - 1));
+                out.waited += list
+                    .iter()
+                    .find(|c| c.name == r.name)
+                    .map_or(Duration::ZERO, |c| c.interval * (r.attempts - 1));
             }
         }
-        out.failed = results
-            .iter()
-            .find(|r| !r.passed)
-            .map(|f| format!("check `{}` failed after {} attempt(s): {}", f.name, f.attempts, f.detail));
+        out.failed = results.iter().find(|r| !r.passed).map(|f| {
+            format!(
+                "check `{}` failed after {} attempt(s): {}",
+                f.name, f.attempts, f.detail
+            )
+        });
         out.results.extend(results);
         if out.failed.is_some() || Instant::now() >= end {
             return out;
         }
-        let pause = list.iter().map(|c| c.interval).min().unwrap_or(Duration::from_secs(1));
+        let pause = list
+            .iter()
+            .map(|c| c.interval)
+            .min()
+            .unwrap_or(Duration::from_secs(1));
         out.waited += pause;
         tokio::time::sleep(pause).await;
     }

@@ -267,14 +267,24 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
         stage: Stage::Approve,
         action: format!(
             "wait for `deploy-agent approve RUN`{}",
-            a.expires.map(|e| format!(" (expires after {} s)", e.as_secs())).unwrap_or_default()
+            a.expires
+                .map(|e| format!(" (expires after {} s)", e.as_secs()))
+                .unwrap_or_default()
         ),
         details: vec![],
     });
-    if let Some(a) = approve.clone().filter(|_| env.approval.as_ref().is_some_and(|a| a.before == crate::config::Gate::Start)) {
+    if let Some(a) = approve.clone().filter(|_| {
+        env.approval
+            .as_ref()
+            .is_some_and(|a| a.before == crate::config::Gate::Start)
+    }) {
         steps.insert(1, a);
     }
-    let before_promote = approve.filter(|_| env.approval.as_ref().is_some_and(|a| a.before == crate::config::Gate::Promote));
+    let before_promote = approve.filter(|_| {
+        env.approval
+            .as_ref()
+            .is_some_and(|a| a.before == crate::config::Gate::Promote)
+    });
     if env.deploy.strategy == Strategy::Staged {
         steps.push(verify);
         steps.extend(before_promote);

@@ -163,15 +163,28 @@ async fn plan_with(
             .iter()
             .find(|r| &r.id == id)
             .cloned()
-            .ok_or_else(|| setup(format!("no release `{id}` in {} (see `deploy-agent releases --env {}`)", env.name, env.name)))?,
+            .ok_or_else(|| {
+                setup(format!(
+                    "no release `{id}` in {} (see `deploy-agent releases --env {}`)",
+                    env.name, env.name
+                ))
+            })?,
         None => {
             let live_at = from.as_ref().map_or(i64::MAX, |l| l.created_at);
             releases
                 .iter()
-                .filter(|r| r.created_at < live_at && matches!(r.state.as_str(), "superseded" | "rolled_back"))
+                .filter(|r| {
+                    r.created_at < live_at
+                        && matches!(r.state.as_str(), "superseded" | "rolled_back")
+                })
                 .max_by_key(|r| r.created_at)
                 .cloned()
-                .ok_or_else(|| setup(format!("no earlier release of {} to roll back to", env.name)))?
+                .ok_or_else(|| {
+                    setup(format!(
+                        "no earlier release of {} to roll back to",
+                        env.name
+                    ))
+                })?
         }
     };
     let mut steps = Vec::new();
@@ -181,7 +194,10 @@ async fn plan_with(
             Some(l) if l.id == to.id && req.mode == Mode::App => {
                 refusals.push(format!("{} is already live", to.id));
             }
-            Some(l) => steps.push(format!("switch the app from {} ({}) to {} ({})", l.id, l.version, to.id, to.version)),
+            Some(l) => steps.push(format!(
+                "switch the app from {} ({}) to {} ({})",
+                l.id, l.version, to.id, to.version
+            )),
             None => steps.push(format!("make {} ({}) live", to.id, to.version)),
         }
     }
@@ -190,7 +206,10 @@ async fn plan_with(
     let mut data_loss = None;
     if db(req.mode) {
         let Some(database) = &env.database else {
-            return Err(setup(format!("environment `{}` has no database to roll back", env.name)));
+            return Err(setup(format!(
+                "environment `{}` has no database to roll back",
+                env.name
+            )));
         };
         let settings = database.settings(env.strict).map_err(setup)?;
         schema_now = migrate::status(&settings)
@@ -202,7 +221,10 @@ async fn plan_with(
         match req.db_strategy {
             DbStrategy::Down => {
                 if schema_now == want {
-                    steps.push(format!("the database is already at schema {}: nothing to revert", want.as_deref().unwrap_or("none")));
+                    steps.push(format!(
+                        "the database is already at schema {}: nothing to revert",
+                        want.as_deref().unwrap_or("none")
+                    ));
                 } else {
                     steps.push(format!(
                         "take a safety snapshot, then run down migrations from schema {} to {}",
@@ -275,7 +297,10 @@ async fn plan_with(
         }
     }
     let checks = env.checks.len();
-    steps.push(format!("verify {} with the environment's {checks} check(s)", to.id));
+    steps.push(format!(
+        "verify {} with the environment's {checks} check(s)",
+        to.id
+    ));
     steps.push("record the rollback, write the audit log, notify".into());
     Ok(RollbackPlan {
         environment: env.name.clone(),
@@ -323,7 +348,12 @@ pub async fn execute(
 
     let at = Instant::now();
     let (lease, _) = store
-        .acquire(&env.name, &Owner::this_process(), &format!("rollback-{id}"), env.deploy.lock_lease)
+        .acquire(
+            &env.name,
+            &Owner::this_process(),
+            &format!("rollback-{id}"),
+            env.deploy.lock_lease,
+        )
         .await?;
     let plan = match plan_with(env, &store, req).await {
         Ok(p) if p.refusals.is_empty() => p,
@@ -336,7 +366,12 @@ pub async fn execute(
             return Err(e);
         }
     };
-    step("lock", at, format!("lease {} s", env.deploy.lock_lease.as_secs()), reporter);
+    step(
+        "lock",
+        at,
+        format!("lease {} s", env.deploy.lock_lease.as_secs()),
+        reporter,
+    );
     let mut record = RollbackRecord {
         id: id.clone(),
         environment: env.name.clone(),
@@ -352,7 +387,17 @@ pub async fn execute(
         ..Default::default()
     };
     store.save_rollback(&record).await?;
-    let result = run_steps(config, env, &store, req, &plan, &mut record, &mut step, reporter).await;
+    let result = run_steps(
+        config,
+        env,
+        &store,
+        req,
+        &plan,
+        &mut record,
+        &mut step,
+        reporter,
+    )
+    .await;
     let (checks, waited) = match result {
         Ok(c) => c,
         Err(e) => {
@@ -362,10 +407,18 @@ pub async fn execute(
         }
     };
     if record.status == "running" {
-        record.status = if checks.iter().all(|c| c.passed) { "succeeded".into() } else { "failed".into() };
+        record.status = if checks.iter().all(|c| c.passed) {
+            "succeeded".into()
+        } else {
+            "failed".into()
+        };
     }
     Store::finished_now(&mut record);
-    let summary = steps.iter().map(|s| format!("{} {:.0} ms: {}", s.name, s.duration_ms, s.detail)).collect::<Vec<_>>().join("; ");
+    let summary = steps
+        .iter()
+        .map(|s| format!("{} {:.0} ms: {}", s.name, s.duration_ms, s.detail))
+        .collect::<Vec<_>>()
+        .join("; ");
     if record.detail.is_none() {
         record.detail = Some(summary.clone());
     }
@@ -382,7 +435,10 @@ pub async fn execute(
         .await?;
     // Tell the environment's notifiers.
     if let Ok(plugins) = load_plugins(config, env) {
-        let ctx = CallContext { environment: env.name.clone(), deployment_id: id.clone() };
+        let ctx = CallContext {
+            environment: env.name.clone(),
+            deployment_id: id.clone(),
+        };
         let n = Notifications::start(plugins.notifiers, ctx);
         n.send(notify::event(
             EventKind::RolledBack,
@@ -395,7 +451,11 @@ pub async fn execute(
                 "{} rolled back ({}) to {} by {}: {}",
                 env.name, record.mode, plan.to.id, req.actor, record.status
             ),
-            Some(format!("reason: {}; {}", req.reason, record.detail.clone().unwrap_or_default())),
+            Some(format!(
+                "reason: {}; {}",
+                req.reason,
+                record.detail.clone().unwrap_or_default()
+            )),
             Some(started.elapsed()),
         ));
         let delivery = n.finish().await;
@@ -427,19 +487,36 @@ async fn run_steps(
     if app(req.mode) && plan.from.as_ref().is_none_or(|f| f.id != to.id) {
         let at = Instant::now();
         let plugins = load_plugins(config, env)?;
-        let ctx = CallContext { environment: env.name.clone(), deployment_id: record.id.clone() };
-        let live = plugins.target.rollback(&ctx, Some(&to.id)).await.map_err(|e| e.to_string())?;
-        store.mark_live(&env.name, &live).await.map_err(|e| e.to_string())?;
+        let ctx = CallContext {
+            environment: env.name.clone(),
+            deployment_id: record.id.clone(),
+        };
+        let live = plugins
+            .target
+            .rollback(&ctx, Some(&to.id))
+            .await
+            .map_err(|e| e.to_string())?;
+        store
+            .mark_live(&env.name, &live)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(from) = &plan.from {
-            store.set_release_state(&env.name, &from.id, "rolled_back").await.map_err(|e| e.to_string())?;
+            store
+                .set_release_state(&env.name, &from.id, "rolled_back")
+                .await
+                .map_err(|e| e.to_string())?;
         }
         step("app", at, format!("{live} is live"), reporter);
     }
     if db(req.mode) {
         let database = env.database.as_ref().ok_or("no database")?;
         let settings = database.settings(env.strict)?;
-        let want = to.schema_version.as_ref().and_then(|v| v.parse::<i64>().ok());
-        let needs_down = req.db_strategy == DbStrategy::Down && plan.schema_now != to.schema_version;
+        let want = to
+            .schema_version
+            .as_ref()
+            .and_then(|v| v.parse::<i64>().ok());
+        let needs_down =
+            req.db_strategy == DbStrategy::Down && plan.schema_now != to.schema_version;
         if plan.backup.is_some() || needs_down {
             let at = Instant::now();
             let bs = env.backup.settings(&env.name)?;
@@ -453,22 +530,59 @@ async fn run_steps(
             .await
             .map_err(|e| format!("the safety snapshot failed, so nothing was restored: {e}"))?;
             record.safety_backup = Some(safety.id.clone());
-            store.save_rollback(record).await.map_err(|e| e.to_string())?;
+            store
+                .save_rollback(record)
+                .await
+                .map_err(|e| e.to_string())?;
             step("snapshot", at, safety.id.clone(), reporter);
             let at = Instant::now();
             if let Some(choice) = &plan.backup {
                 let m = backup::find(&bs.dir, &choice.id).map_err(|e| e.to_string())?;
-                backup::restore(&m, &bs.dir, bs.key.as_ref(), &settings.url).await.map_err(|e| e.to_string())?;
-                step("restore", at, format!("{} restored (schema {})", choice.id, choice.schema_version.map_or("none".into(), |v| v.to_string())), reporter);
+                backup::restore(&m, &bs.dir, bs.key.as_ref(), &settings.url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                step(
+                    "restore",
+                    at,
+                    format!(
+                        "{} restored (schema {})",
+                        choice.id,
+                        choice
+                            .schema_version
+                            .map_or("none".into(), |v| v.to_string())
+                    ),
+                    reporter,
+                );
             } else {
-                let reverted = migrate::revert(&settings, Some(want.unwrap_or(0))).await.map_err(|e| e.to_string())?;
-                step("down", at, format!("reverted {} migration(s) to schema {}", reverted.len(), want.map_or("none".into(), |v| v.to_string())), reporter);
+                let reverted = migrate::revert(&settings, Some(want.unwrap_or(0)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                step(
+                    "down",
+                    at,
+                    format!(
+                        "reverted {} migration(s) to schema {}",
+                        reverted.len(),
+                        want.map_or("none".into(), |v| v.to_string())
+                    ),
+                    reporter,
+                );
             }
         }
     }
     let at = Instant::now();
-    let subst = Subst { url: to.url.clone(), release: to.id.clone(), environment: env.name.clone() };
-    let rounds = super::check_rounds(&env.checks, &subst, &config.base_dir(), std::time::Duration::ZERO).await;
+    let subst = Subst {
+        url: to.url.clone(),
+        release: to.id.clone(),
+        environment: env.name.clone(),
+    };
+    let rounds = super::check_rounds(
+        &env.checks,
+        &subst,
+        &config.base_dir(),
+        std::time::Duration::ZERO,
+    )
+    .await;
     let detail = match &rounds.failed {
         None => format!("{} check(s) passed on {}", env.checks.len(), to.id),
         Some(f) => format!("{} fails its checks: {f}", to.id),

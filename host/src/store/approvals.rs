@@ -87,7 +87,11 @@ impl Store {
     }
 
     /// One gate.
-    pub async fn approval(&self, deployment: &str, gate: &str) -> Result<Option<Approval>, StoreError> {
+    pub async fn approval(
+        &self,
+        deployment: &str,
+        gate: &str,
+    ) -> Result<Option<Approval>, StoreError> {
         let rows = self
             .rows(&format!(
                 "SELECT {COLUMNS} FROM approvals WHERE deployment_id = {} AND gate = {}",
@@ -99,8 +103,12 @@ impl Store {
     }
 
     /// Gates still waiting (undecided, unexpired), oldest first.
-    pub async fn pending_approvals(&self, environment: Option<&str>) -> Result<Vec<Approval>, StoreError> {
-        let env = environment.map_or_else(String::new, |e| format!(" AND environment = {}", lit(e)));
+    pub async fn pending_approvals(
+        &self,
+        environment: Option<&str>,
+    ) -> Result<Vec<Approval>, StoreError> {
+        let env =
+            environment.map_or_else(String::new, |e| format!(" AND environment = {}", lit(e)));
         let rows = self
             .rows(&format!(
                 "SELECT {COLUMNS} FROM approvals WHERE decision IS NULL AND (expires_at IS NULL OR expires_at > {}){env} ORDER BY requested_at",

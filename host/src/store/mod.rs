@@ -18,8 +18,8 @@ use tokio::sync::Mutex;
 
 pub use approvals::{Approval, Decision};
 pub use audit::{AuditEntry, AuditRecord, AuditReport};
-pub use rollbacks::RollbackRecord;
 pub use lease::{Lease, LockHolder, Owner, hostname};
+pub use rollbacks::RollbackRecord;
 
 use crate::db::Backend;
 use crate::db::conn::{Conn, lit};

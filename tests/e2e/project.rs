@@ -1,0 +1,139 @@
+//! A throwaway project for the pipeline and rollback tests: agent.toml with the local target,
+//! a site, the example app's migrations, and the real binary.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use deploy_agent_tests::{bin, fixtures, repo_root};
+use serde_json::Value;
+
+/// A throwaway project: agent.toml, a site, the example app's migrations.
+pub(crate) struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// `env_keys` go into `[environments.local]`; `tables` are appended at the end.
+    pub(crate) fn new(env_keys: &str, tables: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("site/assets")).unwrap();
+        std::fs::write(root.join("site/index.html"), "<h1>v1</h1>").unwrap();
+        std::fs::write(root.join("site/assets/app.css"), "body{}").unwrap();
+        std::fs::create_dir(root.join("migrations")).unwrap();
+        for entry in std::fs::read_dir(repo_root().join("examples/app/migrations")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(
+                entry.path(),
+                root.join("migrations").join(entry.file_name()),
+            )
+            .unwrap();
+        }
+        let toml = format!(
+            r#"[agent]
+state_dir = "state"
+
+[plugins.local]
+path = "{local}"
+[plugins.local.policy]
+dirs = [{{ path = "sites", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
+
+[environments.local]
+{env_keys}
+
+[environments.local.target]
+plugin = "local"
+config = {{ root = "/srv/local", keep = 3 }}
+
+[environments.local.artifact]
+path = "site"
+
+[environments.local.database]
+url = "sqlite:app.db"
+migrations = "migrations"
+
+[environments.local.deploy]
+poll_interval_ms = 10
+lock_lease_ms = 60000
+
+[[environments.local.checks]]
+name = "staged release is complete"
+command = "test -s sites/local/releases/{{release}}/index.html"
+
+[[environments.local.checks]]
+name = "live"
+stage = "watch"
+command = "test \"$(readlink sites/local/current)\" = releases/{{release}}"
+{tables}
+"#,
+            local = fixtures::LOCAL,
+        );
+        std::fs::write(root.join("agent.toml"), toml).unwrap();
+        Project { dir }
+    }
+
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.current_dir(self.dir.path()).args(args);
+        cmd
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("runs")
+    }
+
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.run(&all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    pub(crate) fn deploy(&self) -> (i32, Value) {
+        let out = self.run(&["deploy", "--env", "local", "--output", "json"]);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    pub(crate) fn current(&self) -> Option<String> {
+        std::fs::read_link(self.path("sites/local/current"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    pub(crate) fn db_url(&self) -> String {
+        format!("sqlite:{}", self.path("app.db").display())
+    }
+
+    pub(crate) fn backups(&self) -> usize {
+        std::fs::read_dir(self.path("state/backups/local"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".backup"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+pub(crate) fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
