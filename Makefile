@@ -1,5 +1,5 @@
 # One set of commands for people and CI. `make help` lists them.
-.PHONY: help setup plugins deploy-local test lint fmt bench-plugins bench-db bench-pipeline ci
+.PHONY: help setup plugins deploy-local test lint fmt bench-plugins bench-db bench-pipeline bench-rollback ci
 
 CARGO ?= cargo
 
@@ -12,6 +12,7 @@ help:
 	@echo "make bench-plugins  plugin runtime benchmark (release build), prints p50/p90"
 	@echo "make bench-db       migrations vs sqlx, backup vs pg_dump (throwaway PostgreSQL; several minutes)"
 	@echo "make bench-pipeline the full local pipeline, per stage, next to the runbook script it replaces"
+	@echo "make bench-rollback emergency rollback: --app-only and --full (100 MB SQLite), next to the runbook script"
 	@echo "make ci             what .ci/run runs: lint, then test"
 
 setup:
@@ -46,5 +47,8 @@ bench-db: setup
 
 bench-pipeline: setup
 	$(CARGO) bench -p deploy-agent-tests --bench pipeline
+
+bench-rollback: setup
+	$(CARGO) bench -p deploy-agent-tests --bench rollback
 
 ci: lint test

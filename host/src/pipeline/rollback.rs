@@ -48,7 +48,8 @@ pub enum DbStrategy {
 pub struct RollbackRequest {
     /// The environment.
     pub environment: String,
-    /// The release to return to (default: the one before the live one).
+    /// The release to return to (default: the newest earlier release that was superseded,
+    /// never one that was rolled back or failed).
     pub to: Option<String>,
     /// What to roll back.
     pub mode: Mode,
