@@ -335,6 +335,7 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "environment": args.env, "lock": lock, "live": live, "last": last, "steps": steps,
                 "waiting": store.pending_approvals(Some(&args.env)).await?,
+                "last_rollback": store.rollbacks(&args.env).await?.into_iter().next(),
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -361,6 +362,20 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
             h.deployment_id
         ),
         None => say!("  lock:  free"),
+    }
+    if let Some(r) = store.rollbacks(&args.env).await?.into_iter().next() {
+        say!(
+            "  rollback: {} {} ({}, {}) {} -> {} by {} at {}: {}",
+            r.id,
+            r.status,
+            r.mode,
+            r.initiator,
+            r.from_release.as_deref().unwrap_or("-"),
+            r.to_release.as_deref().unwrap_or("-"),
+            r.actor,
+            time(r.started_at),
+            r.reason.as_deref().unwrap_or("")
+        );
     }
     for a in store.pending_approvals(Some(&args.env)).await? {
         say!(

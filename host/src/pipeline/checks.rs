@@ -1,7 +1,7 @@
 //! Health checks and smoke tests: HTTP(S), TCP and commands, with retries.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -263,13 +263,4 @@ pub async fn run_all<'a>(
         }
     }
     out
-}
-
-/// How long to keep watching, and how often.
-pub fn watch_rounds(window: Duration, interval: Duration) -> u32 {
-    if window.is_zero() || interval.is_zero() {
-        1
-    } else {
-        (window.as_millis() / interval.as_millis()).max(1) as u32
-    }
 }

@@ -1266,7 +1266,6 @@ impl Run<'_> {
                 None,
             );
         }
-        let started = Instant::now();
         loop {
             let a = self
                 .store
@@ -1296,8 +1295,7 @@ impl Run<'_> {
             }
             let pause = Duration::from_millis(200);
             tokio::time::sleep(pause).await;
-            self.waited = self.waited.max(Duration::ZERO) + pause;
-            let _ = started;
+            self.waited += pause;
         }
     }
 
@@ -1365,7 +1363,7 @@ impl Run<'_> {
             started_at: started,
             ..Default::default()
         };
-        Store::finished_now(&mut record);
+        record.finish();
         self.store
             .save_rollback(&record)
             .await

@@ -414,7 +414,7 @@ pub async fn execute(
             "failed".into()
         };
     }
-    Store::finished_now(&mut record);
+    record.finish();
     let summary = steps
         .iter()
         .map(|s| format!("{} {:.0} ms: {}", s.name, s.duration_ms, s.detail))

@@ -96,9 +96,11 @@ impl Store {
             })
             .collect())
     }
+}
 
+impl RollbackRecord {
     /// Stamps the end time.
-    pub fn finished_now(r: &mut RollbackRecord) {
-        r.finished_at = Some(now_ms());
+    pub fn finish(&mut self) {
+        self.finished_at = Some(now_ms());
     }
 }
