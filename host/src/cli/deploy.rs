@@ -88,6 +88,22 @@ fn ms(v: f64) -> String {
     }
 }
 
+/// A run's journal, one line per step.
+fn print_steps(indent: &str, steps: &[crate::store::Step]) {
+    for s in steps {
+        let took = s
+            .finished_at
+            .map_or("unfinished".into(), |f| ms((f - s.started_at) as f64));
+        say!(
+            "{indent}{:<9} {:<8} {:>10}  {}",
+            s.stage,
+            s.status,
+            took,
+            s.detail.as_deref().unwrap_or("")
+        );
+    }
+}
+
 fn time(ms: i64) -> String {
     crate::db::backup::time::rfc3339(ms / 1000)
 }
@@ -401,18 +417,7 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         );
-        for s in &steps {
-            let took = s
-                .finished_at
-                .map_or("unfinished".into(), |f| ms((f - s.started_at) as f64));
-            say!(
-                "         {:<9} {:<8} {:>10}  {}",
-                s.stage,
-                s.status,
-                took,
-                s.detail.as_deref().unwrap_or("")
-            );
-        }
+        print_steps("         ", &steps);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -460,18 +465,7 @@ pub(super) async fn history(
                 .unwrap_or_default()
         );
         if id.is_some() {
-            for s in store.steps(&d.id).await? {
-                let took = s
-                    .finished_at
-                    .map_or("unfinished".into(), |f| ms((f - s.started_at) as f64));
-                say!(
-                    "    {:<9} {:<8} {:>10}  {}",
-                    s.stage,
-                    s.status,
-                    took,
-                    s.detail.as_deref().unwrap_or("")
-                );
-            }
+            print_steps("    ", &store.steps(&d.id).await?);
         }
     }
     Ok(ExitCode::SUCCESS)

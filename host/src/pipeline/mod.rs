@@ -410,56 +410,29 @@ pub async fn deploy(
     let mut resumed: Option<Deployment> = None;
     for old in store.running(&env.name).await? {
         let same = old.version == artifact.version && old.digest == artifact.digest;
-        if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback {
-            let detail = recover::roll_back(env, &store, &plugins.target, &old)
+        let stopped = old
+            .stage
+            .as_deref()
+            .unwrap_or("its first stage")
+            .to_string();
+        let (action, detail) = if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback {
+            let done = recover::roll_back(env, &store, &plugins.target, &old)
                 .await
                 .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
-            reporter.note(&format!(
-                "run {} was interrupted; rolled back: {detail}",
-                old.id
-            ));
-            store
-                .audit(AuditEntry {
-                    actor: request.actor.clone(),
-                    action: "deploy.rolled-back".into(),
-                    environment: Some(env.name.clone()),
-                    subject: Some(old.id.clone()),
-                    why: Some("interrupted".into()),
-                    detail: Some(detail.clone()),
-                })
-                .await?;
-            recovered.push(Recovery {
-                deployment_id: old.id.clone(),
-                stopped_in: old.stage.clone(),
-                action: "rolled back",
-                detail,
-            });
+            let detail = format!(
+                "run {} of {} stopped in {stopped}; rolled back: {done}",
+                old.id, old.version
+            );
+            ("rolled back", detail)
         } else if same && resumed.is_none() {
             store.take_over(&old.id, &owner.0, &old.owner).await?;
-            let detail = format!(
-                "run {} of {} stopped in {}; resuming it",
-                old.id,
-                old.version,
-                old.stage.as_deref().unwrap_or("its first stage")
-            );
-            reporter.note(&detail);
-            store
-                .audit(AuditEntry {
-                    actor: request.actor.clone(),
-                    action: "deploy.resumed".into(),
-                    environment: Some(env.name.clone()),
-                    subject: Some(old.id.clone()),
-                    why: request.reason.clone(),
-                    detail: Some(detail.clone()),
-                })
-                .await?;
-            recovered.push(Recovery {
-                deployment_id: old.id.clone(),
-                stopped_in: old.stage.clone(),
-                action: "resumed",
-                detail,
-            });
-            resumed = Some(old);
+            (
+                "resumed",
+                format!(
+                    "run {} of {} stopped in {stopped}; resuming it",
+                    old.id, old.version
+                ),
+            )
         } else {
             store
                 .finish_deployment(
@@ -469,33 +442,22 @@ pub async fn deploy(
                 )
                 .await?;
             let detail = format!(
-                "run {} of {} stopped in {}; superseded: this run rolls forward from the state it left (schema {}, release {})",
+                "run {} of {} stopped in {stopped}; superseded: this run rolls forward from the state it left (schema {}, release {})",
                 old.id,
                 old.version,
-                old.stage.as_deref().unwrap_or("its first stage"),
                 old.schema_after
                     .as_deref()
                     .or(old.schema_before.as_deref())
                     .unwrap_or("unchanged"),
                 old.release_id.as_deref().unwrap_or("none staged"),
             );
-            reporter.note(&detail);
-            store
-                .audit(AuditEntry {
-                    actor: request.actor.clone(),
-                    action: "deploy.superseded".into(),
-                    environment: Some(env.name.clone()),
-                    subject: Some(old.id.clone()),
-                    why: request.reason.clone(),
-                    detail: Some(detail.clone()),
-                })
-                .await?;
-            recovered.push(Recovery {
-                deployment_id: old.id.clone(),
-                stopped_in: old.stage.clone(),
-                action: "superseded",
-                detail,
-            });
+            ("superseded", detail)
+        };
+        recovered.push(
+            recover::record(&store, reporter, &request.actor, env, &old, action, detail).await?,
+        );
+        if action == "resumed" {
+            resumed = Some(old);
         }
     }
 

@@ -107,6 +107,35 @@ pub(crate) async fn roll_back(
     Ok(said.join("; "))
 }
 
+/// Says, audits and returns what became of an interrupted run.
+pub(crate) async fn record(
+    store: &Store,
+    reporter: &dyn Reporter,
+    actor: &str,
+    env: &Environment,
+    old: &Deployment,
+    action: &'static str,
+    detail: String,
+) -> Result<Recovery, PipelineError> {
+    reporter.note(&detail);
+    store
+        .audit(AuditEntry {
+            actor: actor.to_string(),
+            action: format!("deploy.{}", action.replace(' ', "-")),
+            environment: Some(env.name.clone()),
+            subject: Some(old.id.clone()),
+            why: Some("interrupted".into()),
+            detail: Some(detail.clone()),
+        })
+        .await?;
+    Ok(Recovery {
+        deployment_id: old.id.clone(),
+        stopped_in: old.stage.clone(),
+        action,
+        detail,
+    })
+}
+
 /// Finds the environment's interrupted runs and resumes (the default) or rolls them back,
 /// without starting anything new. What the daemon does on start; `deploy-agent recover`.
 pub async fn recover(
@@ -140,26 +169,11 @@ pub async fn recover(
             .await?;
         let mut recovered = Vec::new();
         for old in &interrupted {
-            let detail = roll_back(env, &store, &plugins.target, old)
+            let done = roll_back(env, &store, &plugins.target, old)
                 .await
                 .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
-            reporter.note(&format!("run {} rolled back: {detail}", old.id));
-            store
-                .audit(AuditEntry {
-                    actor: actor.to_string(),
-                    action: "deploy.rolled-back".into(),
-                    environment: Some(env.name.clone()),
-                    subject: Some(old.id.clone()),
-                    why: Some("interrupted".into()),
-                    detail: Some(detail.clone()),
-                })
-                .await?;
-            recovered.push(Recovery {
-                deployment_id: old.id.clone(),
-                stopped_in: old.stage.clone(),
-                action: "rolled back",
-                detail,
-            });
+            let detail = format!("run {} of {} rolled back: {done}", old.id, old.version);
+            recovered.push(record(&store, reporter, actor, env, old, "rolled back", detail).await?);
         }
         lease.release().await?;
         return Ok(Recovered {
