@@ -293,17 +293,32 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
         steps.extend(before_promote);
         steps.extend([promote, verify]);
     }
+    let mut watch = checks_of(CheckStage::Watch);
+    watch.extend(env.analysis.iter().map(|a| {
+        format!(
+            "analysis {}: `{}` {} times, every {} s",
+            a.name,
+            a.query,
+            a.count,
+            a.interval.as_secs()
+        )
+    }));
+    let policy = match env.rollback {
+        crate::config::RollbackPolicy::Auto => "on failure: roll back to the previous release",
+        crate::config::RollbackPolicy::Notify => "on failure: notify, keep the release",
+        crate::config::RollbackPolicy::Off => "on failure: stop",
+    };
     steps.push(PlanStep {
         stage: Stage::Watch,
-        action: if checks_of(CheckStage::Watch).is_empty() {
-            "skip: no watch checks".into()
+        action: if watch.is_empty() {
+            "skip: no watch checks or analysis".into()
         } else {
             format!(
-                "watch the live release for {} s",
+                "watch the live release for {} s; {policy}",
                 env.deploy.watch.as_secs()
             )
         },
-        details: checks_of(CheckStage::Watch),
+        details: watch,
     });
     steps.push(PlanStep {
         stage: Stage::Notify,

@@ -176,7 +176,9 @@ async fn plan_with(
                 .iter()
                 .filter(|r| {
                     r.created_at < live_at
-                        && matches!(r.state.as_str(), "superseded" | "rolled_back")
+                        // The newest release that was live before and left normally: a
+                        // rolled-back or failed release is never a default target.
+                        && r.state == "superseded"
                 })
                 .max_by_key(|r| r.created_at)
                 .cloned()
@@ -239,12 +241,28 @@ async fn plan_with(
                 // `to` (before the next release migrated), else any with that schema.
                 let id = match &req.backup {
                     Some(b) => Some(b.clone()),
-                    None => releases
-                        .iter()
-                        .filter(|r| r.created_at > to.created_at && r.backup_id.is_some())
-                        .min_by_key(|r| r.created_at)
-                        .and_then(|r| r.backup_id.clone())
-                        .or_else(|| to.backup_id.clone().filter(|_| schema_now == want)),
+                    None => {
+                        // Backups taken before later releases migrated. The newest that holds
+                        // the release's schema loses the least; failing that, the oldest (the
+                        // refusal below then explains the mismatch).
+                        let mut later: Vec<&ReleaseRecord> = releases
+                            .iter()
+                            .filter(|r| r.created_at > to.created_at && r.backup_id.is_some())
+                            .collect();
+                        later.sort_by_key(|r| std::cmp::Reverse(r.created_at));
+                        let holds = |r: &&ReleaseRecord| {
+                            r.backup_id
+                                .as_deref()
+                                .and_then(|b| backup::find(&env.backup.dir, b).ok())
+                                .is_some_and(|m| m.schema_version.map(|v| v.to_string()) == want)
+                        };
+                        later
+                            .iter()
+                            .copied()
+                            .find(holds)
+                            .or(later.last().copied())
+                            .and_then(|r| r.backup_id.clone())
+                    }
                 };
                 match id {
                     None if schema_now == want => steps.push(format!(
@@ -501,7 +519,9 @@ async fn run_steps(
             .mark_live(&env.name, &live)
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(from) = &plan.from {
+        // Going back marks the release it left `rolled_back`; going forward (`--to` a newer
+        // release) leaves it `superseded`, as a deploy would.
+        if let Some(from) = plan.from.as_ref().filter(|f| f.created_at > to.created_at) {
             store
                 .set_release_state(&env.name, &from.id, "rolled_back")
                 .await
