@@ -168,14 +168,28 @@ pub async fn recover(
             )
             .await?;
         let mut recovered = Vec::new();
+        let mut failure = None;
         for old in &interrupted {
-            let done = roll_back(env, &store, &plugins.target, old)
-                .await
-                .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
-            let detail = format!("run {} of {} rolled back: {done}", old.id, old.version);
-            recovered.push(record(&store, reporter, actor, env, old, "rolled back", detail).await?);
+            match roll_back(env, &store, &plugins.target, old).await {
+                Ok(done) => {
+                    let detail = format!("run {} of {} rolled back: {done}", old.id, old.version);
+                    recovered.push(
+                        record(&store, reporter, actor, env, old, "rolled back", detail).await?,
+                    );
+                }
+                Err(e) => {
+                    failure = Some(PipelineError::Setup(format!(
+                        "rolling back run {}: {e}",
+                        old.id
+                    )));
+                    break;
+                }
+            }
         }
         lease.release().await?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
         return Ok(Recovered {
             recovered,
             outcome: None,

@@ -87,6 +87,14 @@ pub struct Lease {
     renewer: tokio::task::JoinHandle<()>,
 }
 
+impl Drop for Lease {
+    /// A lease dropped without `release` (an error path) stops being renewed, so it expires
+    /// after its term; it is never renewed forever by a forgotten task.
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
 impl Lease {
     /// Whether the lock was lost.
     pub fn lost(&self) -> bool {
