@@ -406,8 +406,11 @@ pub async fn execute(
         ..Default::default()
     };
     store.save_rollback(&record).await?;
+    // Loaded once: the target for the app, the notifiers for the announcement.
+    let plugins = load_plugins(config, env);
     let result = run_steps(
         config,
+        &plugins,
         env,
         &store,
         req,
@@ -453,12 +456,12 @@ pub async fn execute(
         })
         .await?;
     // Tell the environment's notifiers.
-    if let Ok(plugins) = load_plugins(config, env) {
+    if let Ok(plugins) = &plugins {
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: id.clone(),
         };
-        let n = Notifications::start(plugins.notifiers, ctx);
+        let n = Notifications::start(plugins.notifiers.clone(), ctx);
         n.send(notify::event(
             EventKind::RolledBack,
             &env.name,
@@ -494,6 +497,7 @@ pub async fn execute(
 #[allow(clippy::too_many_arguments)]
 async fn run_steps(
     config: &Config,
+    plugins: &Result<super::Plugins, String>,
     env: &Environment,
     store: &Store,
     req: &RollbackRequest,
@@ -505,7 +509,7 @@ async fn run_steps(
     let to = &plan.to;
     if app(req.mode) && plan.from.as_ref().is_none_or(|f| f.id != to.id) {
         let at = Instant::now();
-        let plugins = load_plugins(config, env)?;
+        let plugins = plugins.as_ref().map_err(Clone::clone)?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),
