@@ -1275,34 +1275,23 @@ impl Run<'_> {
                 .await);
         };
         let failed = self.d.release_id.clone().unwrap_or_default();
-        let live = match self
-            .plugins
-            .target
-            .rollback(&self.ctx, Some(&previous))
-            .await
-        {
+        let switched = switch_back(
+            &self.store,
+            &self.plugins.target,
+            &self.ctx,
+            &self.env.name,
+            &previous,
+            Some((&failed, "failed")),
+        )
+        .await;
+        let live = match switched {
             Ok(id) => id,
-            Err(e) => return Err(self.fail(Stage::Rollback, step, e.to_string()).await),
+            Err(e) => return Err(self.fail(Stage::Rollback, step, e).await),
         };
-        self.store
-            .mark_live(&self.env.name, &live)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.store
-            .set_release_state(&self.env.name, &failed, "failed")
-            .await
-            .map_err(|e| e.to_string())?;
-        // Verify the release that serves again with the environment's checks.
-        let list: Vec<_> = self.env.checks.clone();
-        let subst = Subst {
-            url: None,
-            release: live.clone(),
-            environment: self.env.name.clone(),
-        };
-        let rounds = check_rounds(&list, &subst, &self.config.base_dir(), Duration::ZERO).await;
+        let rounds = verify_release(self.config, self.env, &live, None).await;
         self.waited += rounds.waited;
         let verified = match &rounds.failed {
-            None => format!("{} check(s) pass on it", list.len()),
+            None => format!("{} check(s) pass on it", self.env.checks.len()),
             Some(f) => format!("but it fails its checks too: {f}"),
         };
         let detail =
@@ -1480,13 +1469,55 @@ impl Run<'_> {
     }
 }
 
+/// Makes `to` live again on the target and in the store, and gives the release it replaces
+/// (`left`) its new state. Returns the id the target says is live.
+pub(crate) async fn switch_back(
+    store: &Store,
+    target: &Plugin,
+    ctx: &CallContext,
+    environment: &str,
+    to: &str,
+    left: Option<(&str, &str)>,
+) -> Result<String, String> {
+    let live = target
+        .rollback(ctx, Some(to))
+        .await
+        .map_err(|e| e.to_string())?;
+    store
+        .mark_live(environment, &live)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some((id, state)) = left {
+        store
+            .set_release_state(environment, id, state)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(live)
+}
+
+/// Checks a release that serves again (after a rollback) with every check of the environment.
+pub(crate) async fn verify_release(
+    config: &Config,
+    env: &Environment,
+    release: &str,
+    url: Option<String>,
+) -> Rounds {
+    let subst = Subst {
+        url,
+        release: release.to_string(),
+        environment: env.name.clone(),
+    };
+    check_rounds(&env.checks, &subst, &config.base_dir(), Duration::ZERO).await
+}
+
 /// What rounds of checks found.
 #[derive(Debug, Default)]
-struct Rounds {
-    results: Vec<CheckResult>,
-    failed: Option<String>,
+pub(crate) struct Rounds {
+    pub(crate) results: Vec<CheckResult>,
+    pub(crate) failed: Option<String>,
     rounds: u32,
-    waited: Duration,
+    pub(crate) waited: Duration,
 }
 
 /// Runs `list` once, or in rounds until `window` has passed; stops at the first failure.

@@ -46,14 +46,8 @@ pub(crate) async fn roll_back(
         if live.as_deref() == Some(id.as_str()) {
             match &old.previous_release {
                 Some(prev) => {
-                    let now = target
-                        .rollback(&ctx, Some(prev))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    store
-                        .mark_live(&env.name, &now)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let now =
+                        super::switch_back(store, target, &ctx, &env.name, prev, None).await?;
                     said.push(format!("release {id} was live; {now} is live again"));
                 }
                 None => said.push(format!(

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::checks::{CheckResult, Subst};
+use super::checks::CheckResult;
 use super::notify::{self, Notifications};
 use super::{PipelineError, Reporter, load_plugins, new_id, open_store};
 use crate::config::{Config, Environment};
@@ -514,23 +514,15 @@ async fn run_steps(
             environment: env.name.clone(),
             deployment_id: record.id.clone(),
         };
-        let live = plugins
-            .target
-            .rollback(&ctx, Some(&to.id))
-            .await
-            .map_err(|e| e.to_string())?;
-        store
-            .mark_live(&env.name, &live)
-            .await
-            .map_err(|e| e.to_string())?;
         // Going back marks the release it left `rolled_back`; going forward (`--to` a newer
         // release) leaves it `superseded`, as a deploy would.
-        if let Some(from) = plan.from.as_ref().filter(|f| f.created_at > to.created_at) {
-            store
-                .set_release_state(&env.name, &from.id, "rolled_back")
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        let left = plan
+            .from
+            .as_ref()
+            .filter(|f| f.created_at > to.created_at)
+            .map(|f| (f.id.as_str(), "rolled_back"));
+        let live =
+            super::switch_back(store, &plugins.target, &ctx, &env.name, &to.id, left).await?;
         step("app", at, format!("{live} is live"), reporter);
     }
     if db(req.mode) {
@@ -596,18 +588,7 @@ async fn run_steps(
         }
     }
     let at = Instant::now();
-    let subst = Subst {
-        url: to.url.clone(),
-        release: to.id.clone(),
-        environment: env.name.clone(),
-    };
-    let rounds = super::check_rounds(
-        &env.checks,
-        &subst,
-        &config.base_dir(),
-        std::time::Duration::ZERO,
-    )
-    .await;
+    let rounds = super::verify_release(config, env, &to.id, to.url.clone()).await;
     let detail = match &rounds.failed {
         None => format!("{} check(s) passed on {}", env.checks.len(), to.id),
         Some(f) => format!("{} fails its checks: {f}", to.id),
