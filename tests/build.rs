@@ -11,7 +11,15 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
     let plugins = root.join("plugins");
-    for watched in ["sdk", "fixtures", "Cargo.toml", "Cargo.lock"] {
+    for watched in [
+        "sdk",
+        "fixtures",
+        "local",
+        "vercel",
+        "kubernetes",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

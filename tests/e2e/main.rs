@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod migrate;
 mod pipeline;
+mod platforms;
 mod project;
 mod rollback;
 mod sandbox;

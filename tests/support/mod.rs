@@ -4,8 +4,12 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod http;
+pub mod kubernetes;
 pub mod logs;
+pub mod openapi;
 pub mod postgres;
+pub mod standin;
+pub mod vercel;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -17,6 +21,10 @@ pub mod fixtures {
     pub const ECHO: &str = env!("PLUGIN_FIXTURE_ECHO");
     /// The local deploy target (a first-party plugin, not a fixture).
     pub const LOCAL: &str = env!("PLUGIN_DEPLOY_AGENT_LOCAL");
+    /// The Vercel deploy target (first-party).
+    pub const VERCEL: &str = env!("PLUGIN_DEPLOY_AGENT_VERCEL");
+    /// The Kubernetes deploy target (first-party).
+    pub const KUBERNETES: &str = env!("PLUGIN_DEPLOY_AGENT_KUBERNETES");
     pub const WEBHOOK: &str = env!("PLUGIN_FIXTURE_WEBHOOK");
     pub const SPIN_LOOP: &str = env!("PLUGIN_FIXTURE_SPIN_LOOP");
     pub const MEMORY_BOMB: &str = env!("PLUGIN_FIXTURE_MEMORY_BOMB");

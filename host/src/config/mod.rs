@@ -600,7 +600,48 @@ impl Validator<'_> {
             }
             policy.max_requests = *n.get_ref();
         }
+        for ca in &raw.tls_ca {
+            self.tls_ca(ca, &mut policy);
+        }
         policy
+    }
+
+    /// One `tls_ca` entry: inline PEM, or a PEM file relative to agent.toml.
+    fn tls_ca(&mut self, ca: &Spanned<String>, policy: &mut Policy) {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let text = ca.get_ref();
+        let (pem, from) = if text.trim_start().starts_with("-----BEGIN") {
+            (text.as_bytes().to_vec(), "the inline PEM".to_string())
+        } else {
+            let path = self.base.join(text);
+            match std::fs::read(&path) {
+                Ok(bytes) => (bytes, path.display().to_string()),
+                Err(e) => {
+                    self.error(
+                        ca,
+                        format!("cannot read CA bundle {}: {e}", path.display()),
+                        "give a PEM file (relative to this file) or the PEM text itself",
+                    );
+                    return;
+                }
+            }
+        };
+        let certs: Result<Vec<CertificateDer<'static>>, _> =
+            CertificateDer::pem_slice_iter(&pem).collect();
+        match certs {
+            Ok(certs) if !certs.is_empty() => policy.extra_roots.extend(certs),
+            Ok(_) => self.error(
+                ca,
+                format!("{from} holds no `BEGIN CERTIFICATE` block"),
+                "a CA bundle is one or more PEM certificates",
+            ),
+            Err(e) => self.error(
+                ca,
+                format!("{from} is not valid PEM: {e}"),
+                "a CA bundle is one or more PEM certificates",
+            ),
+        }
     }
 }
 

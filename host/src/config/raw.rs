@@ -286,6 +286,8 @@ pub(super) struct RawPolicy {
     pub max_response_bytes: Option<Spanned<u64>>,
     pub max_return_bytes: Option<Spanned<u64>>,
     pub max_requests: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub tls_ca: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

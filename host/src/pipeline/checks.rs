@@ -206,7 +206,7 @@ pub(crate) async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     if tls {
-        let config = crate::runtime::tls_config().map_err(|e| e.to_string())?;
+        let config = crate::runtime::tls_config(&[]).map_err(|e| e.to_string())?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("{host}: {e}"))?;
         let stream = tokio_rustls::TlsConnector::from(config)

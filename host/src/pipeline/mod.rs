@@ -1279,7 +1279,7 @@ impl Run<'_> {
             &self.store,
             &self.plugins.target,
             &self.ctx,
-            &self.env.name,
+            self.env,
             &previous,
             Some((&failed, "failed")),
         )
@@ -1288,7 +1288,15 @@ impl Run<'_> {
             Ok(id) => id,
             Err(e) => return Err(self.fail(Stage::Rollback, step, e).await),
         };
-        let rounds = verify_release(self.config, self.env, &live, None).await;
+        // The release's recorded URL, so `{url}` checks run against the release serving again.
+        let url = self
+            .store
+            .releases(&self.env.name)
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|r| r.id == live))
+            .and_then(|r| r.url);
+        let rounds = verify_release(self.config, self.env, &live, url).await;
         self.waited += rounds.waited;
         let verified = match &rounds.failed {
             None => format!("{} check(s) pass on it", self.env.checks.len()),
@@ -1353,6 +1361,9 @@ impl Run<'_> {
         if let Err(e) = self.plugins.target.promote(&self.ctx, &id).await {
             return Err(self.fail(Stage::Promote, step, e.to_string()).await);
         }
+        if let Err(e) = self.until_live(&id).await {
+            return Err(self.fail(Stage::Promote, step, e).await);
+        }
         self.store
             .mark_live(&self.env.name, &id)
             .await
@@ -1376,6 +1387,21 @@ impl Run<'_> {
             format!("{id} is live{previous}"),
         )
         .await
+    }
+
+    /// After `promote`, waits until the target reports the release live.
+    async fn until_live(&mut self, id: &str) -> Result<(), String> {
+        let reporter = self.reporter;
+        let waited = wait_live(
+            &self.plugins.target,
+            &self.ctx,
+            id,
+            &self.env.deploy,
+            |what| reporter.note(&format!("{id}: {what}")),
+        )
+        .await?;
+        self.waited += waited;
+        Ok(())
     }
 
     async fn finish(
@@ -1475,14 +1501,19 @@ pub(crate) async fn switch_back(
     store: &Store,
     target: &Plugin,
     ctx: &CallContext,
-    environment: &str,
+    env: &Environment,
     to: &str,
     left: Option<(&str, &str)>,
 ) -> Result<String, String> {
+    let environment = env.name.as_str();
     let live = target
         .rollback(ctx, Some(to))
         .await
         .map_err(|e| e.to_string())?;
+    wait_live(target, ctx, &live, &env.deploy, |what| {
+        tracing::info!(release = live, "rolling back: {what}")
+    })
+    .await?;
     store
         .mark_live(environment, &live)
         .await
@@ -1494,6 +1525,51 @@ pub(crate) async fn switch_back(
             .map_err(|e| e.to_string())?;
     }
     Ok(live)
+}
+
+/// Polls the target until it reports `id` live, on the environment's poll interval and
+/// timeout: a platform may accept a promotion or rollback and finish it later (Vercel answers
+/// 202 behind a rolling release; Kubernetes rolls the pods). `note` hears each new state.
+/// Returns the time spent waiting.
+pub(crate) async fn wait_live(
+    target: &Plugin,
+    ctx: &CallContext,
+    id: &str,
+    settings: &crate::config::DeploySettings,
+    note: impl Fn(&str),
+) -> Result<Duration, String> {
+    let deadline = Instant::now() + settings.timeout;
+    let mut waited = Duration::ZERO;
+    let mut last = String::new();
+    loop {
+        let what = match target.status(ctx, id).await {
+            Ok(s) => match s.state {
+                ReleaseState::Live => return Ok(waited),
+                ReleaseState::Failed(why) => {
+                    return Err(format!("release {id} failed on its way to live: {why}"));
+                }
+                ReleaseState::Canceled => {
+                    return Err(format!("release {id} was cancelled on its way to live"));
+                }
+                ReleaseState::InProgress(what) => what,
+                ReleaseState::Ready | ReleaseState::Pending => "waiting for the switch".into(),
+            },
+            Err(e) if e.retry_after().is_some() => e.to_string(),
+            Err(e) => return Err(e.to_string()),
+        };
+        if what != last {
+            note(&what);
+            last = what;
+        }
+        if Instant::now() >= deadline {
+            let t = settings.timeout.as_secs();
+            return Err(format!(
+                "release {id} was not live after {t} s (timeout_ms); last: {last}"
+            ));
+        }
+        waited += settings.poll_interval;
+        tokio::time::sleep(settings.poll_interval).await;
+    }
 }
 
 /// Checks a release that serves again (after a rollback) with every check of the environment.

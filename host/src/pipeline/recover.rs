@@ -46,8 +46,7 @@ pub(crate) async fn roll_back(
         if live.as_deref() == Some(id.as_str()) {
             match &old.previous_release {
                 Some(prev) => {
-                    let now =
-                        super::switch_back(store, target, &ctx, &env.name, prev, None).await?;
+                    let now = super::switch_back(store, target, &ctx, env, prev, None).await?;
                     said.push(format!("release {id} was live; {now} is live again"));
                 }
                 None => said.push(format!(

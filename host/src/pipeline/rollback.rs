@@ -521,8 +521,7 @@ async fn run_steps(
             .as_ref()
             .filter(|f| f.created_at > to.created_at)
             .map(|f| (f.id.as_str(), "rolled_back"));
-        let live =
-            super::switch_back(store, &plugins.target, &ctx, &env.name, &to.id, left).await?;
+        let live = super::switch_back(store, &plugins.target, &ctx, env, &to.id, left).await?;
         step("app", at, format!("{live} is live"), reporter);
     }
     if db(req.mode) {

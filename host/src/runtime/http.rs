@@ -348,10 +348,16 @@ impl WasiHttpHooks for Hooks {
 }
 
 /// The TLS client configuration shared by all plugins: the webpki roots.
-pub(crate) fn tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let roots = rustls::RootCertStore {
+/// The TLS client configuration: the public web roots, plus `extra` (a plugin's granted CAs).
+pub(crate) fn tls_config(
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.into(),
     };
+    for cert in extra {
+        roots.add(cert.clone())?;
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -102,7 +102,7 @@ impl Runtime {
         )
         .map_err(err)?;
 
-        let tls = http::tls_config().map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let tls = http::tls_config(&[]).map_err(|e| RuntimeError::Engine(e.to_string()))?;
         let cache = cache::ComponentCache::new(cache_dir, &engine);
         Ok(Runtime {
             inner: Arc::new(Inner {

@@ -130,6 +130,8 @@ struct Inner {
     pre: InstancePre<PluginState>,
     policy: Arc<Policy>,
     secrets: Arc<Secrets>,
+    /// TLS roots for this plugin's requests (the runtime's, or with its granted CAs added).
+    tls: Arc<rustls::ClientConfig>,
     config_json: String,
     validator: Option<validator::GuestIndices>,
     deploy_target: Option<deploy_target::GuestIndices>,
@@ -213,6 +215,14 @@ pub(super) fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Plugin, LoadEr
             });
         }
     }
+    let tls = if spec.policy.extra_roots.is_empty() {
+        runtime.inner.tls.clone()
+    } else {
+        super::http::tls_config(&spec.policy.extra_roots).map_err(|e| LoadError::Grant {
+            plugin: name.clone(),
+            reason: format!("a granted CA certificate cannot be used: {e}"),
+        })?
+    };
     let mut config = spec.config;
     if !config.is_object() {
         config = serde_json::Value::Object(Default::default());
@@ -229,6 +239,7 @@ pub(super) fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Plugin, LoadEr
             pre,
             policy: Arc::new(spec.policy),
             secrets: Arc::new(spec.secrets),
+            tls,
             config_json: config.to_string(),
             validator,
             deploy_target,
@@ -439,7 +450,7 @@ impl Plugin {
             inner.name.clone(),
             inner.policy.clone(),
             inner.secrets.clone(),
-            inner.runtime.inner.tls.clone(),
+            inner.tls.clone(),
         ));
         let tag = CallTag {
             plugin: inner.name.clone(),

@@ -131,6 +131,9 @@ pub struct Policy {
     pub max_return_bytes: usize,
     /// Cap on outgoing HTTP requests per call.
     pub max_requests: u32,
+    /// Certificate authorities trusted for this plugin's HTTPS requests, besides the public
+    /// web roots (a Kubernetes cluster's CA, a private registry's). DER-encoded.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Default for Policy {
@@ -145,6 +148,7 @@ impl Default for Policy {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_return_bytes: DEFAULT_MAX_RETURN_BYTES,
             max_requests: DEFAULT_MAX_REQUESTS,
+            extra_roots: Vec::new(),
         }
     }
 }

@@ -165,6 +165,20 @@ impl Response {
     }
 }
 
+/// Percent-encodes `s` for a URL's path segment or query value: everything but the
+/// unreserved characters (`A-Z a-z 0-9 - . _ ~`) is encoded.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn snippet(s: &str) -> String {
     let s = s.trim();
     match s.char_indices().nth(300) {
@@ -251,7 +265,9 @@ fn send(req: RequestBuilder) -> Result<Response, PluginError> {
             .append(name, value.as_bytes())
             .map_err(|e| rejected(format!("header `{name}`: {e:?}")))?;
     }
-    if !req.body.is_empty() {
+    // An empty POST/PUT/PATCH still says so: without a length the body goes out chunked,
+    // which some APIs refuse (411) and which is not what their documents describe.
+    if !req.body.is_empty() || matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
         let len = req.body.len().to_string();
         headers
             .append("content-length", len.as_bytes())
@@ -358,5 +374,15 @@ mod tests {
         assert_eq!(u.target(), "/?x=1");
         assert!(parse_url("ftp://x").is_err());
         assert!(parse_url("https:///x").is_err());
+    }
+
+    #[test]
+    fn encodes_components() {
+        assert_eq!(
+            encode("app=web,tier in (a b)"),
+            "app%3Dweb%2Ctier%20in%20%28a%20b%29"
+        );
+        assert_eq!(encode("a-b_c.d~"), "a-b_c.d~");
+        assert_eq!(encode("é"), "%C3%A9");
     }
 }

@@ -1,0 +1,774 @@
+//! The Vercel and Kubernetes plugins, under the real sandbox, against stand-ins that follow
+//! the platforms' published APIs. Every request the plugins send is checked against the
+//! official OpenAPI documents; one that does not fit fails the test.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use deploy_agent::runtime::{
+    Artifact, CallContext, CallError, HostPattern, Plugin, PluginError, PluginSpec, ReleaseState,
+    Secret, SecretValue, Severity,
+};
+use deploy_agent_tests::kubernetes::{self, Kubernetes};
+use deploy_agent_tests::standin::{Standin, fetch};
+use deploy_agent_tests::vercel::Vercel;
+use deploy_agent_tests::{fixtures, load, spec};
+use serde_json::{Value, json};
+
+use crate::project::{Project, stderr};
+
+const TOKEN: &str = "vc-token-7f3a9c1e5b";
+const K8S_TOKEN: &str = "k8s-token-51d0c2a8e4";
+const TEAM: &str = "team_standin";
+
+/// A plugin spec allowed to reach `server` only, with `token` bound to it.
+fn platform_spec(
+    name: &str,
+    path: &str,
+    server: &Standin,
+    token: &str,
+    config: Value,
+) -> PluginSpec {
+    let host = format!("127.0.0.1:{}", server.port);
+    let mut s = spec(name, path);
+    s.policy
+        .allowed_hosts
+        .push(HostPattern::parse(&host).unwrap());
+    s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
+    s.policy.timeout = Duration::from_secs(5);
+    s.policy.max_requests = 200;
+    s.secrets.insert(
+        "token".into(),
+        Secret {
+            value: SecretValue::new(token.to_string()),
+            hosts: vec![HostPattern::parse(&host).unwrap()],
+        },
+    );
+    s.config = config;
+    s
+}
+
+fn ctx(run: &str) -> CallContext {
+    let mut c = CallContext::new("staging");
+    c.deployment_id = run.into();
+    c
+}
+
+fn site(dir: &Path, version: &str) -> Artifact {
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(dir.join("index.html"), format!("<h1>{version}</h1>")).unwrap();
+    std::fs::write(dir.join("about.html"), "<p>about</p>").unwrap();
+    std::fs::write(dir.join("assets/app.css"), "body{color:#333}").unwrap();
+    let mut a = Artifact::version(version);
+    a.path = Some("/artifact".into());
+    a
+}
+
+fn vercel_plugin(v: &Vercel, artifact: &Path, token: &str, extra: Value) -> Plugin {
+    let mut config =
+        json!({"api": v.api(), "project": "web", "team_id": TEAM, "url_scheme": "http"});
+    for (k, val) in extra.as_object().cloned().unwrap_or_default() {
+        config[k] = val;
+    }
+    let mut s = platform_spec("vercel", fixtures::VERCEL, &v.server, token, config);
+    s.policy.dirs.push(deploy_agent::runtime::DirGrant {
+        host: artifact.to_path_buf(),
+        guest: "/artifact".into(),
+        writable: false,
+    });
+    load(s)
+}
+
+/// A state in words, for assertions.
+fn word(s: &ReleaseState) -> String {
+    match s {
+        ReleaseState::Pending => "pending".into(),
+        ReleaseState::InProgress(t) => format!("in-progress: {t}"),
+        ReleaseState::Ready => "ready".into(),
+        ReleaseState::Live => "live".into(),
+        ReleaseState::Failed(w) => format!("failed: {w}"),
+        ReleaseState::Canceled => "canceled".into(),
+    }
+}
+
+async fn state(plugin: &Plugin, run: &str, id: &str) -> String {
+    word(&plugin.status(&ctx(run), id).await.expect("status").state)
+}
+
+/// Polls `status` the way the host does until the state is no longer pending or in progress;
+/// returns every state seen, in words.
+async fn poll(plugin: &Plugin, run: &str, id: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let s = plugin.status(&ctx(run), id).await.expect("status");
+        let done = !matches!(s.state, ReleaseState::Pending | ReleaseState::InProgress(_));
+        seen.push(word(&s.state));
+        if done {
+            return seen;
+        }
+    }
+    panic!("{id} never settled: {seen:?}");
+}
+
+fn api_calls<'a>(server: &'a Standin, method: &str, path: &str) -> usize {
+    server
+        .seen()
+        .iter()
+        .filter(|r| r.method == method && r.path == path)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vercel_uploads_what_is_missing_stages_promotes_and_rolls_back() {
+    let v = Vercel::start(TOKEN, Some(TEAM)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = vercel_plugin(&v, dir.path(), TOKEN, json!({}));
+
+    // v1: every file is new, so the first post is answered `missing_files`.
+    let a1 = site(dir.path(), "v1");
+    let s1 = plugin.deploy(&ctx("run-1"), &a1).await.expect("deploy v1");
+    assert_eq!(api_calls(&v.server, "POST", "/v13/deployments"), 2);
+    assert_eq!(api_calls(&v.server, "POST", "/v2/files"), 3);
+    let states = poll(&plugin, "run-1", &s1.release_id).await;
+    assert_eq!(
+        states.first(),
+        Some(&"in-progress: initializing".to_string())
+    );
+    assert!(
+        states.contains(&"in-progress: building".to_string()),
+        "{states:?}"
+    );
+    assert_eq!(
+        states.last(),
+        Some(&"ready".to_string()),
+        "staged, not live"
+    );
+    // The staged URL serves the release before promotion; production has nothing yet.
+    let url = s1.url.clone().expect("staged url");
+    assert_eq!(
+        fetch(&format!("{url}/index.html")).await,
+        (200, "<h1>v1</h1>".into())
+    );
+    assert_eq!(
+        fetch(&format!("{}/_sites/production/", v.api())).await.0,
+        404
+    );
+    plugin
+        .promote(&ctx("run-1"), &s1.release_id)
+        .await
+        .expect("promote");
+    assert_eq!(poll(&plugin, "run-1", &s1.release_id).await, ["live"]);
+
+    // v2: only index.html changed, so only it is uploaded.
+    let a2 = site(dir.path(), "v2");
+    let s2 = plugin.deploy(&ctx("run-2"), &a2).await.expect("deploy v2");
+    assert_eq!(api_calls(&v.server, "POST", "/v2/files"), 4);
+    assert_eq!(
+        poll(&plugin, "run-2", &s2.release_id).await.last(),
+        Some(&"ready".to_string())
+    );
+    plugin.promote(&ctx("run-2"), &s2.release_id).await.unwrap();
+    let prod = format!("{}/_sites/production/index.html", v.api());
+    assert_eq!(fetch(&prod).await.1, "<h1>v2</h1>");
+
+    let releases = plugin.list_releases(&ctx("")).await.unwrap();
+    assert_eq!(releases.len(), 2);
+    assert_eq!(
+        (releases[0].id.as_str(), releases[0].live),
+        (s2.release_id.as_str(), true)
+    );
+    assert_eq!(releases[0].version.as_deref(), Some("v2"));
+    assert_eq!(
+        (releases[1].id.as_str(), releases[1].live),
+        (s1.release_id.as_str(), false)
+    );
+
+    // Rollback with no target goes to the production deployment before the live one.
+    let back = plugin.rollback(&ctx(""), None).await.expect("rollback");
+    assert_eq!(back, s1.release_id);
+    assert_eq!(fetch(&prod).await.1, "<h1>v1</h1>");
+    assert_eq!(poll(&plugin, "", &s1.release_id).await, ["live"]);
+
+    // Every call carried the token (put in by the host) and the team, and fitted the spec.
+    let n = v.server.assert_fits_spec();
+    for r in v
+        .server
+        .seen()
+        .iter()
+        .filter(|r| !r.path.starts_with("/_sites/"))
+    {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {TOKEN}").as_str()),
+            "{r:?}"
+        );
+        if r.path != "/v2/user" && !r.path.starts_with("/v2/teams/") {
+            assert_eq!(r.param("teamId"), Some(TEAM), "{} {}", r.method, r.path);
+        }
+    }
+    assert!(n > 15, "{n} requests");
+    // Uploads carried the SHA-1 of their bytes (the stand-in refuses others).
+    let body = v.server.seen();
+    let upload = body.iter().find(|r| r.path == "/v2/files").unwrap();
+    assert_eq!(
+        upload.header("content-type"),
+        Some("application/octet-stream")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vercel_build_failure_queued_promotion_rate_limits_auth_and_hangs() {
+    let v = Vercel::start(TOKEN, Some(TEAM)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = vercel_plugin(&v, dir.path(), TOKEN, json!({}));
+
+    // A failing build surfaces Vercel's error message.
+    let a = site(dir.path(), "v1");
+    std::fs::write(dir.path().join("index.html"), "BUILD_FAIL").unwrap();
+    let s = plugin.deploy(&ctx("run-f"), &a).await.unwrap();
+    match poll(&plugin, "run-f", &s.release_id).await.last() {
+        Some(why) if why.starts_with("failed: ") => {
+            assert!(
+                why.contains("npm run build") && why.contains("BUILD_FAILED"),
+                "{why}"
+            )
+        }
+        other => panic!("expected a failed build, got {other:?}"),
+    }
+
+    // A queued promotion (202) is not live at once; status reports it once it is.
+    let a = site(dir.path(), "v2");
+    let s = plugin.deploy(&ctx("run-q"), &a).await.unwrap();
+    poll(&plugin, "run-q", &s.release_id).await;
+    v.state.lock().unwrap().queue_promotions = true;
+    plugin
+        .promote(&ctx("run-q"), &s.release_id)
+        .await
+        .expect("202 is accepted");
+    let now = state(&plugin, "run-q", &s.release_id).await;
+    assert_eq!(now, "ready", "queued, not live yet");
+    assert_eq!(
+        poll(&plugin, "run-q", &s.release_id).await.last(),
+        Some(&"ready".to_string())
+    );
+    let mut live = false;
+    for _ in 0..5 {
+        if state(&plugin, "run-q", &s.release_id).await == "live" {
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "the queued promotion completed");
+
+    // 429: a retryable error carrying the wait from Retry-After.
+    v.state.lock().unwrap().rate_limit = 1;
+    let err = plugin
+        .status(&ctx("run-q"), &s.release_id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.retry_after(), Some(Some(1000)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Rate limit exceeded (rate_limited)"),
+        "{err}"
+    );
+
+    // A wrong token: unauthorized, in Vercel's words; the validator names it.
+    let bad = vercel_plugin(&v, dir.path(), "wrong-token", json!({}));
+    match bad.status(&ctx(""), &s.release_id).await.unwrap_err() {
+        CallError::Plugin {
+            error: PluginError::Unauthorized(m),
+            ..
+        } => {
+            assert!(m.contains("Not authorized (forbidden)"), "{m}")
+        }
+        other => panic!("expected unauthorized, got {other}"),
+    }
+    let findings = bad
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert_eq!(findings.len(), 1);
+    assert_eq!(
+        (findings[0].code.as_str(), findings[0].severity),
+        ("token-invalid", Severity::Error)
+    );
+
+    // The validator: a good setup is clean, a missing project and auto-assigned domains are named.
+    let clean = plugin
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert!(clean.is_empty(), "{clean:?}");
+    let missing = vercel_plugin(&v, dir.path(), TOKEN, json!({"project": "nope"}));
+    let f = missing
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert_eq!(f[0].code, "project-missing");
+    let other_team = vercel_plugin(&v, dir.path(), TOKEN, json!({"team_id": "team_other"}));
+    let f = other_team
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert_eq!(f[0].code, "team-access");
+    v.state.lock().unwrap().auto_assign = true;
+    let f = plugin
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (f[0].code.as_str(), f[0].severity),
+        ("promotion-immediate", Severity::Warning)
+    );
+
+    // A server that hangs: the plugin's deadline ends the call.
+    v.state.lock().unwrap().hang = true;
+    let started = Instant::now();
+    let err = plugin.status(&ctx(""), &s.release_id).await.unwrap_err();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    v.server.assert_fits_spec();
+}
+
+fn k8s_plugin(k: &Kubernetes, token: &str, trust: bool, extra: Value) -> Plugin {
+    let mut config = json!({
+        "api": k.api(), "namespace": kubernetes::NAMESPACE, "deployment": kubernetes::NAME,
+        "containers": {"web": "registry.example.com/web:{version}"},
+        "env": {"APP_VERSION": "{version}"},
+        "url": "http://web.shop.svc",
+    });
+    for (key, val) in extra.as_object().cloned().unwrap_or_default() {
+        config[key] = val;
+    }
+    let mut s = platform_spec("kubernetes", fixtures::KUBERNETES, &k.server, token, config);
+    if trust {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        s.policy.extra_roots = CertificateDer::pem_slice_iter(k.ca_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    }
+    load(s)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_rolls_out_with_kubectl_rules_and_undoes_like_kubectl() {
+    let k = Kubernetes::start(K8S_TOKEN).await;
+    let plugin = k8s_plugin(&k, K8S_TOKEN, true, json!({}));
+
+    let s1 = plugin
+        .deploy(&ctx("run-1"), &Artifact::version("v1"))
+        .await
+        .expect("deploy v1");
+    assert_eq!(s1.release_id, "run-1");
+    assert_eq!(s1.url.as_deref(), Some("http://web.shop.svc"));
+    let states = poll(&plugin, "run-1", "run-1").await;
+    // kubectl's order: the new generation is observed, replicas update, old ones go, then
+    // the updated ones become available.
+    let texts: Vec<String> = states
+        .iter()
+        .filter_map(|s| s.strip_prefix("in-progress: ").map(str::to_string))
+        .collect();
+    assert!(texts[0].contains("spec update to be observed"), "{texts:?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("new replicas have been updated")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("old replicas are pending termination")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("updated replicas are available")),
+        "{texts:?}"
+    );
+    assert_eq!(states.last(), Some(&"live".to_string()));
+    // The strategic merge changed the named container and kept the other one.
+    assert_eq!(
+        k.images(),
+        [
+            "registry.example.com/web:v1",
+            "registry.example.com/shipper:3"
+        ]
+    );
+    plugin
+        .promote(&ctx("run-1"), "run-1")
+        .await
+        .expect("promote is a check");
+
+    plugin
+        .deploy(&ctx("run-2"), &Artifact::version("v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        poll(&plugin, "run-2", "run-2").await.last(),
+        Some(&"live".to_string())
+    );
+    assert_eq!(k.revision(), "3");
+    let releases = plugin.list_releases(&ctx("")).await.unwrap();
+    let ids: Vec<(&str, bool)> = releases.iter().map(|r| (r.id.as_str(), r.live)).collect();
+    // Owned ReplicaSets only (the stray one with the same labels is not ours), newest first.
+    assert_eq!(
+        ids,
+        [("run-2", true), ("run-1", false), ("revision-1", false)]
+    );
+    assert_eq!(releases[0].version.as_deref(), Some("v2"));
+
+    // `rollout undo`: the second-highest revision, by JSON patch; the controller re-uses
+    // that ReplicaSet under the next revision.
+    let back = plugin.rollback(&ctx(""), None).await.expect("undo");
+    assert_eq!(back, "run-1");
+    assert_eq!(
+        poll(&plugin, "", "run-1").await.last(),
+        Some(&"live".to_string())
+    );
+    assert_eq!(k.images()[0], "registry.example.com/web:v1");
+    assert_eq!(k.revision(), "4");
+    let patch = k
+        .server
+        .seen()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == "PATCH")
+        .unwrap();
+    assert_eq!(
+        patch.header("content-type"),
+        Some("application/json-patch+json")
+    );
+    let ops = patch.json();
+    assert_eq!(ops[0]["path"], "/spec/template");
+    assert!(
+        ops[0]["value"]["metadata"]["labels"]
+            .get("pod-template-hash")
+            .is_none()
+    );
+    // Rolling back to the release that is already the template is skipped, as kubectl does.
+    let patches = api_patches(&k.server);
+    assert_eq!(
+        plugin.rollback(&ctx(""), Some("run-1")).await.unwrap(),
+        "run-1"
+    );
+    assert_eq!(
+        api_patches(&k.server),
+        patches,
+        "no patch for a skipped rollback"
+    );
+    // A named revision made outside the agent.
+    assert_eq!(
+        plugin.rollback(&ctx(""), Some("revision-1")).await.unwrap(),
+        "revision-1"
+    );
+    assert_eq!(k.images()[0], "registry.example.com/web:v0");
+    let err = plugin.rollback(&ctx(""), Some("run-9")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("unable to find release run-9"),
+        "{err}"
+    );
+
+    k.server.assert_fits_spec();
+    for r in k.server.seen() {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {K8S_TOKEN}").as_str())
+        );
+    }
+}
+
+fn api_patches(server: &Standin) -> usize {
+    server.seen().iter().filter(|r| r.method == "PATCH").count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_failures_tls_auth_conflicts_and_hangs() {
+    let k = Kubernetes::start(K8S_TOKEN).await;
+    let plugin = k8s_plugin(&k, K8S_TOKEN, true, json!({}));
+
+    // A rollout that never becomes available fails on ProgressDeadlineExceeded.
+    plugin
+        .deploy(&ctx("run-b"), &Artifact::version("broken"))
+        .await
+        .unwrap();
+    match poll(&plugin, "run-b", "run-b").await.last() {
+        Some(why) if why.starts_with("failed: ") => {
+            assert!(why.contains("exceeded its progress deadline"), "{why}")
+        }
+        other => panic!("expected a failed rollout, got {other:?}"),
+    }
+
+    // Without the cluster's CA the host refuses the server's certificate.
+    let untrusting = k8s_plugin(&k, K8S_TOKEN, false, json!({}));
+    let err = untrusting.status(&ctx(""), "run-b").await.unwrap_err();
+    assert!(!err.to_string().is_empty());
+    assert!(
+        !matches!(
+            err,
+            CallError::Plugin {
+                error: PluginError::Unauthorized(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // A conflicting write is retryable with a wait.
+    k.state.lock().unwrap().conflicts = 1;
+    let err = plugin
+        .deploy(&ctx("run-c"), &Artifact::version("v3"))
+        .await
+        .unwrap_err();
+    assert!(err.retry_after().is_some_and(|w| w.is_some()), "{err}");
+    assert!(
+        err.to_string().contains("the object has been modified"),
+        "{err}"
+    );
+
+    // A wrong token is unauthorized; the validator says why, and a read-only token may not patch.
+    let wrong = k8s_plugin(&k, "nope", true, json!({}));
+    match wrong
+        .deploy(&ctx("run-x"), &Artifact::version("v3"))
+        .await
+        .unwrap_err()
+    {
+        CallError::Plugin {
+            error: PluginError::Unauthorized(m),
+            ..
+        } => assert!(m.contains("Unauthorized"), "{m}"),
+        other => panic!("expected unauthorized, got {other}"),
+    }
+    let f = wrong
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert_eq!(f[0].code, "token-invalid");
+    let viewer = k8s_plugin(&k, &format!("{K8S_TOKEN}-read-only"), true, json!({}));
+    let f = viewer
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    let codes: Vec<&str> = f.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(codes, ["patch-forbidden", "rollback-unavailable"]);
+    let clean = plugin
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert!(clean.is_empty(), "{clean:?}");
+    let typo = k8s_plugin(
+        &k,
+        K8S_TOKEN,
+        true,
+        json!({"containers": {"wbe": "x:{version}"}}),
+    );
+    let f = typo
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert_eq!(f[0].code, "container-missing");
+    let err = typo
+        .deploy(&ctx("run-t"), &Artifact::version("v3"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has no container wbe; it has web, log-shipper"),
+        "{err}"
+    );
+    let elsewhere = k8s_plugin(&k, K8S_TOKEN, true, json!({"namespace": "gone"}));
+    let f = elsewhere
+        .validate(&ctx(""), &Artifact::version("v3"))
+        .await
+        .unwrap();
+    assert_eq!(f[0].code, "namespace-missing");
+
+    // A hung API server: the deadline fires.
+    k.state.lock().unwrap().hang = true;
+    let err = plugin.status(&ctx(""), "run-b").await.unwrap_err();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err}");
+    k.server.assert_fits_spec();
+}
+
+/// The pipeline end to end: staging on Vercel, production on Kubernetes, each through
+/// validation, deploy, verification, promotion, and an operator's rollback.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_deploys_to_vercel_and_kubernetes_and_rolls_back() {
+    let v = Vercel::start(TOKEN, Some(TEAM)).await;
+    v.state.lock().unwrap().queue_promotions = true;
+    let k = Kubernetes::start(K8S_TOKEN).await;
+    let project = Project::new("", "");
+    std::fs::write(project.path("cluster-ca.pem"), &k.ca_pem).unwrap();
+    let toml = format!(
+        r#"
+[plugins.vercel]
+path = "{vercel}"
+[plugins.vercel.policy]
+allowed_hosts = ["127.0.0.1:{vport}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+dirs = [{{ path = "site", guest = "/artifact" }}]
+max_requests = 200
+[plugins.vercel.secrets.token]
+from = "${{env:VERCEL_TOKEN}}"
+hosts = ["127.0.0.1:{vport}"]
+[plugins.vercel.config]
+api = "http://127.0.0.1:{vport}"
+project = "web"
+team_id = "{TEAM}"
+url_scheme = "http"
+
+[plugins.kubernetes]
+path = "{k8s}"
+[plugins.kubernetes.policy]
+allowed_hosts = ["127.0.0.1:{kport}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+tls_ca = ["cluster-ca.pem"]
+[plugins.kubernetes.secrets.token]
+from = "${{env:K8S_TOKEN}}"
+hosts = ["127.0.0.1:{kport}"]
+[plugins.kubernetes.config]
+api = "https://127.0.0.1:{kport}"
+namespace = "shop"
+deployment = "web"
+containers = {{ web = "registry.example.com/web:{{version}}" }}
+
+[environments.staging]
+[environments.staging.target]
+plugin = "vercel"
+[environments.staging.artifact]
+path = "site"
+[environments.staging.validate]
+plugins = ["vercel"]
+[environments.staging.deploy]
+poll_interval_ms = 10
+[[environments.staging.checks]]
+name = "the release's own URL serves it"
+http = "{{url}}/index.html"
+body_contains = "<h1>"
+[[environments.staging.checks]]
+name = "production serves a page after promotion"
+stage = "watch"
+http = "http://127.0.0.1:{vport}/_sites/production/index.html"
+body_contains = "<h1>"
+
+[environments.production]
+[environments.production.target]
+plugin = "kubernetes"
+[environments.production.validate]
+plugins = ["kubernetes"]
+[environments.production.deploy]
+poll_interval_ms = 10
+"#,
+        vercel = fixtures::VERCEL,
+        k8s = fixtures::KUBERNETES,
+        vport = v.server.port,
+        kport = k.server.port,
+    );
+    let base = std::fs::read_to_string(project.path("agent.toml")).unwrap();
+    let write = |version: &str| {
+        std::fs::write(
+            project.path("site/index.html"),
+            format!("<h1>{version}</h1>"),
+        )
+        .unwrap();
+        std::fs::write(project.path("agent.toml"), format!("{base}{toml}")).unwrap();
+    };
+    let run = |args: Vec<String>| {
+        let mut cmd = project.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        cmd.env("VERCEL_TOKEN", TOKEN).env("K8S_TOKEN", K8S_TOKEN);
+        cmd
+    };
+    let deploy = |env: &str, version: &str| {
+        let mut cmd = run(vec![
+            "deploy".into(),
+            "--env".into(),
+            env.into(),
+            "--version".into(),
+            version.into(),
+            "--output".into(),
+            "json".into(),
+        ]);
+        let out = cmd.output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
+        (out.status.code(), v, stderr(&out))
+    };
+
+    for version in ["v1", "v2"] {
+        write(version);
+        let (code, out, err) = tokio::task::block_in_place(|| deploy("staging", version));
+        assert_eq!(code, Some(0), "{out:#}\n{err}");
+        assert_eq!(out["deployment"]["status"], "succeeded", "{out:#}");
+    }
+    let prod = format!("{}/_sites/production/index.html", v.api());
+    assert_eq!(fetch(&prod).await.1, "<h1>v2</h1>");
+    // Verification ran against the preview URL the plugin returned.
+    let previews = v
+        .server
+        .seen()
+        .iter()
+        .filter(|r| r.path.starts_with("/_sites/dpl_"))
+        .count();
+    assert!(previews >= 2, "{previews} preview checks");
+
+    // A failed build fails the run and leaves production alone.
+    write("v3");
+    std::fs::write(project.path("site/about.html"), "BUILD_FAIL").unwrap();
+    let (code, out, _) = tokio::task::block_in_place(|| deploy("staging", "v3"));
+    assert_eq!(code, Some(1), "{out:#}");
+    assert!(out.to_string().contains("BUILD_FAILED"), "{out:#}");
+    assert_eq!(fetch(&prod).await.1, "<h1>v2</h1>");
+    std::fs::remove_file(project.path("site/about.html")).unwrap();
+
+    // The operator's rollback: app only, to the release before the live one.
+    let out = tokio::task::block_in_place(|| {
+        run(vec![
+            "rollback".into(),
+            "--env".into(),
+            "staging".into(),
+            "--yes".into(),
+            "--reason".into(),
+            "bad copy".into(),
+        ])
+        .output()
+        .unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fetch(&prod).await.1, "<h1>v1</h1>");
+
+    // Production on Kubernetes: two rollouts, then a rollback.
+    for version in ["v1", "v2"] {
+        let (code, out, err) = tokio::task::block_in_place(|| deploy("production", version));
+        assert_eq!(code, Some(0), "{out:#}\n{err}");
+        assert_eq!(k.images()[0], format!("registry.example.com/web:{version}"));
+    }
+    let out = tokio::task::block_in_place(|| {
+        run(vec![
+            "rollback".into(),
+            "--env".into(),
+            "production".into(),
+            "--yes".into(),
+            "--reason".into(),
+            "v2 is slow".into(),
+        ])
+        .output()
+        .unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(k.images()[0], "registry.example.com/web:v1");
+    // A rollout that fails its deadline fails the run.
+    let (code, out, _) = tokio::task::block_in_place(|| deploy("production", "broken"));
+    assert_eq!(code, Some(1), "{out:#}");
+    assert!(out.to_string().contains("progress deadline"), "{out:#}");
+
+    v.server.assert_fits_spec();
+    k.server.assert_fits_spec();
+    // The tokens reached the platforms and nothing else: not the state store, not the logs.
+    let state = std::fs::read(project.path("state/state.db")).unwrap_or_default();
+    for secret in [TOKEN, K8S_TOKEN] {
+        assert!(!String::from_utf8_lossy(&state).contains(secret));
+    }
+}
