@@ -110,7 +110,7 @@ async fn poll(plugin: &Plugin, run: &str, id: &str) -> Vec<String> {
     panic!("{id} never settled: {seen:?}");
 }
 
-fn api_calls<'a>(server: &'a Standin, method: &str, path: &str) -> usize {
+fn api_calls(server: &Standin, method: &str, path: &str) -> usize {
     server
         .seen()
         .iter()
@@ -692,6 +692,12 @@ poll_interval_ms = 10
             "json".into(),
         ]);
         let out = cmd.output().unwrap();
+        for secret in [TOKEN, K8S_TOKEN] {
+            assert!(
+                !stderr(&out).contains(secret)
+                    && !String::from_utf8_lossy(&out.stdout).contains(secret)
+            );
+        }
         let v: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stderr(&out)));
         (out.status.code(), v, stderr(&out))
@@ -739,12 +745,17 @@ poll_interval_ms = 10
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fetch(&prod).await.1, "<h1>v1</h1>");
 
-    // Production on Kubernetes: two rollouts, then a rollback.
+    // Production on Kubernetes: two rollouts (the second meets a write conflict, which the
+    // pipeline retries), then a rollback.
     for version in ["v1", "v2"] {
+        if version == "v2" {
+            k.state.lock().unwrap().conflicts = 1;
+        }
         let (code, out, err) = tokio::task::block_in_place(|| deploy("production", version));
         assert_eq!(code, Some(0), "{out:#}\n{err}");
         assert_eq!(k.images()[0], format!("registry.example.com/web:{version}"));
     }
+    assert_eq!(k.state.lock().unwrap().conflicts, 0, "the conflict was met");
     let out = tokio::task::block_in_place(|| {
         run(vec![
             "rollback".into(),
@@ -767,7 +778,7 @@ poll_interval_ms = 10
     v.server.assert_fits_spec();
     k.server.assert_fits_spec();
     // The tokens reached the platforms and nothing else: not the state store, not the logs.
-    let state = std::fs::read(project.path("state/state.db")).unwrap_or_default();
+    let state = std::fs::read(project.path("state/state.db")).expect("the state store");
     for secret in [TOKEN, K8S_TOKEN] {
         assert!(!String::from_utf8_lossy(&state).contains(secret));
     }

@@ -35,7 +35,9 @@ pub use artifact::{digest, guest_path};
 
 use crate::config::{CheckStage, Config, Environment, Gate, RollbackPolicy, Strategy};
 use crate::db::{backup, migrate};
-use crate::runtime::{Artifact, CallContext, EventKind, Kind, Plugin, ReleaseState, Runtime};
+use crate::runtime::{
+    Artifact, CallContext, CallError, EventKind, Kind, Plugin, PluginError, ReleaseState, Runtime,
+};
 use crate::store::{
     AuditEntry, Deployment, DeploymentField, Lease, Owner, ReleaseRecord, Store, StoreError, now_ms,
 };
@@ -951,10 +953,11 @@ impl Run<'_> {
         let release_id = match self.d.release_id.clone() {
             Some(id) => id,
             None => {
-                let staged = match target.deploy(&self.ctx, &self.artifact).await {
-                    Ok(s) => s,
-                    Err(e) => return Err(self.fail(Stage::Deploy, step, e.to_string()).await),
-                };
+                let staged =
+                    match retrying("deploy", || target.deploy(&self.ctx, &self.artifact)).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(self.fail(Stage::Deploy, step, e.to_string()).await),
+                    };
                 self.record(DeploymentField::ReleaseId, Some(&staged.release_id))
                     .await?;
                 self.d.release_id = Some(staged.release_id.clone());
@@ -1358,7 +1361,8 @@ impl Run<'_> {
                 .fail(Stage::Promote, step, "no release was staged".into())
                 .await);
         };
-        if let Err(e) = self.plugins.target.promote(&self.ctx, &id).await {
+        let target = &self.plugins.target;
+        if let Err(e) = retrying("promote", || target.promote(&self.ctx, &id)).await {
             return Err(self.fail(Stage::Promote, step, e.to_string()).await);
         }
         if let Err(e) = self.until_live(&id).await {
@@ -1506,8 +1510,7 @@ pub(crate) async fn switch_back(
     left: Option<(&str, &str)>,
 ) -> Result<String, String> {
     let environment = env.name.as_str();
-    let live = target
-        .rollback(ctx, Some(to))
+    let live = retrying("rollback", || target.rollback(ctx, Some(to)))
         .await
         .map_err(|e| e.to_string())?;
     wait_live(target, ctx, &live, &env.deploy, |what| {
@@ -1525,6 +1528,52 @@ pub(crate) async fn switch_back(
             .map_err(|e| e.to_string())?;
     }
     Ok(live)
+}
+
+/// Attempts at a target operation that fails with a retryable plugin error.
+const TARGET_ATTEMPTS: u32 = 4;
+/// The longest wait between them, whatever the platform asks.
+const TARGET_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Calls a target operation again while the plugin says the failure is transient (a 429 with
+/// Retry-After, a 409 conflict, a 503), waiting what the platform asked (capped) or backing off.
+/// A deadline is not retried here: the timed-out call may have taken effect.
+async fn retrying<T, F, Fut>(op: &str, mut call: F) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e)
+                if attempt < TARGET_ATTEMPTS
+                    && matches!(
+                        &e,
+                        CallError::Plugin {
+                            error: PluginError::Retryable(_),
+                            ..
+                        }
+                    ) =>
+            {
+                let wait = e
+                    .retry_after()
+                    .flatten()
+                    .map(Duration::from_millis)
+                    .unwrap_or(Duration::from_millis(500 << attempt))
+                    .min(TARGET_MAX_WAIT);
+                tracing::info!(
+                    op,
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    "{e}; trying again"
+                );
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Polls the target until it reports `id` live, on the environment's poll interval and

@@ -379,7 +379,7 @@ impl DeployTarget for Kubernetes {
             }},
         });
         let d = api.patch("application/strategic-merge-patch+json", &patch)?;
-        log::info(&format!(
+        log::info(format!(
             "patched {}/{} to generation {}",
             api.s.namespace,
             api.s.deployment,
@@ -467,7 +467,7 @@ impl DeployTarget for Kubernetes {
             .map(without_hash)
             .ok_or_else(|| rejected(format!("ReplicaSet for {id} has no template")))?;
         if without_hash(&spec.template) == template {
-            log::info(&format!("skipped rollback: {id} is already the template"));
+            log::info(format!("skipped rollback: {id} is already the template"));
             return Ok(id);
         }
         let mut annotations = BTreeMap::new();

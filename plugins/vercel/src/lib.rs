@@ -321,7 +321,7 @@ impl DeployTarget for Vercel {
         if files.is_empty() {
             return Err(rejected(format!("the artifact {dir} has no files")));
         }
-        log::info(&format!(
+        log::info(format!(
             "{} files, {} bytes",
             files.len(),
             files.iter().map(|f| f.size).sum::<u64>()
@@ -342,7 +342,7 @@ impl DeployTarget for Vercel {
         }
         let mut r = api.post_json("/v13/deployments", &body)?;
         if let Some(wanted) = missing(&r) {
-            log::info(&format!(
+            log::info(format!(
                 "uploading {} files Vercel has not seen",
                 wanted.len()
             ));
@@ -512,7 +512,7 @@ fn list(api: &Api, project_id: &str, live: Option<&str>) -> Result<Vec<Release>,
             })
         })
         .collect();
-    out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+    out.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
     Ok(out)
 }
 
