@@ -505,7 +505,13 @@ async fn kubernetes_failures_tls_auth_conflicts_and_hangs() {
     // Without the cluster's CA the host refuses the server's certificate.
     let untrusting = k8s_plugin(&k, K8S_TOKEN, false, json!({}));
     let err = untrusting.status(&ctx(""), "run-b").await.unwrap_err();
-    assert!(!err.to_string().is_empty());
+    assert!(err.to_string().contains("Tls"), "{err}");
+    assert!(
+        deploy_agent_tests::logs::captured()
+            .lines()
+            .any(|l| l.contains("TLS handshake failed") && l.contains("UnknownIssuer")),
+        "the operator's log names the cause"
+    );
     assert!(
         !matches!(
             err,

@@ -195,7 +195,15 @@ impl Guard {
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(HttpError::Tls)?;
+                .map_err(|e| {
+                    // The plugin sees only "TLS protocol error"; the operator needs the cause.
+                    tracing::warn!(
+                        plugin = %self.plugin,
+                        host = %host,
+                        "TLS handshake failed: {e} (a server with a private CA needs it in the plugin's policy: tls_ca)"
+                    );
+                    HttpError::Tls(e)
+                })?;
             Box::new(tls)
         } else {
             Box::new(tcp)
