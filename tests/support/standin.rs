@@ -229,7 +229,11 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn read_request<S: AsyncRead + Unpin>(socket: &mut S) -> Option<Request> {
+/// One HTTP/1.1 request off the wire: method, target, headers (names lowercased) and body
+/// (by Content-Length, or chunked).
+pub async fn read_raw<S: AsyncRead + Unpin>(
+    socket: &mut S,
+) -> Option<(String, String, Vec<(String, String)>, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let head_end = loop {
@@ -281,6 +285,11 @@ async fn read_request<S: AsyncRead + Unpin>(socket: &mut S) -> Option<Request> {
         }
         body.extend_from_slice(&chunk[..n]);
     }
+    Some((method, target, headers, body))
+}
+
+async fn read_request<S: AsyncRead + Unpin>(socket: &mut S) -> Option<Request> {
+    let (method, target, headers, body) = read_raw(socket).await?;
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let query = query
         .split('&')

@@ -199,12 +199,9 @@ fn api_error(r: &Response, doing: &str) -> PluginError {
     r.status_error(&text)
 }
 
+/// The response, or the platform's error in words.
 fn ok(r: Response, doing: &str) -> Result<Response, PluginError> {
-    if (200..300).contains(&r.status) {
-        Ok(r)
-    } else {
-        Err(api_error(&r, doing))
-    }
+    r.error_for_status_with(|r| api_error(r, doing))
 }
 
 fn template_annotation<'a>(t: &'a PodTemplateSpec, key: &str) -> Option<&'a str> {
@@ -524,15 +521,6 @@ impl DeployTarget for Kubernetes {
     }
 }
 
-fn finding(severity: Severity, code: &str, message: String, hint: Option<&str>) -> Finding {
-    Finding {
-        severity,
-        code: code.into(),
-        message,
-        hint: hint.map(str::to_string),
-    }
-}
-
 /// Whether the token may `verb` the Deployment's `resource`, by SelfSubjectAccessReview.
 fn may(
     api: &Api,
@@ -666,8 +654,7 @@ impl Validator for Kubernetes {
             findings.push(finding(
                 Severity::Warning,
                 "rollback-unavailable",
-                "the token may not list replicasets, so rollback cannot find earlier releases"
-                    .into(),
+                "the token may not list replicasets, so rollback cannot find earlier releases",
                 Some("grant the token's role `list` on replicasets (apps)"),
             ));
         }

@@ -1,6 +1,6 @@
 //! Short constructors for [`PluginError`], so plugins say what the host should do next.
 
-use crate::{PluginError, Retryable};
+use crate::{Finding, PluginError, Retryable, Severity};
 
 /// A permanent failure: retrying will not help.
 pub fn rejected(message: impl Into<String>) -> PluginError {
@@ -23,4 +23,19 @@ pub fn unauthorized(message: impl Into<String>) -> PluginError {
 /// The plugin's configuration in agent.toml is wrong.
 pub fn invalid_config(message: impl Into<String>) -> PluginError {
     PluginError::InvalidConfig(message.into())
+}
+
+/// A validator's finding: how serious, a stable code, what was found, and how to fix it.
+pub fn finding(
+    severity: Severity,
+    code: &str,
+    message: impl Into<String>,
+    hint: Option<&str>,
+) -> Finding {
+    Finding {
+        severity,
+        code: code.into(),
+        message: message.into(),
+        hint: hint.map(str::to_string),
+    }
 }

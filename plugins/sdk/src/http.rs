@@ -145,6 +145,19 @@ impl Response {
         Err(self.status_error(&snippet(&self.text())))
     }
 
+    /// `Ok(self)` for 2xx; otherwise the error `error` makes of the response (a platform's
+    /// own error body, say).
+    pub fn error_for_status_with(
+        self,
+        error: impl FnOnce(&Response) -> PluginError,
+    ) -> Result<Self, PluginError> {
+        if (200..300).contains(&self.status) {
+            Ok(self)
+        } else {
+            Err(error(&self))
+        }
+    }
+
     /// The error variant for this response's status, with `message` as the explanation.
     pub fn status_error(&self, message: &str) -> PluginError {
         let text = format!("HTTP {}: {message}", self.status);

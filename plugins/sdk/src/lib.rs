@@ -57,7 +57,7 @@ pub use bindings::deploy_agent::plugin::types::{
 };
 pub use bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 pub use context::{Context, SecretRef};
-pub use error::{invalid_config, rejected, retryable, unauthorized};
+pub use error::{finding, invalid_config, rejected, retryable, unauthorized};
 pub use traits::{BackupStore, DeployTarget, Notifier, Validator};
 
 #[doc(hidden)]
@@ -73,7 +73,7 @@ pub mod prelude {
         ObjectInfo, ObjectPage, PluginError, Release, ReleaseState, ReleaseStatus, SecretRef,
         Severity, Staged, Validator, export,
     };
-    pub use crate::{invalid_config, rejected, retryable, unauthorized};
+    pub use crate::{finding, invalid_config, rejected, retryable, unauthorized};
 }
 
 include!(concat!(env!("OUT_DIR"), "/bindgen_macro.rs"));

@@ -175,12 +175,9 @@ fn api_error(r: &Response, doing: &str) -> PluginError {
     r.status_error(&text)
 }
 
+/// The response, or the platform's error in words.
 fn ok(r: Response, doing: &str) -> Result<Response, PluginError> {
-    if (200..300).contains(&r.status) {
-        Ok(r)
-    } else {
-        Err(api_error(&r, doing))
-    }
+    r.error_for_status_with(|r| api_error(r, doing))
 }
 
 fn now_ms() -> u64 {
@@ -516,15 +513,6 @@ fn list(api: &Api, project_id: &str, live: Option<&str>) -> Result<Vec<Release>,
     Ok(out)
 }
 
-fn finding(severity: Severity, code: &str, message: String, hint: Option<&str>) -> Finding {
-    Finding {
-        severity,
-        code: code.into(),
-        message,
-        hint: hint.map(str::to_string),
-    }
-}
-
 impl Validator for Vercel {
     fn validate(ctx: &Context, _release: Artifact) -> Result<Vec<Finding>, PluginError> {
         let api = Api::new(ctx)?;
@@ -583,7 +571,7 @@ impl Validator for Vercel {
                     findings.push(finding(
                         Severity::Warning,
                         "promotion-immediate",
-                        "the project assigns its production domains to every production deployment, so a release goes live before it is verified".into(),
+                        "the project assigns its production domains to every production deployment, so a release goes live before it is verified",
                         Some("turn off auto-assign custom production domains in the project's settings, so releases are staged and promoted"),
                     ));
                 }
