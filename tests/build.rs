@@ -17,6 +17,7 @@ fn main() {
         "local",
         "vercel",
         "kubernetes",
+        "slack",
         "Cargo.toml",
         "Cargo.lock",
     ] {

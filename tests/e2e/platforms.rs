@@ -6,10 +6,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use deploy_agent::runtime::{
-    Artifact, CallContext, CallError, HostPattern, Plugin, PluginError, PluginSpec, ReleaseState,
-    Secret, SecretValue, Severity,
+    Artifact, CallContext, CallError, Event, EventKind, HostPattern, Plugin, PluginError,
+    PluginSpec, ReleaseState, Secret, SecretValue, Severity,
 };
 use deploy_agent_tests::kubernetes::{self, Kubernetes};
+use deploy_agent_tests::slack::{self, Slack};
 use deploy_agent_tests::standin::{Standin, fetch};
 use deploy_agent_tests::vercel::Vercel;
 use deploy_agent_tests::{fixtures, load, spec};
@@ -29,6 +30,17 @@ fn platform_spec(
     token: &str,
     config: Value,
 ) -> PluginSpec {
+    platform_spec_with(name, path, server, ("token", token), config)
+}
+
+/// The same, with the secret named `secret.0`.
+fn platform_spec_with(
+    name: &str,
+    path: &str,
+    server: &Standin,
+    secret: (&str, &str),
+    config: Value,
+) -> PluginSpec {
     let host = format!("127.0.0.1:{}", server.port);
     let mut s = spec(name, path);
     s.policy
@@ -38,9 +50,9 @@ fn platform_spec(
     s.policy.timeout = Duration::from_secs(5);
     s.policy.max_requests = 200;
     s.secrets.insert(
-        "token".into(),
+        secret.0.into(),
         Secret {
-            value: SecretValue::new(token.to_string()),
+            value: SecretValue::new(secret.1.to_string()),
             hosts: vec![HostPattern::parse(&host).unwrap()],
         },
     );
@@ -788,4 +800,265 @@ poll_interval_ms = 10
     for secret in [TOKEN, K8S_TOKEN] {
         assert!(!String::from_utf8_lossy(&state).contains(secret));
     }
+}
+
+const SLACK_TOKEN: &str = "xoxb-slack-test-9d8e7f";
+
+fn slack_event(kind: EventKind, run: &str, detail: Option<String>) -> Event {
+    Event {
+        kind,
+        environment: "production".into(),
+        deployment_id: run.into(),
+        version: "v2".into(),
+        actor: "ops@deploy-host".into(),
+        stage: Some("watch".into()),
+        summary: format!("v2 on production: {kind:?}"),
+        detail,
+        duration_ms: Some(1234),
+        links: vec![("release".into(), "https://shop.example.com".into())],
+        at_ms: 0,
+    }
+}
+
+fn slack_plugin(
+    s: &Slack,
+    secret: &str,
+    value: &str,
+    config: Value,
+    threads: Option<&Path>,
+) -> Plugin {
+    let mut spec = platform_spec_with("slack", fixtures::SLACK, &s.server, (secret, value), config);
+    if let Some(dir) = threads {
+        spec.policy.dirs.push(deploy_agent::runtime::DirGrant {
+            host: dir.to_path_buf(),
+            guest: "/threads".into(),
+            writable: true,
+        });
+    }
+    load(spec)
+}
+
+fn plugin_error(e: CallError) -> PluginError {
+    match e {
+        CallError::Plugin { error, .. } => error,
+        other => panic!("expected a plugin error, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_webhook_posts_block_kit_and_explains_errors() {
+    let s = Slack::start(SLACK_TOKEN).await;
+    let config = json!({"mode": "webhook", "webhook_base": format!("{}/services", s.base()),
+        "logs_url": "https://agent.example.com/runs/{run}"});
+    let hook = slack_plugin(&s, "webhook", slack::HOOK, config.clone(), None);
+    hook.notify(&ctx(""), &slack_event(EventKind::Started, "run-1", None))
+        .await
+        .expect("started");
+    // A failure whose reason is far beyond Block Kit's limits still posts, cut with a note.
+    let reason = format!(
+        "check `api` failed: {}",
+        "HTTP 503 from upstream; ".repeat(8000)
+    );
+    hook.notify(
+        &ctx(""),
+        &slack_event(EventKind::RolledBack, "run-1", Some(reason)),
+    )
+    .await
+    .expect("rolled back");
+    let messages = s.messages();
+    assert_eq!(messages.len(), 2);
+    let rolled = messages[1].body.to_string();
+    for want in [
+        "Why, and the rollback taken",
+        "check `api` failed",
+        "production",
+        "ops@deploy-host",
+        "1.2 s",
+        "<https://shop.example.com|release>",
+        "<https://agent.example.com/runs/run-1|logs>",
+        "more block(s) left out",
+    ] {
+        assert!(rolled.contains(want), "{want} missing");
+    }
+    assert!(
+        messages[1].body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("rolled back: ")
+    );
+
+    let archived = slack_plugin(&s, "webhook", slack::ARCHIVED_HOOK, config.clone(), None);
+    let e = plugin_error(
+        archived
+            .notify(&ctx(""), &slack_event(EventKind::Started, "r", None))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(&e, PluginError::Rejected(m) if m.contains("channel_is_archived")),
+        "{e:?}"
+    );
+    let revoked = slack_plugin(&s, "webhook", "T0TEAM/B0GONE/x", config.clone(), None);
+    let e = plugin_error(
+        revoked
+            .notify(&ctx(""), &slack_event(EventKind::Started, "r", None))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(&e, PluginError::Unauthorized(m) if m.contains("no_service")),
+        "{e:?}"
+    );
+    s.state.lock().unwrap().rate_limit = 1;
+    let e = hook
+        .notify(&ctx(""), &slack_event(EventKind::Started, "r", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.retry_after(), Some(Some(1000)), "{e}");
+    // The webhook's secret path went out only in requests to Slack, put there by the host.
+    for r in s.server.seen() {
+        assert!(r.path.starts_with("/services/T0TEAM/"), "{}", r.path);
+    }
+    s.assert_valid();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_api_threads_each_deployment_and_explains_errors() {
+    let s = Slack::start(SLACK_TOKEN).await;
+    let threads = tempfile::tempdir().unwrap();
+    let config = json!({"mode": "api", "api": format!("{}/api", s.base()), "channel": slack::CHANNEL,
+        "thread_dir": "/threads"});
+    let bot = slack_plugin(
+        &s,
+        "token",
+        SLACK_TOKEN,
+        config.clone(),
+        Some(threads.path()),
+    );
+    for (run, kind) in [
+        ("run-1", EventKind::Started),
+        ("run-2", EventKind::Started),
+        ("run-1", EventKind::StageSucceeded),
+        ("run-1", EventKind::Succeeded),
+        ("run-2", EventKind::Failed),
+    ] {
+        bot.notify(&ctx(run), &slack_event(kind, run, None))
+            .await
+            .expect("posts");
+    }
+    let m = s.messages();
+    assert_eq!(m.len(), 5);
+    let (first, second) = (m[0].ts.clone(), m[1].ts.clone());
+    assert_eq!(
+        (m[0].thread_ts.as_deref(), m[1].thread_ts.as_deref()),
+        (None, None),
+        "one thread per run"
+    );
+    assert_eq!(m[2].thread_ts.as_deref(), Some(first.as_str()));
+    assert!(!m[2].broadcast, "progress stays in the thread");
+    assert_eq!(m[3].thread_ts.as_deref(), Some(first.as_str()));
+    assert!(m[3].broadcast, "the outcome is also shown in the channel");
+    assert_eq!(m[4].thread_ts.as_deref(), Some(second.as_str()));
+
+    for (channel, code) in [
+        (slack::ARCHIVED, "is_archived"),
+        (slack::OUTSIDE, "not_in_channel"),
+        ("C0NOPE", "channel_not_found"),
+    ] {
+        let mut c = config.clone();
+        c["channel"] = json!(channel);
+        let p = slack_plugin(&s, "token", SLACK_TOKEN, c, None);
+        let e = plugin_error(
+            p.notify(&ctx("r"), &slack_event(EventKind::Started, "r", None))
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            matches!(&e, PluginError::Rejected(m) if m.contains(code)),
+            "{e:?}"
+        );
+    }
+    let wrong = slack_plugin(&s, "token", "xoxb-wrong", config.clone(), None);
+    let e = plugin_error(
+        wrong
+            .notify(&ctx("r"), &slack_event(EventKind::Started, "r", None))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(&e, PluginError::Unauthorized(m) if m.contains("invalid_auth")),
+        "{e:?}"
+    );
+    s.state.lock().unwrap().rate_limit = 1;
+    let e = bot
+        .notify(&ctx("r"), &slack_event(EventKind::Started, "r", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.retry_after(), Some(Some(1000)), "{e}");
+    for r in s.server.seen() {
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+    }
+    s.assert_valid();
+}
+
+/// A deploy whose notifications go to Slack: every event of the run in one thread, the
+/// outcome broadcast, the release's URL linked.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_notifies_slack_in_one_thread() {
+    let s = Slack::start(SLACK_TOKEN).await;
+    let tables = format!(
+        r#"
+[plugins.slack]
+path = "{slack}"
+[plugins.slack.policy]
+allowed_hosts = ["127.0.0.1:{port}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+dirs = [{{ path = "threads", guest = "/threads", rw = true }}]
+[plugins.slack.secrets.token]
+from = "${{env:SLACK_TOKEN}}"
+hosts = ["127.0.0.1:{port}"]
+[plugins.slack.config]
+mode = "api"
+api = "http://127.0.0.1:{port}/api"
+channel = "{channel}"
+thread_dir = "/threads"
+"#,
+        slack = fixtures::SLACK,
+        port = s.server.port,
+        channel = slack::CHANNEL,
+    );
+    let project = Project::new("notifiers = [\"slack\"]", &tables);
+    let out = tokio::task::block_in_place(|| {
+        project
+            .command(&["deploy", "--env", "local", "--output", "json"])
+            .env("SLACK_TOKEN", SLACK_TOKEN)
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = s.messages();
+    assert!(m.len() >= 10, "every transition: {}", m.len());
+    let root = &m[0];
+    assert!(root.thread_ts.is_none());
+    assert!(
+        m[1..]
+            .iter()
+            .all(|x| x.thread_ts.as_deref() == Some(root.ts.as_str())),
+        "one thread"
+    );
+    let last = m.last().unwrap();
+    assert!(last.broadcast);
+    assert!(
+        last.body["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("succeeded: "),
+        "{}",
+        last.body["text"]
+    );
+    assert!(!stderr(&out).contains(SLACK_TOKEN));
+    s.assert_valid();
 }

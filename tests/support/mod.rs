@@ -8,6 +8,7 @@ pub mod kubernetes;
 pub mod logs;
 pub mod openapi;
 pub mod postgres;
+pub mod slack;
 pub mod standin;
 pub mod vercel;
 
@@ -25,6 +26,8 @@ pub mod fixtures {
     pub const VERCEL: &str = env!("PLUGIN_DEPLOY_AGENT_VERCEL");
     /// The Kubernetes deploy target (first-party).
     pub const KUBERNETES: &str = env!("PLUGIN_DEPLOY_AGENT_KUBERNETES");
+    /// The Slack notifier (first-party).
+    pub const SLACK: &str = env!("PLUGIN_DEPLOY_AGENT_SLACK");
     pub const WEBHOOK: &str = env!("PLUGIN_FIXTURE_WEBHOOK");
     pub const SPIN_LOOP: &str = env!("PLUGIN_FIXTURE_SPIN_LOOP");
     pub const MEMORY_BOMB: &str = env!("PLUGIN_FIXTURE_MEMORY_BOMB");

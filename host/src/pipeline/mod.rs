@@ -587,7 +587,7 @@ impl Run<'_> {
         detail: Option<String>,
         duration: Option<Duration>,
     ) {
-        self.notifications.send(notify::event(
+        let mut event = notify::event(
             kind,
             &self.env.name,
             &self.d.id,
@@ -597,7 +597,11 @@ impl Run<'_> {
             summary,
             detail,
             duration,
-        ));
+        );
+        if let Some(url) = &self.staged_url {
+            event.links.push(("release".into(), url.clone()));
+        }
+        self.notifications.send(event);
     }
 
     /// Journals a stage's start; fails the run if the lock was lost.
