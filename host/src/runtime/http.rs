@@ -355,7 +355,6 @@ impl WasiHttpHooks for Hooks {
     }
 }
 
-/// The TLS client configuration shared by all plugins: the webpki roots.
 /// The TLS client configuration: the public web roots, plus `extra` (a plugin's granted CAs).
 pub(crate) fn tls_config(
     extra: &[rustls::pki_types::CertificateDer<'static>],
