@@ -1,5 +1,5 @@
 //! A Kubernetes API stand-in for one Deployment, over TLS with its own CA, following the
-//! published semantics (`../shared/api-specs/kubernetes-v1.36-swagger.json`,
+//! published semantics (`tests/specs/kubernetes-v1.36-swagger.json.zst`, a copy of the shared document;
 //! `PLATFORM-FACTS.md` §2):
 //!
 //! - PATCH takes strategic-merge patches (containers and env merged by `name`) and JSON

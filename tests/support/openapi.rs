@@ -12,6 +12,44 @@ use std::path::Path;
 
 use serde_json::Value;
 
+/// The sha256 of each vendored document, as `tests/specs/SOURCES.md` records it.
+const DIGESTS: [(&str, &str); 3] = [
+    (
+        "vercel-openapi.json",
+        "431b79d1a11a566bd15b695eeb70af2409446c222679a01f9a8dcf90bc8f69a7",
+    ),
+    (
+        "kubernetes-v1.36-swagger.json",
+        "37aef16c240440400be2d2d722d07dfb1c6aefe3f0e0c72d50f4f0a0097ae8e8",
+    ),
+    (
+        "slack_web_openapi_v2.json",
+        "742a5c977180a829df8767cf57bc417d99b3713583aee83741efb9c08ca731e7",
+    ),
+];
+
+/// A vendored document's bytes, decompressed and checked against its recorded digest.
+pub fn vendored(file: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("specs")
+        .join(format!("{file}.zst"));
+    let packed = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("cannot read the spec {}: {e}", path.display()));
+    let text = zstd::decode_all(packed.as_slice()).expect("the spec decompresses");
+    let want = DIGESTS
+        .iter()
+        .find(|(f, _)| *f == file)
+        .map(|(_, d)| *d)
+        .unwrap_or_else(|| panic!("{file} is not listed in tests/specs/SOURCES.md"));
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&text)),
+        want,
+        "{file}: the vendored copy is not the recorded document"
+    );
+    text
+}
+
 /// One request, as a stand-in received it.
 #[derive(Debug, Clone)]
 pub struct Call<'a> {
@@ -40,13 +78,10 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// Loads a document from `../shared/api-specs/`.
+    /// Loads one of the documents vendored in `tests/specs/` (see its SOURCES.md), refusing
+    /// a copy whose digest is not the recorded one.
     pub fn load(file: &str, closed_objects: bool) -> Spec {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/api-specs")
-            .join(file);
-        let text = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("cannot read the spec {}: {e}", path.display()));
+        let text = vendored(file);
         let doc: Value = serde_json::from_slice(&text).expect("the spec is JSON");
         let swagger2 = doc.get("swagger").is_some();
         Spec {
@@ -551,6 +586,18 @@ mod tests {
             query,
             headers,
             body,
+        }
+    }
+
+    /// The vendored copies are the shared folder's documents, byte for byte, when it is here.
+    #[test]
+    fn vendored_specs_match_the_shared_folder() {
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/api-specs");
+        for (file, _) in DIGESTS {
+            let copy = vendored(file);
+            if let Ok(original) = std::fs::read(shared.join(file)) {
+                assert!(copy == original, "{file} differs from ../shared/api-specs");
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! A Vercel stand-in that follows the REST API's published semantics
-//! (`../shared/api-specs/vercel-openapi.json`, `PLATFORM-FACTS.md` §1):
+//! (`tests/specs/vercel-openapi.json.zst`, a copy of the shared `vercel-openapi.json`; `PLATFORM-FACTS.md` §1):
 //!
 //! - `POST /v13/deployments` answers `400 missing_files` listing the digests it has not
 //!   seen; `POST /v2/files` stores a file only when `x-vercel-digest` is its SHA-1;
