@@ -1,10 +1,11 @@
 # One set of commands for people and CI. `make help` lists them.
-.PHONY: help setup plugins deploy-local test lint fmt bench-plugins bench-db bench-pipeline bench-rollback ci
+.PHONY: help setup test-tools plugins deploy-local test lint fmt bench-plugins bench-db bench-pipeline bench-rollback ci
 
 CARGO ?= cargo
 
 help:
 	@echo "make setup          install the wasm32-wasip2 target (rustup does not auto-install it here)"
+	@echo "make test-tools     install s3s-fs and boto3 for the tests, once, under target/tools (make test does)"
 	@echo "make plugins        build every plugin for wasm32-wasip2 (release, size-optimised)"
 	@echo "make deploy-local   the main job: deploy the example app to the local environment (SQLite, local target)"
 	@echo "make test           the whole test suite (builds the plugins once, then runs every test)"
@@ -15,8 +16,17 @@ help:
 	@echo "make bench-rollback emergency rollback: --app-only and --full (100 MB SQLite), next to the runbook script"
 	@echo "make ci             what .ci/run runs: lint, then test"
 
+# Test tools, installed once under target/tools: s3s-fs (a local S3 server that verifies
+# SigV4; 0.14.1 is the last that builds with rustc 1.95) and boto3 (the independent client).
+TOOLS := target/tools
+
 setup:
 	rustup target add wasm32-wasip2
+
+test-tools:
+	test -x $(TOOLS)/bin/s3s-fs || $(CARGO) install s3s-fs --version 0.14.1 --features binary --root $(TOOLS)
+	test -x $(TOOLS)/venv/bin/python || python3 -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/python -c 'import boto3' 2>/dev/null || $(TOOLS)/venv/bin/pip install --quiet 'boto3>=1.34,<2'
 
 plugins: setup
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2 --workspace
@@ -24,7 +34,7 @@ plugins: setup
 deploy-local: plugins
 	$(CARGO) run -p deploy-agent -- deploy --env local
 
-test: setup
+test: setup test-tools
 	$(CARGO) test --workspace
 
 lint: setup

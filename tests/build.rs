@@ -18,6 +18,7 @@ fn main() {
         "vercel",
         "kubernetes",
         "slack",
+        "s3",
         "Cargo.toml",
         "Cargo.lock",
     ] {

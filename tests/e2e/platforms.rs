@@ -10,6 +10,7 @@ use deploy_agent::runtime::{
     PluginSpec, ReleaseState, Secret, SecretValue, Severity,
 };
 use deploy_agent_tests::kubernetes::{self, Kubernetes};
+use deploy_agent_tests::s3::{self, S3Server};
 use deploy_agent_tests::slack::{self, Slack};
 use deploy_agent_tests::standin::{Standin, fetch};
 use deploy_agent_tests::vercel::Vercel;
@@ -1061,4 +1062,118 @@ thread_dir = "/threads"
     );
     assert!(!stderr(&out).contains(SLACK_TOKEN));
     s.assert_valid();
+}
+
+fn s3_plugin(server: &S3Server, artifact: &Path, secret: &str, extra: Value) -> Plugin {
+    let mut config = json!({"endpoint": server.endpoint(), "region": "us-east-1", "bucket": s3::BUCKET,
+        "path_style": true, "access_key_id": s3::ACCESS_KEY, "prefix": "www/",
+        "url": "https://www.example.com"});
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        config[k] = v;
+    }
+    let host = format!("127.0.0.1:{}", server.port);
+    let mut s = spec("s3", fixtures::S3);
+    s.policy
+        .allowed_hosts
+        .push(HostPattern::parse(&host).unwrap());
+    s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
+    s.policy.max_requests = 200;
+    s.policy.dirs.push(deploy_agent::runtime::DirGrant {
+        host: artifact.to_path_buf(),
+        guest: "/artifact".into(),
+        writable: false,
+    });
+    s.secrets.insert(
+        "secret_key".into(),
+        Secret {
+            value: SecretValue::new(secret.to_string()),
+            hosts: vec![HostPattern::parse(&host).unwrap()],
+        },
+    );
+    s.config = config;
+    load(s)
+}
+
+/// The S3 static-site target against a real S3 server that checks signatures; boto3 reads
+/// back what it wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_site_uploads_promotes_and_rolls_back_on_a_real_s3_server() {
+    let server = tokio::task::block_in_place(S3Server::start);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = s3_plugin(&server, dir.path(), s3::SECRET_KEY, json!({}));
+
+    let a1 = site(dir.path(), "v1");
+    let s1 = plugin.deploy(&ctx("run-1"), &a1).await.expect("deploy v1");
+    assert_eq!(s1.url.as_deref(), Some("https://www.example.com"));
+    assert_eq!(state(&plugin, "run-1", "run-1").await, "ready");
+    let (body, ct, cache) =
+        tokio::task::block_in_place(|| server.object("www/releases/run-1/index.html"));
+    assert_eq!(
+        (body.as_str(), ct.as_str(), cache.as_str()),
+        ("<h1>v1</h1>", "text/html; charset=utf-8", "no-cache")
+    );
+    let (_, ct, cache) =
+        tokio::task::block_in_place(|| server.object("www/releases/run-1/assets/app.css"));
+    assert_eq!(
+        (ct.as_str(), cache.as_str()),
+        ("text/css; charset=utf-8", "public, max-age=300")
+    );
+    plugin
+        .promote(&ctx("run-1"), "run-1")
+        .await
+        .expect("promote");
+    assert_eq!(state(&plugin, "run-1", "run-1").await, "live");
+    assert_eq!(
+        tokio::task::block_in_place(|| server.object("www/live/index.html")).0,
+        "<h1>v1</h1>"
+    );
+
+    // v2 drops about.html: after promotion the live prefix no longer has it.
+    let a2 = site(dir.path(), "v2");
+    std::fs::remove_file(dir.path().join("about.html")).unwrap();
+    plugin.deploy(&ctx("run-2"), &a2).await.expect("deploy v2");
+    plugin
+        .promote(&ctx("run-2"), "run-2")
+        .await
+        .expect("promote v2");
+    let live = tokio::task::block_in_place(|| server.keys("www/live/"));
+    assert_eq!(live, ["www/live/assets/app.css", "www/live/index.html"]);
+    assert_eq!(
+        tokio::task::block_in_place(|| server.object("www/live/index.html")).0,
+        "<h1>v2</h1>"
+    );
+    let releases = plugin.list_releases(&ctx("")).await.unwrap();
+    let ids: Vec<(&str, bool)> = releases.iter().map(|r| (r.id.as_str(), r.live)).collect();
+    assert_eq!(ids, [("run-2", true), ("run-1", false)]);
+
+    // Rollback: v1 serves again, about.html included.
+    assert_eq!(plugin.rollback(&ctx(""), None).await.unwrap(), "run-1");
+    assert_eq!(
+        tokio::task::block_in_place(|| server.object("www/live/about.html")).0,
+        "<p>about</p>"
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| server.object("www/live/index.html")).0,
+        "<h1>v1</h1>"
+    );
+    assert_eq!(state(&plugin, "", "run-1").await, "live");
+
+    // Wrong credentials: the server refuses the signature; a missing bucket is named.
+    let wrong = s3_plugin(&server, dir.path(), "not-the-secret", json!({}));
+    let e = plugin_error(wrong.status(&ctx(""), "run-1").await.unwrap_err());
+    assert!(
+        matches!(&e, PluginError::Unauthorized(m) if m.contains("SignatureDoesNotMatch")),
+        "{e:?}"
+    );
+    let nobucket = s3_plugin(
+        &server,
+        dir.path(),
+        s3::SECRET_KEY,
+        json!({"bucket": "missing"}),
+    );
+    let e = plugin_error(nobucket.deploy(&ctx("run-3"), &a2).await.unwrap_err());
+    assert!(
+        matches!(&e, PluginError::Rejected(m) if m.contains("NoSuchBucket")),
+        "{e:?}"
+    );
 }

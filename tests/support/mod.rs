@@ -8,6 +8,7 @@ pub mod kubernetes;
 pub mod logs;
 pub mod openapi;
 pub mod postgres;
+pub mod s3;
 pub mod slack;
 pub mod standin;
 pub mod vercel;
@@ -28,6 +29,8 @@ pub mod fixtures {
     pub const KUBERNETES: &str = env!("PLUGIN_DEPLOY_AGENT_KUBERNETES");
     /// The Slack notifier (first-party).
     pub const SLACK: &str = env!("PLUGIN_DEPLOY_AGENT_SLACK");
+    /// The S3 static-site target (first-party).
+    pub const S3: &str = env!("PLUGIN_DEPLOY_AGENT_S3");
     pub const WEBHOOK: &str = env!("PLUGIN_FIXTURE_WEBHOOK");
     pub const SPIN_LOOP: &str = env!("PLUGIN_FIXTURE_SPIN_LOOP");
     pub const MEMORY_BOMB: &str = env!("PLUGIN_FIXTURE_MEMORY_BOMB");

@@ -179,4 +179,17 @@ impl secrets::Host for PluginState {
             .hmac_sha256(&name, &key_prefix, &data)
             .ok_or(secrets::SecretError::NotGranted(name))
     }
+
+    async fn sigv4_signature(
+        &mut self,
+        name: String,
+        date: String,
+        region: String,
+        service: String,
+        string_to_sign: String,
+    ) -> Result<String, secrets::SecretError> {
+        self.secrets
+            .sigv4_signature(&name, &date, &region, &service, &string_to_sign)
+            .ok_or(secrets::SecretError::NotGranted(name))
+    }
 }

@@ -96,10 +96,22 @@ impl SecretRef {
         format!("Bearer {}", self.placeholder)
     }
 
-    /// HMAC-SHA256 of `data` keyed by `key_prefix` + the secret, computed by the host
-    /// (AWS SigV4 uses `key_prefix = "AWS4"`).
+    /// HMAC-SHA256 of `data` keyed by `key_prefix` + the secret, computed by the host.
     pub fn hmac_sha256(&self, key_prefix: &str, data: &[u8]) -> Result<Vec<u8>, PluginError> {
         secrets::hmac_sha256(&self.name, key_prefix, data).map_err(secret_error)
+    }
+
+    /// The AWS SigV4 signature (hex) of `string_to_sign` for `date` (`yyyymmdd`), `region` and
+    /// `service`, with this secret as the secret access key. The host derives the key.
+    pub fn sigv4_signature(
+        &self,
+        date: &str,
+        region: &str,
+        service: &str,
+        string_to_sign: &str,
+    ) -> Result<String, PluginError> {
+        secrets::sigv4_signature(&self.name, date, region, service, string_to_sign)
+            .map_err(secret_error)
     }
 }
 

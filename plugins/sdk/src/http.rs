@@ -278,9 +278,10 @@ fn send(req: RequestBuilder) -> Result<Response, PluginError> {
             .append(name, value.as_bytes())
             .map_err(|e| rejected(format!("header `{name}`: {e:?}")))?;
     }
-    // An empty POST/PUT/PATCH still says so: without a length the body goes out chunked,
-    // which some APIs refuse (411) and which is not what their documents describe.
-    if !req.body.is_empty() || matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
+    // A request with a body, even an empty one (POST, PUT, PATCH, DELETE), says how long it
+    // is: without a length it goes out chunked, which some servers refuse (411, S3-compatible
+    // stores on DELETE) and which is not what the APIs' documents describe.
+    if !req.body.is_empty() || !matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
         let len = req.body.len().to_string();
         headers
             .append("content-length", len.as_bytes())
