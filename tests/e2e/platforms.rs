@@ -1078,6 +1078,8 @@ fn s3_plugin(server: &S3Server, artifact: &Path, secret: &str, extra: Value) -> 
         .push(HostPattern::parse(&host).unwrap());
     s.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
     s.policy.max_requests = 200;
+    // Uploads of 100 MB: a generous deadline, so a loaded machine is not a failure.
+    s.policy.timeout = Duration::from_secs(600);
     s.policy.dirs.push(deploy_agent::runtime::DirGrant {
         host: artifact.to_path_buf(),
         guest: "/artifact".into(),
@@ -1176,4 +1178,235 @@ async fn s3_site_uploads_promotes_and_rolls_back_on_a_real_s3_server() {
         matches!(&e, PluginError::Rejected(m) if m.contains("NoSuchBucket")),
         "{e:?}"
     );
+}
+
+/// A reader that yields `left` bytes of data, then fails, as a dying disk would.
+struct Failing {
+    left: usize,
+}
+
+impl tokio::io::AsyncRead for Failing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("disk read error")));
+        }
+        let n = self.left.min(buf.remaining()).min(64 * 1024);
+        buf.put_slice(&vec![7u8; n]);
+        self.left -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// `size` bytes that do not repeat (xorshift), written to `path`; returns their sha256.
+fn noise(path: &Path, size: usize) -> String {
+    use sha2::Digest as _;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut bytes = vec![0u8; size];
+    for chunk in bytes.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let b = state.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    std::fs::write(path, &bytes).unwrap();
+    hex::encode(sha2::Sha256::digest(&bytes))
+}
+
+/// Upload parts s3s-fs still holds (it keeps them as `.upload*` files in its root).
+fn leftover_parts(server: &S3Server) -> Vec<String> {
+    std::fs::read_dir(server.root.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".upload"))
+        .collect()
+}
+
+/// The backup store on a real S3 server: a 100 MB object goes up in parts, streamed, and
+/// boto3 reads it back byte for byte with its metadata; an upload that fails midway is
+/// aborted with no parts left; get streams and verifies; listing pages; delete.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_backup_store_streams_multipart_and_leaves_nothing_on_failure() {
+    let server = tokio::task::block_in_place(S3Server::start);
+    let dir = tempfile::tempdir().unwrap();
+    let store = |secret: &str, extra: Value| {
+        let mut config = json!({"part_size_mb": 5, "list_page_size": 2});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            config[k] = v;
+        }
+        s3_plugin(&server, dir.path(), secret, config)
+    };
+    let plugin = store(s3::SECRET_KEY, json!({}));
+    let ctx = ctx("");
+
+    let size = 100 << 20;
+    let path = dir.path().join("backup.bin");
+    let digest = noise(&path, size);
+    let file = tokio::fs::File::open(&path).await.unwrap();
+    let meta = vec![("sha256".to_string(), digest.clone())];
+    let info = plugin
+        .put_object(&ctx, "backups/prod/b1.dump", &meta, Some(size as u64), file)
+        .await
+        .expect("100 MB upload");
+    assert_eq!(info.size, size as u64);
+    let seen = tokio::task::block_in_place(|| {
+        server.boto3("import hashlib\no = s3.get_object(Bucket='site', Key='backups/prod/b1.dump')\nh = hashlib.sha256()\nfor c in iter(lambda: o['Body'].read(1 << 20), b''):\n    h.update(c)\nprint(json.dumps([h.hexdigest(), o['ContentLength'], o['Metadata']]))")
+    });
+    assert_eq!(
+        seen,
+        json!([digest, size, {"sha256": digest}]),
+        "boto3 reads what the plugin wrote"
+    );
+    // A multipart object's ETag ends in `-<parts>`: 100 MiB in 5 MiB parts is 20.
+    let etag = tokio::task::block_in_place(|| {
+        server.boto3(
+            "print(json.dumps(s3.head_object(Bucket='site', Key='backups/prod/b1.dump')['ETag']))",
+        )
+    });
+    assert!(
+        etag.as_str()
+            .is_some_and(|e| e.trim_matches('"').ends_with("-20")),
+        "{etag}"
+    );
+    assert!(leftover_parts(&server).is_empty());
+
+    // get: streamed into a file, checked against the metadata's sha256.
+    let out = dir.path().join("restored.bin");
+    let sink = tokio::fs::File::create(&out).await.unwrap();
+    let got = plugin
+        .get_object(&ctx, "backups/prod/b1.dump", sink)
+        .await
+        .expect("get");
+    assert_eq!(got.size, size as u64);
+    assert_eq!(got.metadata, meta);
+    assert_eq!(noise_digest(&out), digest);
+
+    // An upload whose source fails after 12 MB: aborted, no parts left, no object.
+    let e = plugin
+        .put_object(
+            &ctx,
+            "backups/prod/b2.dump",
+            &[],
+            None,
+            Failing { left: 12 << 20 },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("reading the backup to upload failed"),
+        "{e}"
+    );
+    assert!(
+        leftover_parts(&server).is_empty(),
+        "{:?}",
+        leftover_parts(&server)
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| server.keys("backups/")),
+        ["backups/prod/b1.dump"]
+    );
+
+    // A copy whose bytes do not match its recorded sha256 is refused on the way down.
+    let corrupt = vec![("sha256".to_string(), "0".repeat(64))];
+    plugin
+        .put_object(
+            &ctx,
+            "backups/prod/b3.dump",
+            &corrupt,
+            None,
+            &b"not what it claims"[..],
+        )
+        .await
+        .unwrap();
+    let e = plugin
+        .get_object(&ctx, "backups/prod/b3.dump", tokio::io::sink())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("is corrupt"), "{e}");
+
+    // Listing in pages of two.
+    plugin
+        .put_object(&ctx, "backups/prod/b4.dump", &[], None, &b"x"[..])
+        .await
+        .unwrap();
+    let first = plugin
+        .list_objects(&ctx, "backups/prod/", None)
+        .await
+        .unwrap();
+    assert_eq!(first.objects.len(), 2);
+    let second = plugin
+        .list_objects(&ctx, "backups/prod/", first.next.as_deref())
+        .await
+        .unwrap();
+    assert!(second.next.is_none());
+    let mut keys: Vec<String> = first
+        .objects
+        .iter()
+        .chain(&second.objects)
+        .map(|o| o.key.clone())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "backups/prod/b1.dump",
+            "backups/prod/b3.dump",
+            "backups/prod/b4.dump"
+        ]
+    );
+    assert!(
+        first
+            .objects
+            .iter()
+            .all(|o| o.modified_at_ms.is_some_and(|t| t > 1_700_000_000_000))
+    );
+
+    // Delete, twice (a missing object is not an error).
+    plugin
+        .delete_object(&ctx, "backups/prod/b3.dump")
+        .await
+        .unwrap();
+    plugin
+        .delete_object(&ctx, "backups/prod/b3.dump")
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::task::block_in_place(|| server.keys("backups/")),
+        ["backups/prod/b1.dump", "backups/prod/b4.dump"]
+    );
+
+    // Wrong credentials and a missing bucket.
+    let wrong = store("wrong-secret", json!({}));
+    let e = plugin_error(
+        wrong
+            .list_objects(&ctx, "backups/", None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(&e, PluginError::Unauthorized(m) if m.contains("SignatureDoesNotMatch")),
+        "{e:?}"
+    );
+    let nobucket = store(s3::SECRET_KEY, json!({"bucket": "missing"}));
+    let e = plugin_error(
+        nobucket
+            .list_objects(&ctx, "backups/", None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(&e, PluginError::Rejected(m) if m.contains("NoSuchBucket")),
+        "{e:?}"
+    );
+}
+
+fn noise_digest(path: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }

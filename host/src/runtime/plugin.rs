@@ -16,8 +16,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::Runtime;
 use super::bindings::{
-    self, Artifact, Event, Finding, PluginError, Release, ReleaseStatus, Staged, deploy_target,
-    notifier, validator,
+    self, Artifact, Event, Finding, ObjectInfo, ObjectPage, PluginError, Release, ReleaseStatus,
+    Staged, backup_store, deploy_target, notifier, validator,
 };
 use super::cache::LoadSource;
 use super::error::{CallError, LoadError};
@@ -136,7 +136,7 @@ struct Inner {
     validator: Option<validator::GuestIndices>,
     deploy_target: Option<deploy_target::GuestIndices>,
     notifier: Option<notifier::GuestIndices>,
-    backup_store: bool,
+    backup_store: Option<backup_store::GuestIndices>,
     calls: AtomicU64,
 }
 
@@ -197,8 +197,12 @@ pub(super) fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Plugin, LoadEr
     let validator = validator::GuestIndices::new(&pre).ok();
     let deploy_target = deploy_target::GuestIndices::new(&pre).ok();
     let notifier = notifier::GuestIndices::new(&pre).ok();
-    let backup_store = bindings::backup_store::GuestIndices::new(&pre).is_ok();
-    if validator.is_none() && deploy_target.is_none() && notifier.is_none() && !backup_store {
+    let backup_store = backup_store::GuestIndices::new(&pre).ok();
+    if validator.is_none()
+        && deploy_target.is_none()
+        && notifier.is_none()
+        && backup_store.is_none()
+    {
         return Err(LoadError::Link {
             plugin: name,
             reason: "it exports none of the deploy-agent:plugin@0.1.0 interfaces (validator, deploy-target, notifier, backup-store); was it built against this WIT package?".into(),
@@ -297,7 +301,7 @@ impl Plugin {
         if i.notifier.is_some() {
             kinds.push(Kind::Notifier);
         }
-        if i.backup_store {
+        if i.backup_store.is_some() {
             kinds.push(Kind::BackupStore);
         }
         kinds
@@ -428,6 +432,112 @@ impl Plugin {
             Box::pin(async move {
                 let guest = idx.load(&mut *store, &instance)?;
                 guest.call_list_releases(&mut *store, &wctx).await
+            })
+        })
+        .await
+    }
+
+    fn store(&self) -> Result<&backup_store::GuestIndices, CallError> {
+        self.inner
+            .backup_store
+            .as_ref()
+            .ok_or_else(|| self.not_exported(Kind::BackupStore))
+    }
+
+    /// `backup-store.put`: the plugin reads `body` through a `wasi:io` input stream, so the
+    /// object is streamed, never held whole on either side.
+    pub async fn put_object<R>(
+        &self,
+        ctx: &CallContext,
+        key: &str,
+        metadata: &[(String, String)],
+        size_hint: Option<u64>,
+        body: R,
+    ) -> Result<ObjectInfo, CallError>
+    where
+        R: tokio::io::AsyncRead + Send + Sync + Unpin + 'static,
+    {
+        let (idx, key, metadata) = (self.store()?.clone(), key.to_string(), metadata.to_vec());
+        self.call(ctx, "put", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                let stream: wasmtime_wasi::p2::DynInputStream =
+                    Box::new(wasmtime_wasi::p2::pipe::AsyncReadStream::new(body));
+                let own = store.data_mut().table_mut().push(stream)?;
+                let borrowed = wasmtime::component::Resource::new_borrow(own.rep());
+                let out = guest
+                    .call_put(&mut *store, &wctx, &key, &metadata, size_hint, borrowed)
+                    .await;
+                store.data_mut().table_mut().delete(own)?;
+                out
+            })
+        })
+        .await
+    }
+
+    /// `backup-store.get`: the plugin writes the object into `sink` through a `wasi:io`
+    /// output stream.
+    pub async fn get_object<W>(
+        &self,
+        ctx: &CallContext,
+        key: &str,
+        sink: W,
+    ) -> Result<ObjectInfo, CallError>
+    where
+        W: tokio::io::AsyncWrite + Send + Sync + Unpin + 'static,
+    {
+        let (idx, key) = (self.store()?.clone(), key.to_string());
+        self.call(ctx, "get", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                let stream: wasmtime_wasi::p2::DynOutputStream = Box::new(
+                    wasmtime_wasi::p2::pipe::AsyncWriteStream::new(1 << 20, sink),
+                );
+                let own = store.data_mut().table_mut().push(stream)?;
+                let borrowed = wasmtime::component::Resource::new_borrow(own.rep());
+                let out = guest.call_get(&mut *store, &wctx, &key, borrowed).await;
+                let mut stream = store.data_mut().table_mut().delete(own)?;
+                // Everything the plugin wrote reaches the sink before the call returns.
+                if matches!(out, Ok(Ok(_))) {
+                    wasmtime_wasi::p2::OutputStream::flush(&mut *stream)?;
+                    wasmtime_wasi::p2::Pollable::ready(&mut *stream).await;
+                }
+                out
+            })
+        })
+        .await
+    }
+
+    /// `backup-store.list-objects`: one page.
+    pub async fn list_objects(
+        &self,
+        ctx: &CallContext,
+        prefix: &str,
+        page: Option<&str>,
+    ) -> Result<ObjectPage, CallError> {
+        let (idx, prefix, page) = (
+            self.store()?.clone(),
+            prefix.to_string(),
+            page.map(str::to_string),
+        );
+        self.call(ctx, "list-objects", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                guest
+                    .call_list_objects(&mut *store, &wctx, &prefix, page.as_deref())
+                    .await
+            })
+        })
+        .await
+    }
+
+    /// `backup-store.delete`.
+    pub async fn delete_object(&self, ctx: &CallContext, key: &str) -> Result<(), CallError> {
+        let (idx, key) = (self.store()?.clone(), key.to_string());
+        self.call(ctx, "delete", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                guest.call_delete(&mut *store, &wctx, &key).await
             })
         })
         .await
@@ -642,6 +752,22 @@ impl<T: ReturnSize> ReturnSize for Option<T> {
 impl<T: ReturnSize> ReturnSize for Vec<T> {
     fn return_size(&self) -> usize {
         self.iter().map(ReturnSize::return_size).sum::<usize>() + self.len() * 8
+    }
+}
+impl ReturnSize for ObjectInfo {
+    fn return_size(&self) -> usize {
+        self.key.len()
+            + 16
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+impl ReturnSize for ObjectPage {
+    fn return_size(&self) -> usize {
+        self.objects.return_size() + self.next.return_size()
     }
 }
 impl ReturnSize for Finding {

@@ -112,6 +112,13 @@ impl PluginState {
     }
 }
 
+impl PluginState {
+    /// The store's resource table (streams handed to a backup-store call live here).
+    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

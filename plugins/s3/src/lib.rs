@@ -1,4 +1,5 @@
-//! The S3 static-site deploy target (any S3-compatible store).
+//! The S3 plugin (any S3-compatible store): a static-site deploy target and an off-site
+//! backup store (`store.rs`).
 //!
 //! ```text
 //! <prefix>releases/<id>/…        one prefix per release, uploaded with Content-Type and
@@ -16,6 +17,7 @@
 //! reference); path-style or virtual-host addressing, any region and endpoint.
 
 mod sigv4;
+mod store;
 mod xml;
 
 use std::fs;
@@ -24,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use deploy_agent_sdk::http::{self, Response};
 use deploy_agent_sdk::prelude::*;
+use deploy_agent_sdk::{InputStream, OutputStream};
 use serde::{Deserialize, Serialize};
 use sigv4::{Signer, sha256_hex, uri_encode};
 
@@ -54,6 +57,19 @@ struct Settings {
     /// The site's public URL (what `{url}` means in checks), if it has one.
     #[serde(default)]
     url: Option<String>,
+    /// Backup store: multipart part size in MiB (5 to 5120; raised when a size hint needs it).
+    #[serde(default = "default_part_mb")]
+    part_size_mb: u64,
+    /// Backup store: objects per listing page (at most 1000).
+    #[serde(default = "default_page")]
+    list_page_size: u32,
+}
+
+fn default_part_mb() -> u64 {
+    8
+}
+fn default_page() -> u32 {
+    1000
 }
 
 fn default_html_cache() -> String {
@@ -518,4 +534,28 @@ fn list_releases(c: &Client) -> Result<Vec<Release>, PluginError> {
     Ok(out)
 }
 
-export!(S3: deploy_target);
+impl BackupStore for S3 {
+    fn put(
+        ctx: &Context,
+        key: &str,
+        metadata: Vec<(String, String)>,
+        size_hint: Option<u64>,
+        body: &InputStream,
+    ) -> Result<ObjectInfo, PluginError> {
+        Client::new(ctx)?.put_object(key, metadata, size_hint, body)
+    }
+
+    fn get(ctx: &Context, key: &str, sink: &OutputStream) -> Result<ObjectInfo, PluginError> {
+        Client::new(ctx)?.get_object(key, sink)
+    }
+
+    fn list(ctx: &Context, prefix: &str, page: Option<&str>) -> Result<ObjectPage, PluginError> {
+        Client::new(ctx)?.list_page(prefix, page)
+    }
+
+    fn delete(ctx: &Context, key: &str) -> Result<(), PluginError> {
+        Client::new(ctx)?.delete_object(key)
+    }
+}
+
+export!(S3: deploy_target, backup_store);

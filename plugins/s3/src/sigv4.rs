@@ -58,6 +58,31 @@ pub fn amz_date(unix: u64) -> String {
     )
 }
 
+/// Days since 1970-01-01 for a civil date (Howard Hinnant's days-from-civil).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Milliseconds since the epoch for S3's `2026-11-21T10:00:00.000Z`.
+pub fn parse_iso8601_ms(t: &str) -> Option<u64> {
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let days = days_from_civil(num(0..4)?, num(5..7)?, num(8..10)?);
+    let secs = days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?;
+    let millis = t
+        .get(19..)
+        .and_then(|f| f.strip_prefix('.'))
+        .and_then(|f| f.get(..3))
+        .and_then(|f| f.parse::<i64>().ok())
+        .unwrap_or(0);
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -178,5 +203,11 @@ mod tests {
         assert_eq!(amz_date(951_782_400), "20000229T000000Z");
         assert_eq!(uri_encode("a b/c~d.e", true), "a%20b/c~d.e");
         assert_eq!(uri_encode("a/b", false), "a%2Fb");
+        assert_eq!(
+            parse_iso8601_ms("2015-08-30T12:36:00.250Z"),
+            Some(1_440_938_160_250)
+        );
+        assert_eq!(parse_iso8601_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_iso8601_ms("garbage"), None);
     }
 }

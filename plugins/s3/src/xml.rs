@@ -1,7 +1,12 @@
 //! Just enough XML for S3's answers: the text of named elements, entities decoded.
 
-/// The text of every `<tag>…</tag>`, in order.
+/// The text of every `<tag>…</tag>`, in order, entities decoded.
 pub fn all(xml: &str, tag: &str) -> Vec<String> {
+    blocks(xml, tag).into_iter().map(decode).collect()
+}
+
+/// The raw inside of every `<tag>…</tag>` (for elements holding elements).
+pub fn blocks<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
     let mut out = Vec::new();
@@ -9,7 +14,7 @@ pub fn all(xml: &str, tag: &str) -> Vec<String> {
     while let Some(start) = rest.find(&open) {
         let after = &rest[start + open.len()..];
         let Some(end) = after.find(&close) else { break };
-        out.push(decode(&after[..end]));
+        out.push(&after[..end]);
         rest = &after[end + close.len()..];
     }
     out
