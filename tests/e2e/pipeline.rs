@@ -717,7 +717,9 @@ fn postgres_state_store_and_database_and_protected_backups() {
     assert_eq!(p.backups(), 2);
     let out = run(&["backup", "prune", "--env", "local", "--output", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let deleted: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let pruned: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deleted: Vec<String> = serde_json::from_value(pruned["deleted"].clone()).unwrap();
+    assert_eq!(pruned["offsite_deleted"], serde_json::json!([]));
     assert_eq!(deleted.len(), 1, "{deleted:?}");
     assert_ne!(deleted[0], backup_id);
     assert!(

@@ -1086,7 +1086,7 @@ fn s3_plugin(server: &S3Server, artifact: &Path, secret: &str, extra: Value) -> 
         writable: false,
     });
     s.secrets.insert(
-        "secret_key".into(),
+        "secret-key".into(),
         Secret {
             value: SecretValue::new(secret.to_string()),
             hosts: vec![HostPattern::parse(&host).unwrap()],
@@ -1409,4 +1409,142 @@ async fn s3_backup_store_streams_multipart_and_leaves_nothing_on_failure() {
 fn noise_digest(path: &Path) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A deploy whose backup goes off-site to a real S3 server and whose notifications go to
+/// Slack, both through the pipeline; then the same retention prunes the off-site copies.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_backs_up_off_site_to_s3_and_notifies_slack() {
+    let server = tokio::task::block_in_place(S3Server::start);
+    let slack_server = Slack::start(SLACK_TOKEN).await;
+    let tables = format!(
+        r#"
+[plugins.s3-backups]
+path = "{s3}"
+[plugins.s3-backups.policy]
+allowed_hosts = ["127.0.0.1:{port}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+timeout_ms = 600000
+[plugins.s3-backups.secrets.secret-key]
+from = "${{env:S3_SECRET}}"
+hosts = ["127.0.0.1:{port}"]
+[plugins.s3-backups.config]
+endpoint = "http://127.0.0.1:{port}"
+region = "us-east-1"
+bucket = "{bucket}"
+path_style = true
+access_key_id = "{access}"
+
+[plugins.slack]
+path = "{slack}"
+[plugins.slack.policy]
+allowed_hosts = ["127.0.0.1:{sport}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+dirs = [{{ path = "threads", guest = "/threads", rw = true }}]
+[plugins.slack.secrets.token]
+from = "${{env:SLACK_TOKEN}}"
+hosts = ["127.0.0.1:{sport}"]
+[plugins.slack.config]
+mode = "api"
+api = "http://127.0.0.1:{sport}/api"
+channel = "{channel}"
+thread_dir = "/threads"
+
+[environments.local.backup]
+offsite = "s3-backups"
+keep_last = 1
+keep_daily = 0
+keep_weekly = 0
+"#,
+        s3 = fixtures::S3,
+        port = server.port,
+        bucket = s3::BUCKET,
+        access = s3::ACCESS_KEY,
+        slack = fixtures::SLACK,
+        sport = slack_server.server.port,
+        channel = slack::CHANNEL,
+    );
+    let project = Project::new("notifiers = [\"slack\"]", &tables);
+    let run = |args: &[&str]| {
+        tokio::task::block_in_place(|| {
+            project
+                .command(args)
+                .env("S3_SECRET", s3::SECRET_KEY)
+                .env("SLACK_TOKEN", SLACK_TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["deploy", "--env", "local", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backup_id = v["deployment"]["backup_id"]
+        .as_str()
+        .expect("a backup was taken")
+        .to_string();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(project.path(&format!("state/backups/local/{backup_id}.json"))).unwrap(),
+    )
+    .unwrap();
+    let sha = manifest["sha256"].as_str().unwrap().to_string();
+    // boto3 reads the off-site copy: the same bytes (its sha256 is the manifest's), the
+    // checksum in its metadata, and the manifest beside it.
+    let seen = tokio::task::block_in_place(|| {
+        server.boto3(&format!("import hashlib\no = s3.get_object(Bucket='site', Key='local/{backup_id}.backup')\nm = s3.get_object(Bucket='site', Key='local/{backup_id}.json')\nprint(json.dumps([hashlib.sha256(o['Body'].read()).hexdigest(), o['Metadata'], json.loads(m['Body'].read())['id']]))"))
+    });
+    assert_eq!(
+        seen,
+        json!([sha, {"sha256": sha, "backup-id": backup_id}, backup_id])
+    );
+    let backup_step = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "backup")
+        .unwrap()
+        .clone();
+    assert!(
+        backup_step["detail"]
+            .as_str()
+            .unwrap()
+            .contains("off-site as local/"),
+        "{backup_step}"
+    );
+    // Slack heard the run, the backup stage among it, in one thread.
+    let messages = slack_server.messages();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.body.to_string().contains("backup"))
+    );
+    assert!(
+        messages[1..]
+            .iter()
+            .all(|m| m.thread_ts.as_deref() == Some(messages[0].ts.as_str()))
+    );
+
+    // Manual backups are copied too. Pruning (keep_last = 1; the release's backup is
+    // protected) deletes the older manual one here and off-site.
+    let mut manual = Vec::new();
+    for _ in 0..2 {
+        let out = run(&["backup", "create", "--env", "local", "--output", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+        manual.push(m["id"].as_str().unwrap().to_string());
+    }
+    let keys = tokio::task::block_in_place(|| server.keys("local/"));
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    let out = run(&["backup", "prune", "--env", "local", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pruned: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pruned["deleted"], json!([manual[0]]), "{pruned}");
+    let mut want = vec![
+        format!("local/{backup_id}.backup"),
+        format!("local/{backup_id}.json"),
+        format!("local/{}.backup", manual[1]),
+        format!("local/{}.json", manual[1]),
+    ];
+    want.sort();
+    assert_eq!(tokio::task::block_in_place(|| server.keys("local/")), want);
+    slack_server.assert_valid();
 }

@@ -151,6 +151,12 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
         BackupCommand::Create { args, reason } => {
             let t = target(&args.config, &args.env)?;
             let m = create_with_progress(&t.url, &t.backup, &reason).await?;
+            if let Some((store, ctx)) = offsite_store(&args.config, &args.env)? {
+                let key = crate::pipeline::offsite::upload(&store, &ctx, &t.backup.dir, &m)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                tracing::info!("copied off-site as {key}");
+            }
             if args.output == Output::Json {
                 say!("{}", serde_json::to_string_pretty(&m)?);
             } else {
@@ -289,17 +295,59 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .collect();
             let deleted = backup::prune(&t.backup.dir, t.backup.retention, &protected)?;
+            // The same retention for the off-site copies: what is no longer kept here goes.
+            let mut offsite_deleted = Vec::new();
+            if let Some((store, ctx)) = offsite_store(&args.config, &args.env)? {
+                let (kept, _) = backup::list(&t.backup.dir)?;
+                let keep: BTreeSet<String> = kept.into_iter().map(|m| m.id).collect();
+                offsite_deleted = crate::pipeline::offsite::prune(&store, &ctx, &args.env, &keep)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            }
             if args.output == Output::Json {
-                say!("{}", serde_json::to_string_pretty(&deleted)?);
+                say!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"deleted": deleted, "offsite_deleted": offsite_deleted})
+                    )?
+                );
             } else {
                 for id in &deleted {
                     say!("deleted {id}");
                 }
-                say!("{} backup(s) deleted", deleted.len());
+                for key in &offsite_deleted {
+                    say!("deleted off-site {key}");
+                }
+                say!(
+                    "{} backup(s) deleted, {} off-site object(s)",
+                    deleted.len(),
+                    offsite_deleted.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The environment's off-site backup store, loaded, when it has one.
+fn offsite_store(
+    config: &std::path::Path,
+    env: &str,
+) -> anyhow::Result<Option<(crate::runtime::Plugin, crate::runtime::CallContext)>> {
+    let config = crate::config::Config::load(config)?;
+    let Some(name) = config
+        .environment(env)
+        .map_err(anyhow::Error::msg)?
+        .backup
+        .offsite
+        .clone()
+    else {
+        return Ok(None);
+    };
+    let runtime = crate::runtime::Runtime::new(config.cache_dir())?;
+    let store =
+        crate::pipeline::load_plugin(&config, &runtime, &name, None).map_err(anyhow::Error::msg)?;
+    Ok(Some((store, crate::runtime::CallContext::new(env))))
 }
 
 /// Asks on a terminal; refuses in a script unless `--yes`.

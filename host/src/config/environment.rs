@@ -430,6 +430,13 @@ impl Validator<'_> {
                 out.min_secret_length = val.min_secret_length.as_ref().map_or(0, |m| *m.get_ref());
                 out
             });
+        if let Some(o) = env
+            .backup
+            .as_ref()
+            .and_then(|b| b.get_ref().offsite.as_ref())
+        {
+            plugin_ref(self, o, "off-site backup store");
+        }
         let mut notifiers = Vec::new();
         for n in env.notifiers.iter().flatten() {
             plugin_ref(self, n, "notifier");
@@ -842,6 +849,7 @@ impl Validator<'_> {
                     keep_daily: 7,
                     keep_weekly: 4,
                 },
+                offsite: None,
             };
         };
         let key = raw.key.as_ref().and_then(|k| match SecretSource::parse(k.get_ref()) {
@@ -876,6 +884,7 @@ impl Validator<'_> {
                 keep_daily: raw.keep_daily.unwrap_or(7),
                 keep_weekly: raw.keep_weekly.unwrap_or(4),
             },
+            offsite: raw.offsite.as_ref().map(|o| o.get_ref().clone()),
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct BackupConfig {
     pub zstd_workers: u32,
     /// What prune keeps.
     pub retention: crate::db::backup::Retention,
+    /// The backup-store plugin that keeps a copy of every backup off this host, if any.
+    pub offsite: Option<String>,
 }
 
 impl BackupConfig {

@@ -227,6 +227,7 @@ impl Merge for RawBackup {
         take(&mut self.keep_last, &p.keep_last);
         take(&mut self.keep_daily, &p.keep_daily);
         take(&mut self.keep_weekly, &p.keep_weekly);
+        take(&mut self.offsite, &p.offsite);
     }
 }
 
@@ -240,6 +241,7 @@ pub(super) struct RawBackup {
     pub keep_last: Option<usize>,
     pub keep_daily: Option<usize>,
     pub keep_weekly: Option<usize>,
+    pub offsite: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -19,6 +19,7 @@ mod artifact;
 pub mod checks;
 mod failpoint;
 pub mod notify;
+pub(crate) mod offsite;
 pub mod plan;
 pub mod recover;
 pub mod rollback;
@@ -236,6 +237,8 @@ pub(crate) struct Plugins {
     pub target: Plugin,
     pub validators: Vec<Plugin>,
     pub notifiers: Vec<Plugin>,
+    /// The off-site backup store, when the environment has one.
+    pub offsite: Option<Plugin>,
 }
 
 pub(crate) fn load_plugins(config: &Config, env: &Environment) -> Result<Plugins, String> {
@@ -282,10 +285,19 @@ pub(crate) fn load_plugins(config: &Config, env: &Environment) -> Result<Plugins
             exports(&p, Kind::Notifier, "notifier").map(|()| p)
         })
         .collect::<Result<_, _>>()?;
+    let offsite = match &env.backup.offsite {
+        None => None,
+        Some(n) => {
+            let p = load_plugin(config, &runtime, n, None)?;
+            exports(&p, Kind::BackupStore, "off-site backup store")?;
+            Some(p)
+        }
+    };
     Ok(Plugins {
         target,
         validators,
         notifiers,
+        offsite,
     })
 }
 
@@ -848,17 +860,30 @@ impl Run<'_> {
                 Some(format!("{} bytes stored", manifest.stored_bytes)),
             )
             .await;
-            self.end(
-                Stage::Backup,
-                step,
-                StageStatus::Done,
-                format!(
-                    "{} ({})",
-                    manifest.id,
-                    crate::cli::human_size(manifest.stored_bytes)
-                ),
-            )
-            .await?;
+            let mut detail = format!(
+                "{} ({})",
+                manifest.id,
+                crate::cli::human_size(manifest.stored_bytes)
+            );
+            if let Some(store) = &self.plugins.offsite {
+                self.reporter
+                    .note(&format!("copying {} to `{}`", manifest.id, store.name()));
+                match offsite::upload(store, &self.ctx, &self.env.backup.dir, &manifest).await {
+                    Ok(key) => {
+                        self.audit(
+                            "backup.offsite",
+                            Some(manifest.id.clone()),
+                            Some(key.clone()),
+                        )
+                        .await;
+                        detail.push_str(&format!(", off-site as {key}"));
+                    }
+                    // The local backup exists, but the promise is an off-site copy too.
+                    Err(e) => return Err(self.fail(Stage::Backup, step, e).await),
+                }
+            }
+            self.end(Stage::Backup, step, StageStatus::Done, detail)
+                .await?;
         }
 
         let step = self.begin(Stage::Migrate).await?;

@@ -43,7 +43,7 @@ struct Settings {
     /// Path-style (`endpoint/bucket/key`) rather than virtual-host (`bucket.endpoint/key`).
     #[serde(default)]
     path_style: bool,
-    /// The access key id (not secret); the secret key is the secret `secret_key`.
+    /// The access key id (not secret); the secret key is the secret `secret-key`.
     access_key_id: String,
     /// Where the site lives in the bucket (`""` or ending in `/`).
     #[serde(default)]
@@ -173,7 +173,7 @@ impl Client {
         };
         let signer = Signer {
             access_key_id: s.access_key_id.clone(),
-            secret: ctx.secret("secret_key")?,
+            secret: ctx.secret("secret-key")?,
             region: s.region.clone(),
         };
         Ok(Client {
