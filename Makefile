@@ -1,5 +1,5 @@
 # One set of commands for people and CI. `make help` lists them.
-.PHONY: help setup test-tools plugins deploy-local test lint fmt bench-plugins bench-db bench-pipeline bench-rollback ci
+.PHONY: help setup test-tools plugins deploy-local test lint fmt bench-plugins bench-db bench-pipeline bench-rollback bench-s3 ci
 
 CARGO ?= cargo
 
@@ -14,10 +14,12 @@ help:
 	@echo "make bench-db       migrations vs sqlx, backup vs pg_dump (throwaway PostgreSQL; several minutes)"
 	@echo "make bench-pipeline the full local pipeline, per stage, next to the runbook script it replaces"
 	@echo "make bench-rollback emergency rollback: --app-only and --full (100 MB SQLite), next to the runbook script"
+	@echo "make bench-s3       a 1 GiB backup to a local S3 server: the S3 plugin next to aws s3 cp"
 	@echo "make ci             what .ci/run runs: lint, then test"
 
 # Test tools, installed once under target/tools: s3s-fs (a local S3 server that verifies
-# SigV4; 0.14.1 is the last that builds with rustc 1.95) and boto3 (the independent client).
+# SigV4; 0.14.1 is the last that builds with rustc 1.95), boto3 (the independent client) and
+# awscli (what the S3 benchmark compares with).
 TOOLS := target/tools
 
 setup:
@@ -26,7 +28,7 @@ setup:
 test-tools:
 	test -x $(TOOLS)/bin/s3s-fs || $(CARGO) install s3s-fs --version 0.14.1 --features binary --root $(TOOLS)
 	test -x $(TOOLS)/venv/bin/python || python3 -m venv $(TOOLS)/venv
-	$(TOOLS)/venv/bin/python -c 'import boto3' 2>/dev/null || $(TOOLS)/venv/bin/pip install --quiet 'boto3>=1.34,<2'
+	test -x $(TOOLS)/venv/bin/aws || $(TOOLS)/venv/bin/pip install --quiet 'boto3>=1.34,<2' 'awscli>=1.32,<2'
 
 plugins: setup
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2 --workspace
@@ -60,5 +62,8 @@ bench-pipeline: setup
 
 bench-rollback: setup
 	$(CARGO) bench -p deploy-agent-tests --bench rollback
+
+bench-s3: setup test-tools
+	$(CARGO) bench -p deploy-agent-tests --bench s3_upload
 
 ci: lint test

@@ -60,6 +60,9 @@ struct Settings {
     /// Backup store: multipart part size in MiB (5 to 5120; raised when a size hint needs it).
     #[serde(default = "default_part_mb")]
     part_size_mb: u64,
+    /// Backup store: parts in flight at once (each on its own connection).
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
     /// Backup store: objects per listing page (at most 1000).
     #[serde(default = "default_page")]
     list_page_size: u32,
@@ -67,6 +70,9 @@ struct Settings {
 
 fn default_part_mb() -> u64 {
     8
+}
+fn default_concurrency() -> usize {
+    4
 }
 fn default_page() -> u32 {
     1000
@@ -203,9 +209,21 @@ impl Client {
         method: &str,
         key: &str,
         query: &[(String, String)],
-        mut headers: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> Result<Response, PluginError> {
+        self.request(method, key, query, headers, body)?.send()
+    }
+
+    /// A signed request, ready to send or start.
+    fn request(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(String, String)],
+        mut headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<http::RequestBuilder, PluginError> {
         let path = self.path(key);
         self.signer.sign(
             method,
@@ -228,7 +246,7 @@ impl Client {
         for (k, v) in headers {
             req = req.header(&k, v);
         }
-        req.send()
+        Ok(req)
     }
 
     fn put(

@@ -9,6 +9,7 @@
 //!
 //! Metadata travels as `x-amz-meta-*` headers (lowercase names, as S3 stores them).
 
+use deploy_agent_sdk::http;
 use deploy_agent_sdk::prelude::*;
 use deploy_agent_sdk::{InputStream, OutputStream, StreamError};
 use sha2::{Digest, Sha256};
@@ -21,8 +22,6 @@ const MIB: u64 = 1 << 20;
 const MIN_PART: u64 = 5 * MIB;
 const MAX_PART: u64 = 5 * 1024 * MIB;
 const MAX_PARTS: u64 = 10_000;
-/// The largest write `blocking-write-and-flush` takes.
-const WRITE_CHUNK: usize = 4096;
 
 fn meta_headers(metadata: &[(String, String)]) -> Vec<(String, String)> {
     metadata
@@ -117,11 +116,27 @@ impl Client {
         first: Vec<u8>,
         body: &InputStream,
     ) -> Result<u64, PluginError> {
+        // Up to `concurrency` parts in flight: while the server takes one, the next is read
+        // and hashed. A part's body is handed over when it is sent, so memory holds one.
+        let depth = self.s.concurrency.clamp(1, 16);
+        let mut in_flight: std::collections::VecDeque<(u64, http::Pending)> = Default::default();
         let mut etags = Vec::new();
+        let finish = |(number, pending): (u64, http::Pending), etags: &mut Vec<String>| {
+            let r = pending.wait()?;
+            let r = r.error_for_status_with(|r| {
+                s3_error(r, &format!("uploading part {number} of {key}"))
+            })?;
+            let etag = r
+                .header("etag")
+                .ok_or_else(|| rejected(format!("S3 gave part {number} of {key} no ETag")))?;
+            etags.push(etag.to_string());
+            Ok::<(), PluginError>(())
+        };
         let mut size = 0u64;
         let mut part = first;
+        let mut number = 0u64;
         loop {
-            let number = etags.len() as u64 + 1;
+            number += 1;
             if number > MAX_PARTS {
                 return Err(rejected(format!("{key} needs more than {MAX_PARTS} parts")));
             }
@@ -130,19 +145,22 @@ impl Client {
                 ("partNumber".to_string(), number.to_string()),
                 ("uploadId".to_string(), upload_id.to_string()),
             ];
-            let r = self.send("PUT", key, &query, Vec::new(), part)?;
-            let r = r.error_for_status_with(|r| {
-                s3_error(r, &format!("uploading part {number} of {key}"))
-            })?;
-            let etag = r
-                .header("etag")
-                .ok_or_else(|| rejected(format!("S3 gave part {number} of {key} no ETag")))?
-                .to_string();
-            etags.push(etag);
+            let pending = self
+                .request("PUT", key, &query, Vec::new(), part)?
+                .start()?;
+            in_flight.push_back((number, pending));
+            if in_flight.len() >= depth
+                && let Some(oldest) = in_flight.pop_front()
+            {
+                finish(oldest, &mut etags)?;
+            }
             part = read_part(body, part_size)?;
             if part.is_empty() {
                 break;
             }
+        }
+        while let Some(next) = in_flight.pop_front() {
+            finish(next, &mut etags)?;
         }
         let mut complete = String::from("<CompleteMultipartUpload>");
         for (i, etag) in etags.iter().enumerate() {
@@ -208,10 +226,8 @@ impl Client {
                 ));
             }
             hasher.update(&r.body);
-            for chunk in r.body.chunks(WRITE_CHUNK) {
-                sink.blocking_write_and_flush(chunk)
-                    .map_err(|e| rejected(format!("writing {key} to the agent failed: {e:?}")))?;
-            }
+            deploy_agent_sdk::io::write_all(sink, &r.body)
+                .map_err(|e| rejected(format!("writing {key} to the agent failed: {e:?}")))?;
             at = end + 1;
         }
         if let Some((_, want)) = metadata.iter().find(|(k, _)| k == "sha256") {

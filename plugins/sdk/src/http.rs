@@ -25,8 +25,6 @@ use crate::bindings::wasi::http::types::{
 use crate::bindings::wasi::io::streams::StreamError;
 use crate::{PluginError, rejected, retryable, unauthorized};
 
-/// Largest chunk `blocking-write-and-flush` accepts.
-const WRITE_CHUNK: usize = 4096;
 /// Read size for response bodies.
 const READ_CHUNK: u64 = 64 * 1024;
 
@@ -95,6 +93,11 @@ impl RequestBuilder {
     /// Sends the request and reads the whole response.
     pub fn send(self) -> Result<Response, PluginError> {
         send(self)
+    }
+
+    /// Sends the request (writes its body) and returns without waiting for the response.
+    pub fn start(self) -> Result<Pending, PluginError> {
+        start(self)
     }
 }
 
@@ -271,6 +274,18 @@ fn transport(e: ErrorCode, url: &str) -> PluginError {
 }
 
 fn send(req: RequestBuilder) -> Result<Response, PluginError> {
+    start(req)?.wait()
+}
+
+/// A request sent (its body written) whose response has not been read yet. Several may be
+/// in flight at once, each on its own connection: start them, then [`Pending::wait`] for each.
+#[derive(Debug)]
+pub struct Pending {
+    future: crate::bindings::wasi::http::types::FutureIncomingResponse,
+    url: String,
+}
+
+fn start(req: RequestBuilder) -> Result<Pending, PluginError> {
     let url = parse_url(&req.url)?;
     let headers = Fields::new();
     for (name, value) in &req.headers {
@@ -307,14 +322,27 @@ fn send(req: RequestBuilder) -> Result<Response, PluginError> {
     let future = outgoing_handler::handle(outgoing, None).map_err(|e| transport(e, &req.url))?;
     {
         let stream = body.write().map_err(|()| bad("body stream"))?;
-        for chunk in req.body.chunks(WRITE_CHUNK) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| stream_error(e, &req.url))?;
-        }
+        crate::io::write_all(&stream, &req.body).map_err(|e| stream_error(e, &req.url))?;
     }
     OutgoingBody::finish(body, None).map_err(|e| transport(e, &req.url))?;
+    Ok(Pending {
+        future,
+        url: req.url,
+    })
+}
 
+impl Pending {
+    /// Waits for the response and reads it whole.
+    pub fn wait(self) -> Result<Response, PluginError> {
+        let Pending { future, url } = self;
+        receive(future, &url)
+    }
+}
+
+fn receive(
+    future: crate::bindings::wasi::http::types::FutureIncomingResponse,
+    url: &str,
+) -> Result<Response, PluginError> {
     let response = loop {
         match future.get() {
             Some(result) => break result,
@@ -322,8 +350,8 @@ fn send(req: RequestBuilder) -> Result<Response, PluginError> {
         }
     };
     let response = response
-        .map_err(|()| rejected(format!("{}: response already taken", req.url)))?
-        .map_err(|e| transport(e, &req.url))?;
+        .map_err(|()| rejected(format!("{url}: response already taken")))?
+        .map_err(|e| transport(e, url))?;
 
     let status = response.status();
     let headers = response
@@ -337,8 +365,10 @@ fn send(req: RequestBuilder) -> Result<Response, PluginError> {
             )
         })
         .collect();
-    let incoming = response.consume().map_err(|()| bad("response body"))?;
-    let body = read_all(&incoming, &req.url)?;
+    let incoming = response
+        .consume()
+        .map_err(|()| rejected(format!("{url}: response body already taken")))?;
+    let body = read_all(&incoming, url)?;
     drop(response);
     Ok(Response {
         status,

@@ -35,6 +35,7 @@ mod context;
 mod error;
 pub mod fs;
 pub mod http;
+pub mod io;
 pub mod log;
 mod traits;
 
