@@ -18,7 +18,11 @@ use deploy_agent_tests::{fixtures, repo_root};
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -67,8 +71,12 @@ fn main() {
     let runtime = Runtime::new(dir.path().join("cache")).unwrap();
     let host = format!("127.0.0.1:{}", server.port);
     let mut spec = PluginSpec::new("s3", fixtures::S3.into());
-    spec.policy.allowed_hosts.push(HostPattern::parse(&host).unwrap());
-    spec.policy.allowed_ranges.push("127.0.0.0/8".parse().unwrap());
+    spec.policy
+        .allowed_hosts
+        .push(HostPattern::parse(&host).unwrap());
+    spec.policy
+        .allowed_ranges
+        .push("127.0.0.0/8".parse().unwrap());
     spec.policy.timeout = Duration::from_secs(3600);
     spec.policy.max_requests = 100_000;
     spec.secrets.insert(
@@ -89,7 +97,9 @@ fn main() {
     let info = rt
         .block_on(async {
             let file = tokio::fs::File::open(&path).await.unwrap();
-            plugin.put_object(&ctx, "bench/agent.bin", &[], Some(bytes), file).await
+            plugin
+                .put_object(&ctx, "bench/agent.bin", &[], Some(bytes), file)
+                .await
         })
         .expect("the plugin's upload");
     let agent = started.elapsed();
