@@ -224,7 +224,26 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             yes,
         } => {
             let t = target(&args.config, &args.env)?;
-            let m = backup::find(&t.backup.dir, &id)?;
+            let m = match backup::find(&t.backup.dir, &id) {
+                Ok(m) => m,
+                // Gone from this host: the off-site copy, when there is one.
+                Err(e) => match offsite_store(&args.config, &args.env)? {
+                    None => return Err(e.into()),
+                    Some((store, ctx)) => {
+                        say!("backup {id} is not on this host; fetching the off-site copy");
+                        crate::pipeline::offsite::fetch(
+                            &store,
+                            &ctx,
+                            &args.env,
+                            &id,
+                            &t.backup.dir,
+                        )
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                        backup::find(&t.backup.dir, &id)?
+                    }
+                },
+            };
             if test {
                 let r =
                     backup::restore_test(&m, &t.backup.dir, t.backup.key.as_ref(), &t.url).await?;

@@ -63,6 +63,63 @@ pub(crate) async fn upload(
     Ok(data_key)
 }
 
+/// Brings a backup back from the store into `dir` (when the local copy is gone): the data
+/// (the plugin checks it against the sha256 in its metadata), then the manifest. Both land
+/// under temporary names and are renamed into place only once the data's digest matches
+/// the manifest, manifest last, so an interrupted fetch never looks like a backup.
+pub(crate) async fn fetch(
+    store: &Plugin,
+    ctx: &CallContext,
+    environment: &str,
+    id: &str,
+    dir: &Path,
+) -> Result<(), String> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let data_tmp = dir.join(format!(".{id}.backup.fetching"));
+    let json_tmp = dir.join(format!(".{id}.json.fetching"));
+    let file = tokio::fs::File::create(&data_tmp)
+        .await
+        .map_err(|e| format!("cannot write {}: {e}", data_tmp.display()))?;
+    let got = store
+        .get_object(ctx, &key(environment, id, "backup"), file)
+        .await
+        .map_err(|e| format!("fetching backup {id} from off-site: {e}"))?;
+    let json = tokio::fs::File::create(&json_tmp)
+        .await
+        .map_err(|e| format!("cannot write {}: {e}", json_tmp.display()))?;
+    store
+        .get_object(ctx, &key(environment, id, "json"), json)
+        .await
+        .map_err(|e| format!("fetching backup {id}'s manifest from off-site: {e}"))?;
+    let manifest: Manifest = serde_json::from_slice(
+        &tokio::fs::read(&json_tmp)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", json_tmp.display()))?,
+    )
+    .map_err(|e| format!("backup {id}'s off-site manifest is not a manifest: {e}"))?;
+    let bytes = tokio::fs::read(&data_tmp)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", data_tmp.display()))?;
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    if manifest.id != id || digest != manifest.sha256 || got.size != manifest.stored_bytes {
+        let _ = tokio::fs::remove_file(&data_tmp).await;
+        let _ = tokio::fs::remove_file(&json_tmp).await;
+        return Err(format!(
+            "the off-site copy of {id} does not match its manifest (sha256 {digest}, manifest {})",
+            manifest.sha256
+        ));
+    }
+    let rename = |from: &Path, to: std::path::PathBuf| {
+        std::fs::rename(from, &to).map_err(|e| format!("cannot move into {}: {e}", to.display()))
+    };
+    rename(&data_tmp, dir.join(format!("{id}.backup")))?;
+    rename(&json_tmp, dir.join(format!("{id}.json")))?;
+    tracing::info!(backup = id, "backup fetched from off-site");
+    Ok(())
+}
+
 /// Deletes the off-site copies of backups not in `keep`; returns the keys deleted.
 pub(crate) async fn prune(
     store: &Plugin,

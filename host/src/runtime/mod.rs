@@ -96,6 +96,11 @@ impl Runtime {
             |s| s,
         )
         .map_err(err)?;
+        bindings::deploy_agent::plugin::digest::add_to_linker::<_, HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(err)?;
         bindings::deploy_agent::plugin::types::add_to_linker::<_, HasSelf<PluginState>>(
             &mut linker,
             |s| s,

@@ -9,7 +9,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::deploy_agent::plugin::{log, secrets, types};
+use super::bindings::deploy_agent::plugin::{digest, log, secrets, types};
 use super::http::{Guard, Hooks};
 use super::policy::Policy;
 use super::secrets::Secrets;
@@ -166,6 +166,13 @@ impl log::Host for PluginState {
             log::Level::Warn => tracing::warn!(target: "plugin", plugin, env, call, "{message}"),
             log::Level::Error => tracing::error!(target: "plugin", plugin, env, call, "{message}"),
         }
+    }
+}
+
+impl digest::Host for PluginState {
+    async fn sha256(&mut self, data: Vec<u8>) -> Vec<u8> {
+        use sha2::Digest;
+        sha2::Sha256::digest(&data).to_vec()
     }
 }
 

@@ -28,7 +28,7 @@ use deploy_agent_sdk::http::{self, Response};
 use deploy_agent_sdk::prelude::*;
 use deploy_agent_sdk::{InputStream, OutputStream};
 use serde::{Deserialize, Serialize};
-use sigv4::{Signer, sha256_hex, uri_encode};
+use sigv4::{Signer, uri_encode};
 
 /// The plugin.
 pub struct S3;
@@ -231,7 +231,7 @@ impl Client {
             &path,
             query,
             &mut headers,
-            &sha256_hex(&body),
+            &sigv4::payload_hash(&body),
         )?;
         let mut url = format!("{}://{}{path}", self.scheme, self.host);
         for (i, (k, v)) in query.iter().enumerate() {

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod context;
+pub mod digest;
 mod error;
 pub mod fs;
 pub mod http;
