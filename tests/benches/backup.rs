@@ -12,24 +12,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use deploy_agent::db::backup::{self, BackupSettings, Key, Retention};
+use deploy_agent_tests::mem::{peak_rss_kib, reset_peak};
 use deploy_agent_tests::postgres::cluster;
-
-/// Peak resident memory of this process, in KiB (reset with `reset_peak`).
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
 
 fn time_pg_dump(bin: &std::path::Path, url: &str, args: &[&str]) -> Duration {
     let started = Instant::now();

@@ -12,24 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use deploy_agent::runtime::{CallContext, HostPattern, PluginSpec, Runtime, Secret, SecretValue};
+use deploy_agent_tests::mem::{peak_rss_kib, reset_peak};
 use deploy_agent_tests::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 use deploy_agent_tests::{fixtures, repo_root};
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
 
 /// Writes `mib` MiB of non-repeating bytes, a MiB at a time.
 fn write_noise(path: &Path, mib: usize) {

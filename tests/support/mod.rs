@@ -6,6 +6,7 @@
 pub mod http;
 pub mod kubernetes;
 pub mod logs;
+pub mod mem;
 pub mod openapi;
 pub mod postgres;
 pub mod s3;

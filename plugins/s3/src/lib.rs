@@ -501,18 +501,11 @@ impl DeployTarget for S3 {
             Some(id) => id.to_string(),
             None => {
                 let releases = list_releases(&c)?;
-                let live_at = releases
-                    .iter()
-                    .find(|r| r.live)
-                    .map(|r| r.created_at_ms)
+                previous_release(&releases)
+                    .map(|r| r.id.clone())
                     .ok_or_else(|| {
-                        rejected("nothing is live, so there is nothing to roll back from")
-                    })?;
-                releases
-                    .into_iter()
-                    .find(|r| !r.live && r.created_at_ms < live_at)
-                    .map(|r| r.id)
-                    .ok_or_else(|| rejected("no earlier release to roll back to"))?
+                        rejected("nothing earlier than the live release to roll back to")
+                    })?
             }
         };
         c.switch_to(&target)?;

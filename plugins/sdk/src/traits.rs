@@ -49,6 +49,16 @@ pub trait DeployTarget {
     }
 }
 
+/// The release a rollback without a target returns to: the newest one created before the
+/// live one (`releases` in any order). `None` when nothing is live or nothing is older.
+pub fn previous_release(releases: &[Release]) -> Option<&Release> {
+    let live_at = releases.iter().find(|r| r.live)?.created_at_ms;
+    releases
+        .iter()
+        .filter(|r| !r.live && r.created_at_ms < live_at)
+        .max_by_key(|r| r.created_at_ms)
+}
+
 /// Keeps backup objects off the deploy host.
 pub trait BackupStore {
     /// Store everything read from `body` under `key`; on failure leave nothing behind.

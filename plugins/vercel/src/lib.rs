@@ -439,19 +439,10 @@ impl DeployTarget for Vercel {
             Some(id) => id.to_string(),
             None => {
                 let releases = list(&api, &pid, live.as_deref())?;
-                let live_at = releases
-                    .iter()
-                    .find(|r| r.live)
-                    .map(|r| r.created_at_ms)
+                previous_release(&releases)
+                    .map(|r| r.id.clone())
                     .ok_or_else(|| {
-                        rejected("Vercel: the project has no live production deployment")
-                    })?;
-                releases
-                    .into_iter()
-                    .find(|r| !r.live && r.created_at_ms < live_at)
-                    .map(|r| r.id)
-                    .ok_or_else(|| {
-                        rejected("Vercel: no earlier production deployment to roll back to")
+                        rejected("Vercel: no production deployment earlier than the live one")
                     })?
             }
         };
