@@ -20,8 +20,7 @@ mod sigv4;
 mod store;
 mod xml;
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use deploy_agent_sdk::http::{self, Response};
@@ -390,32 +389,6 @@ impl Client {
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), PluginError> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(|e| rejected(format!("reading {}: {e}", dir.display())))?
-        .flatten()
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let meta = fs::metadata(&path)
-            .map_err(|e| rejected(format!("reading {}: {e}", path.display())))?;
-        if meta.is_dir() {
-            walk(root, &path, out)?;
-        } else if meta.is_file() {
-            let name = path
-                .strip_prefix(root)
-                .map_err(|_| rejected("a file outside the artifact"))?
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            out.push((name, path));
-        }
-    }
-    Ok(())
-}
-
 impl DeployTarget for S3 {
     fn deploy(ctx: &Context, release: Artifact) -> Result<Staged, PluginError> {
         let c = Client::new(ctx)?;
@@ -436,13 +409,11 @@ impl DeployTarget for S3 {
                 url: c.s.url.clone(),
             });
         }
-        let root = PathBuf::from(&dir);
-        let mut files = Vec::new();
-        walk(&root, &root, &mut files)?;
+        let files = fs::files(Path::new(&dir))?;
         let prefix = format!("{}{id}/", c.releases_prefix());
         for (name, path) in &files {
-            let bytes =
-                fs::read(path).map_err(|e| rejected(format!("reading {}: {e}", path.display())))?;
+            let bytes = std::fs::read(path)
+                .map_err(|e| rejected(format!("reading {}: {e}", path.display())))?;
             c.put(
                 &format!("{prefix}{name}"),
                 bytes,

@@ -108,21 +108,7 @@ impl Signer {
         headers: &mut Vec<(String, String)>,
         payload_hash: &str,
     ) -> Result<(), PluginError> {
-        self.sign_at(method, host, path, query, headers, payload_hash, now())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn sign_at(
-        &self,
-        method: &str,
-        host: &str,
-        path: &str,
-        query: &[(String, String)],
-        headers: &mut Vec<(String, String)>,
-        payload_hash: &str,
-        unix: u64,
-    ) -> Result<(), PluginError> {
-        let stamp = amz_date(unix);
+        let stamp = amz_date(now());
         let date = &stamp[..8];
         headers.push(("x-amz-date".into(), stamp.clone()));
         headers.push(("x-amz-content-sha256".into(), payload_hash.into()));

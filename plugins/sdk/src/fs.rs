@@ -3,6 +3,8 @@
 //! Everything else about files is plain `std::fs`, confined to the directories the plugin's
 //! policy grants (`dirs = [...]` in agent.toml).
 
+use std::path::{Path, PathBuf};
+
 use crate::bindings::wasi::filesystem::{preopens, types::ErrorCode};
 use crate::{PluginError, rejected};
 
@@ -43,4 +45,39 @@ fn describe(e: ErrorCode) -> &'static str {
         ErrorCode::NoEntry => "a parent directory does not exist",
         _ => "the filesystem refused",
     }
+}
+
+/// Every regular file under `root`, depth first in name order, as (its path relative to
+/// `root` with `/` separators, its path). Symbolic links are followed; other entries skipped.
+/// What a target needs to upload a directory artifact.
+pub fn files(root: &Path) -> Result<Vec<(String, PathBuf)>, PluginError> {
+    let mut out = Vec::new();
+    walk(root, root, &mut out)?;
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), PluginError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| rejected(format!("reading {}: {e}", dir.display())))?
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| rejected(format!("reading {}: {e}", path.display())))?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else if meta.is_file() {
+            let name = path
+                .strip_prefix(root)
+                .map_err(|_| rejected(format!("{} is outside {}", path.display(), root.display())))?
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((name, path));
+        }
+    }
+    Ok(())
 }

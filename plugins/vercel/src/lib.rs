@@ -195,40 +195,26 @@ struct File {
     size: u64,
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<File>) -> Result<(), PluginError> {
-    let entries =
-        fs::read_dir(dir).map_err(|e| rejected(format!("reading {}: {e}", dir.display())))?;
-    let mut entries: Vec<_> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let meta = fs::metadata(&path)
-            .map_err(|e| rejected(format!("reading {}: {e}", path.display())))?;
-        if meta.is_dir() {
-            walk(root, &path, out)?;
-        } else if meta.is_file() {
-            if out.len() >= MAX_FILES {
-                return Err(rejected(format!(
-                    "the artifact has more than {MAX_FILES} files"
-                )));
-            }
-            let name = path
-                .strip_prefix(root)
-                .map_err(|_| rejected(format!("{} is outside the artifact", path.display())))?
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+/// The artifact's files with their digests; more than `MAX_FILES` is refused.
+fn artifact_files(root: &Path) -> Result<Vec<File>, PluginError> {
+    let listed = deploy_agent_sdk::fs::files(root)?;
+    if listed.len() > MAX_FILES {
+        return Err(rejected(format!(
+            "the artifact has more than {MAX_FILES} files"
+        )));
+    }
+    listed
+        .into_iter()
+        .map(|(name, path)| {
             let (sha, size) = sha1_of(&path)?;
-            out.push(File {
+            Ok(File {
                 name,
                 path,
                 sha,
                 size,
-            });
-        }
-    }
-    Ok(())
+            })
+        })
+        .collect()
 }
 
 fn sha1_of(path: &Path) -> Result<(String, u64), PluginError> {
@@ -312,9 +298,7 @@ impl DeployTarget for Vercel {
         let dir = release.path.clone().ok_or_else(|| {
             invalid_config("the Vercel target deploys a directory artifact; set `artifact.path`")
         })?;
-        let root = PathBuf::from(&dir);
-        let mut files = Vec::new();
-        walk(&root, &root, &mut files)?;
+        let files = artifact_files(Path::new(&dir))?;
         if files.is_empty() {
             return Err(rejected(format!("the artifact {dir} has no files")));
         }
