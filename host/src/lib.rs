@@ -6,12 +6,16 @@
 //! - [`runtime`]: sandboxed WebAssembly component plugins (validators, deploy targets,
 //!   notifiers, backup stores);
 //! - [`db`]: the migration and backup core (PostgreSQL and SQLite);
+//! - [`pipeline`]: one release through one environment, journaled;
+//! - [`server`]: the daemon (`serve`): HTTP API, webhooks, event streams, metrics;
 //! - [`cli`]: the command line.
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod pipeline;
 pub mod runtime;
+pub mod server;
 pub mod store;

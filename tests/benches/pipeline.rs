@@ -224,5 +224,6 @@ fn request(n: usize) -> Request {
         artifact: None,
         actor: "bench".into(),
         reason: None,
+        ..Default::default()
     }
 }

@@ -78,6 +78,7 @@ fn request(version: &str) -> Request {
         artifact: None,
         actor: "bench".into(),
         reason: None,
+        ..Default::default()
     }
 }
 

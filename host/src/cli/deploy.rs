@@ -159,6 +159,7 @@ fn request(args: &DeployArgs) -> Request {
         artifact: args.artifact.clone(),
         actor: actor(),
         reason: args.reason.clone(),
+        ..Default::default()
     }
 }
 

@@ -22,6 +22,7 @@ mod config;
 mod deploy;
 mod migrate;
 mod plugin;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,6 +130,21 @@ pub enum Command {
     /// Database backups: create, list, verify, restore, export, prune.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Run as a daemon: the HTTP API (/v1, OpenAPI at /v1/openapi.json), GitHub webhooks, live
+    /// event streams, /metrics, /healthz and /readyz; runs queued per environment. Loopback
+    /// by default; SIGTERM suspends running runs at a safe point and the next start resumes
+    /// them. Under systemd: Type=notify with a watchdog (see deploy/systemd/).
+    Serve {
+        /// The configuration.
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
+        /// IP:PORT to listen on (default: [server] listen, else 127.0.0.1:8470).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// API tokens for the daemon.
+    #[command(subcommand)]
+    Token(serve::TokenCommand),
     /// Benchmarks that print figures (never pass/fail).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -262,6 +278,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve { config, listen } => runtime.block_on(serve::serve(&config, listen)),
+        Command::Token(command) => serve::token(command),
         Command::Migrate(command) => runtime.block_on(migrate::run(command)),
         Command::Backup(command) => runtime.block_on(backup::run(command)),
         Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {

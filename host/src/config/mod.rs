@@ -16,6 +16,7 @@
 mod environment;
 mod error;
 mod raw;
+mod server;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ pub use environment::{
     ValidateConfig,
 };
 pub use error::{ConfigError, ConfigErrors};
+
+pub use server::{GithubConfig, GithubRoute, Role, ServerConfig, TlsFiles, TokenConfig};
 
 use crate::runtime::PluginSpec;
 use crate::runtime::policy::{DirGrant, HostPattern, MAX_MEMORY_MIB, Policy};
@@ -47,6 +50,8 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     /// The environments, by name.
     pub environments: BTreeMap<String, Environment>,
+    /// The daemon (`deploy-agent serve`).
+    pub server: ServerConfig,
     /// Things worth fixing that do not stop the agent.
     pub warnings: Vec<ConfigError>,
 }
@@ -281,6 +286,10 @@ impl Config {
                 environments.insert(name.clone(), e);
             }
         }
+        let server = match &raw.server {
+            Some(s) => v.server(s, &environments),
+            None => ServerConfig::default(),
+        };
         if !v.errors.is_empty() {
             v.errors.sort_by_key(|e| (e.line, e.column));
             return Err(ConfigErrors(v.errors));
@@ -291,6 +300,7 @@ impl Config {
             state_url,
             plugins,
             environments,
+            server,
             warnings: v.warnings,
         })
     }

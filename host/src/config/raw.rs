@@ -14,6 +14,52 @@ pub(super) struct RawConfig {
     pub plugins: BTreeMap<Spanned<String>, Spanned<RawPlugin>>,
     #[serde(default)]
     pub environments: BTreeMap<Spanned<String>, Spanned<RawEnvironment>>,
+    pub server: Option<Spanned<RawServer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub grace_period_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub tokens: Vec<Spanned<RawToken>>,
+    pub github: Option<Spanned<RawGithub>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawToken {
+    pub name: Spanned<String>,
+    pub sha256: Spanned<String>,
+    pub role: Spanned<String>,
+    pub environments: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGithub {
+    pub secret: Spanned<String>,
+    pub replay_window_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub repository: Spanned<String>,
+    pub branch: Spanned<String>,
+    pub environment: Spanned<String>,
+    pub artifact: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

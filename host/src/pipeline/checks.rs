@@ -15,7 +15,7 @@ use crate::config::{CheckConfig, Probe};
 const MAX_BODY: usize = 1 << 20;
 
 /// One check's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckResult {
     /// The check.
     pub name: String,

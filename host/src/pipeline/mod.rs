@@ -17,6 +17,7 @@
 pub mod analysis;
 mod artifact;
 pub mod checks;
+pub mod events;
 mod failpoint;
 pub mod notify;
 pub(crate) mod offsite;
@@ -94,7 +95,7 @@ impl Stage {
 }
 
 /// What to deploy, where, by whom.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Request {
     /// The environment.
     pub environment: String,
@@ -106,6 +107,12 @@ pub struct Request {
     pub actor: String,
     /// Why.
     pub reason: Option<String>,
+    /// The run's id when the caller assigned one (the daemon's queue); default: a new one.
+    pub id: Option<String>,
+    /// Set to `true` to suspend the run at its next safe point (the daemon's shutdown): a
+    /// stage boundary, or while it waits for an approval. The run stays journaled as
+    /// `running` with its lock released, and the next start resumes it.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// How a stage ended.
@@ -225,11 +232,41 @@ pub fn load_plugin(
     name: &str,
     overrides: Option<&serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Plugin, String> {
+    let key = format!(
+        "{}\0{name}\0{}",
+        config.path.display(),
+        serde_json::to_string(&overrides).unwrap_or_default()
+    );
+    let cache = PLUGIN_CACHE.get();
+    if let Some(p) = cache.and_then(|c| {
+        c.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned()
+    }) {
+        return Ok(p);
+    }
     let mut spec = config.plugin_spec(name)?;
     if let (Some(o), serde_json::Value::Object(base)) = (overrides, &mut spec.config) {
         base.extend(o.clone());
     }
-    runtime.load(spec).map_err(|e| e.to_string())
+    let plugin = runtime.load(spec).map_err(|e| e.to_string())?;
+    if let Some(c) = cache {
+        c.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, plugin.clone());
+    }
+    Ok(plugin)
+}
+
+type PluginCache = std::sync::Mutex<std::collections::HashMap<String, Plugin>>;
+static PLUGIN_CACHE: std::sync::OnceLock<PluginCache> = std::sync::OnceLock::new();
+
+/// Keeps loaded plugins for the life of the process, so each run does not read, verify and
+/// link them again: the daemon's choice, whose configuration is fixed while it runs (a changed
+/// plugin file or secret takes a restart). The one-shot commands load afresh.
+pub fn keep_loaded_plugins() {
+    let _ = PLUGIN_CACHE.set(PluginCache::default());
 }
 
 /// The environment's plugins, loaded.
@@ -248,7 +285,7 @@ pub(crate) fn load_plugins(config: &Config, env: &Environment) -> Result<Plugins
             env.name, env.name
         )
     })?;
-    let runtime = Runtime::new(config.cache_dir()).map_err(|e| e.to_string())?;
+    let runtime = Runtime::shared(config.cache_dir()).map_err(|e| e.to_string())?;
     let target = load_plugin(
         config,
         &runtime,
@@ -299,6 +336,22 @@ pub(crate) fn load_plugins(config: &Config, env: &Environment) -> Result<Plugins
         notifiers,
         offsite,
     })
+}
+
+/// Loads every environment's plugins (those with a deploy target), as the daemon does at
+/// start; returns how many distinct plugins that was. With [`keep_loaded_plugins`] they stay
+/// loaded for the runs. Blocking (compiles on a cache miss).
+pub fn preload(config: &Config) -> Result<usize, String> {
+    let mut names = std::collections::BTreeSet::new();
+    for env in config.environments.values().filter(|e| e.target.is_some()) {
+        let p =
+            load_plugins(config, env).map_err(|e| format!("environment `{}`: {e}", env.name))?;
+        names.insert(p.target.name().to_string());
+        names.extend(p.validators.iter().map(|v| v.name().to_string()));
+        names.extend(p.notifiers.iter().map(|v| v.name().to_string()));
+        names.extend(p.offsite.iter().map(|v| v.name().to_string()));
+    }
+    Ok(names.len())
 }
 
 /// The artifact as the target plugin sees it, and its host path.
@@ -377,6 +430,8 @@ struct Run<'a> {
     stages: Vec<StageReport>,
     findings: Vec<Finding>,
     checks: Vec<CheckResult>,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+    suspended: bool,
     staged_url: Option<String>,
     waited: Duration,
     analyses: Vec<analysis::AnalysisResult>,
@@ -400,7 +455,7 @@ pub async fn deploy(
         artifact_for(env, request, &plugins.target).map_err(PipelineError::Setup)?;
     let store = open_store(config).await?;
     let owner = Owner::this_process();
-    let id = new_id();
+    let id = request.id.clone().unwrap_or_else(new_id);
 
     // lock
     let lock_started = Instant::now();
@@ -543,6 +598,8 @@ pub async fn deploy(
         stages: Vec::new(),
         findings: Vec::new(),
         checks: Vec::new(),
+        stop: request.stop.clone(),
+        suspended: false,
         staged_url: None,
         waited: Duration::ZERO,
         analyses: Vec::new(),
@@ -565,6 +622,9 @@ pub async fn deploy(
     run.stages.push(lock_report);
 
     let result = run.stages_in_order().await;
+    if run.suspended {
+        return run.suspend(started, recovered).await;
+    }
     let mut error = result.err();
     let mut rolled_back = false;
     if let Some(evidence) = run.watch_failed.clone() {
@@ -616,8 +676,19 @@ impl Run<'_> {
         self.notifications.send(event);
     }
 
+    /// Whether the daemon asked the run to stop at its next safe point; marks it suspended.
+    fn should_suspend(&mut self) -> bool {
+        if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+            self.suspended = true;
+        }
+        self.suspended
+    }
+
     /// Journals a stage's start; fails the run if the lock was lost.
     async fn begin(&mut self, stage: Stage) -> Result<(i64, Instant), String> {
+        if self.should_suspend() {
+            return Err(SUSPENDED.into());
+        }
         if self.lease.as_ref().is_some_and(Lease::lost) {
             return Err(
                 "the environment lock was taken over (this agent stalled past its lease)".into(),
@@ -674,6 +745,11 @@ impl Run<'_> {
         };
         self.reporter.stage(&report);
         self.stages.push(report);
+        crate::metrics::observe(
+            crate::metrics::Family::StageSeconds,
+            &[("environment", &self.env.name), ("stage", stage.name())],
+            elapsed.as_secs_f64(),
+        );
         let kind = if status == StageStatus::Failed {
             EventKind::StageFailed
         } else {
@@ -1229,6 +1305,8 @@ impl Run<'_> {
                 self.end(Stage::Approve, step, StageStatus::Done, detail)
                     .await
             }
+            // Still waiting: the stage stays open in the journal and is resumed.
+            Err(e) if self.suspended => Err(e),
             Err(e) => Err(self.fail(Stage::Approve, step, e).await),
         }
     }
@@ -1286,6 +1364,9 @@ impl Run<'_> {
             }
             if self.lease.as_ref().is_some_and(Lease::lost) {
                 return Err("the environment lock was taken over while waiting".into());
+            }
+            if self.should_suspend() {
+                return Err(SUSPENDED.into());
             }
             let pause = Duration::from_millis(200);
             tokio::time::sleep(pause).await;
@@ -1467,6 +1548,10 @@ impl Run<'_> {
                 ),
             ),
         };
+        crate::metrics::inc(
+            crate::metrics::Family::Deployments,
+            &[("environment", &self.env.name), ("outcome", status)],
+        );
         if error.is_some()
             && let Some(id) = &self.d.release_id
             && self
@@ -1524,6 +1609,57 @@ impl Run<'_> {
             recovered,
             notify_failures: delivery.failed,
             total_ms: total.as_secs_f64() * 1e3,
+        })
+    }
+}
+
+const SUSPENDED: &str = "suspended at a safe point for the agent's shutdown";
+
+impl Run<'_> {
+    /// Leaves the run for the next start: journaled as `running` where it stopped, its
+    /// notifications delivered, its lock released, so the next `serve` (or `deploy-agent
+    /// recover`) resumes it.
+    async fn suspend(
+        mut self,
+        started: Instant,
+        recovered: Vec<Recovery>,
+    ) -> Result<Outcome, PipelineError> {
+        let at = self.d.stage.clone().unwrap_or_else(|| "lock".into());
+        self.reporter.note(&format!(
+            "run {} suspended at {at}; the next start resumes it",
+            self.d.id
+        ));
+        self.audit(
+            "deploy.suspended",
+            None,
+            Some(format!(
+                "stopped at {at} for the agent's shutdown; resumes on the next start"
+            )),
+        )
+        .await;
+        let notifications = std::mem::replace(
+            &mut self.notifications,
+            Notifications::start(Vec::new(), self.ctx.clone()),
+        );
+        let delivery = notifications.finish().await;
+        if let Some(lease) = self.lease.take() {
+            lease.release().await?;
+        }
+        let mut deployment = self
+            .store
+            .deployment(&self.d.id)
+            .await?
+            .unwrap_or_else(|| self.d.clone());
+        deployment.status = "suspended".into();
+        Ok(Outcome {
+            deployment,
+            stages: self.stages,
+            findings: self.findings,
+            checks: self.checks,
+            analyses: self.analyses,
+            recovered,
+            notify_failures: delivery.failed,
+            total_ms: started.elapsed().saturating_sub(self.waited).as_secs_f64() * 1e3,
         })
     }
 }

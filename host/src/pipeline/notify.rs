@@ -60,8 +60,9 @@ impl Notifications {
         }
     }
 
-    /// Queues an event.
+    /// Queues an event, and publishes it on the process's event bus (the daemon's streams).
     pub fn send(&self, event: Event) {
+        super::events::bus().publish(&event);
         if let Some(tx) = &self.tx {
             let _ = tx.send(event);
         }

@@ -189,28 +189,40 @@ pub async fn recover(
         });
     }
     // Resume: deploy the same release again; the run is found and finished.
-    let artifact = newest.artifact.as_ref().map(std::path::PathBuf::from);
-    if let (Some(path), Some(recorded)) = (&artifact, &newest.digest) {
+    let request = resume_request(env, &newest, actor)?;
+    let outcome = super::deploy(config, &request, reporter).await?;
+    Ok(Recovered {
+        recovered: outcome.recovered.clone(),
+        outcome: Some(outcome),
+    })
+}
+
+/// The request that resumes an interrupted run: the same version and artifact, refused when
+/// the artifact changed since (the run would not be the same release).
+pub fn resume_request(
+    env: &Environment,
+    run: &Deployment,
+    actor: &str,
+) -> Result<Request, PipelineError> {
+    let artifact = run.artifact.as_ref().map(std::path::PathBuf::from);
+    if let (Some(path), Some(recorded)) = (&artifact, &run.digest) {
         let now = super::digest(path).map(|d| format!("sha256:{d}")).ok();
         if now.as_deref() != Some(recorded.as_str()) {
             return Err(PipelineError::Setup(format!(
                 "cannot resume run {}: its artifact {} changed since (or is gone); roll it back with `deploy-agent recover --env {} --rollback`",
-                newest.id,
+                run.id,
                 path.display(),
                 env.name
             )));
         }
     }
-    let request = Request {
+    Ok(Request {
         environment: env.name.clone(),
-        version: Some(newest.version.clone()),
+        version: Some(run.version.clone()),
         artifact,
         actor: actor.to_string(),
-        reason: Some(format!("resuming interrupted run {}", newest.id)),
-    };
-    let outcome = super::deploy(config, &request, reporter).await?;
-    Ok(Recovered {
-        recovered: outcome.recovered.clone(),
-        outcome: Some(outcome),
+        reason: Some(format!("resuming interrupted run {}", run.id)),
+        id: Some(run.id.clone()),
+        ..Default::default()
     })
 }

@@ -104,7 +104,7 @@ pub struct RollbackPlan {
 }
 
 /// One step of an executed rollback.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RollbackStep {
     /// Its name.
     pub name: &'static str,
@@ -115,7 +115,7 @@ pub struct RollbackStep {
 }
 
 /// What a rollback did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RollbackOutcome {
     /// The record, as stored.
     pub record: RollbackRecord,

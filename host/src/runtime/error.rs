@@ -153,6 +153,27 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// A short class name, for metrics: `timeout`, `memory`, `trap`, `policy`, `too-large`,
+    /// `retryable`, `rejected`, `unauthorized`, `invalid-config`, `other`, `not-exported`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            CallError::Timeout { .. } => "timeout",
+            CallError::MemoryLimit { .. } => "memory",
+            CallError::Trap { .. } => "trap",
+            CallError::Policy { .. } => "policy",
+            CallError::ReturnTooLarge { .. } => "too-large",
+            CallError::NotExported { .. } => "not-exported",
+            CallError::Instantiate { .. } => "instantiate",
+            CallError::Plugin { error, .. } => match error {
+                PluginError::Retryable(_) => "retryable",
+                PluginError::Rejected(_) => "rejected",
+                PluginError::Unauthorized(_) => "unauthorized",
+                PluginError::InvalidConfig(_) => "invalid-config",
+                PluginError::Other(_) => "other",
+            },
+        }
+    }
+
     /// Whether the host should back off and retry, and after how long (when the plugin said).
     pub fn retry_after(&self) -> Option<Option<u64>> {
         match self {

@@ -119,6 +119,22 @@ impl Runtime {
         })
     }
 
+    /// The process's runtime for `cache_dir`, started on first use: one engine (and one epoch
+    /// ticker, one pooling allocator) per process however many runs it makes.
+    pub fn shared(cache_dir: PathBuf) -> Result<Self, RuntimeError> {
+        static SHARED: std::sync::Mutex<Vec<(PathBuf, Runtime)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut all = SHARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, r)) = all.iter().find(|(d, _)| *d == cache_dir) {
+            return Ok(r.clone());
+        }
+        let r = Runtime::new(cache_dir.clone())?;
+        all.push((cache_dir, r.clone()));
+        Ok(r)
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine

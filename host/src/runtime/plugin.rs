@@ -554,6 +554,7 @@ impl Plugin {
         ) -> CallFuture<'a, T>,
     {
         let inner = &self.inner;
+        let began = Instant::now();
         let call_id = inner.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let policy = &inner.policy;
         let guard = Arc::new(Guard::new(
@@ -653,8 +654,18 @@ impl Plugin {
                 }
             }
         };
+        let labels = [("plugin", &*inner.name), ("op", op)];
+        crate::metrics::observe(
+            crate::metrics::Family::PluginCallSeconds,
+            &labels,
+            began.elapsed().as_secs_f64(),
+        );
         if let Err(e) = &result {
             tracing::debug!(plugin = %inner.name, call = call_id, op, error = %e, "plugin call failed");
+            crate::metrics::inc(
+                crate::metrics::Family::PluginCallFailures,
+                &[labels[0], labels[1], ("error", e.class())],
+            );
         }
         result
     }

@@ -6,7 +6,7 @@ use super::{Row, Store, StoreError, now_ms, opt};
 use crate::db::conn::lit;
 
 /// A gate's request and, once made, its decision.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Approval {
     /// The run.
     pub deployment_id: String,

@@ -33,7 +33,7 @@ pub struct AuditEntry {
 }
 
 /// An entry as stored.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Position in the chain, from 1.
     pub seq: i64,

@@ -66,7 +66,7 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Who holds an environment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LockHolder {
     /// The owner.
     pub owner: String,

@@ -8,6 +8,7 @@
 mod approvals;
 mod audit;
 mod lease;
+mod queue;
 mod rollbacks;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use tokio::sync::Mutex;
 pub use approvals::{Approval, Decision};
 pub use audit::{AuditEntry, AuditRecord, AuditReport};
 pub use lease::{Lease, LockHolder, Owner, hostname};
+pub use queue::QueueItem;
 pub use rollbacks::RollbackRecord;
 
 use crate::db::Backend;
@@ -170,6 +172,26 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS queue (
+    id TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    environment TEXT NOT NULL,
+    version TEXT,
+    artifact TEXT,
+    actor TEXT NOT NULL,
+    reason TEXT,
+    source TEXT NOT NULL,
+    state TEXT NOT NULL,
+    enqueued_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    outcome TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_pending ON queue (environment, state, seq);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    received_at BIGINT NOT NULL
+);
 ";
 
 /// The state store. Cheap to clone; one connection, shared.
@@ -188,7 +210,7 @@ impl std::fmt::Debug for Store {
 }
 
 /// A deployment run as recorded.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Deployment {
     /// The run id (time-sortable).
     pub id: String,
@@ -233,7 +255,7 @@ pub struct Deployment {
 }
 
 /// One journaled step.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Step {
     /// Order within the run.
     pub seq: i64,
@@ -250,7 +272,7 @@ pub struct Step {
 }
 
 /// A release as recorded.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReleaseRecord {
     /// The environment.
     pub environment: String,
@@ -371,6 +393,11 @@ impl Store {
             conn: Arc::new(Mutex::new(conn)),
             location,
         })
+    }
+
+    /// Answers when the store does (the daemon's watchdog).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.rows("SELECT 1").await.map(|_| ())
     }
 
     /// Where it is (password removed).

@@ -6,7 +6,7 @@ use super::{Row, Store, StoreError, now_ms, opt};
 use crate::db::conn::lit;
 
 /// One rollback.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct RollbackRecord {
     /// Its id.
     pub id: String,
@@ -99,8 +99,27 @@ impl Store {
 }
 
 impl RollbackRecord {
-    /// Stamps the end time.
+    /// Stamps the end time, and counts it in the metrics (a succeeded rollback's duration is
+    /// the time to recovery: from the decision to roll back to the earlier release live).
     pub fn finish(&mut self) {
-        self.finished_at = Some(now_ms());
+        use crate::metrics::{Family, inc, observe};
+        let now = now_ms();
+        self.finished_at = Some(now);
+        let env = ("environment", self.environment.as_str());
+        inc(
+            Family::Rollbacks,
+            &[
+                env,
+                ("initiator", &self.initiator),
+                ("outcome", &self.status),
+            ],
+        );
+        if self.status == "succeeded" {
+            observe(
+                Family::RecoverySeconds,
+                &[env],
+                (now - self.started_at).max(0) as f64 / 1e3,
+            );
+        }
     }
 }

@@ -1,0 +1,137 @@
+//! The process's event bus: every event the notifiers get, numbered, for the daemon's live
+//! event streams.
+//!
+//! [`super::notify::Notifications::send`] publishes here, so a stream sees exactly what a
+//! notifier sees, in the same order. The last [`HISTORY`] events are kept so a client that
+//! connects late (or reconnects with `Last-Event-ID`) misses nothing recent.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::runtime::{Event, EventKind};
+
+/// Events kept for late subscribers.
+pub const HISTORY: usize = 2048;
+
+/// One published event.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventRecord {
+    /// Its number in this process (the SSE event id).
+    pub seq: u64,
+    /// `started`, `stage-started`, `stage-succeeded`, `stage-failed`, `approval-requested`,
+    /// `succeeded`, `failed`, `rolled-back`.
+    pub kind: &'static str,
+    /// The environment.
+    pub environment: String,
+    /// The run (or the rollback) it belongs to.
+    pub deployment_id: String,
+    /// The version.
+    pub version: String,
+    /// Who started it.
+    pub actor: String,
+    /// The stage, for stage events.
+    pub stage: Option<String>,
+    /// One line.
+    pub summary: String,
+    /// More, when there is more.
+    pub detail: Option<String>,
+    /// How long it took, ms.
+    pub duration_ms: Option<u64>,
+    /// Labelled links (the release's URL...).
+    pub links: Vec<(String, String)>,
+    /// When, ms since the epoch.
+    pub at_ms: u64,
+}
+
+impl EventRecord {
+    /// Whether this event ends its run: nothing follows it.
+    pub fn is_final(&self) -> bool {
+        matches!(self.kind, "succeeded" | "failed" | "rolled-back")
+    }
+}
+
+/// The name of an event kind, as in the WIT.
+pub fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Started => "started",
+        EventKind::StageStarted => "stage-started",
+        EventKind::StageSucceeded => "stage-succeeded",
+        EventKind::StageFailed => "stage-failed",
+        EventKind::ApprovalRequested => "approval-requested",
+        EventKind::Succeeded => "succeeded",
+        EventKind::Failed => "failed",
+        EventKind::RolledBack => "rolled-back",
+    }
+}
+
+/// The bus.
+#[derive(Debug)]
+pub struct Bus {
+    tx: broadcast::Sender<Arc<EventRecord>>,
+    history: Mutex<VecDeque<Arc<EventRecord>>>,
+    seq: AtomicU64,
+}
+
+/// The process's bus.
+pub fn bus() -> &'static Bus {
+    static BUS: OnceLock<Bus> = OnceLock::new();
+    BUS.get_or_init(|| Bus {
+        tx: broadcast::channel(HISTORY).0,
+        history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+        seq: AtomicU64::new(0),
+    })
+}
+
+impl Bus {
+    /// Publishes an event.
+    pub fn publish(&self, e: &Event) {
+        let mut history = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Numbered under the lock, so history and the channel agree on the order.
+        let record = Arc::new(EventRecord {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            kind: kind_name(e.kind),
+            environment: e.environment.clone(),
+            deployment_id: e.deployment_id.clone(),
+            version: e.version.clone(),
+            actor: e.actor.clone(),
+            stage: e.stage.clone(),
+            summary: e.summary.clone(),
+            detail: e.detail.clone(),
+            duration_ms: e.duration_ms,
+            links: e.links.clone(),
+            at_ms: e.at_ms,
+        });
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(record.clone());
+        let _ = self.tx.send(record);
+    }
+
+    /// Subscribes: the kept events after `after` (all kept ones when `None`) that `filter`
+    /// takes, then the live ones. Taken under the publish lock, so nothing falls between.
+    pub fn subscribe(
+        &self,
+        after: Option<u64>,
+        filter: impl Fn(&EventRecord) -> bool,
+    ) -> (Vec<Arc<EventRecord>>, broadcast::Receiver<Arc<EventRecord>>) {
+        let history = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rx = self.tx.subscribe();
+        let past = history
+            .iter()
+            .filter(|e| after.is_none_or(|a| e.seq > a) && filter(e))
+            .cloned()
+            .collect();
+        (past, rx)
+    }
+}

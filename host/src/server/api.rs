@@ -1,0 +1,1008 @@
+//! The HTTP API, `/v1`: handlers and the OpenAPI document generated from them.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::AppState;
+use super::auth::{self, Caller};
+use crate::config::Role;
+use crate::metrics::{self, Family};
+use crate::pipeline::events::{self, EventRecord};
+use crate::pipeline::rollback::{self as rb, DbStrategy, Mode, RollbackOutcome};
+use crate::pipeline::{Quiet, new_id};
+use crate::store::{
+    Approval, AuditEntry, AuditRecord, Decision, Deployment, LockHolder, QueueItem, ReleaseRecord,
+    Step, StoreError, now_ms,
+};
+
+/// An error, as every endpoint answers it: `{"error": "..."}`. Refusals of authentication and
+/// authorisation say no more than `unauthorized` / `forbidden`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+    #[serde(skip)]
+    #[schema(ignore)]
+    status: u16,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError {
+            error: error.into(),
+            status: status.as_u16(),
+        }
+    }
+    /// 401.
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized")
+    }
+    /// 403.
+    pub fn forbidden() -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden")
+    }
+    /// 404.
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+    }
+    /// 400.
+    pub fn bad_request(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, why)
+    }
+    /// 409.
+    pub fn conflict(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, why)
+    }
+    /// 503.
+    pub fn unavailable(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("API: state store: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the state store failed")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status == StatusCode::UNAUTHORIZED {
+            let (s, h) = auth::challenge();
+            return (s, h, Json(self)).into_response();
+        }
+        (status, Json(self)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+impl AppState {
+    fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
+        auth::authenticate(&self.config.server.tokens, headers)
+    }
+
+    fn known_env(&self, caller: &Caller, needed: Role, env: &str) -> ApiResult<()> {
+        caller.require_env(needed, env)?;
+        if self.config.environments.contains_key(env) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found("environment"))
+        }
+    }
+
+    async fn audit(&self, caller: &str, action: &str, env: &str, subject: &str, why: Option<&str>) {
+        if let Err(e) = self
+            .store
+            .audit(AuditEntry {
+                actor: caller.to_string(),
+                action: action.to_string(),
+                environment: Some(env.to_string()),
+                subject: Some(subject.to_string()),
+                why: why.map(str::to_string),
+                detail: Some("via the API".into()),
+            })
+            .await
+        {
+            tracing::error!("audit: {e}");
+        }
+    }
+}
+
+/// `POST /v1/deployments`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    /// The environment.
+    pub environment: String,
+    /// The version (default: the artifact digest's first 12 hex digits).
+    pub version: Option<String>,
+    /// The artifact directory on the deploy host (default: the environment's).
+    pub artifact: Option<String>,
+    /// Why: in the audit log and the notifications.
+    pub reason: Option<String>,
+}
+
+/// A run: queued, running or ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    /// Its id.
+    pub id: String,
+    /// The environment.
+    pub environment: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `rolled_back`, `superseded`, `cancelled`,
+    /// or `error` (it could not start; see `queue.outcome`).
+    pub status: String,
+    /// Its place among the environment's waiting runs (1: next), while queued.
+    pub position: Option<usize>,
+    /// The queue's record (runs triggered through the daemon).
+    pub queue: Option<QueueItem>,
+    /// The journal's record, once it started.
+    pub deployment: Option<Deployment>,
+    /// Its steps, as journaled.
+    pub steps: Vec<Step>,
+    /// Approval gates waiting for a decision.
+    pub waiting: Vec<Approval>,
+}
+
+async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
+    let queue = state.store.queue_item(id).await?;
+    let deployment = state.store.deployment(id).await?;
+    let Some(environment) = deployment
+        .as_ref()
+        .map(|d| d.environment.clone())
+        .or_else(|| queue.as_ref().map(|q| q.environment.clone()))
+    else {
+        return Ok(None);
+    };
+    let steps = state.store.steps(id).await?;
+    let waiting = state
+        .store
+        .pending_approvals(Some(&environment))
+        .await?
+        .into_iter()
+        .filter(|a| a.deployment_id == id)
+        .collect();
+    let mut position = None;
+    let status = match (&deployment, &queue) {
+        (Some(d), _)
+            if d.status == "running" && queue.as_ref().is_some_and(|q| q.state == "running") =>
+        {
+            "running".to_string()
+        }
+        (Some(d), _) => d.status.clone(),
+        (None, Some(q)) if q.state == "queued" => {
+            let pending = state.store.pending(&environment).await?;
+            position = pending
+                .iter()
+                .filter(|p| p.state == "queued")
+                .position(|p| p.id == id)
+                .map(|p| p + 1);
+            "queued".into()
+        }
+        (None, Some(q)) if q.state == "cancelled" => "cancelled".into(),
+        (None, Some(q)) if q.state == "running" => "running".into(),
+        (None, Some(_)) => "error".into(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(RunView {
+        id: id.to_string(),
+        environment,
+        status,
+        position,
+        queue,
+        deployment,
+        steps,
+        waiting,
+    }))
+}
+
+/// Queue a deployment.
+#[utoipa::path(
+    post, path = "/v1/deployments", tag = "runs",
+    request_body = TriggerRequest,
+    responses(
+        (status = 202, description = "Queued; follow it at /v1/runs/{id}", body = RunView),
+        (status = 400, description = "Bad request", body = ApiError),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "The token may not deploy there", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+        (status = 503, description = "Shutting down", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn trigger(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    b: Result<Json<TriggerRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<RunView>)> {
+    let caller = state.caller(&headers)?;
+    caller.require(Role::Deploy)?;
+    let t = body(b)?;
+    state.known_env(&caller, Role::Deploy, &t.environment)?;
+    let env = state
+        .config
+        .environment(&t.environment)
+        .map_err(ApiError::bad_request)?;
+    if t.version.is_none() && t.artifact.is_none() && env.artifact.path.is_none() {
+        return Err(ApiError::bad_request(
+            "no version: give `version` or `artifact` (the environment has no [artifact] path)",
+        ));
+    }
+    let item = enqueue(
+        &state,
+        &t.environment,
+        t.version,
+        t.artifact,
+        caller.actor(),
+        t.reason,
+        "api",
+    )
+    .await?;
+    let view = run_view(&state, &item.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// Queues a run (the API's trigger and the webhook's), audited.
+pub(super) async fn enqueue(
+    state: &AppState,
+    environment: &str,
+    version: Option<String>,
+    artifact: Option<String>,
+    actor: String,
+    reason: Option<String>,
+    source: &str,
+) -> ApiResult<QueueItem> {
+    if state.stopping.load(Ordering::Relaxed) {
+        return Err(ApiError::unavailable("shutting down"));
+    }
+    let item = state
+        .queue
+        .push(QueueItem {
+            id: new_id(),
+            seq: 0,
+            environment: environment.to_string(),
+            version,
+            artifact,
+            actor: actor.clone(),
+            reason,
+            source: source.to_string(),
+            state: "queued".into(),
+            enqueued_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+            outcome: None,
+        })
+        .await?;
+    state
+        .audit(
+            &actor,
+            "deploy.queued",
+            environment,
+            &item.id,
+            item.reason.as_deref(),
+        )
+        .await;
+    Ok(item)
+}
+
+/// A run: queued, running or ended, with its journal.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "The run id")),
+    responses(
+        (status = 200, description = "The run", body = RunView),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 404, description = "No such run (or not one this token may see)", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    let caller = state.caller(&headers)?;
+    let view = run_view(&state, &id)
+        .await?
+        .filter(|v| caller.covers(&v.environment))
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    Ok(Json(view))
+}
+
+/// Cancel a run still waiting in its queue.
+#[utoipa::path(
+    delete, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "The run id")),
+    responses(
+        (status = 200, description = "Cancelled", body = RunView),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "The token may not deploy there", body = ApiError),
+        (status = 404, description = "No such run", body = ApiError),
+        (status = 409, description = "It already started", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn cancel_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    let caller = state.caller(&headers)?;
+    let item = state
+        .store
+        .queue_item(&id)
+        .await?
+        .filter(|q| caller.covers(&q.environment))
+        .ok_or_else(|| ApiError::not_found("queued run"))?;
+    caller.require_env(Role::Deploy, &item.environment)?;
+    if !state.store.cancel_queued(&id).await? {
+        return Err(ApiError::conflict(format!(
+            "run {id} is {}: only a queued run can be cancelled (reject or roll back a running one)",
+            item.state
+        )));
+    }
+    state
+        .audit(
+            &caller.actor(),
+            "deploy.cancelled",
+            &item.environment,
+            &id,
+            None,
+        )
+        .await;
+    let view = run_view(&state, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    Ok(Json(view))
+}
+
+/// `approve` / `reject`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// Why: recorded in the audit log.
+    pub reason: String,
+}
+
+/// Approve a run waiting at an approval gate.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/approve", tag = "approvals",
+    params(("id" = String, Path, description = "The waiting run")),
+    request_body = DecisionRequest,
+    responses(
+        (status = 200, description = "Decided", body = Approval),
+        (status = 400, description = "Bad request", body = ApiError),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "The token may not approve there", body = ApiError),
+        (status = 404, description = "No such run waiting", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn approve(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Path<String>,
+    b: Result<Json<DecisionRequest>, JsonRejection>,
+) -> ApiResult<Json<Approval>> {
+    decide(state, headers, id, b, Decision::Approved).await
+}
+
+/// Reject a run waiting at an approval gate: it stops (after promotion: it is rolled back).
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/reject", tag = "approvals",
+    params(("id" = String, Path, description = "The waiting run")),
+    request_body = DecisionRequest,
+    responses(
+        (status = 200, description = "Decided", body = Approval),
+        (status = 400, description = "Bad request", body = ApiError),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "The token may not approve there", body = ApiError),
+        (status = 404, description = "No such run waiting", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn reject(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Path<String>,
+    b: Result<Json<DecisionRequest>, JsonRejection>,
+) -> ApiResult<Json<Approval>> {
+    decide(state, headers, id, b, Decision::Rejected).await
+}
+
+async fn decide(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    b: Result<Json<DecisionRequest>, JsonRejection>,
+    decision: Decision,
+) -> ApiResult<Json<Approval>> {
+    let caller = state.caller(&headers)?;
+    caller.require(Role::Approve)?;
+    let d = body(b)?;
+    if d.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("a reason is required"));
+    }
+    let waiting = state
+        .store
+        .pending_approvals(None)
+        .await?
+        .into_iter()
+        .find(|a| a.deployment_id == id && caller.covers(&a.environment))
+        .ok_or_else(|| ApiError::not_found("run waiting for a decision"))?;
+    caller.require_env(Role::Approve, &waiting.environment)?;
+    let a = state
+        .store
+        .decide(&id, decision, &caller.actor(), &d.reason)
+        .await
+        .map_err(|e| match e {
+            StoreError::Query(m) => ApiError::conflict(m),
+            other => other.into(),
+        })?;
+    let word = a.decision.clone().unwrap_or_default();
+    state
+        .audit(
+            &caller.actor(),
+            &format!("approval.{word}"),
+            &a.environment,
+            &id,
+            Some(&d.reason),
+        )
+        .await;
+    Ok(Json(a))
+}
+
+/// An environment at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnvironmentView {
+    /// Its name.
+    pub name: String,
+    /// The live release.
+    pub live: Option<ReleaseRecord>,
+    /// Who holds its lock.
+    pub lock: Option<LockHolder>,
+    /// The run in progress.
+    pub running: Option<String>,
+    /// Runs waiting, in order.
+    pub queued: Vec<String>,
+}
+
+/// The environments this token may see.
+#[utoipa::path(
+    get, path = "/v1/environments", tag = "environments",
+    responses(
+        (status = 200, description = "Environments", body = [EnvironmentView]),
+        (status = 401, description = "No valid token", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn environments(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<EnvironmentView>>> {
+    let caller = state.caller(&headers)?;
+    let mut out = Vec::new();
+    for name in state
+        .config
+        .environments
+        .keys()
+        .filter(|e| caller.covers(e))
+    {
+        let pending = state.store.pending(name).await?;
+        out.push(EnvironmentView {
+            name: name.clone(),
+            live: state
+                .store
+                .releases(name)
+                .await?
+                .into_iter()
+                .find(|r| r.state == "live"),
+            lock: state.store.lock_holder(name).await?,
+            running: pending
+                .iter()
+                .find(|p| p.state == "running")
+                .map(|p| p.id.clone()),
+            queued: pending
+                .iter()
+                .filter(|p| p.state == "queued")
+                .map(|p| p.id.clone())
+                .collect(),
+        });
+    }
+    Ok(Json(out))
+}
+
+/// `?limit=`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct Limit {
+    /// How many (default 20, at most 500).
+    pub limit: Option<usize>,
+}
+
+/// An environment's runs, newest first.
+#[utoipa::path(
+    get, path = "/v1/environments/{env}/runs", tag = "environments",
+    params(("env" = String, Path, description = "The environment"), Limit),
+    responses(
+        (status = 200, description = "Runs", body = [Deployment]),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn env_runs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    Query(q): Query<Limit>,
+) -> ApiResult<Json<Vec<Deployment>>> {
+    let caller = state.caller(&headers)?;
+    state.known_env(&caller, Role::Read, &env)?;
+    let limit = q.limit.unwrap_or(20).min(500);
+    Ok(Json(state.store.deployments(&env, limit).await?))
+}
+
+/// An environment's releases, newest first.
+#[utoipa::path(
+    get, path = "/v1/environments/{env}/releases", tag = "environments",
+    params(("env" = String, Path, description = "The environment")),
+    responses(
+        (status = 200, description = "Releases", body = [ReleaseRecord]),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn env_releases(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult<Json<Vec<ReleaseRecord>>> {
+    let caller = state.caller(&headers)?;
+    state.known_env(&caller, Role::Read, &env)?;
+    Ok(Json(state.store.releases(&env).await?))
+}
+
+/// `POST /v1/environments/{env}/rollback`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    /// `app` (default), `db` or `full`.
+    pub mode: Option<String>,
+    /// The release to return to (default: the one before the live one).
+    pub to: Option<String>,
+    /// Restore this backup instead of the one the release is pinned to.
+    pub backup: Option<String>,
+    /// `restore` (default) or `down`.
+    pub db_strategy: Option<String>,
+    /// Why: recorded, audited and sent to the notifiers.
+    pub reason: String,
+    /// Restore a backup whose schema is not the release's.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Emergency rollback: the app, the database, or both, to the previous or a named release.
+#[utoipa::path(
+    post, path = "/v1/environments/{env}/rollback", tag = "environments",
+    params(("env" = String, Path, description = "The environment")),
+    request_body = RollbackBody,
+    responses(
+        (status = 200, description = "Done (see `record.status`)", body = RollbackOutcome),
+        (status = 400, description = "Bad request", body = ApiError),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+        (status = 409, description = "A run is in progress, or the rollback was refused", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn rollback(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    b: Result<Json<RollbackBody>, JsonRejection>,
+) -> ApiResult<Json<RollbackOutcome>> {
+    let caller = state.caller(&headers)?;
+    state.known_env(&caller, Role::Deploy, &env)?;
+    let r = body(b)?;
+    if r.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("a reason is required"));
+    }
+    let mode = match r.mode.as_deref().unwrap_or("app") {
+        "app" => Mode::App,
+        "db" => Mode::Db,
+        "full" => Mode::Full,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "mode `{other}`: one of app, db, full"
+            )));
+        }
+    };
+    let db_strategy = match r.db_strategy.as_deref().unwrap_or("restore") {
+        "restore" => DbStrategy::Restore,
+        "down" => DbStrategy::Down,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "db_strategy `{other}`: one of restore, down"
+            )));
+        }
+    };
+    let slot = state
+        .queue
+        .slot(&env)
+        .ok_or_else(|| ApiError::not_found("environment"))?;
+    let Ok(_busy) = slot.busy.try_lock() else {
+        let current = slot
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default();
+        return Err(ApiError::conflict(format!(
+            "run {current} is in progress in {env}: reject it (POST /v1/runs/{current}/reject) or wait for it, then roll back"
+        )));
+    };
+    let req = rb::RollbackRequest {
+        environment: env.clone(),
+        to: r.to,
+        mode,
+        backup: r.backup,
+        db_strategy,
+        reason: r.reason,
+        actor: caller.actor(),
+        force: r.force,
+    };
+    let outcome = rb::execute(&state.config, &req, &Quiet)
+        .await
+        .map_err(|e| ApiError::conflict(format!("rollback refused: {e}")))?;
+    Ok(Json(outcome))
+}
+
+/// `?environment=&limit=`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Only this environment (required for a token limited to some environments).
+    pub environment: Option<String>,
+    /// How many (default 50, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// The audit log's newest entries, oldest first.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Entries", body = [AuditRecord]),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn audit_log(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Vec<AuditRecord>>> {
+    let caller = state.caller(&headers)?;
+    match &q.environment {
+        Some(e) => caller.require_env(Role::Read, e)?,
+        None if caller.environments.is_some() => return Err(ApiError::forbidden()),
+        None => {}
+    }
+    let limit = q.limit.unwrap_or(50).min(1000);
+    Ok(Json(
+        state
+            .store
+            .audit_entries(q.environment.as_deref(), limit)
+            .await?,
+    ))
+}
+
+/// Live events of one run: what has happened so far (kept in memory), then each event as it
+/// happens; the stream ends with the run's last event.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "The run (or rollback) id")),
+    responses(
+        (status = 200, description = "Server-sent events: `id` is the event's number, `event` its kind, `data` an EventRecord", content_type = "text/event-stream", body = EventRecord),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 404, description = "No such run", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn run_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let caller = state.caller(&headers)?;
+    // A run the store knows, or a rollback's events still in memory.
+    let env = match run_view(&state, &id).await? {
+        Some(v) => Some((
+            v.environment,
+            matches!(v.status.as_str(), "queued" | "running"),
+        )),
+        None => None,
+    };
+    let after = last_event_id(&headers);
+    let want = id.clone();
+    let (past, rx) = events::bus().subscribe(after, move |e| e.deployment_id == want);
+    let (environment, open) = match env {
+        Some(e) => e,
+        None => match past.first() {
+            Some(e) => (e.environment.clone(), !past.iter().any(|e| e.is_final())),
+            None => return Err(ApiError::not_found("run")),
+        },
+    };
+    if !caller.covers(&environment) {
+        return Err(ApiError::not_found("run"));
+    }
+    let done = !open || past.iter().any(|e| e.is_final());
+    let want = id.clone();
+    Ok(sse(
+        past,
+        rx,
+        move |e| e.deployment_id == want,
+        true,
+        done,
+        state.shutdown.clone(),
+    ))
+}
+
+/// Live events of one environment (every run and rollback in it), as they happen; with
+/// `Last-Event-ID`, the kept events after it first.
+#[utoipa::path(
+    get, path = "/v1/environments/{env}/events", tag = "events",
+    params(("env" = String, Path, description = "The environment")),
+    responses(
+        (status = 200, description = "Server-sent events: `id` is the event's number, `event` its kind, `data` an EventRecord", content_type = "text/event-stream", body = EventRecord),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn env_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let caller = state.caller(&headers)?;
+    state.known_env(&caller, Role::Read, &env)?;
+    let after = last_event_id(&headers);
+    let want = env.clone();
+    let (past, rx) = events::bus().subscribe(after, move |e| e.environment == want);
+    let past = if after.is_some() { past } else { Vec::new() };
+    Ok(sse(
+        past,
+        rx,
+        move |e| e.environment == env,
+        false,
+        false,
+        state.shutdown.clone(),
+    ))
+}
+
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+struct Feed<F> {
+    past: std::collections::VecDeque<Arc<EventRecord>>,
+    rx: tokio::sync::broadcast::Receiver<Arc<EventRecord>>,
+    filter: F,
+    end_on_final: bool,
+    last: u64,
+    done: bool,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+fn sse_event(e: &EventRecord) -> SseEvent {
+    SseEvent::default()
+        .id(e.seq.to_string())
+        .event(e.kind)
+        .json_data(e)
+        .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"))
+}
+
+fn sse<F>(
+    past: Vec<Arc<EventRecord>>,
+    rx: tokio::sync::broadcast::Receiver<Arc<EventRecord>>,
+    filter: F,
+    end_on_final: bool,
+    done: bool,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>>
+where
+    F: Fn(&EventRecord) -> bool + Send + 'static,
+{
+    let feed = Feed {
+        last: past.last().map_or(0, |e| e.seq),
+        past: past.into(),
+        rx,
+        filter,
+        end_on_final,
+        done,
+        shutdown,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        if let Some(e) = f.past.pop_front() {
+            if f.end_on_final && e.is_final() {
+                f.done = true;
+                f.past.clear();
+            }
+            return Some((Ok(sse_event(&e)), f));
+        }
+        if f.done || *f.shutdown.borrow() {
+            return None;
+        }
+        loop {
+            let next = tokio::select! {
+                r = f.rx.recv() => r,
+                _ = f.shutdown.changed() => return None,
+            };
+            match next {
+                Ok(e) if e.seq > f.last && (f.filter)(&e) => {
+                    f.last = e.seq;
+                    if f.end_on_final && e.is_final() {
+                        f.done = true;
+                    }
+                    return Some((Ok(sse_event(&e)), f));
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let note = SseEvent::default()
+                        .comment(format!("{n} events dropped: this client was too slow"));
+                    return Some((Ok(note), f));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, description = "Alive", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: plugins loaded, queue running, not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "service", responses(
+    (status = 200, description = "Ready", body = String),
+    (status = 503, description = "Starting or stopping", body = String),
+))]
+async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+    if state.stopping.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+    } else if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+/// Prometheus metrics (text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses(
+        (status = 200, description = "Metrics", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "No valid token", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+async fn metrics_text(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    state.caller(&headers)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(),
+    ))
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+async fn openapi_json() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers above.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "deploy-agent",
+        description = "The deploy agent's daemon: trigger deployments, follow them live, approve, roll back, read the audit log. Bearer tokens from agent.toml [[server.tokens]]."
+    ),
+    paths(
+        trigger, get_run, cancel_run, approve, reject, run_events, environments, env_runs,
+        env_releases, rollback, env_events, audit_log, healthz, readyz, metrics_text,
+        openapi_json, super::webhook::github
+    ),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/deployments", post(trigger))
+        .route("/v1/runs/{id}", get(get_run).delete(cancel_run))
+        .route("/v1/runs/{id}/approve", post(approve))
+        .route("/v1/runs/{id}/reject", post(reject))
+        .route("/v1/runs/{id}/events", get(run_events))
+        .route("/v1/environments", get(environments))
+        .route("/v1/environments/{env}/runs", get(env_runs))
+        .route("/v1/environments/{env}/releases", get(env_releases))
+        .route("/v1/environments/{env}/rollback", post(rollback))
+        .route("/v1/environments/{env}/events", get(env_events))
+        .route("/v1/audit", get(audit_log))
+        .route("/v1/webhooks/github", post(super::webhook::github))
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn(count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(
+    path: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = path.map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::inc(
+        Family::HttpRequests,
+        &[("route", &route), ("status", &status)],
+    );
+    res
+}

@@ -1,0 +1,297 @@
+//! The daemon: `deploy-agent serve`.
+//!
+//! ```text
+//! start:    bind (loopback by default; TLS when configured) → /healthz answers
+//!           load every environment's plugins once → start one queue worker per environment
+//!           (a run the last daemon left `running` is resumed first) → /readyz, READY=1
+//! serve:    /v1 API (bearer tokens), GitHub webhooks, SSE event streams, /metrics
+//! SIGTERM:  /readyz 503, STOPPING=1, stop accepting → running runs suspend at their next safe
+//!           point (a stage boundary, an approval wait) → connections drained → exit within
+//!           the grace period; a run still mid-stage then is journaled where it is and the
+//!           next start resumes it, exactly as after a crash
+//! ```
+
+pub mod api;
+pub mod auth;
+pub mod queue;
+pub mod systemd;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::pipeline;
+use crate::runtime::secrets::SecretValue;
+use crate::store::{Store, StoreError};
+use queue::Queue;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The configuration, fixed for the daemon's life.
+    pub config: Arc<Config>,
+    /// The state store.
+    pub store: Store,
+    /// The run queue.
+    pub queue: Arc<Queue>,
+    /// Plugins loaded, workers started.
+    pub ready: AtomicBool,
+    /// SIGTERM received.
+    pub stopping: AtomicBool,
+    /// The GitHub webhook secret, resolved at start.
+    pub github_secret: Option<SecretValue>,
+    /// Turns `true` at shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Why the daemon could not start (or stopped badly).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration cannot be served.
+    #[error("{0}")]
+    Setup(String),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listener failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// Doing what.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let addr = listen.unwrap_or(config.server.listen);
+    let github_secret = match &config.server.github {
+        Some(g) => Some(
+            g.secret
+                .resolve()
+                .map_err(|e| ServeError::Setup(format!("[server.github] secret: {e}")))?,
+        ),
+        None => None,
+    };
+    if config.server.tokens.is_empty() {
+        tracing::warn!(
+            "no [[server.tokens]] in {}: every API call will be refused (make one with `deploy-agent token new`)",
+            config.path.display()
+        );
+    }
+    if !addr.ip().is_loopback() && config.server.tls.is_none() {
+        tracing::warn!(
+            "listening on {addr} without TLS: bearer tokens cross the network in clear; configure [server.tls] or put a TLS proxy in front"
+        );
+    }
+    let tls = match &config.server.tls {
+        Some(files) => Some(tls_acceptor(files)?),
+        None => None,
+    };
+    let store = pipeline::open_store(&config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Io {
+            what: format!("cannot listen on {addr}"),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Io {
+        what: "listener".into(),
+        source,
+    })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {scheme}://{local}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let queue = Arc::new(Queue::new(config.clone(), store.clone(), stop_rx.clone()));
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        store: store.clone(),
+        queue: queue.clone(),
+        ready: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        github_secret,
+        shutdown: stop_rx.clone(),
+    });
+    let app = api::router(state.clone());
+
+    // Load every environment's plugins once (compiling on a cache miss), then start the queue.
+    pipeline::keep_loaded_plugins();
+    let started = Instant::now();
+    let cfg = config.clone();
+    let loaded = tokio::task::spawn_blocking(move || pipeline::preload(&cfg))
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))?
+        .map_err(ServeError::Setup)?;
+    tracing::info!(
+        plugins = loaded,
+        "plugins loaded in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let workers = queue.start();
+    state.ready.store(true, Ordering::Relaxed);
+    systemd::notify(&format!("READY=1\nSTATUS=serving on {scheme}://{local}"));
+    if let Some(every) = systemd::watchdog_interval() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                // Alive means the runtime schedules and the state store answers.
+                if store.ping().await.is_ok() {
+                    systemd::notify("WATCHDOG=1");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    let graceful = GracefulShutdown::new();
+    let mut signals = Signals::new()?;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    continue;
+                }
+            },
+            which = signals.next() => {
+                tracing::info!("{which}: shutting down");
+                break;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let builder = hyper::server::conn::http1::Builder::new();
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, "connection: {e}");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let conn_graceful = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake: {e}");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = conn_graceful.watch(conn).await {
+                        tracing::debug!(%peer, "connection: {e}");
+                    }
+                });
+            }
+        }
+    }
+
+    // Shutdown.
+    state.stopping.store(true, Ordering::Relaxed);
+    systemd::notify("STOPPING=1\nSTATUS=stopping: runs suspend at their next safe point");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let grace = config.server.grace_period;
+    let deadline = tokio::time::Instant::now() + grace;
+    let all_workers = async {
+        for w in workers {
+            let _ = w.await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, all_workers)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "runs did not reach a safe point within the grace period ({} s): they stay journaled where they are and the next start resumes them",
+            grace.as_secs()
+        );
+    }
+    if tokio::time::timeout_at(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("connections still open at the end of the grace period were closed");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, ServeError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let io = |source| ServeError::Io {
+            what: "signal handler".into(),
+            source,
+        };
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(io)?,
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fail = |what: String| ServeError::Setup(format!("[server.tls]: {what}"));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|i| i.collect())
+        .map_err(|e| {
+            fail(format!(
+                "cannot read the certificates in {}: {e}",
+                files.cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(fail(format!("no certificate in {}", files.cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        fail(format!(
+            "cannot read the private key in {}: {e}",
+            files.key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| fail(format!("the certificate and key do not fit: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

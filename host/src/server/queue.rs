@@ -1,0 +1,266 @@
+//! Runs queued per environment: one at a time per environment, environments in parallel,
+//! the queue in the state store.
+//!
+//! A trigger is written to the store's `queue` table (with the run id it will have) before the
+//! API answers, so a restart loses none. Each environment has one worker task that takes its
+//! items in order. An item is marked `running` before its run starts and `done` after it ends;
+//! an item found `running` on start belongs to a run the last daemon did not finish (it was
+//! killed, or suspended it at shutdown), and the worker resumes that run first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::config::{Config, OnInterrupt};
+use crate::metrics::{self, Family};
+use crate::pipeline::{self, Quiet, Request, recover};
+use crate::store::{QueueItem, Store, StoreError};
+
+/// The queue and its workers.
+#[derive(Debug)]
+pub struct Queue {
+    config: Arc<Config>,
+    store: Store,
+    envs: HashMap<String, Arc<EnvSlot>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// One environment's worker state.
+#[derive(Debug, Default)]
+pub struct EnvSlot {
+    wake: Notify,
+    /// Held while a run (or an API rollback) acts on the environment.
+    pub busy: Mutex<()>,
+    /// The run in progress, if any.
+    pub current: std::sync::Mutex<Option<String>>,
+}
+
+/// How long to wait before trying again when another agent holds the environment's lock.
+const LOCKED_RETRY: Duration = Duration::from_secs(2);
+
+impl Queue {
+    /// The queue for `config`'s environments; call [`Queue::start`] to run it.
+    pub fn new(config: Arc<Config>, store: Store, stop: watch::Receiver<bool>) -> Queue {
+        let envs = config
+            .environments
+            .keys()
+            .map(|e| (e.clone(), Arc::new(EnvSlot::default())))
+            .collect();
+        Queue {
+            config,
+            store,
+            envs,
+            stop,
+        }
+    }
+
+    /// An environment's slot.
+    pub fn slot(&self, environment: &str) -> Option<&Arc<EnvSlot>> {
+        self.envs.get(environment)
+    }
+
+    /// Starts one worker per environment; returns their handles (they end at shutdown).
+    pub fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.envs
+            .keys()
+            .map(|env| {
+                let q = self.clone();
+                let env = env.clone();
+                tokio::spawn(async move { q.work(&env).await })
+            })
+            .collect()
+    }
+
+    /// Queues a run and wakes its environment's worker.
+    pub async fn push(&self, item: QueueItem) -> Result<QueueItem, StoreError> {
+        let queued = self.store.enqueue(&item).await?;
+        self.depth(&item.environment).await;
+        if let Some(slot) = self.envs.get(&item.environment) {
+            slot.wake.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// Updates the queue-depth gauge of an environment.
+    async fn depth(&self, environment: &str) {
+        if let Ok(p) = self.store.pending(environment).await {
+            let waiting = p.iter().filter(|i| i.state == "queued").count();
+            metrics::set(
+                Family::QueueDepth,
+                &[("environment", environment)],
+                waiting as f64,
+            );
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn work(&self, environment: &str) {
+        let Some(slot) = self.envs.get(environment).cloned() else {
+            return;
+        };
+        let mut stop = self.stop.clone();
+        loop {
+            if self.stopping() {
+                return;
+            }
+            let next = match self.store.pending(environment).await {
+                Ok(items) => items.into_iter().next(),
+                Err(e) => {
+                    tracing::error!(environment, "the queue cannot be read: {e}");
+                    tokio::time::sleep(LOCKED_RETRY).await;
+                    continue;
+                }
+            };
+            match next {
+                Some(item) => {
+                    let guard = slot.busy.lock().await;
+                    *slot
+                        .current
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(item.id.clone());
+                    let retry = self.run(&item).await;
+                    *slot
+                        .current
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                    drop(guard);
+                    self.depth(environment).await;
+                    if retry {
+                        tokio::select! {
+                            _ = tokio::time::sleep(LOCKED_RETRY) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = slot.wake.notified() => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one item to its end (or its suspension); returns whether to retry it later.
+    async fn run(&self, item: &QueueItem) -> bool {
+        let config = &*self.config;
+        let Ok(env) = config.environment(&item.environment) else {
+            let _ = self
+                .store
+                .queue_finished(
+                    &item.id,
+                    "done",
+                    "error: the environment is no longer configured",
+                )
+                .await;
+            return false;
+        };
+        let request = match self.request_for(env, item).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(run = item.id, "cannot start: {e}");
+                let _ = self
+                    .store
+                    .queue_finished(&item.id, "done", &format!("error: {e}"))
+                    .await;
+                return false;
+            }
+        };
+        if let Err(e) = self.store.queue_started(&item.id).await {
+            tracing::error!(run = item.id, "the queue cannot be written: {e}");
+            return true;
+        }
+        tracing::info!(run = item.id, environment = item.environment, "run starts");
+        match pipeline::deploy(config, &request, &Quiet).await {
+            Ok(outcome) if outcome.deployment.status == "suspended" => {
+                tracing::info!(
+                    run = item.id,
+                    "run suspended for shutdown; the next start resumes it"
+                );
+                false
+            }
+            Ok(outcome) => {
+                tracing::info!(
+                    run = item.id,
+                    status = outcome.deployment.status,
+                    "run ended"
+                );
+                let _ = self
+                    .store
+                    .queue_finished(&item.id, "done", &outcome.deployment.status)
+                    .await;
+                false
+            }
+            Err(pipeline::PipelineError::Store(StoreError::Locked { holder, .. })) => {
+                tracing::info!(
+                    run = item.id,
+                    holder,
+                    "the environment is locked by another agent; waiting"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(run = item.id, "could not start: {e}");
+                let _ = self
+                    .store
+                    .queue_finished(&item.id, "done", &format!("error: {e}"))
+                    .await;
+                false
+            }
+        }
+    }
+
+    /// The pipeline request for an item; `None` when there is nothing left to run (the run
+    /// ended before the last daemon could record it, or was rolled back now).
+    async fn request_for(
+        &self,
+        env: &crate::config::Environment,
+        item: &QueueItem,
+    ) -> Result<Option<Request>, pipeline::PipelineError> {
+        let existing = self.store.deployment(&item.id).await?;
+        let mut request = match existing {
+            // Ended while the last daemon was going down: record it.
+            Some(d) if d.status != "running" => {
+                self.store
+                    .queue_finished(&item.id, "done", &d.status)
+                    .await?;
+                return Ok(None);
+            }
+            // Interrupted (killed, or suspended at shutdown).
+            Some(d) => {
+                if env.deploy.on_interrupt == OnInterrupt::Rollback {
+                    let done =
+                        recover::recover(&self.config, &env.name, true, "agent", &Quiet).await?;
+                    let what = done
+                        .recovered
+                        .iter()
+                        .find(|r| r.deployment_id == item.id)
+                        .map_or("rolled back", |r| r.action);
+                    self.store
+                        .queue_finished(&item.id, "done", &format!("interrupted; {what}"))
+                        .await?;
+                    return Ok(None);
+                }
+                recover::resume_request(env, &d, &item.actor)?
+            }
+            None => Request {
+                environment: item.environment.clone(),
+                version: item.version.clone(),
+                artifact: item.artifact.as_ref().map(std::path::PathBuf::from),
+                actor: item.actor.clone(),
+                reason: item.reason.clone(),
+                id: Some(item.id.clone()),
+                stop: None,
+            },
+        };
+        request.stop = Some(self.stop.clone());
+        Ok(Some(request))
+    }
+}
