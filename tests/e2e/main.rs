@@ -4,6 +4,7 @@
 mod backup;
 mod cli;
 mod config;
+mod daemon;
 mod migrate;
 mod pipeline;
 mod platforms;

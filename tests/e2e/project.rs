@@ -58,12 +58,12 @@ lock_lease_ms = 60000
 
 [[environments.local.checks]]
 name = "staged release is complete"
-command = "test -s sites/local/releases/{{release}}/index.html"
+command = "test -s sites/{{env}}/releases/{{release}}/index.html"
 
 [[environments.local.checks]]
 name = "live"
 stage = "watch"
-command = "test \"$(readlink sites/local/current)\" = releases/{{release}}"
+command = "test \"$(readlink sites/{{env}}/current)\" = releases/{{release}}"
 {tables}
 "#,
             local = fixtures::LOCAL,

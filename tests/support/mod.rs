@@ -3,6 +3,7 @@
 //! scriptable behaviour, and the `deploy-agent` binary.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod daemon;
 pub mod http;
 pub mod kubernetes;
 pub mod logs;

@@ -91,6 +91,51 @@ impl Spec {
         }
     }
 
+    /// A document served by the program under test (the daemon's own).
+    pub fn from_value(doc: Value) -> Spec {
+        Spec {
+            doc,
+            swagger2: false,
+            closed_objects: true,
+        }
+    }
+
+    /// Every way a response departs from the document: its status must be declared for the
+    /// operation, and a JSON body must fit the declared schema.
+    pub fn check_response(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        body: &[u8],
+    ) -> Vec<String> {
+        let Some((template, item)) = self.route(path) else {
+            return vec![format!("{method} {path}: no such path in the spec")];
+        };
+        let what = format!("{method} {template} -> {status}");
+        let Some(op) = item.get(method.to_ascii_lowercase()) else {
+            return vec![format!("{what}: the spec has no such operation")];
+        };
+        let Some(resp) = op["responses"].get(status.to_string()) else {
+            return vec![format!("{what}: status not declared")];
+        };
+        let resp = self.resolve(resp);
+        let Some(schema) = resp["content"]
+            .as_object()
+            .and_then(|c| c.get("application/json"))
+            .map(|c| &c["schema"])
+        else {
+            return Vec::new();
+        };
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return vec![format!("{what}: declared JSON, got {e}")],
+        };
+        let mut out = Vec::new();
+        self.validate(schema, &value, "$", false, &mut out);
+        out.into_iter().map(|e| format!("{what}: {e}")).collect()
+    }
+
     /// Adds an operation the public document lacks (documented where it is added).
     pub fn add_operation(&mut self, path: &str, method: &str, operation: Value) {
         let paths = self.doc["paths"].as_object_mut().expect("paths");
@@ -462,10 +507,23 @@ impl Spec {
         out: &mut Vec<String>,
     ) {
         let schema = self.resolve(schema);
+        let types: Vec<&str> = match &schema["type"] {
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
         if value.is_null()
-            && (schema["nullable"] == true || schema["x-nullable"] == true || partial)
+            && (schema["nullable"] == true
+                || schema["x-nullable"] == true
+                || partial
+                || types.contains(&"null"))
         {
             return;
+        }
+        // OpenAPI 3.1: `type: [T, "null"]` is T for a value that is not null.
+        if let Some(t) = types.iter().find(|t| **t != "null") {
+            let mut one = schema.clone();
+            one["type"] = Value::String((*t).to_string());
+            return self.validate(&one, value, at, partial, out);
         }
         if let Some(all) = schema["allOf"].as_array() {
             for s in all {
@@ -560,6 +618,9 @@ impl Spec {
             }
             Some("number") if !value.is_number() => {
                 out.push(format!("{at}: expected a number, got {value}"))
+            }
+            Some("null") if !value.is_null() => {
+                out.push(format!("{at}: expected null, got {value}"))
             }
             Some("boolean") if !value.is_boolean() => {
                 out.push(format!("{at}: expected a boolean, got {value}"))

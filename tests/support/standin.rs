@@ -326,6 +326,9 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
 /// A throwaway CA and a server certificate for 127.0.0.1 and localhost, signed by it.
 pub struct TestCa {
     pub ca_pem: String,
+    /// The server certificate and its key, PEM (for a server configured from files).
+    pub server_pem: String,
+    pub server_key_pem: String,
     pub server: Arc<rustls::ServerConfig>,
 }
 
@@ -356,6 +359,8 @@ impl TestCa {
             .expect("server config");
         TestCa {
             ca_pem: ca_cert.pem(),
+            server_pem: cert.pem(),
+            server_key_pem: key.serialize_pem(),
             server: Arc::new(server),
         }
     }

@@ -13,6 +13,9 @@ use wasmtime::component::Component;
 pub(crate) struct ComponentCache {
     dir: PathBuf,
     engine_key: String,
+    /// Components already loaded in this process, by digest: a plugin configured several
+    /// times (one per environment, with different overrides) shares one copy of its code.
+    loaded: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Component>>>,
 }
 
 /// How a component was obtained.
@@ -31,6 +34,7 @@ impl ComponentCache {
         ComponentCache {
             dir,
             engine_key: format!("{:016x}", h.finish()),
+            loaded: Default::default(),
         }
     }
 
@@ -45,10 +49,27 @@ impl ComponentCache {
         digest: &str,
         wasm: &[u8],
     ) -> wasmtime::Result<(Component, LoadSource)> {
+        let memo = |c: &Component| {
+            self.loaded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(digest.to_string(), c.clone());
+        };
+        if let Some(c) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(digest)
+        {
+            return Ok((c.clone(), LoadSource::Cache));
+        }
         let path = self.path(digest);
         if path.is_file() {
             match deserialize(engine, &path) {
-                Ok(c) => return Ok((c, LoadSource::Cache)),
+                Ok(c) => {
+                    memo(&c);
+                    return Ok((c, LoadSource::Cache));
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cache entry");
                 }
@@ -58,6 +79,7 @@ impl ComponentCache {
         if let Err(e) = self.store(&path, &component) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the component cache");
         }
+        memo(&component);
         Ok((component, LoadSource::Compiled))
     }
 

@@ -537,6 +537,7 @@ async fn environments(
 
 /// `?limit=`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Limit {
     /// How many (default 20, at most 500).
     pub limit: Option<usize>,
@@ -657,7 +658,9 @@ async fn rollback(
         .queue
         .slot(&env)
         .ok_or_else(|| ApiError::not_found("environment"))?;
-    let Ok(_busy) = slot.busy.try_lock() else {
+    // A run that just ended releases the environment within moments; one still going does not.
+    let Ok(_busy) = tokio::time::timeout(std::time::Duration::from_secs(3), slot.busy.lock()).await
+    else {
         let current = slot
             .current
             .lock()
@@ -686,6 +689,7 @@ async fn rollback(
 
 /// `?environment=&limit=`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this environment (required for a token limited to some environments).
     pub environment: Option<String>,

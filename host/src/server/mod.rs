@@ -126,7 +126,10 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
     });
     let app = api::router(state.clone());
 
-    // Load every environment's plugins once (compiling on a cache miss), then start the queue.
+    // Load every environment's plugins once, then start the queue. Compiling (on a cache miss)
+    // takes tens of MB of compiler memory that the allocator keeps; a short-lived child
+    // (`plugin check`) fills the cache instead, so the daemon only maps compiled code.
+    warm_cache(&config.path).await;
     pipeline::keep_loaded_plugins();
     let started = Instant::now();
     let cfg = config.clone();
@@ -236,6 +239,25 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs `deploy-agent plugin check` in a child process: it compiles what the component cache
+/// lacks. Its failure is not fatal here: loading the plugins next reports the same problem.
+async fn warm_cache(config: &std::path::Path) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let status = tokio::process::Command::new(exe)
+        .args(["plugin", "check", "--output", "json", "--config"])
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    if !status.as_ref().is_ok_and(|s| s.success()) {
+        tracing::debug!("warming the component cache in a child process failed: {status:?}");
+    }
 }
 
 /// SIGTERM and SIGINT.
