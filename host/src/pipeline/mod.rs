@@ -1591,14 +1591,28 @@ impl Run<'_> {
             .await?;
         self.audit(&format!("deploy.{status}"), None, error.clone())
             .await;
+        self.outcome(delivery, started, recovered, None).await
+    }
+
+    /// Releases the lock and reports the run as the store has it (`status` overriding).
+    async fn outcome(
+        mut self,
+        delivery: notify::Delivery,
+        started: Instant,
+        recovered: Vec<Recovery>,
+        status: Option<&str>,
+    ) -> Result<Outcome, PipelineError> {
         if let Some(lease) = self.lease.take() {
             lease.release().await?;
         }
-        let deployment = self
+        let mut deployment = self
             .store
             .deployment(&self.d.id)
             .await?
             .unwrap_or_else(|| self.d.clone());
+        if let Some(s) = status {
+            deployment.status = s.to_string();
+        }
         let total = started.elapsed().saturating_sub(self.waited);
         Ok(Outcome {
             deployment,
@@ -1642,25 +1656,8 @@ impl Run<'_> {
             Notifications::start(Vec::new(), self.ctx.clone()),
         );
         let delivery = notifications.finish().await;
-        if let Some(lease) = self.lease.take() {
-            lease.release().await?;
-        }
-        let mut deployment = self
-            .store
-            .deployment(&self.d.id)
-            .await?
-            .unwrap_or_else(|| self.d.clone());
-        deployment.status = "suspended".into();
-        Ok(Outcome {
-            deployment,
-            stages: self.stages,
-            findings: self.findings,
-            checks: self.checks,
-            analyses: self.analyses,
-            recovered,
-            notify_failures: delivery.failed,
-            total_ms: started.elapsed().saturating_sub(self.waited).as_secs_f64() * 1e3,
-        })
+        self.outcome(delivery, started, recovered, Some("suspended"))
+            .await
     }
 }
 

@@ -185,11 +185,6 @@ async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
         .collect();
     let mut position = None;
     let status = match (&deployment, &queue) {
-        (Some(d), _)
-            if d.status == "running" && queue.as_ref().is_some_and(|q| q.state == "running") =>
-        {
-            "running".to_string()
-        }
         (Some(d), _) => d.status.clone(),
         (None, Some(q)) if q.state == "queued" => {
             let pending = state.store.pending(&environment).await?;
@@ -244,6 +239,12 @@ async fn trigger(
         .config
         .environment(&t.environment)
         .map_err(ApiError::bad_request)?;
+    if env.target.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "environment `{}` has no deploy target",
+            env.name
+        )));
+    }
     if t.version.is_none() && t.artifact.is_none() && env.artifact.path.is_none() {
         return Err(ApiError::bad_request(
             "no version: give `version` or `artifact` (the environment has no [artifact] path)",
