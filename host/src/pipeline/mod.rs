@@ -686,7 +686,9 @@ impl Run<'_> {
 
     /// Journals a stage's start; fails the run if the lock was lost.
     async fn begin(&mut self, stage: Stage) -> Result<(i64, Instant), String> {
-        if self.should_suspend() {
+        // Shutdown stops forward progress only: a rollback the run needs, and its last
+        // notifications, still happen.
+        if !matches!(stage, Stage::Rollback | Stage::Notify) && self.should_suspend() {
             return Err(SUSPENDED.into());
         }
         if self.lease.as_ref().is_some_and(Lease::lost) {
