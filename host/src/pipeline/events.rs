@@ -48,9 +48,12 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
-    /// Whether this event ends its run: nothing follows it.
+    /// Whether this event ends its run: nothing follows it. A deploy run ends `succeeded` or
+    /// `failed` (its automatic rollback, in the `rollback` stage, comes before that); an
+    /// operator's rollback is one `rolled-back` event, with no stage.
     pub fn is_final(&self) -> bool {
-        matches!(self.kind, "succeeded" | "failed" | "rolled-back")
+        matches!(self.kind, "succeeded" | "failed")
+            || (self.kind == "rolled-back" && self.stage.is_none())
     }
 }
 
@@ -133,5 +136,47 @@ impl Bus {
             .cloned()
             .collect();
         (past, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::notify;
+
+    #[test]
+    fn kept_events_replay_in_order_and_runs_end_where_they_end() {
+        let ev = |kind, run: &str, stage: Option<&str>| {
+            notify::event(
+                kind,
+                "t-env",
+                run,
+                "v1",
+                "me",
+                stage,
+                run.to_string(),
+                None,
+                None,
+            )
+        };
+        let bus = bus();
+        bus.publish(&ev(EventKind::Started, "t-run-1", None));
+        bus.publish(&ev(EventKind::Started, "t-run-2", None));
+        bus.publish(&ev(EventKind::RolledBack, "t-run-1", Some("rollback")));
+        bus.publish(&ev(EventKind::Failed, "t-run-1", None));
+        let (past, _rx) = bus.subscribe(None, |e| e.deployment_id == "t-run-1");
+        let kinds: Vec<&str> = past.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["started", "rolled-back", "failed"]);
+        assert!(past.windows(2).all(|w| w[0].seq < w[1].seq));
+        // The automatic rollback is not the end of its run; the run's failure is.
+        assert!(!past[1].is_final());
+        assert!(past[2].is_final());
+        // An operator's rollback is one event with no stage: it is its own end.
+        bus.publish(&ev(EventKind::RolledBack, "t-rb-1", None));
+        let (rb, _) = bus.subscribe(None, |e| e.deployment_id == "t-rb-1");
+        assert!(rb[0].is_final());
+        // Last-Event-ID: only what came after.
+        let (after, _) = bus.subscribe(Some(past[1].seq), |e| e.deployment_id == "t-run-1");
+        assert_eq!(after.len(), 1);
     }
 }
