@@ -1050,3 +1050,25 @@ async fn five_hundred_triggers_across_fifty_environments_none_lost_none_reordere
     assert_eq!(r.triggers, 500);
     assert!(r.problems.is_empty(), "{:#?}", r.problems);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (p, t) = project("");
+    let d = Daemon::start(&p.path(""), &[]).await;
+    // Half a request head, then silence: the daemon closes the connection (10 s header
+    // timeout) instead of holding it forever.
+    let mut tcp = tokio::net::TcpStream::connect(&d.addr).await.unwrap();
+    tcp.write_all(b"GET /v1/environments HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was held open");
+    // And it still serves everyone else.
+    let r = d
+        .request("GET", "/v1/environments", Some(&t.reader), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

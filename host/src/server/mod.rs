@@ -175,7 +175,11 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
             }
         };
         let service = TowerToHyperService::new(app.clone());
-        let builder = hyper::server::conn::http1::Builder::new();
+        // A client gets 10 s to send its request head: a slow-loris cannot hold connections.
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10));
         match &tls {
             None => {
                 let conn = builder.serve_connection(TokioIo::new(tcp), service);
