@@ -13,9 +13,10 @@ use wasmtime::component::Component;
 pub(crate) struct ComponentCache {
     dir: PathBuf,
     engine_key: String,
-    /// Components already loaded in this process, by digest: a plugin configured several
-    /// times (one per environment, with different overrides) shares one copy of its code.
-    loaded: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Component>>>,
+    /// Components already loaded by this runtime, by digest, when it keeps them (the
+    /// process's shared runtime): a plugin configured several times (one per environment,
+    /// with different overrides) shares one copy of its code.
+    loaded: Option<std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Component>>>>,
 }
 
 /// How a component was obtained.
@@ -28,13 +29,13 @@ pub enum LoadSource {
 }
 
 impl ComponentCache {
-    pub(crate) fn new(dir: PathBuf, engine: &Engine) -> Self {
+    pub(crate) fn new(dir: PathBuf, engine: &Engine, keep_loaded: bool) -> Self {
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         ComponentCache {
             dir,
             engine_key: format!("{:016x}", h.finish()),
-            loaded: Default::default(),
+            loaded: keep_loaded.then(Default::default),
         }
     }
 
@@ -50,18 +51,20 @@ impl ComponentCache {
         wasm: &[u8],
     ) -> wasmtime::Result<(Component, LoadSource)> {
         let memo = |c: &Component| {
-            self.loaded
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(digest.to_string(), c.clone());
+            if let Some(loaded) = &self.loaded {
+                loaded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(digest.to_string(), c.clone());
+            }
         };
-        if let Some(c) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(digest)
-        {
-            return Ok((c.clone(), LoadSource::Cache));
+        if let Some(c) = self.loaded.as_ref().and_then(|l| {
+            l.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(digest)
+                .cloned()
+        }) {
+            return Ok((c, LoadSource::Cache));
         }
         let path = self.path(digest);
         if path.is_file() {

@@ -77,6 +77,10 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     /// Starts the engine, with compiled components cached under `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Result<Self, RuntimeError> {
+        Runtime::build(cache_dir, false)
+    }
+
+    fn build(cache_dir: PathBuf, keep_loaded: bool) -> Result<Self, RuntimeError> {
         let err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
         let engine = Arc::new(engine::new_engine().map_err(err)?);
         engine::start_ticker(Arc::downgrade(&engine));
@@ -108,7 +112,7 @@ impl Runtime {
         .map_err(err)?;
 
         let tls = http::tls_config(&[]).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        let cache = cache::ComponentCache::new(cache_dir, &engine);
+        let cache = cache::ComponentCache::new(cache_dir, &engine, keep_loaded);
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
@@ -120,7 +124,8 @@ impl Runtime {
     }
 
     /// The process's runtime for `cache_dir`, started on first use: one engine (and one epoch
-    /// ticker, one pooling allocator) per process however many runs it makes.
+    /// ticker, one pooling allocator) per process however many runs it makes, and each
+    /// component's code loaded once however many plugins (or environments) use it.
     pub fn shared(cache_dir: PathBuf) -> Result<Self, RuntimeError> {
         static SHARED: std::sync::Mutex<Vec<(PathBuf, Runtime)>> =
             std::sync::Mutex::new(Vec::new());
@@ -130,7 +135,7 @@ impl Runtime {
         if let Some((_, r)) = all.iter().find(|(d, _)| *d == cache_dir) {
             return Ok(r.clone());
         }
-        let r = Runtime::new(cache_dir.clone())?;
+        let r = Runtime::build(cache_dir.clone(), true)?;
         all.push((cache_dir, r.clone()));
         Ok(r)
     }
