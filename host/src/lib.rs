@@ -16,6 +16,7 @@ pub mod config;
 pub mod db;
 pub mod metrics;
 pub mod pipeline;
+mod random;
 pub mod runtime;
 pub mod server;
 pub mod store;

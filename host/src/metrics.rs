@@ -1,7 +1,8 @@
 //! The process's metrics, in the Prometheus text format (`GET /metrics` on the daemon).
 //!
 //! A handful of families, recorded where things happen (the pipeline, the rollback, the
-//! plugin runtime, the daemon's queue) and rendered on demand. Labels are environment,
+//! plugin runtime, the API) and rendered on demand; the queue depth is read from the state
+//! store when scraped. Labels are environment,
 //! stage, plugin and outcome names: bounded by agent.toml, never a run id or a value.
 
 use std::collections::BTreeMap;

@@ -403,15 +403,10 @@ pub(crate) fn artifact_for(
 
 /// A new run id: UTC time, then random, so ids sort by start.
 pub fn new_id() -> String {
-    let mut r = [0u8; 3];
-    chacha20poly1305::aead::rand_core::RngCore::fill_bytes(
-        &mut chacha20poly1305::aead::OsRng,
-        &mut r,
-    );
     format!(
         "{}-{}",
         backup::time::compact(backup::time::now_secs()),
-        hex::encode(r)
+        crate::random::hex(3)
     )
 }
 

@@ -98,11 +98,11 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
 }
 
 impl AppState {
-    fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
+    fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller<'_>> {
         auth::authenticate(&self.config.server.tokens, headers)
     }
 
-    fn known_env(&self, caller: &Caller, needed: Role, env: &str) -> ApiResult<()> {
+    fn known_env(&self, caller: &Caller<'_>, needed: Role, env: &str) -> ApiResult<()> {
         caller.require_env(needed, env)?;
         if self.config.environments.contains_key(env) {
             Ok(())
@@ -717,7 +717,7 @@ async fn audit_log(
     let caller = state.caller(&headers)?;
     match &q.environment {
         Some(e) => caller.require_env(Role::Read, e)?,
-        None if caller.environments.is_some() => return Err(ApiError::forbidden()),
+        None if caller.limited() => return Err(ApiError::forbidden()),
         None => {}
     }
     let limit = q.limit.unwrap_or(50).min(1000);
@@ -930,6 +930,15 @@ async fn metrics_text(
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
     state.caller(&headers)?;
+    // Queue depth is read from the store when scraped, not tracked on every trigger.
+    let pending = state.store.all_pending().await?;
+    for env in state.config.environments.keys() {
+        let waiting = pending
+            .iter()
+            .filter(|i| i.environment == *env && i.state == "queued")
+            .count();
+        metrics::set(Family::QueueDepth, &[("environment", env)], waiting as f64);
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -13,26 +13,21 @@ use subtle::ConstantTimeEq;
 use super::api::ApiError;
 use crate::config::{Role, TokenConfig};
 
-/// Who is calling.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The token's name.
-    pub name: String,
-    /// Its role.
-    pub role: Role,
-    /// The environments it covers (`None`: all).
-    pub environments: Option<Vec<String>>,
+/// Who is calling: the declared token the request presented.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    token: &'a TokenConfig,
 }
 
-impl Caller {
+impl Caller<'_> {
     /// The audit log's actor.
     pub fn actor(&self) -> String {
-        format!("token:{}", self.name)
+        format!("token:{}", self.token.name)
     }
 
     /// Refuses a caller whose role does not allow `needed`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
-        if self.role.allows(needed) {
+        if self.token.role.allows(needed) {
             Ok(())
         } else {
             Err(ApiError::forbidden())
@@ -51,9 +46,12 @@ impl Caller {
 
     /// Whether it covers `environment`.
     pub fn covers(&self, environment: &str) -> bool {
-        self.environments
-            .as_ref()
-            .is_none_or(|e| e.iter().any(|x| x == environment))
+        self.token.covers(environment)
+    }
+
+    /// Whether it is limited to some environments.
+    pub fn limited(&self) -> bool {
+        self.token.environments.is_some()
     }
 }
 
@@ -64,16 +62,14 @@ pub fn hash(token: &str) -> [u8; 32] {
 
 /// A new token: `dat_` and 256 random bits, hex.
 pub fn new_token() -> String {
-    let mut r = [0u8; 32];
-    chacha20poly1305::aead::rand_core::RngCore::fill_bytes(
-        &mut chacha20poly1305::aead::OsRng,
-        &mut r,
-    );
-    format!("dat_{}", hex::encode(r))
+    format!("dat_{}", crate::random::hex(32))
 }
 
 /// Authenticates a request: `Authorization: Bearer TOKEN` against the declared tokens.
-pub fn authenticate(tokens: &[TokenConfig], headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub fn authenticate<'a>(
+    tokens: &'a [TokenConfig],
+    headers: &HeaderMap,
+) -> Result<Caller<'a>, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -95,11 +91,7 @@ pub fn authenticate(tokens: &[TokenConfig], headers: &HeaderMap) -> Result<Calle
         tracing::warn!("API call with an unknown token refused");
         ApiError::unauthorized()
     })?;
-    Ok(Caller {
-        name: t.name.clone(),
-        role: t.role,
-        environments: t.environments.clone(),
-    })
+    Ok(Caller { token: t })
 }
 
 /// `401` with the challenge RFC 6750 asks for.

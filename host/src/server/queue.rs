@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::{Config, OnInterrupt};
-use crate::metrics::{self, Family};
 use crate::pipeline::{self, Quiet, Request, recover};
 use crate::store::{QueueItem, Store, StoreError};
 
@@ -76,23 +75,10 @@ impl Queue {
     /// Queues a run and wakes its environment's worker.
     pub async fn push(&self, item: QueueItem) -> Result<QueueItem, StoreError> {
         let queued = self.store.enqueue(&item).await?;
-        self.depth(&item.environment).await;
         if let Some(slot) = self.envs.get(&item.environment) {
             slot.wake.notify_one();
         }
         Ok(queued)
-    }
-
-    /// Updates the queue-depth gauge of an environment.
-    async fn depth(&self, environment: &str) {
-        if let Ok(p) = self.store.pending(environment).await {
-            let waiting = p.iter().filter(|i| i.state == "queued").count();
-            metrics::set(
-                Family::QueueDepth,
-                &[("environment", environment)],
-                waiting as f64,
-            );
-        }
     }
 
     fn stopping(&self) -> bool {
@@ -129,7 +115,6 @@ impl Queue {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                     drop(guard);
-                    self.depth(environment).await;
                     if retry {
                         tokio::select! {
                             _ = tokio::time::sleep(LOCKED_RETRY) => {}

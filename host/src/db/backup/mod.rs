@@ -474,16 +474,11 @@ pub async fn create(
         .map_err(|e| io_err("cannot create", &settings.dir, e))?;
     let started = time::now_secs();
     let (backend, server_version, schema_version, schema_fingerprint) = describe(url).await?;
-    let mut nonce = [0u8; 3];
-    chacha20poly1305::aead::rand_core::RngCore::fill_bytes(
-        &mut chacha20poly1305::aead::OsRng,
-        &mut nonce,
-    );
     let id = format!(
         "{}-{}-{}",
         time::compact(started),
         settings.environment,
-        hex::encode(nonce)
+        crate::random::hex(3)
     );
     let partial = settings.dir.join(format!("{id}.partial"));
     let sealed = match backend {
@@ -905,12 +900,7 @@ pub async fn restore_test(
         .ok_or_else(|| DbError::query("restore --test", "unsupported database URL"))?;
     match backend {
         Backend::Postgres => {
-            let mut nonce = [0u8; 4];
-            chacha20poly1305::aead::rand_core::RngCore::fill_bytes(
-                &mut chacha20poly1305::aead::OsRng,
-                &mut nonce,
-            );
-            let scratch = format!("deploy_agent_restore_test_{}", hex::encode(nonce));
+            let scratch = format!("deploy_agent_restore_test_{}", crate::random::hex(4));
             let scratch_url = with_database(url, &scratch);
             let mut admin = Conn::open(url).await?;
             admin
