@@ -14,7 +14,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use deploy_agent_tests::daemon::{self, Daemon, quantile, rss_kib};
+use deploy_agent_tests::daemon::{self, Daemon, quantile};
+use deploy_agent_tests::mem::rss_kib;
 use deploy_agent_tests::{bin, fixtures};
 
 const ENVS: usize = 50;
@@ -114,19 +115,14 @@ async fn main() {
 
     // 2. Idle memory with four plugins loaded.
     let dir = tempfile::tempdir().unwrap();
-    let (tok, entry) = daemon::token_entry("ops", "read", None);
-    let _ = tok;
+    let (_, entry) = daemon::token_entry("ops", "read", None);
     std::fs::create_dir_all(dir.path().join("site")).unwrap();
     std::fs::write(dir.path().join("site/index.html"), "x").unwrap();
     let toml = format!(
         r#"[agent]
 state_dir = "state"
 
-[plugins.local]
-path = "{local}"
-[plugins.local.policy]
-dirs = [{{ path = "sites", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
-
+{local_table}
 [plugins.vercel]
 path = "{vercel}"
 [plugins.vercel.policy]
@@ -174,7 +170,7 @@ offsite = "s3"
 
 [server]
 {entry}"#,
-        local = fixtures::LOCAL,
+        local_table = deploy_agent_tests::local_plugin_table(),
         vercel = fixtures::VERCEL,
         slack = fixtures::SLACK,
         s3 = fixtures::S3,

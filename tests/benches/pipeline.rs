@@ -60,11 +60,7 @@ fn write_project(dir: &Path, hook: &str) {
     let toml = format!(
         r#"[agent]
 state_dir = "state"
-[plugins.local]
-path = "{local}"
-[plugins.local.policy]
-dirs = [{{ path = "sites", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
-[plugins.hook]
+{local_table}[plugins.hook]
 path = "{webhook}"
 [plugins.hook.policy]
 allowed_hosts = ["127.0.0.1"]
@@ -87,7 +83,7 @@ poll_interval_ms = 10
 name = "complete"
 command = "test -s sites/local/releases/{{release}}/index.html"
 "#,
-        local = fixtures::LOCAL,
+        local_table = deploy_agent_tests::local_plugin_table(),
         webhook = fixtures::WEBHOOK,
     );
     std::fs::write(dir.join("agent.toml"), toml).unwrap();

@@ -12,7 +12,7 @@ use std::time::Instant;
 use deploy_agent::config::Config;
 use deploy_agent::pipeline::rollback::{self, DbStrategy, Mode, RollbackRequest};
 use deploy_agent::pipeline::{self, Quiet, Request};
-use deploy_agent_tests::{fixtures, repo_root};
+use deploy_agent_tests::repo_root;
 
 fn write_project(dir: &Path) {
     std::fs::create_dir_all(dir.join("migrations")).unwrap();
@@ -26,11 +26,7 @@ fn write_project(dir: &Path) {
     let toml = format!(
         r#"[agent]
 state_dir = "state"
-[plugins.local]
-path = "{local}"
-[plugins.local.policy]
-dirs = [{{ path = "sites", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
-[environments.local.target]
+{local_table}[environments.local.target]
 plugin = "local"
 config = {{ root = "/srv/local", keep = 50 }}
 [environments.local.artifact]
@@ -46,7 +42,7 @@ poll_interval_ms = 10
 name = "complete"
 command = "test -s sites/local/releases/{{release}}/index.html"
 "#,
-        local = fixtures::LOCAL,
+        local_table = deploy_agent_tests::local_plugin_table(),
     );
     std::fs::write(dir.join("agent.toml"), toml).unwrap();
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use deploy_agent_tests::daemon::{Daemon, github_signature, token_entry};
+use deploy_agent_tests::daemon::{Daemon, Response, github_signature, token_entry};
 use deploy_agent_tests::openapi::Spec;
 use serde_json::{Value, json};
 
@@ -130,55 +130,23 @@ async fn trigger_watch_approve_and_roll_back_over_http() {
     // Refusals: no token, a wrong token, the wrong role, the wrong environment. Each says
     // as little as possible, the same way.
     let trigger = json!({"environment": "local", "reason": "first release"});
-    let none = d
-        .call(&spec, "POST", "/v1/deployments", None, Some(&trigger))
-        .await;
-    assert_eq!(none.status, 401);
-    assert_eq!(none.json(), json!({"error": "unauthorized"}));
-    assert!(
-        none.header("www-authenticate")
-            .unwrap()
-            .starts_with("Bearer")
-    );
-    let wrong = d
-        .call(
-            &spec,
-            "POST",
-            "/v1/deployments",
-            Some("dat_not_a_token"),
-            Some(&trigger),
-        )
-        .await;
-    assert_eq!(
-        (wrong.status, wrong.json()),
-        (401, json!({"error": "unauthorized"}))
-    );
-    let read_only = d
-        .call(
-            &spec,
-            "POST",
-            "/v1/deployments",
-            Some(&t.reader),
-            Some(&trigger),
-        )
-        .await;
-    assert_eq!(
-        (read_only.status, read_only.json()),
-        (403, json!({"error": "forbidden"}))
-    );
-    let elsewhere = d
-        .call(
-            &spec,
-            "POST",
-            "/v1/deployments",
-            Some(&t.outsider),
-            Some(&trigger),
-        )
-        .await;
-    assert_eq!(
-        (elsewhere.status, elsewhere.json()),
-        (403, json!({"error": "forbidden"}))
-    );
+    let unauthorized = json!({"error": "unauthorized"});
+    let forbidden = json!({"error": "forbidden"});
+    for (token, status, body) in [
+        (None, 401, &unauthorized),
+        (Some("dat_not_a_token"), 401, &unauthorized),
+        (Some(t.reader.as_str()), 403, &forbidden),
+        (Some(t.outsider.as_str()), 403, &forbidden),
+    ] {
+        let r = d
+            .call(&spec, "POST", "/v1/deployments", token, Some(&trigger))
+            .await;
+        assert_eq!((r.status, r.json()), (status, body.clone()), "{token:?}");
+        if status == 401 {
+            let challenge = r.header("www-authenticate").unwrap_or_default();
+            assert!(challenge.starts_with("Bearer"), "{challenge}");
+        }
+    }
     let unknown_env = d
         .call(
             &spec,
@@ -234,52 +202,19 @@ async fn trigger_watch_approve_and_roll_back_over_http() {
     );
 
     // While it waits: its view, and who may decide.
-    let view = d
-        .call(
-            &spec,
-            "GET",
-            &format!("/v1/runs/{run}"),
-            Some(&t.reader),
-            None,
-        )
-        .await;
+    let view = run_view(&d, &spec, &t.reader, &run).await;
     assert_eq!(view.status, 200);
     let v = view.json();
     assert_eq!(v["status"], "running");
     assert_eq!(v["waiting"][0]["gate"], "promote");
-    let hidden = d
-        .call(
-            &spec,
-            "GET",
-            &format!("/v1/runs/{run}"),
-            Some(&t.outsider),
-            None,
-        )
-        .await;
+    let hidden = run_view(&d, &spec, &t.outsider, &run).await;
     assert_eq!(
         hidden.status, 404,
         "a run outside the token's environments is not shown"
     );
-    let reason = json!({"reason": "looks good"});
-    let not_yours = d
-        .call(
-            &spec,
-            "POST",
-            &format!("/v1/runs/{run}/approve"),
-            Some(&t.deployer),
-            Some(&reason),
-        )
-        .await;
+    let not_yours = decide(&d, &spec, &t.deployer, &run, "approve", "looks good").await;
     assert_eq!(not_yours.status, 403, "a deployer cannot approve");
-    let approved = d
-        .call(
-            &spec,
-            "POST",
-            &format!("/v1/runs/{run}/approve"),
-            Some(&t.approver),
-            Some(&reason),
-        )
-        .await;
+    let approved = decide(&d, &spec, &t.approver, &run, "approve", "looks good").await;
     assert_eq!(approved.status, 200, "{}", approved.text());
     assert_eq!(approved.json()["decided_by"], "token:approver");
 
@@ -295,16 +230,7 @@ async fn trigger_watch_approve_and_roll_back_over_http() {
     // The queue records the end just after the last event.
     let mut done = Value::Null;
     for _ in 0..100 {
-        done = d
-            .call(
-                &spec,
-                "GET",
-                &format!("/v1/runs/{run}"),
-                Some(&t.reader),
-                None,
-            )
-            .await
-            .json();
+        done = run_view(&d, &spec, &t.reader, &run).await.json();
         if done["queue"]["state"] == "done" {
             break;
         }
@@ -343,14 +269,7 @@ async fn trigger_watch_approve_and_roll_back_over_http() {
         got.iter()
             .all(|e| e.data["deployment_id"] == second.as_str())
     );
-    d.call(
-        &spec,
-        "POST",
-        &format!("/v1/runs/{second}/approve"),
-        Some(&t.approver),
-        Some(&reason),
-    )
-    .await;
+    decide(&d, &spec, &t.approver, &second, "approve", "looks good").await;
     env_stream.until("succeeded", WAIT).await;
     assert_ne!(p.current().unwrap(), format!("releases/{v1}"));
 
@@ -480,6 +399,42 @@ async fn trigger_watch_approve_and_roll_back_over_http() {
     for tok in [&t.deployer, &t.approver, &t.reader, &t.outsider, &t.admin] {
         assert!(!d.log().contains(tok.as_str()));
     }
+}
+
+/// Queues a run as `token` (before the test fetched the document: unchecked); its id.
+async fn queue_run(d: &Daemon, token: &str, body: Value) -> String {
+    let r = d
+        .request("POST", "/v1/deployments", Some(token), Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+/// `GET /v1/runs/{run}` as `token`, checked against the document.
+async fn run_view(d: &Daemon, spec: &Spec, token: &str, run: &str) -> Response {
+    d.call(spec, "GET", &format!("/v1/runs/{run}"), Some(token), None)
+        .await
+}
+
+/// `POST /v1/runs/{run}/approve` (or `reject`) as `token`, checked against the document.
+async fn decide(
+    d: &Daemon,
+    spec: &Spec,
+    token: &str,
+    run: &str,
+    decision: &str,
+    reason: &str,
+) -> Response {
+    let body = json!({ "reason": reason });
+    d.call(
+        spec,
+        "POST",
+        &format!("/v1/runs/{run}/{decision}"),
+        Some(token),
+        Some(&body),
+    )
+    .await
 }
 
 async fn spec_paths(d: &Daemon) -> Vec<String> {
@@ -635,25 +590,9 @@ environment = "other"
         .events(&format!("/v1/runs/{run}/events"), &t.reader, None)
         .await;
     s.until("approval-requested", WAIT).await;
-    d.call(
-        &spec,
-        "POST",
-        &format!("/v1/runs/{run}/approve"),
-        Some(&t.approver),
-        Some(&json!({"reason": "ok"})),
-    )
-    .await;
+    decide(&d, &spec, &t.approver, &run, "approve", "ok").await;
     s.until("succeeded", WAIT).await;
-    let v = d
-        .call(
-            &spec,
-            "GET",
-            &format!("/v1/runs/{run}"),
-            Some(&t.reader),
-            None,
-        )
-        .await
-        .json();
+    let v = run_view(&d, &spec, &t.reader, &run).await.json();
     assert_eq!(v["deployment"]["version"], &sha[..12]);
     assert_eq!(v["deployment"]["actor"], "github:alice");
     // Only the genuine delivery queued anything.
@@ -685,30 +624,13 @@ async fn a_killed_daemon_resumes_its_run_on_restart() {
     let (p, t) = project("");
     // Killed (SIGKILL, by the failpoint) right after the release is staged.
     let mut d = Daemon::start(&p.path(""), &[("DEPLOY_AGENT_FAILPOINT", "after:deploy")]).await;
-    let r = d
-        .request(
-            "POST",
-            "/v1/deployments",
-            Some(&t.deployer),
-            Some(&json!({"environment": "local"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 202);
-    let run = r.json()["id"].as_str().unwrap().to_string();
-    let queued = d
-        .request(
-            "POST",
-            "/v1/deployments",
-            Some(&t.deployer),
-            Some(&json!({"environment": "local", "version": "second"})),
-        )
-        .await
-        .unwrap()
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run = queue_run(&d, &t.deployer, json!({"environment": "local"})).await;
+    let queued = queue_run(
+        &d,
+        &t.deployer,
+        json!({"environment": "local", "version": "second"}),
+    )
+    .await;
     assert_eq!(d.wait(), None, "killed by a signal");
 
     // Restarted: the run resumes under its id, then the queued one runs.
@@ -718,25 +640,9 @@ async fn a_killed_daemon_resumes_its_run_on_restart() {
         .events(&format!("/v1/runs/{run}/events"), &t.reader, None)
         .await;
     s.until("approval-requested", WAIT).await;
-    d.call(
-        &spec,
-        "POST",
-        &format!("/v1/runs/{run}/approve"),
-        Some(&t.approver),
-        Some(&json!({"reason": "ok"})),
-    )
-    .await;
+    decide(&d, &spec, &t.approver, &run, "approve", "ok").await;
     s.until("succeeded", WAIT).await;
-    let v = d
-        .call(
-            &spec,
-            "GET",
-            &format!("/v1/runs/{run}"),
-            Some(&t.reader),
-            None,
-        )
-        .await
-        .json();
+    let v = run_view(&d, &spec, &t.reader, &run).await.json();
     assert_eq!(v["status"], "succeeded");
     assert!(v["deployment"]["resumed_from"].is_string(), "{v:#}");
     let deploys = v["steps"]
@@ -753,14 +659,7 @@ async fn a_killed_daemon_resumes_its_run_on_restart() {
         .events(&format!("/v1/runs/{queued}/events"), &t.reader, None)
         .await;
     s2.until("approval-requested", WAIT).await;
-    d.call(
-        &spec,
-        "POST",
-        &format!("/v1/runs/{queued}/reject"),
-        Some(&t.approver),
-        Some(&json!({"reason": "not today"})),
-    )
-    .await;
+    decide(&d, &spec, &t.approver, &queued, "reject", "not today").await;
     s2.until("failed", WAIT).await;
     let runs = d
         .call(
@@ -810,29 +709,13 @@ async fn sigterm_suspends_a_waiting_run_and_the_next_start_resumes_it() {
     }
     assert!(got.starts_with("READY=1"), "{got}");
 
-    let r = d
-        .request(
-            "POST",
-            "/v1/deployments",
-            Some(&t.deployer),
-            Some(&json!({"environment": "local"})),
-        )
-        .await
-        .unwrap();
-    let run = r.json()["id"].as_str().unwrap().to_string();
-    let second = d
-        .request(
-            "POST",
-            "/v1/deployments",
-            Some(&t.deployer),
-            Some(&json!({"environment": "local", "version": "next"})),
-        )
-        .await
-        .unwrap()
-        .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let run = queue_run(&d, &t.deployer, json!({"environment": "local"})).await;
+    let second = queue_run(
+        &d,
+        &t.deployer,
+        json!({"environment": "local", "version": "next"}),
+    )
+    .await;
     let mut s = d
         .events(&format!("/v1/runs/{run}/events"), &t.reader, None)
         .await;
@@ -873,29 +756,13 @@ async fn sigterm_suspends_a_waiting_run_and_the_next_start_resumes_it() {
         .events(&format!("/v1/runs/{run}/events"), &t.reader, None)
         .await;
     s.until("approval-requested", WAIT).await;
-    d.call(
-        &spec,
-        "POST",
-        &format!("/v1/runs/{run}/approve"),
-        Some(&t.approver),
-        Some(&json!({"reason": "ok"})),
-    )
-    .await;
+    decide(&d, &spec, &t.approver, &run, "approve", "ok").await;
     s.until("succeeded", WAIT).await;
     let mut s2 = d
         .events(&format!("/v1/runs/{second}/events"), &t.reader, None)
         .await;
     s2.until("approval-requested", WAIT).await;
-    let v = d
-        .call(
-            &spec,
-            "GET",
-            &format!("/v1/runs/{run}"),
-            Some(&t.reader),
-            None,
-        )
-        .await
-        .json();
+    let v = run_view(&d, &spec, &t.reader, &run).await.json();
     assert_eq!(v["status"], "succeeded");
     let cancel = d
         .call(

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use deploy_agent_tests::{bin, fixtures, repo_root};
+use deploy_agent_tests::{bin, repo_root};
 use serde_json::Value;
 
 /// A throwaway project: agent.toml, a site, the example app's migrations.
@@ -33,11 +33,7 @@ impl Project {
             r#"[agent]
 state_dir = "state"
 
-[plugins.local]
-path = "{local}"
-[plugins.local.policy]
-dirs = [{{ path = "sites", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
-
+{local_table}
 [environments.local]
 {env_keys}
 
@@ -66,7 +62,7 @@ stage = "watch"
 command = "test \"$(readlink sites/{{env}}/current)\" = releases/{{release}}"
 {tables}
 "#,
-            local = fixtures::LOCAL,
+            local_table = deploy_agent_tests::local_plugin_table(),
         );
         std::fs::write(root.join("agent.toml"), toml).unwrap();
         Project { dir }

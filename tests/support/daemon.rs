@@ -12,15 +12,31 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::bin;
+use crate::standin::{chunk_header, dechunk, header_lines};
 
 /// A running `deploy-agent serve`.
 pub struct Daemon {
     child: Option<Child>,
+    client: Client,
+}
+
+/// A client of a daemon's API (cheap to clone, one per task).
+#[derive(Clone)]
+pub struct Client {
     /// Its address, `127.0.0.1:PORT`.
     pub addr: String,
+    /// The daemon's log, for failure messages.
     log: Arc<Mutex<String>>,
     /// TLS client settings when it serves HTTPS.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Daemon {
@@ -70,9 +86,7 @@ impl Daemon {
         let tls = ca_pem.map(client_tls);
         let d = Daemon {
             child: Some(child),
-            addr,
-            log,
-            tls,
+            client: Client { addr, log, tls },
         };
         let started = Instant::now();
         loop {
@@ -89,11 +103,6 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         d
-    }
-
-    /// Its log so far.
-    pub fn log(&self) -> String {
-        self.log.lock().expect("log").clone()
     }
 
     /// Its pid.
@@ -119,6 +128,13 @@ impl Daemon {
             .wait()
             .expect("waits")
             .code()
+    }
+}
+
+impl Client {
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
     }
 
     async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
@@ -323,15 +339,12 @@ impl Response {
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
+        let headers = header_lines(lines);
         if headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
         {
-            body = dechunk(&body);
+            body = dechunk(&body).expect("a complete chunked body");
         }
         Response {
             status,
@@ -362,33 +375,6 @@ impl Response {
     /// The body as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&raw[..eol])
-                .split(';')
-                .next()
-                .unwrap_or("0")
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        let start = eol + 2;
-        let Some(chunk) = raw.get(start..start + size) else {
-            return out;
-        };
-        out.extend_from_slice(chunk);
-        raw = raw.get(start + size + 2..).unwrap_or_default();
     }
 }
 
@@ -445,7 +431,7 @@ impl EventStream {
         }
     }
 
-    /// Moves complete chunks from `buf` to `text`; false once the terminating chunk came.
+    /// Moves complete chunks from `buf` to `text`; sets `ended` once the terminating chunk came.
     fn decode(&mut self) {
         if !self.chunked {
             self.text.push_str(&String::from_utf8_lossy(&self.buf));
@@ -453,29 +439,20 @@ impl EventStream {
             return;
         }
         loop {
-            let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+            let Some((size, header)) = chunk_header(&self.buf) else {
                 return;
             };
-            let size = usize::from_str_radix(
-                String::from_utf8_lossy(&self.buf[..eol])
-                    .split(';')
-                    .next()
-                    .unwrap_or("0")
-                    .trim(),
-                16,
-            )
-            .unwrap_or(0);
             if size == 0 {
                 self.ended = true;
                 self.buf.clear();
                 return;
             }
-            if self.buf.len() < eol + 2 + size + 2 {
+            if self.buf.len() < header + size + 2 {
                 return;
             }
-            let chunk = self.buf[eol + 2..eol + 2 + size].to_vec();
+            let chunk = self.buf[header..header + size].to_vec();
             self.text.push_str(&String::from_utf8_lossy(&chunk));
-            self.buf.drain(..eol + 2 + size + 2);
+            self.buf.drain(..header + size + 2);
         }
     }
 
@@ -590,18 +567,6 @@ pub fn token_entry(name: &str, role: &str, envs: Option<&[&str]>) -> (String, St
     )
 }
 
-/// Resident memory of a process, KiB (`VmRSS`).
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// A project for the load test: `envs` environments `e00`.., each deploying the same site with
 /// the local target, no database, no checks; one admin token. Returns the token.
 pub fn load_project(dir: &Path, envs: usize) -> String {
@@ -613,12 +578,8 @@ pub fn load_project(dir: &Path, envs: usize) -> String {
         r#"[agent]
 state_dir = "state"
 
-[plugins.local]
-path = "{}"
-[plugins.local.policy]
-dirs = [{{ path = "sites", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
-"#,
-        crate::fixtures::LOCAL
+{local_table}"#,
+        local_table = crate::local_plugin_table()
     );
     for e in 0..envs {
         toml.push_str(&format!(
@@ -668,7 +629,7 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 /// ended (at most `limit`), and checks that each environment ran exactly its triggers, once
 /// each, in the order sent, all succeeded.
 pub async fn load(
-    d: &Daemon,
+    d: &Client,
     token: &str,
     envs: usize,
     per_env: usize,
@@ -676,9 +637,6 @@ pub async fn load(
     limit: Duration,
 ) -> LoadReport {
     let started = Instant::now();
-    let d = Arc::new(DaemonRef {
-        addr: d.addr.clone(),
-    });
     let mut tasks = Vec::new();
     for c in 0..clients {
         let d = d.clone();
@@ -693,11 +651,11 @@ pub async fn load(
                     let version = format!("{env}-{k:03}");
                     let body = serde_json::json!({"environment": env, "version": version});
                     let at = Instant::now();
-                    let r = d.post(&token, "/v1/deployments", &body).await;
+                    let r = d.json("POST", "/v1/deployments", &token, Some(&body)).await;
                     post.push(at.elapsed());
                     let id = r["id"].as_str().unwrap_or_default().to_string();
                     let at = Instant::now();
-                    let _ = d.get(&token, &format!("/v1/runs/{id}")).await;
+                    let _ = d.json("GET", &format!("/v1/runs/{id}"), &token, None).await;
                     get.push(at.elapsed());
                     sent.push((env, version, id));
                 }
@@ -717,7 +675,7 @@ pub async fn load(
     // Wait for the queues to drain.
     let mut problems = Vec::new();
     loop {
-        let all = d.get(token, "/v1/environments").await;
+        let all = d.json("GET", "/v1/environments", token, None).await;
         let busy = all.as_array().map_or(1, |a| {
             a.iter()
                 .filter(|e| {
@@ -742,7 +700,12 @@ pub async fn load(
         let env = format!("e{e:02}");
         let expected: Vec<&(String, String, String)> = sent.iter().filter(|s| s.0 == env).collect();
         let runs = d
-            .get(token, &format!("/v1/environments/{env}/runs?limit=500"))
+            .json(
+                "GET",
+                &format!("/v1/environments/{env}/runs?limit=500"),
+                token,
+                None,
+            )
             .await;
         let mut runs: Vec<Value> = runs.as_array().cloned().unwrap_or_default();
         runs.reverse(); // oldest first
@@ -782,30 +745,12 @@ pub async fn load(
     }
 }
 
-/// A plain-HTTP client of a daemon's address, shareable across tasks.
-struct DaemonRef {
-    addr: String,
-}
-
-impl DaemonRef {
-    async fn send(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
-        let d = Daemon {
-            child: None,
-            addr: self.addr.clone(),
-            log: Arc::default(),
-            tls: None,
-        };
-        match d.request(method, path, Some(token), body).await {
+impl Client {
+    /// A call's JSON answer (`null` when it failed or was not JSON).
+    async fn json(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
+        match self.request(method, path, Some(token), body).await {
             Ok(r) => serde_json::from_slice(&r.body).unwrap_or(Value::Null),
             Err(_) => Value::Null,
         }
-    }
-
-    async fn post(&self, token: &str, path: &str, body: &Value) -> Value {
-        self.send("POST", path, token, Some(body)).await
-    }
-
-    async fn get(&self, token: &str, path: &str) -> Value {
-        self.send("GET", path, token, None).await
     }
 }

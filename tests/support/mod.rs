@@ -95,6 +95,15 @@ pub fn bin() -> PathBuf {
     .clone()
 }
 
+/// `[plugins.local]` for a project laid out the tests' way: the artifact in `site/`, the
+/// releases under `sites/` (seen by the plugin as `/srv`).
+pub fn local_plugin_table() -> String {
+    format!(
+        "[plugins.local]\npath = {:?}\n[plugins.local.policy]\ndirs = [{{ path = \"sites\", guest = \"/srv\", rw = true }}, {{ path = \"site\", guest = \"/artifact\" }}]\n",
+        fixtures::LOCAL
+    )
+}
+
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -254,10 +254,7 @@ pub async fn read_raw<S: AsyncRead + Unpin>(
     let mut first = lines.next()?.split(' ');
     let method = first.next()?.to_string();
     let target = first.next()?.to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers = header_lines(lines);
     let length: usize = headers
         .iter()
         .find(|(k, _)| k == "content-length")
@@ -308,19 +305,35 @@ async fn read_request<S: AsyncRead + Unpin>(socket: &mut S) -> Option<Request> {
     })
 }
 
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+/// The size line at the start of a chunked body: (chunk size, the line's length with its
+/// CRLF); `None` until the line is complete.
+pub fn chunk_header(raw: &[u8]) -> Option<(usize, usize)> {
+    let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+    let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+    let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+    Some((size, line_end + 2))
+}
+
+/// A complete chunked body, decoded; `None` when it is cut short or malformed.
+pub fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        raw = &raw[line_end + 2..];
+        let (size, header) = chunk_header(raw)?;
+        raw = &raw[header..];
         if size == 0 {
             return Some(out);
         }
         out.extend_from_slice(raw.get(..size)?);
         raw = raw.get(size + 2..)?;
     }
+}
+
+/// Header lines (after the request or status line): names lowercased, values trimmed.
+pub fn header_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<(String, String)> {
+    lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
 }
 
 /// A throwaway CA and a server certificate for 127.0.0.1 and localhost, signed by it.
