@@ -1005,12 +1005,10 @@ async fn slack_api_threads_each_deployment_and_explains_errors() {
     s.assert_valid();
 }
 
-/// A deploy whose notifications go to Slack: every event of the run in one thread, the
-/// outcome broadcast, the release's URL linked.
-#[tokio::test(flavor = "multi_thread")]
-async fn pipeline_notifies_slack_in_one_thread() {
-    let s = Slack::start(SLACK_TOKEN).await;
-    let tables = format!(
+/// `[plugins.slack]` posting through the Slack stand-in on `port` (Web API mode, a thread
+/// per run kept under `threads/`), its token from `SLACK_TOKEN`.
+fn slack_plugin_table(port: u16) -> String {
+    format!(
         r#"
 [plugins.slack]
 path = "{slack}"
@@ -1028,9 +1026,16 @@ channel = "{channel}"
 thread_dir = "/threads"
 "#,
         slack = fixtures::SLACK,
-        port = s.server.port,
         channel = slack::CHANNEL,
-    );
+    )
+}
+
+/// A deploy whose notifications go to Slack: every event of the run in one thread, the
+/// outcome broadcast, the release's URL linked.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipeline_notifies_slack_in_one_thread() {
+    let s = Slack::start(SLACK_TOKEN).await;
+    let tables = slack_plugin_table(s.server.port);
     let project = Project::new("notifiers = [\"slack\"]", &tables);
     let out = tokio::task::block_in_place(|| {
         project
@@ -1435,21 +1440,7 @@ bucket = "{bucket}"
 path_style = true
 access_key_id = "{access}"
 
-[plugins.slack]
-path = "{slack}"
-[plugins.slack.policy]
-allowed_hosts = ["127.0.0.1:{sport}"]
-allow_ip_ranges = ["127.0.0.0/8"]
-dirs = [{{ path = "threads", guest = "/threads", rw = true }}]
-[plugins.slack.secrets.token]
-from = "${{env:SLACK_TOKEN}}"
-hosts = ["127.0.0.1:{sport}"]
-[plugins.slack.config]
-mode = "api"
-api = "http://127.0.0.1:{sport}/api"
-channel = "{channel}"
-thread_dir = "/threads"
-
+{slack}
 [environments.local.backup]
 offsite = "s3-backups"
 keep_last = 1
@@ -1460,9 +1451,7 @@ keep_weekly = 0
         port = server.port,
         bucket = s3::BUCKET,
         access = s3::ACCESS_KEY,
-        slack = fixtures::SLACK,
-        sport = slack_server.server.port,
-        channel = slack::CHANNEL,
+        slack = slack_plugin_table(slack_server.server.port),
     );
     let project = Project::new("notifiers = [\"slack\"]", &tables);
     let run = |args: &[&str]| {
