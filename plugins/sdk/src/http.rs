@@ -268,7 +268,10 @@ fn transport(e: ErrorCode, url: &str) -> PluginError {
         | ErrorCode::ConnectionLimitReached
         | ErrorCode::HttpResponseTimeout
         | ErrorCode::DnsTimeout
-        | ErrorCode::DestinationUnavailable => retryable(format!("{url}: {e:?}"), None),
+        | ErrorCode::DestinationUnavailable
+        // A connection closed before (or in the middle of) the response: transient.
+        | ErrorCode::HttpProtocolError
+        | ErrorCode::HttpResponseIncomplete => retryable(format!("{url}: {e:?}"), None),
         other => rejected(format!("{url}: {other:?}")),
     }
 }
