@@ -13,6 +13,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod scaffold;
+pub mod conformance;
 pub mod db;
 pub mod metrics;
 pub mod pipeline;

@@ -170,6 +170,18 @@ pub enum PluginCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Start a plugin project that builds as is: a Rust crate on the SDK, or a Python
+    /// project for componentize-py, with a README, a test, and a stand-in script for
+    /// `plugin test`.
+    New(plugin::NewArgs),
+    /// Build the plugin project in a directory for wasm32-wasip2 (size-optimised) and print
+    /// the component's path, size and the sha256 to pin in agent.toml.
+    Build(plugin::BuildArgs),
+    /// The conformance kit: run a component under the real sandbox against a stand-in of
+    /// its platform and check its kind's contract (terminal states, rollback, error
+    /// variants, Retry-After waits, idempotence, granted hosts only, deadlines).
+    /// Exit 0 when every check passes, 1 when one fails.
+    Test(plugin::TestArgs),
 }
 
 /// `deploy-agent config ...`
@@ -245,6 +257,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::Check { config, output }) => {
             runtime.block_on(plugin::check(&config, output))
         }
+        Command::Plugin(PluginCommand::New(args)) => plugin::new(&args),
+        Command::Plugin(PluginCommand::Build(args)) => plugin::build(&args),
+        Command::Plugin(PluginCommand::Test(args)) => runtime.block_on(plugin::test(&args)),
         Command::Config(ConfigCommand::Check { config }) => config::check(&config),
         Command::Config(ConfigCommand::Schema) => {
             say!("{}", crate::config::SCHEMA.trim_end());

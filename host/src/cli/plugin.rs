@@ -1,6 +1,6 @@
-//! `deploy-agent plugin inspect` and `deploy-agent plugin check`.
+//! `deploy-agent plugin`: inspect, check, new, build and test (the conformance kit).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{EXIT_FAILED, Output, human_size};
 use crate::config::Config;
-use crate::runtime::{LoadSource, Runtime, inspect::inspect as inspect_file};
+use crate::runtime::{Kind, LoadSource, Runtime, inspect::inspect as inspect_file};
 
 pub(super) fn inspect(file: &Path, output: Output) -> anyhow::Result<ExitCode> {
     let dir = tempfile_dir()?;
@@ -208,4 +208,235 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// The kinds on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindArg {
+    /// Puts releases on a platform (deploy, status, promote, rollback, list-releases).
+    DeployTarget,
+    /// Checks a release before anything changes.
+    Validator,
+    /// Tells people what a deployment does.
+    Notifier,
+    /// Keeps backups off the deploy host.
+    BackupStore,
+}
+
+impl From<KindArg> for Kind {
+    fn from(k: KindArg) -> Kind {
+        match k {
+            KindArg::DeployTarget => Kind::DeployTarget,
+            KindArg::Validator => Kind::Validator,
+            KindArg::Notifier => Kind::Notifier,
+            KindArg::BackupStore => Kind::BackupStore,
+        }
+    }
+}
+
+/// `deploy-agent plugin test`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "The stand-in file gives the plugin its config and secrets and plays the \
+platform: scripted [[route]]s, or `upstream` (or --upstream) to forward to a server you run. \
+`deploy-agent plugin new` writes one next to each new plugin; docs/write-a-plugin.md explains it.")]
+pub struct TestArgs {
+    /// The component (.wasm).
+    pub file: PathBuf,
+    /// The contract to check.
+    #[arg(long, value_enum)]
+    pub kind: KindArg,
+    /// The stand-in file (TOML).
+    #[arg(long, value_name = "STANDIN")]
+    pub against: PathBuf,
+    /// Forward every request to this server (http://HOST:PORT) instead of the file's routes.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// The plugin's per-call deadline, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Where compiled components are cached.
+    #[arg(long, default_value = ".deploy-agent/cache")]
+    pub cache: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub(super) async fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let options = crate::conformance::Options {
+        wasm: args.file.clone(),
+        kind: args.kind.into(),
+        standin: args.against.clone(),
+        upstream: args.upstream.clone(),
+        timeout: std::time::Duration::from_millis(args.timeout_ms),
+        cache_dir: args.cache.clone(),
+    };
+    if args.output == Output::Human {
+        eprintln!(
+            "checking {} as a {} against {} ...",
+            args.file.display(),
+            options.kind.interface(),
+            args.against.display()
+        );
+    }
+    let report = crate::conformance::run(&options).await?;
+    if args.output == Output::Json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for c in &report.checks {
+            let mark = match c.outcome {
+                crate::conformance::Outcome::Pass => "pass",
+                crate::conformance::Outcome::Fail => "FAIL",
+                crate::conformance::Outcome::Skip => "skip",
+            };
+            say!("{mark}  {}", c.name);
+            say!("      {}", c.detail);
+        }
+        let count = |o| report.checks.iter().filter(|c| c.outcome == o).count();
+        say!(
+            "\n{} passed, {} failed, {} skipped; {} requests to the stand-in ({}){}",
+            count(crate::conformance::Outcome::Pass),
+            count(crate::conformance::Outcome::Fail),
+            count(crate::conformance::Outcome::Skip),
+            report.requests,
+            report.standin,
+            report
+                .slowest_call
+                .as_ref()
+                .map(|(op, ms)| format!("; slowest call: {op} {ms:.1} ms"))
+                .unwrap_or_default()
+        );
+        say!("sha256 {}", report.sha256);
+    }
+    Ok(if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// Guest languages for `plugin new`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LangArg {
+    /// A Rust crate on the SDK (every kind).
+    #[default]
+    Rust,
+    /// A Python project built with componentize-py (notifiers).
+    Python,
+}
+
+/// `deploy-agent plugin new`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Then: cd NAME && deploy-agent plugin build && deploy-agent plugin test ... \
+(the project's README has the exact commands). The walkthrough: docs/write-a-plugin.md.")]
+pub struct NewArgs {
+    /// The plugin's name (lowercase, digits, `-`): its directory and its agent.toml table.
+    pub name: String,
+    /// What it does.
+    #[arg(long, value_enum)]
+    pub kind: KindArg,
+    /// The language it is written in.
+    #[arg(long, value_enum, default_value_t)]
+    pub lang: LangArg,
+    /// Where to create it (default: ./NAME).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The SDK crate a Rust plugin depends on (default: plugins/sdk of the checkout this
+    /// binary was built from).
+    #[arg(long)]
+    pub sdk: Option<PathBuf>,
+}
+
+pub(super) fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    let project = crate::scaffold::NewProject {
+        name: args.name.clone(),
+        kind: args.kind.into(),
+        lang: match args.lang {
+            LangArg::Rust => crate::scaffold::Lang::Rust,
+            LangArg::Python => crate::scaffold::Lang::Python,
+        },
+        dir: dir.clone(),
+        sdk: args.sdk.clone().unwrap_or_else(crate::scaffold::default_sdk),
+    };
+    let files = crate::scaffold::create(&project)?;
+    say!(
+        "created {} plugin `{}` in {} ({} files)",
+        project.kind.interface(),
+        args.name,
+        dir.display(),
+        files.len()
+    );
+    let shown: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.strip_prefix(&dir).ok())
+        .map(|f| f.display().to_string())
+        .filter(|f| !f.starts_with("wit/"))
+        .collect();
+    say!("  {}", shown.join(", "));
+    if files.iter().any(|f| f.starts_with(dir.join("wit"))) {
+        say!("  wit/ (the deploy-agent:plugin@0.1.0 package it builds against)");
+    }
+    say!("\nnext:");
+    say!("  cd {}", dir.display());
+    say!("  deploy-agent plugin build");
+    say!(
+        "  deploy-agent plugin test {} --kind {} --against standin.toml",
+        match args.lang {
+            LangArg::Rust => format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                args.name.replace('-', "_")
+            ),
+            LangArg::Python => format!("build/{}.wasm", args.name.replace('-', "_")),
+        },
+        project.kind.interface()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `deploy-agent plugin build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The project (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Cargo's target directory for Rust plugins (default: DIR/target).
+    #[arg(long)]
+    pub target_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub(super) fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let built = crate::scaffold::build(&args.dir, args.target_dir.as_deref())?;
+    if args.output == Output::Json {
+        say!(
+            "{}",
+            serde_json::json!({
+                "name": built.name,
+                "kind": built.kind,
+                "wasm": built.wasm,
+                "size": built.size,
+                "sha256": built.sha256,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let wasm = built.wasm.canonicalize().unwrap_or(built.wasm.clone());
+    say!("built {} ({})", wasm.display(), human_size(built.size));
+    say!("sha256 {}", built.sha256);
+    say!("\npin it in agent.toml:\n");
+    say!("[plugins.{}]", built.name);
+    say!("path = \"{}\"", wasm.display());
+    say!("sha256 = \"{}\"", built.sha256);
+    if !built.kind.is_empty() {
+        say!(
+            "\ncheck it against its stand-in:\n  deploy-agent plugin test {} --kind {} --against {}",
+            wasm.display(),
+            built.kind,
+            args.dir.join("standin.toml").display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

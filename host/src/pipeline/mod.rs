@@ -15,7 +15,7 @@
 //! state the dead run left, which the store records (schema version, release ids).
 
 pub mod analysis;
-mod artifact;
+pub(crate) mod artifact;
 pub mod checks;
 pub mod events;
 mod failpoint;

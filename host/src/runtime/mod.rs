@@ -45,6 +45,7 @@ pub use policy::{DirGrant, HostPattern, Policy, PolicyViolation};
 pub use secrets::{Secret, SecretValue, Secrets};
 
 pub(crate) use http::tls_config;
+pub(crate) use plugin::sha256_hex;
 use state::PluginState;
 
 /// Why the runtime could not start.
