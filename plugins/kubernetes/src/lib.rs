@@ -398,14 +398,15 @@ impl DeployTarget for Kubernetes {
                 .replica_sets(&d)?
                 .iter()
                 .any(|rs| release_of(rs) == release_id);
-            let state = if known {
-                ReleaseState::Ready
-            } else {
-                ReleaseState::Failed(format!(
+            if !known {
+                return Err(rejected(format!(
                     "release {release_id} is neither the Deployment's template nor one of its ReplicaSets"
-                ))
-            };
-            return Ok(ReleaseStatus { state, url });
+                )));
+            }
+            return Ok(ReleaseStatus {
+                state: ReleaseState::Ready,
+                url,
+            });
         }
         let state = match rollout(&d) {
             Ok(None) => ReleaseState::Live,
@@ -496,9 +497,8 @@ impl DeployTarget for Kubernetes {
             .as_ref()
             .and_then(|a| a.get(REVISION))
             .and_then(|v| v.parse::<i64>().ok());
-        let mut sets = api.replica_sets(&d)?;
-        sets.sort_by_key(|rs| std::cmp::Reverse(revision(rs)));
-        Ok(sets
+        let sets = api.replica_sets(&d)?;
+        let mut releases: Vec<Release> = sets
             .iter()
             .map(|rs| Release {
                 id: release_of(rs),
@@ -517,7 +517,11 @@ impl DeployTarget for Kubernetes {
                     .unwrap_or(0),
                 live: Some(revision(rs)) == live,
             })
-            .collect())
+            .collect();
+        // Newest first by creation, as the interface says: a rolled-back-to ReplicaSet gets
+        // the highest revision but stays as old as it was.
+        releases.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
+        Ok(releases)
     }
 }
 

@@ -445,8 +445,11 @@ impl DeployTarget for S3 {
 
     fn status(ctx: &Context, release_id: &str) -> Result<ReleaseStatus, PluginError> {
         let c = Client::new(ctx)?;
+        // `deploy` writes the manifest last, so a release without one was never staged.
         let state = if c.manifest(release_id)?.is_none() {
-            ReleaseState::Failed(format!("no complete release `{release_id}`"))
+            return Err(rejected(format!(
+                "no complete release `{release_id}` (its manifest is missing)"
+            )));
         } else if c.live()?.is_some_and(|l| l.release == release_id) {
             ReleaseState::Live
         } else {
