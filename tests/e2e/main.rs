@@ -1,6 +1,7 @@
 //! End-to-end tests: real plugin components under the real sandbox, the real CLI.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod authoring;
 mod backup;
 mod cli;
 mod config;

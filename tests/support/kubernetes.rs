@@ -66,6 +66,15 @@ fn status(code: u16, reason: &str, message: &str) -> Reply {
 impl Kubernetes {
     /// A cluster with `shop/web` at revision 1 running `registry.example.com/web:v0`, two replicas.
     pub async fn start(token: &str) -> Kubernetes {
+        Kubernetes::start_with(token, true).await
+    }
+
+    /// The same cluster over plain HTTP (behind the conformance kit's forwarding stand-in).
+    pub async fn start_plain(token: &str) -> Kubernetes {
+        Kubernetes::start_with(token, false).await
+    }
+
+    async fn start_with(token: &str, tls: bool) -> Kubernetes {
         let ca = TestCa::new();
         let template = json!({
             "metadata": {"labels": {"app": "web"}},
@@ -111,7 +120,7 @@ impl Kubernetes {
         let server = Standin::start(
             spec(),
             None,
-            Some(ca.server.clone()),
+            tls.then(|| ca.server.clone()),
             Arc::new(move |r: &Request| handle(&mut s.lock().unwrap(), r)),
         )
         .await;

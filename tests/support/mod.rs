@@ -43,6 +43,8 @@ pub mod fixtures {
     pub const FLOOD: &str = env!("PLUGIN_FIXTURE_FLOOD");
     pub const READ_FILE: &str = env!("PLUGIN_FIXTURE_READ_FILE");
     pub const READ_ENV: &str = env!("PLUGIN_FIXTURE_READ_ENV");
+    /// A deploy target with the mistakes the conformance kit must catch.
+    pub const SLOPPY_TARGET: &str = env!("PLUGIN_FIXTURE_SLOPPY_TARGET");
 }
 
 /// The one runtime of the test binary (one engine per process, as in the agent).

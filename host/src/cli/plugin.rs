@@ -410,20 +410,20 @@ pub struct BuildArgs {
 
 pub(super) fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let built = crate::scaffold::build(&args.dir, args.target_dir.as_deref())?;
+    let wasm = built.wasm.canonicalize().unwrap_or(built.wasm.clone());
     if args.output == Output::Json {
         say!(
             "{}",
             serde_json::json!({
                 "name": built.name,
                 "kind": built.kind,
-                "wasm": built.wasm,
+                "wasm": wasm,
                 "size": built.size,
                 "sha256": built.sha256,
             })
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let wasm = built.wasm.canonicalize().unwrap_or(built.wasm.clone());
     say!("built {} ({})", wasm.display(), human_size(built.size));
     say!("sha256 {}", built.sha256);
     say!("\npin it in agent.toml:\n");

@@ -72,6 +72,9 @@ pub enum KitError {
         /// What it exports.
         exports: String,
     },
+    /// A secret's value could not be read.
+    #[error("{0}\n  hint: export the variable, or list the secret by name for a random value")]
+    Secret(String),
     /// Local I/O (the stand-in's port, the artifact directory).
     #[error("{what}: {source}")]
     Io {
@@ -137,12 +140,7 @@ impl Report {
 /// Runs the kind's scenario and returns what it found.
 pub async fn run(options: &Options) -> Result<Report, KitError> {
     let script = Script::load(&options.standin)?;
-    let secrets: BTreeMap<String, String> = script
-        .plugin
-        .secrets
-        .iter()
-        .map(|name| (name.clone(), format!("kit-{}", crate::random::hex(16))))
-        .collect();
+    let secrets = script.plugin.secrets.values().map_err(KitError::Secret)?;
     let standin = StandIn::start(&script, options.upstream.clone(), secrets.clone())
         .await
         .map_err(|source| KitError::Io {
@@ -336,6 +334,12 @@ impl Kit {
             self.refusals.push((op.to_string(), violation.to_string()));
         }
         out
+    }
+
+    /// Starts a new deployment run: later calls carry a fresh deployment id, as the calls
+    /// of the pipeline's next run would.
+    fn new_run(&mut self) {
+        self.ctx.deployment_id = format!("conformance-{}", crate::random::hex(4));
     }
 
     /// A fresh artifact directory for `version` (an `index.html` naming it), as the plugin

@@ -68,12 +68,62 @@ pub struct PluginSetup {
     /// Its `[plugins.NAME.config]` table; `{standin}` in any string becomes the stand-in's URL.
     #[serde(default)]
     pub config: toml::Table,
-    /// Secret names it is granted; each gets a random value bound to the stand-in's host.
+    /// The secrets it is granted, bound to the stand-in's host: a list of names (each gets a
+    /// random value), or a table of name = value for an upstream that checks credentials
+    /// (`"${env:VAR}"` reads an environment variable).
     #[serde(default)]
-    pub secrets: Vec<String>,
+    pub secrets: SecretsSpec,
     /// Memory cap, MiB (default: the agent's default).
     #[serde(default)]
     pub memory_mib: Option<u64>,
+}
+
+/// The secrets a plugin under test gets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretsSpec {
+    /// Names, each with a random value.
+    Names(Vec<String>),
+    /// Names with their values.
+    Values(BTreeMap<String, String>),
+}
+
+impl Default for SecretsSpec {
+    fn default() -> Self {
+        SecretsSpec::Names(Vec::new())
+    }
+}
+
+impl SecretsSpec {
+    /// The secret names.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            SecretsSpec::Names(n) => n.clone(),
+            SecretsSpec::Values(v) => v.keys().cloned().collect(),
+        }
+    }
+
+    /// Each name with its value: the given one (environment variables expanded) or a random one.
+    pub fn values(&self) -> Result<BTreeMap<String, String>, String> {
+        match self {
+            SecretsSpec::Names(names) => Ok(names
+                .iter()
+                .map(|n| (n.clone(), format!("kit-{}", crate::random::hex(16))))
+                .collect()),
+            SecretsSpec::Values(values) => values
+                .iter()
+                .map(|(n, v)| {
+                    let value = match v.strip_prefix("${env:").and_then(|r| r.strip_suffix('}')) {
+                        Some(var) => std::env::var(var).map_err(|_| {
+                            format!("secret `{n}` reads ${{env:{var}}}, which is not set")
+                        })?,
+                        None => v.clone(),
+                    };
+                    Ok((n.clone(), value))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One scripted route.
@@ -259,7 +309,7 @@ impl Script {
                 ));
             }
         }
-        for s in &script.plugin.secrets {
+        for s in &script.plugin.secrets.names() {
             if !crate::runtime::secrets::valid_name(s) {
                 return Err(invalid(
                     text.find(&format!("\"{s}\"")),

@@ -42,7 +42,9 @@ pub(super) async fn run(kit: &mut Kit) {
     }
     let listed = list(kit, "list-releases: v2 live, v1 listed, newest first", &second, &first).await;
 
-    // Roll back: v1 live again.
+    // Roll back: v1 live again (an operator's rollback, a run of its own).
+    kit.new_run();
+    let ctx = kit.ctx.clone();
     let out = kit.call("rollback", plugin.rollback(&ctx, None)).await;
     const BACK: &str = "rollback: after two releases, brings the first back";
     match out {
@@ -87,6 +89,7 @@ pub(super) async fn run(kit: &mut Kit) {
 /// Deploys `version`, waits for it to be ready, promotes it (twice) and waits for it to be
 /// live. Returns its id, or `None` after recording why the scenario cannot go on.
 async fn release(kit: &mut Kit, version: &str) -> Option<String> {
+    kit.new_run();
     let artifact = kit.artifact(version);
     let (plugin, ctx) = (kit.plugin.clone(), kit.ctx.clone());
     let began = std::time::Instant::now();

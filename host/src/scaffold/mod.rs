@@ -262,8 +262,11 @@ pub fn build(dir: &Path, target_dir: Option<&Path>) -> Result<Built, ScaffoldErr
     Err(ScaffoldError::NotAProject(dir.to_path_buf()))
 }
 
+/// Runs a build tool; its output goes to stderr, so stdout carries only the result.
 fn run(mut cmd: Command, what: &str, hint: &'static str) -> Result<(), ScaffoldError> {
-    let status = cmd.status().map_err(|source| ScaffoldError::Tool {
+    let status = cmd
+        .stdout(std::process::Stdio::from(std::io::stderr()))
+        .status().map_err(|source| ScaffoldError::Tool {
         tool: what.to_string(),
         source,
         hint,

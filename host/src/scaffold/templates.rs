@@ -65,7 +65,7 @@ pub(super) fn python(kind: Kind) -> Vec<(String, String)> {
         ("test_message.py".into(), include_str!("templates/python/test_message.py").into()),
         ("deploy_agent.py".into(), include_str!("templates/python/deploy_agent.py").into()),
         ("pyproject.toml".into(), include_str!("templates/python/pyproject.toml").into()),
-        ("standin.toml".into(), include_str!("templates/python/notifier.standin.toml").into()),
+        ("standin.toml".into(), include_str!("templates/rust/notifier.standin.toml").into()),
         ("README.md".into(), include_str!("templates/python/README.md").into()),
         (".gitignore".into(), include_str!("templates/python/gitignore").into()),
     ];
