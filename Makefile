@@ -1,14 +1,15 @@
 # One set of commands for people and CI. `make help` lists them.
-.PHONY: help setup test-tools plugins deploy-local test lint fmt bench-plugins bench-db bench-pipeline bench-rollback bench-s3 bench-daemon ci
+.PHONY: help setup test-tools plugins deploy-local test lint fmt docs bench-plugins bench-db bench-pipeline bench-rollback bench-s3 bench-daemon ci
 
 CARGO ?= cargo
 
 help:
 	@echo "make setup          install the wasm32-wasip2 target (rustup does not auto-install it here)"
-	@echo "make test-tools     install s3s-fs and boto3 for the tests, once, under target/tools (make test does)"
+	@echo "make test-tools     install s3s-fs, boto3 and componentize-py for the tests, once, under target/tools (make test does)"
 	@echo "make plugins        build every plugin for wasm32-wasip2 (release, size-optimised)"
 	@echo "make deploy-local   the main job: deploy the example app to the local environment (SQLite, local target)"
 	@echo "make test           the whole test suite (builds the plugins once, then runs every test)"
+	@echo "make docs           regenerate docs/wit-reference.md from the WIT doc comments (a test checks it is current)"
 	@echo "make lint           cargo fmt --check and clippy -D warnings over host, tests and plugins"
 	@echo "make bench-plugins  plugin runtime benchmark (release build), prints p50/p90"
 	@echo "make bench-db       migrations vs sqlx, backup vs pg_dump (throwaway PostgreSQL; several minutes)"
@@ -20,7 +21,7 @@ help:
 
 # Test tools, installed once under target/tools: s3s-fs (a local S3 server that verifies
 # SigV4; 0.14.1 is the last that builds with rustc 1.95), boto3 (the independent client) and
-# awscli (what the S3 benchmark compares with).
+# awscli (what the S3 benchmark compares with), componentize-py (builds the Python plugins).
 TOOLS := target/tools
 
 setup:
@@ -30,6 +31,7 @@ test-tools:
 	test -x $(TOOLS)/bin/s3s-fs || $(CARGO) install s3s-fs --version 0.14.1 --features binary --root $(TOOLS)
 	test -x $(TOOLS)/venv/bin/python || python3 -m venv $(TOOLS)/venv
 	test -x $(TOOLS)/venv/bin/aws || $(TOOLS)/venv/bin/pip install --quiet 'boto3>=1.34,<2' 'awscli>=1.32,<2'
+	test -x $(TOOLS)/venv/bin/componentize-py || $(TOOLS)/venv/bin/pip install --quiet 'componentize-py==0.25.1'
 
 plugins: setup
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2 --workspace
@@ -46,6 +48,9 @@ lint: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd plugins && $(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd plugins && $(CARGO) clippy --workspace --all-targets --target wasm32-wasip2 -- -D warnings
+
+docs:
+	DEPLOY_AGENT_BLESS=1 $(CARGO) test -p deploy-agent-tests --test e2e the_wit_reference_is_generated_from_the_wit
 
 fmt:
 	$(CARGO) fmt --all

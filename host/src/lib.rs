@@ -13,12 +13,12 @@
 
 pub mod cli;
 pub mod config;
-pub mod scaffold;
 pub mod conformance;
 pub mod db;
 pub mod metrics;
 pub mod pipeline;
 mod random;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod store;

@@ -116,7 +116,10 @@ fn assert_conforms(name: &str, (code, report): &(i32, Value), min: usize) {
     assert_eq!(*code, 0, "{name}: exit code");
     let passed = with_outcome(report, "pass").len();
     assert!(passed >= min, "{name}: only {passed} checks passed");
-    assert!(report["requests"].as_u64().unwrap() > 0, "{name}: no requests");
+    assert!(
+        report["requests"].as_u64().unwrap() > 0,
+        "{name}: no requests"
+    );
 }
 
 /// Each kind's Rust project builds as it is, its native test passes, and the component
@@ -127,17 +130,28 @@ fn new_rust_projects_build_test_and_conform() {
         let name = format!("my-{kind}");
         let wasm = new_and_build(&name, kind, "rust");
         let dir = workspace().join(&name);
-        for file in ["Cargo.toml", "src/lib.rs", "README.md", "standin.toml", ".gitignore"] {
+        for file in [
+            "Cargo.toml",
+            "src/lib.rs",
+            "README.md",
+            "standin.toml",
+            ".gitignore",
+        ] {
             assert!(dir.join(file).is_file(), "{name}/{file}");
         }
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
-        assert!(!readme.contains("{{"), "every placeholder filled:\n{readme}");
+        assert!(
+            !readme.contains("{{"),
+            "every placeholder filled:\n{readme}"
+        );
         assert!(readme.contains(&format!("--kind {kind} --against standin.toml")));
         // The project's own test, natively.
-        let out = run(Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-            .current_dir(&dir)
-            .args(["test", "--quiet", "--target-dir"])
-            .arg(workspace().join("target")));
+        let out = run(
+            Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+                .current_dir(&dir)
+                .args(["test", "--quiet", "--target-dir"])
+                .arg(workspace().join("target")),
+        );
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("1 passed"),
             "{name}: {}",
@@ -173,16 +187,25 @@ fn plugin_new_refuses_bad_names_existing_directories_and_missing_templates() {
     };
     let (code, err) = new(&["Fly_IO", "--kind", "deploy-target"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("`Fly_IO` is not a plugin name") && err.contains("hint:"), "{err}");
+    assert!(
+        err.contains("`Fly_IO` is not a plugin name") && err.contains("hint:"),
+        "{err}"
+    );
     std::fs::create_dir(dir.path().join("taken")).unwrap();
     std::fs::write(dir.path().join("taken/x"), "").unwrap();
     let (_, err) = new(&["taken", "--kind", "notifier"]);
     assert!(err.contains("already exists and is not empty"), "{err}");
     let (_, err) = new(&["py-target", "--kind", "deploy-target", "--lang", "python"]);
-    assert!(err.contains("no Python template for a deploy-target"), "{err}");
+    assert!(
+        err.contains("no Python template for a deploy-target"),
+        "{err}"
+    );
     assert!(!dir.path().join("py-target").exists());
     let (_, err) = new(&["x", "--kind", "notifier", "--sdk", "/nonexistent/sdk"]);
-    assert!(err.contains("the plugin SDK is not at /nonexistent/sdk"), "{err}");
+    assert!(
+        err.contains("the plugin SDK is not at /nonexistent/sdk"),
+        "{err}"
+    );
 }
 
 /// A plugin that gets parts of the contract wrong fails exactly those checks, and the kit
@@ -190,7 +213,12 @@ fn plugin_new_refuses_bad_names_existing_directories_and_missing_templates() {
 #[test]
 fn the_kit_fails_a_sloppy_plugin_on_exactly_what_it_gets_wrong() {
     let script = repo_root().join("host/src/scaffold/templates/rust/deploy-target.standin.toml");
-    let (code, report) = kit(Path::new(fixtures::SLOPPY_TARGET), "deploy-target", &script, None);
+    let (code, report) = kit(
+        Path::new(fixtures::SLOPPY_TARGET),
+        "deploy-target",
+        &script,
+        None,
+    );
     assert_eq!(code, 1);
     let failed = with_outcome(&report, "fail");
     let fails = |what: &str| failed.iter().any(|f| f.starts_with(what));
@@ -206,7 +234,11 @@ fn the_kit_fails_a_sloppy_plugin_on_exactly_what_it_gets_wrong() {
         "status: a reset connection is retryable",
         "no request outside the granted hosts",
     ] {
-        assert!(fails(expected), "expected `{expected}` to fail:\n{}", failed.join("\n"));
+        assert!(
+            fails(expected),
+            "expected `{expected}` to fail:\n{}",
+            failed.join("\n")
+        );
     }
     let telemetry = failed
         .iter()
@@ -240,7 +272,12 @@ fn the_kit_fails_a_sloppy_plugin_on_exactly_what_it_gets_wrong() {
 async fn the_first_party_plugins_conform() {
     let scripts = repo_root().join("tests/conformance");
     let slack = tokio::task::block_in_place(|| {
-        kit(Path::new(fixtures::SLACK), "notifier", &scripts.join("slack.toml"), None)
+        kit(
+            Path::new(fixtures::SLACK),
+            "notifier",
+            &scripts.join("slack.toml"),
+            None,
+        )
     });
     assert_conforms("slack", &slack, 10);
 
@@ -297,9 +334,8 @@ async fn a_python_notifier_runs_in_the_pipeline_like_a_rust_one() {
         .current_dir(&dir)
         .args(["-m", "unittest", "-q"]));
     assert!(stderr(&out).contains("OK"), "{}", stderr(&out));
-    let report = tokio::task::block_in_place(|| {
-        kit(&wasm, "notifier", &dir.join("standin.toml"), None)
-    });
+    let report =
+        tokio::task::block_in_place(|| kit(&wasm, "notifier", &dir.join("standin.toml"), None));
     assert_conforms("py-notes", &report, 10);
 
     let hook = TestServer::start(Behaviour::Respond(200, "{}".into())).await;
@@ -346,4 +382,28 @@ url = "http://127.0.0.1:{port}/hooks/deploys"
     assert_eq!(kinds.last().map(String::as_str), Some("succeeded"));
     assert!(kinds.iter().any(|k| k == "stage-succeeded"), "{kinds:?}");
     assert!(!stderr(&out).contains("hook-token-5e1d"));
+}
+
+/// docs/wit-reference.md is what the WIT's doc comments say now (`make docs` regenerates
+/// it, by running this test with DEPLOY_AGENT_BLESS=1).
+#[test]
+fn the_wit_reference_is_generated_from_the_wit() {
+    let generated = deploy_agent_tests::witdoc::reference(&repo_root().join("wit"));
+    let path = repo_root().join("docs/wit-reference.md");
+    if std::env::var_os("DEPLOY_AGENT_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/wit-reference.md is stale: run `make docs`"
+    );
+    for needle in [
+        "## interface `deploy-target`",
+        "### `rollback`",
+        "| `retryable` | `retryable` | A transient failure",
+        "### world `notifier-plugin`",
+    ] {
+        assert!(generated.contains(needle), "{needle}");
+    }
 }

@@ -14,6 +14,7 @@ pub mod s3;
 pub mod slack;
 pub mod standin;
 pub mod vercel;
+pub mod witdoc;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

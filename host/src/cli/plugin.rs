@@ -236,9 +236,11 @@ impl From<KindArg> for Kind {
 
 /// `deploy-agent plugin test`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "The stand-in file gives the plugin its config and secrets and plays the \
+#[command(
+    after_help = "The stand-in file gives the plugin its config and secrets and plays the \
 platform: scripted [[route]]s, or `upstream` (or --upstream) to forward to a server you run. \
-`deploy-agent plugin new` writes one next to each new plugin; docs/write-a-plugin.md explains it.")]
+`deploy-agent plugin new` writes one next to each new plugin; docs/write-a-plugin.md explains it."
+)]
 pub struct TestArgs {
     /// The component (.wasm).
     pub file: PathBuf,
@@ -327,8 +329,10 @@ pub enum LangArg {
 
 /// `deploy-agent plugin new`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Then: cd NAME && deploy-agent plugin build && deploy-agent plugin test ... \
-(the project's README has the exact commands). The walkthrough: docs/write-a-plugin.md.")]
+#[command(
+    after_help = "Then: cd NAME && deploy-agent plugin build && deploy-agent plugin test ... \
+(the project's README has the exact commands). The walkthrough: docs/write-a-plugin.md."
+)]
 pub struct NewArgs {
     /// The plugin's name (lowercase, digits, `-`): its directory and its agent.toml table.
     pub name: String,
@@ -348,7 +352,10 @@ pub struct NewArgs {
 }
 
 pub(super) fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
     let project = crate::scaffold::NewProject {
         name: args.name.clone(),
         kind: args.kind.into(),
@@ -357,7 +364,10 @@ pub(super) fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
             LangArg::Python => crate::scaffold::Lang::Python,
         },
         dir: dir.clone(),
-        sdk: args.sdk.clone().unwrap_or_else(crate::scaffold::default_sdk),
+        sdk: args
+            .sdk
+            .clone()
+            .unwrap_or_else(crate::scaffold::default_sdk),
     };
     let files = crate::scaffold::create(&project)?;
     say!(

@@ -13,11 +13,13 @@ use crate::runtime::{CallContext, CallError, Plugin, PluginError};
 pub(super) const HANG_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// A call that reaches the platform, made once per fault.
-pub(super) type Probe<'p> = &'p (dyn for<'a> Fn(
+pub(super) type Probe<'p> = &'p (
+        dyn for<'a> Fn(
     &'a Plugin,
     &'a CallContext,
 ) -> Pin<Box<dyn Future<Output = Result<(), CallError>> + Send + 'a>>
-          + Sync);
+            + Sync
+    );
 
 /// What each fault must turn into.
 #[derive(Clone, Copy)]
@@ -104,10 +106,9 @@ async fn hang(kit: &mut Kit, op: &'static str, probe: Probe<'_>) {
     kit.standin.set_fault(None);
     let slack = Duration::from_secs(2);
     match out {
-        Err(CallError::Timeout { .. }) if took <= HANG_DEADLINE + slack => kit.pass(
-            name,
-            format!("timed out after {} ms", took.as_millis()),
-        ),
+        Err(CallError::Timeout { .. }) if took <= HANG_DEADLINE + slack => {
+            kit.pass(name, format!("timed out after {} ms", took.as_millis()))
+        }
         Err(CallError::Timeout { .. }) => kit.fail(
             name,
             format!("timed out, but only after {} ms", took.as_millis()),
@@ -141,10 +142,7 @@ fn judge(out: &Result<(), CallError>, want: Want) -> Result<(), String> {
     let error = match out {
         Err(CallError::Plugin { error, .. }) => error,
         other => {
-            return Err(format!(
-                "expected a plugin error; got {}",
-                describe(other)
-            ));
+            return Err(format!("expected a plugin error; got {}", describe(other)));
         }
     };
     let ok = match (want, error) {

@@ -63,7 +63,9 @@ pub enum KitError {
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
     /// The plugin does not export the kind asked for.
-    #[error("{path} does not export `{kind}` (it exports: {exports})\n  hint: pass the kind it implements with --kind")]
+    #[error(
+        "{path} does not export `{kind}` (it exports: {exports})\n  hint: pass the kind it implements with --kind"
+    )]
     WrongKind {
         /// The component.
         path: PathBuf,

@@ -243,7 +243,9 @@ pub(super) fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;
@@ -326,7 +328,10 @@ impl Script {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, column)
 }
 
@@ -372,7 +377,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("standin.toml:6:1: unknown field `statsu`"), "{e}");
+        assert!(
+            e.starts_with("standin.toml:6:1: unknown field `statsu`"),
+            "{e}"
+        );
         assert!(e.contains("hint: "), "{e}");
 
         let e = Script::parse(
@@ -381,11 +389,17 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("s.toml:1:1: `upstream` and [[route]] tables are exclusive"), "{e}");
+        assert!(
+            e.contains("s.toml:1:1: `upstream` and [[route]] tables are exclusive"),
+            "{e}"
+        );
 
         let e = Script::parse(Path::new("s.toml"), "[[route]]\npath = \"x\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("s.toml:2:8: route path `x` does not start with `/`"), "{e}");
+        assert!(
+            e.contains("s.toml:2:8: route path `x` does not start with `/`"),
+            "{e}"
+        );
     }
 }

@@ -279,7 +279,10 @@ fn scripted(shared: &Shared, parts: &http::request::Parts, body: &[u8], target: 
     };
     for (name, want) in &route.require_headers {
         let want = vars.render(want);
-        let got = parts.headers.get(name.as_str()).and_then(|v| v.to_str().ok());
+        let got = parts
+            .headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok());
         if got != Some(want.as_str()) {
             return text(
                 StatusCode::UNAUTHORIZED,
@@ -297,7 +300,11 @@ fn scripted(shared: &Shared, parts: &http::request::Parts, body: &[u8], target: 
     let reply = route.reply_for(vars.n);
     let mut r = Response::new(Full::new(Bytes::from(vars.render(&reply.body))));
     *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-    if !reply.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+    if !reply
+        .headers
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case("content-type"))
+    {
         r.headers_mut().insert(
             "content-type",
             http::HeaderValue::from_static("application/json"),

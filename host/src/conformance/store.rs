@@ -21,7 +21,13 @@ pub(super) async fn run(kit: &mut Kit) {
     let put = kit
         .call(
             "put",
-            plugin.put_object(&ctx, &a, &meta, Some(SIZE as u64), std::io::Cursor::new(body.clone())),
+            plugin.put_object(
+                &ctx,
+                &a,
+                &meta,
+                Some(SIZE as u64),
+                std::io::Cursor::new(body.clone()),
+            ),
         )
         .await;
     const PUT: &str = "put: stores the whole stream and reports its size";
@@ -30,7 +36,13 @@ pub(super) async fn run(kit: &mut Kit) {
             kit.pass(PUT, format!("{} bytes under `{a}`", info.size))
         }
         Ok(info) => {
-            kit.fail(PUT, format!("reported `{}` with {} bytes, expected `{a}` with {SIZE}", info.key, info.size));
+            kit.fail(
+                PUT,
+                format!(
+                    "reported `{}` with {} bytes, expected `{a}` with {SIZE}",
+                    info.key, info.size
+                ),
+            );
             return;
         }
         Err(e) => {
@@ -46,13 +58,22 @@ pub(super) async fn run(kit: &mut Kit) {
         }
         Ok((bytes, info)) if bytes == body => kit.fail(
             GET,
-            format!("the bytes match, but the metadata came back as {:?}", info.metadata),
+            format!(
+                "the bytes match, but the metadata came back as {:?}",
+                info.metadata
+            ),
         ),
-        Ok((bytes, _)) => kit.fail(GET, format!("{} bytes came back, not the {SIZE} put", bytes.len())),
+        Ok((bytes, _)) => kit.fail(
+            GET,
+            format!("{} bytes came back, not the {SIZE} put", bytes.len()),
+        ),
         Err(e) => kit.fail(GET, said(&e)),
     }
     let small = kit
-        .call("put", plugin.put_object(&ctx, &b, &[], Some(2), std::io::Cursor::new(b"ok".to_vec())))
+        .call(
+            "put",
+            plugin.put_object(&ctx, &b, &[], Some(2), std::io::Cursor::new(b"ok".to_vec())),
+        )
         .await;
     if let Err(e) = small {
         kit.fail("put: a second, small object", said(&e));
@@ -81,7 +102,10 @@ pub(super) async fn run(kit: &mut Kit) {
             ..
         }) => kit.pass(GONE, format!("rejected({m:?})")),
         Err(e) => kit.fail(GONE, format!("expected rejected; got {}", said(&e))),
-        Ok((bytes, _)) => kit.fail(GONE, format!("{} bytes came back after delete", bytes.len())),
+        Ok((bytes, _)) => kit.fail(
+            GONE,
+            format!("{} bytes came back after delete", bytes.len()),
+        ),
     }
     match list(kit, &prefix).await {
         Ok(keys) if keys == [(b.clone(), 2)] => kit.pass(
@@ -130,7 +154,10 @@ async fn list(kit: &mut Kit, prefix: &str) -> Result<Vec<(String, u64)>, String>
     let mut page: Option<String> = None;
     for _ in 0..100 {
         let out = kit
-            .call("list-objects", plugin.list_objects(&ctx, prefix, page.as_deref()))
+            .call(
+                "list-objects",
+                plugin.list_objects(&ctx, prefix, page.as_deref()),
+            )
             .await
             .map_err(|e| said(&e))?;
         keys.extend(out.objects.into_iter().map(|o| (o.key, o.size)));

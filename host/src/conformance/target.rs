@@ -36,11 +36,19 @@ pub(super) async fn run(kit: &mut Kit) {
     let old = kit.call("status", plugin.status(&ctx, &first)).await;
     const ONE_LIVE: &str = "status: promoting v2 leaves v1 no longer live";
     match old {
-        Ok(s) if !matches!(s.state, ReleaseState::Live) => kit.pass(ONE_LIVE, format!("v1 is {}", state(&s.state))),
+        Ok(s) if !matches!(s.state, ReleaseState::Live) => {
+            kit.pass(ONE_LIVE, format!("v1 is {}", state(&s.state)))
+        }
         Ok(_) => kit.fail(ONE_LIVE, "v1 still reports live after v2 was promoted"),
         Err(e) => kit.fail(ONE_LIVE, said(&e)),
     }
-    let listed = list(kit, "list-releases: v2 live, v1 listed, newest first", &second, &first).await;
+    let listed = list(
+        kit,
+        "list-releases: v2 live, v1 listed, newest first",
+        &second,
+        &first,
+    )
+    .await;
 
     // Roll back: v1 live again (an operator's rollback, a run of its own).
     kit.new_run();
@@ -50,17 +58,31 @@ pub(super) async fn run(kit: &mut Kit) {
     match out {
         Ok(id) if id == first => {
             match settle(kit, &first, |s| matches!(s, ReleaseState::Live)).await {
-                Ok(n) => kit.pass(BACK, format!("rollback returned `{id}`; live after {n} status calls")),
+                Ok(n) => kit.pass(
+                    BACK,
+                    format!("rollback returned `{id}`; live after {n} status calls"),
+                ),
                 Err(e) => kit.fail(BACK, format!("rollback returned `{id}`, but {e}")),
             }
         }
-        Ok(id) => kit.fail(BACK, format!("rollback returned `{id}`, expected v1's `{first}`")),
+        Ok(id) => kit.fail(
+            BACK,
+            format!("rollback returned `{id}`, expected v1's `{first}`"),
+        ),
         Err(e) => kit.fail(BACK, said(&e)),
     }
     if listed {
-        list(kit, "list-releases: after the rollback, v1 is the live one", &first, &second).await;
+        list(
+            kit,
+            "list-releases: after the rollback, v1 is the live one",
+            &first,
+            &second,
+        )
+        .await;
     }
-    let again = kit.call("rollback", plugin.rollback(&ctx, Some(&first))).await;
+    let again = kit
+        .call("rollback", plugin.rollback(&ctx, Some(&first)))
+        .await;
     const TO: &str = "rollback: to the release already live is a no-op that names it";
     match again {
         Ok(id) if id == first => kit.pass(TO, format!("returned `{id}`")),
@@ -77,7 +99,10 @@ pub(super) async fn run(kit: &mut Kit) {
             ..
         }) => kit.pass(UNKNOWN, format!("rejected({m:?})")),
         Err(e) => kit.fail(UNKNOWN, format!("expected rejected; got {}", said(&e))),
-        Ok(s) => kit.fail(UNKNOWN, format!("expected rejected; got a status: {}", state(&s.state))),
+        Ok(s) => kit.fail(
+            UNKNOWN,
+            format!("expected rejected; got a status: {}", state(&s.state)),
+        ),
     }
     faults::run(kit, "status", &move |plugin, ctx| {
         let id = first.clone();
@@ -113,7 +138,11 @@ async fn release(kit: &mut Kit, version: &str) -> Option<String> {
     );
     let id = staged.release_id;
     let name = format!("status {version}: reaches a terminal state through legal transitions");
-    match settle(kit, &id, |s| matches!(s, ReleaseState::Ready | ReleaseState::Live)).await {
+    match settle(kit, &id, |s| {
+        matches!(s, ReleaseState::Ready | ReleaseState::Live)
+    })
+    .await
+    {
         Ok(n) => kit.pass(name, format!("ready after {n} status calls")),
         Err(e) => {
             kit.fail(name, e);
@@ -234,7 +263,11 @@ async fn list(kit: &mut Kit, name: &str, live: &str, other: &str) -> bool {
             return true;
         }
     };
-    let lives: Vec<&str> = releases.iter().filter(|r| r.live).map(|r| r.id.as_str()).collect();
+    let lives: Vec<&str> = releases
+        .iter()
+        .filter(|r| r.live)
+        .map(|r| r.id.as_str())
+        .collect();
     let verdict = if lives != [live] {
         Err(format!("live: {lives:?}, expected only `{live}`"))
     } else if !releases.iter().any(|r| r.id == other) {

@@ -27,19 +27,29 @@ pub enum Lang {
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     /// A name that cannot be a plugin name.
-    #[error("`{0}` is not a plugin name\n  hint: lowercase letters, digits and `-`, starting with a letter (e.g. `fly-io`)")]
+    #[error(
+        "`{0}` is not a plugin name\n  hint: lowercase letters, digits and `-`, starting with a letter (e.g. `fly-io`)"
+    )]
     Name(String),
     /// The directory is already there.
-    #[error("{0} already exists and is not empty\n  hint: pick another name, or --dir for another place")]
+    #[error(
+        "{0} already exists and is not empty\n  hint: pick another name, or --dir for another place"
+    )]
     Exists(PathBuf),
     /// No template for this language and kind.
-    #[error("there is no Python template for a {0} yet\n  hint: Python templates exist for notifiers; write a {0} in Rust (--lang rust), or start from the notifier and implement the {0} interface from wit/")]
+    #[error(
+        "there is no Python template for a {0} yet\n  hint: Python templates exist for notifiers; write a {0} in Rust (--lang rust), or start from the notifier and implement the {0} interface from wit/"
+    )]
     NoTemplate(&'static str),
     /// The SDK is not where this binary was built.
-    #[error("the plugin SDK is not at {0}\n  hint: pass --sdk with the path of plugins/sdk in a deploy-agent checkout")]
+    #[error(
+        "the plugin SDK is not at {0}\n  hint: pass --sdk with the path of plugins/sdk in a deploy-agent checkout"
+    )]
     Sdk(PathBuf),
     /// The directory holds no plugin project.
-    #[error("{0} holds no plugin project (no Cargo.toml with a cdylib, no pyproject.toml with [tool.deploy-agent])\n  hint: run it in a directory `deploy-agent plugin new` made, or pass it with --dir")]
+    #[error(
+        "{0} holds no plugin project (no Cargo.toml with a cdylib, no pyproject.toml with [tool.deploy-agent])\n  hint: run it in a directory `deploy-agent plugin new` made, or pass it with --dir"
+    )]
     NotAProject(PathBuf),
     /// The build tool is missing.
     #[error("cannot run `{tool}`: {source}\n  hint: {hint}")]
@@ -228,11 +238,21 @@ pub fn build(dir: &Path, target_dir: Option<&Path>) -> Result<Built, ScaffoldErr
         let target = target_dir.map_or_else(|| dir.join("target"), Path::to_path_buf);
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.current_dir(dir)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
             .arg(&target)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS");
-        run(cmd, "cargo build --release --target wasm32-wasip2", "install Rust (rustup.rs), then `rustup target add wasm32-wasip2`")?;
+        run(
+            cmd,
+            "cargo build --release --target wasm32-wasip2",
+            "install Rust (rustup.rs), then `rustup target add wasm32-wasip2`",
+        )?;
         let wasm = target
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", package.name.replace('-', "_")));
@@ -242,10 +262,9 @@ pub fn build(dir: &Path, target_dir: Option<&Path>) -> Result<Built, ScaffoldErr
         let text = std::fs::read_to_string(&pyproject).map_err(io(&pyproject))?;
         let project: PyProject =
             toml::from_str(&text).map_err(|_| ScaffoldError::NotAProject(dir.to_path_buf()))?;
-        let (Some(meta), Some(plugin)) = (
-            project.project,
-            project.tool.and_then(|t| t.deploy_agent),
-        ) else {
+        let (Some(meta), Some(plugin)) =
+            (project.project, project.tool.and_then(|t| t.deploy_agent))
+        else {
             return Err(ScaffoldError::NotAProject(dir.to_path_buf()));
         };
         let out_dir = dir.join("build");
@@ -254,9 +273,21 @@ pub fn build(dir: &Path, target_dir: Option<&Path>) -> Result<Built, ScaffoldErr
         let tool = std::env::var("COMPONENTIZE_PY").unwrap_or_else(|_| "componentize-py".into());
         let mut cmd = Command::new(&tool);
         cmd.current_dir(dir)
-            .args(["-d", "wit", "-w", &plugin.world, "componentize", &plugin.module, "-o"])
+            .args([
+                "-d",
+                "wit",
+                "-w",
+                &plugin.world,
+                "componentize",
+                &plugin.module,
+                "-o",
+            ])
             .arg(&wasm);
-        run(cmd, &format!("{tool} componentize"), "pip install componentize-py==0.25.1 (or set COMPONENTIZE_PY to its path)")?;
+        run(
+            cmd,
+            &format!("{tool} componentize"),
+            "pip install componentize-py==0.25.1 (or set COMPONENTIZE_PY to its path)",
+        )?;
         return finish(meta.name, plugin.kind, wasm);
     }
     Err(ScaffoldError::NotAProject(dir.to_path_buf()))
@@ -266,11 +297,12 @@ pub fn build(dir: &Path, target_dir: Option<&Path>) -> Result<Built, ScaffoldErr
 fn run(mut cmd: Command, what: &str, hint: &'static str) -> Result<(), ScaffoldError> {
     let status = cmd
         .stdout(std::process::Stdio::from(std::io::stderr()))
-        .status().map_err(|source| ScaffoldError::Tool {
-        tool: what.to_string(),
-        source,
-        hint,
-    })?;
+        .status()
+        .map_err(|source| ScaffoldError::Tool {
+            tool: what.to_string(),
+            source,
+            hint,
+        })?;
     if status.success() {
         Ok(())
     } else {

@@ -7,20 +7,47 @@ use crate::runtime::Kind;
 pub const WIT: [(&str, &str); 16] = [
     ("types.wit", include_str!("../../../wit/types.wit")),
     ("validator.wit", include_str!("../../../wit/validator.wit")),
-    ("deploy-target.wit", include_str!("../../../wit/deploy-target.wit")),
+    (
+        "deploy-target.wit",
+        include_str!("../../../wit/deploy-target.wit"),
+    ),
     ("notifier.wit", include_str!("../../../wit/notifier.wit")),
-    ("backup-store.wit", include_str!("../../../wit/backup-store.wit")),
+    (
+        "backup-store.wit",
+        include_str!("../../../wit/backup-store.wit"),
+    ),
     ("log.wit", include_str!("../../../wit/log.wit")),
     ("secrets.wit", include_str!("../../../wit/secrets.wit")),
     ("digest.wit", include_str!("../../../wit/digest.wit")),
     ("worlds.wit", include_str!("../../../wit/worlds.wit")),
-    ("deps/cli/cli.wit", include_str!("../../../wit/deps/cli/cli.wit")),
-    ("deps/clocks/clocks.wit", include_str!("../../../wit/deps/clocks/clocks.wit")),
-    ("deps/filesystem/filesystem.wit", include_str!("../../../wit/deps/filesystem/filesystem.wit")),
-    ("deps/http/http.wit", include_str!("../../../wit/deps/http/http.wit")),
-    ("deps/io/io.wit", include_str!("../../../wit/deps/io/io.wit")),
-    ("deps/random/random.wit", include_str!("../../../wit/deps/random/random.wit")),
-    ("deps/sockets/sockets.wit", include_str!("../../../wit/deps/sockets/sockets.wit")),
+    (
+        "deps/cli/cli.wit",
+        include_str!("../../../wit/deps/cli/cli.wit"),
+    ),
+    (
+        "deps/clocks/clocks.wit",
+        include_str!("../../../wit/deps/clocks/clocks.wit"),
+    ),
+    (
+        "deps/filesystem/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem/filesystem.wit"),
+    ),
+    (
+        "deps/http/http.wit",
+        include_str!("../../../wit/deps/http/http.wit"),
+    ),
+    (
+        "deps/io/io.wit",
+        include_str!("../../../wit/deps/io/io.wit"),
+    ),
+    (
+        "deps/random/random.wit",
+        include_str!("../../../wit/deps/random/random.wit"),
+    ),
+    (
+        "deps/sockets/sockets.wit",
+        include_str!("../../../wit/deps/sockets/sockets.wit"),
+    ),
 ];
 
 const CARGO_TOML: &str = include_str!("templates/rust/Cargo.toml");
@@ -60,16 +87,43 @@ pub(super) fn rust(kind: Kind, sdk: &str) -> Vec<(String, String)> {
 pub(super) fn python(kind: Kind) -> Vec<(String, String)> {
     let _ = kind;
     let mut files: Vec<(String, String)> = vec![
-        ("app.py".into(), include_str!("templates/python/app.py").into()),
-        ("message.py".into(), include_str!("templates/python/message.py").into()),
-        ("test_message.py".into(), include_str!("templates/python/test_message.py").into()),
-        ("deploy_agent.py".into(), include_str!("templates/python/deploy_agent.py").into()),
-        ("pyproject.toml".into(), include_str!("templates/python/pyproject.toml").into()),
-        ("standin.toml".into(), include_str!("templates/rust/notifier.standin.toml").into()),
-        ("README.md".into(), include_str!("templates/python/README.md").into()),
-        (".gitignore".into(), include_str!("templates/python/gitignore").into()),
+        (
+            "app.py".into(),
+            include_str!("templates/python/app.py").into(),
+        ),
+        (
+            "message.py".into(),
+            include_str!("templates/python/message.py").into(),
+        ),
+        (
+            "test_message.py".into(),
+            include_str!("templates/python/test_message.py").into(),
+        ),
+        (
+            "deploy_agent.py".into(),
+            include_str!("templates/python/deploy_agent.py").into(),
+        ),
+        (
+            "pyproject.toml".into(),
+            include_str!("templates/python/pyproject.toml").into(),
+        ),
+        (
+            "standin.toml".into(),
+            include_str!("templates/rust/notifier.standin.toml").into(),
+        ),
+        (
+            "README.md".into(),
+            include_str!("templates/python/README.md").into(),
+        ),
+        (
+            ".gitignore".into(),
+            include_str!("templates/python/gitignore").into(),
+        ),
     ];
-    files.extend(WIT.iter().map(|(p, t)| (format!("wit/{p}"), (*t).to_string())));
+    files.extend(
+        WIT.iter()
+            .map(|(p, t)| (format!("wit/{p}"), (*t).to_string())),
+    );
     files
 }
 
@@ -81,7 +135,9 @@ pub(super) fn contract(kind: Kind) -> &'static str {
         }
         Kind::Validator => ", well-formed findings, the same findings twice",
         Kind::Notifier => ", every event kind delivered",
-        Kind::BackupStore => ", byte-for-byte round trips with metadata, listing, idempotent delete",
+        Kind::BackupStore => {
+            ", byte-for-byte round trips with metadata, listing, idempotent delete"
+        }
     }
 }
 
