@@ -161,9 +161,15 @@ mod tests {
     #[test]
     fn metadata_comes_from_x_meta_headers() {
         let headers = vec![
-            ("content-type".to_string(), "application/octet-stream".to_string()),
+            (
+                "content-type".to_string(),
+                "application/octet-stream".to_string(),
+            ),
             ("x-meta-sha256".to_string(), "abc".to_string()),
         ];
-        assert_eq!(metadata(&headers), vec![("sha256".to_string(), "abc".to_string())]);
+        assert_eq!(
+            metadata(&headers),
+            vec![("sha256".to_string(), "abc".to_string())]
+        );
     }
 }

@@ -141,7 +141,7 @@ impl DeployTarget for Plugin {
                 created_at_ms: r.created_at_ms,
             })
             .collect();
-        releases.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        releases.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
         Ok(releases)
     }
 }
