@@ -281,43 +281,49 @@ async fn the_first_party_plugins_conform() {
     });
     assert_conforms("slack", &slack, 10);
 
+    // Through the kit's stand-in to a platform stand-in, credentials from the environment.
+    let upstream = |wasm: &str, kind: &str, file: &str, api: &str, env: (&str, &str)| {
+        tokio::task::block_in_place(|| {
+            kit_with(
+                Path::new(wasm),
+                kind,
+                &scripts.join(file),
+                Some(api),
+                &[env],
+            )
+        })
+    };
     let v = Vercel::start("vc-kit-token", Some("team_standin")).await;
-    let vercel = tokio::task::block_in_place(|| {
-        kit_with(
-            Path::new(fixtures::VERCEL),
-            "deploy-target",
-            &scripts.join("vercel.toml"),
-            Some(&v.api()),
-            &[("VERCEL_TOKEN", "vc-kit-token")],
-        )
-    });
+    let vercel = upstream(
+        fixtures::VERCEL,
+        "deploy-target",
+        "vercel.toml",
+        &v.api(),
+        ("VERCEL_TOKEN", "vc-kit-token"),
+    );
     assert_conforms("vercel", &vercel, 20);
     v.server.assert_fits_spec();
 
     let k = Kubernetes::start_plain("k8s-kit-token").await;
-    let kubernetes = tokio::task::block_in_place(|| {
-        kit_with(
-            Path::new(fixtures::KUBERNETES),
-            "deploy-target",
-            &scripts.join("kubernetes.toml"),
-            Some(&k.api()),
-            &[("K8S_TOKEN", "k8s-kit-token")],
-        )
-    });
+    let kubernetes = upstream(
+        fixtures::KUBERNETES,
+        "deploy-target",
+        "kubernetes.toml",
+        &k.api(),
+        ("K8S_TOKEN", "k8s-kit-token"),
+    );
     assert_conforms("kubernetes", &kubernetes, 20);
     k.server.assert_fits_spec();
 
     let server = S3Server::start();
     for kind in ["backup-store", "deploy-target"] {
-        let report = tokio::task::block_in_place(|| {
-            kit_with(
-                Path::new(fixtures::S3),
-                kind,
-                &scripts.join("s3.toml"),
-                Some(&server.endpoint()),
-                &[("S3_SECRET_KEY", s3::SECRET_KEY)],
-            )
-        });
+        let report = upstream(
+            fixtures::S3,
+            kind,
+            "s3.toml",
+            &server.endpoint(),
+            ("S3_SECRET_KEY", s3::SECRET_KEY),
+        );
         assert_conforms(&format!("s3 as a {kind}"), &report, 15);
         assert_eq!(report.1["standin"], "upstream");
     }

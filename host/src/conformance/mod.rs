@@ -191,16 +191,13 @@ pub async fn run(options: &Options) -> Result<Report, KitError> {
         Kind::Validator => validator::run(&mut kit).await,
         Kind::BackupStore => store::run(&mut kit).await,
     }
-    kit.sandbox_checks(options.upstream.is_some() || script.upstream.is_some());
+    let upstream = options.upstream.is_some() || script.upstream.is_some();
+    kit.sandbox_checks(upstream);
     Ok(Report {
         wasm: options.wasm.display().to_string(),
         sha256: kit.plugin.digest().to_string(),
         kind: options.kind,
-        standin: if options.upstream.is_some() || script.upstream.is_some() {
-            "upstream".into()
-        } else {
-            "script".into()
-        },
+        standin: if upstream { "upstream" } else { "script" }.into(),
         requests: kit.standin.count(),
         slowest_call: kit
             .slowest
