@@ -21,14 +21,21 @@ pub struct ConfigError {
     pub source_line: String,
 }
 
+/// The 1-based line and column (in characters) of a byte offset in `text`: how every error
+/// that points into a file (agent.toml, a migration, a stand-in script) names its place.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
 impl ConfigError {
     /// An error at a byte span of `source`.
     pub fn at(file: &Path, source: &str, span: Range<usize>, message: impl Into<String>) -> Self {
         let start = span.start.min(source.len());
-        let before = &source[..start];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = source[line_start..start].chars().count() + 1;
+        let (line, column) = line_col(source, start);
+        let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
         let source_line = source[line_start..]
             .lines()
             .next()

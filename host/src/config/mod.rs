@@ -29,6 +29,7 @@ pub use environment::{
     DeploySettings, Environment, Gate, OnInterrupt, Probe, RollbackPolicy, Strategy, TargetConfig,
     ValidateConfig,
 };
+pub(crate) use error::line_col;
 pub use error::{ConfigError, ConfigErrors};
 
 pub use server::{GithubConfig, GithubRoute, Role, ServerConfig, TlsFiles, TokenConfig};

@@ -2,8 +2,6 @@
 //! listings page through what is stored, delete is idempotent, a missing object is rejected,
 //! and failures say what to do.
 
-use sha2::{Digest, Sha256};
-
 use super::{Kit, faults, said};
 use crate::runtime::{CallError, ObjectInfo, PluginError};
 
@@ -14,7 +12,7 @@ pub(super) async fn run(kit: &mut Kit) {
     let prefix = format!("conformance/{}/", kit.ctx.deployment_id);
     let (a, b) = (format!("{prefix}a.bin"), format!("{prefix}b.bin"));
     let body: Vec<u8> = (0..SIZE).map(|i| (i * 31 % 251) as u8).collect();
-    let sum = hex::encode(Sha256::digest(&body));
+    let sum = crate::runtime::sha256_hex(&body);
     let meta = vec![("sha256".to_string(), sum.clone())];
     let (plugin, ctx) = (kit.plugin.clone(), kit.ctx.clone());
 

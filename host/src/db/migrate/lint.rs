@@ -6,6 +6,7 @@ use serde::Serialize;
 use squawk_linter::{Linter, Rule};
 
 use super::source::Migration;
+use crate::config::line_col;
 
 /// One finding.
 #[derive(Debug, Clone, Serialize)]
@@ -26,14 +27,6 @@ pub struct LintFinding {
     pub hint: Option<String>,
     /// Waived by the file, with this reason.
     pub waived: Option<String>,
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[start..].chars().count() + 1)
 }
 
 /// Lints migrations. `in_transaction` follows each file's `-- no-transaction` marker.
