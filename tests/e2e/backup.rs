@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use deploy_agent::config::KeyUse;
 use deploy_agent::db::backup::{self, BackupSettings, Key, Retention};
 use deploy_agent::db::migrate::{self, Settings};
 use deploy_agent_tests::postgres::{Cluster, cluster};
@@ -207,6 +208,146 @@ async fn tampered_truncated_and_wrong_key_backups_are_refused() {
 }
 
 #[tokio::test]
+async fn a_backup_is_what_its_manifest_says_it_is() {
+    let pg = cluster();
+    let (db, url, _m) = seeded(pg, "bk_identity").await;
+    let store = tempfile::tempdir().unwrap();
+    let s = settings("prod", store.path(), Some(key("07")));
+    let a = backup::create(&url, &s, "t", "a", Arc::new(AtomicU64::new(0)))
+        .await
+        .unwrap();
+    pg.psql(&db, "DELETE FROM orders WHERE id > 10");
+    let b = backup::create(&url, &s, "t", "b", Arc::new(AtomicU64::new(0)))
+        .await
+        .unwrap();
+    let a_file = store.path().join(format!("{}.backup", a.id));
+    let b_file = store.path().join(format!("{}.backup", b.id));
+    let before = pg.dump(&db);
+
+    // A swapped file: `restore` and `restore --test` refuse it on its checksum, before
+    // anything is written.
+    let a_bytes = std::fs::read(&a_file).unwrap();
+    std::fs::copy(&b_file, &a_file).unwrap();
+    let err = backup::restore(&a, store.path(), s.key.as_ref(), &url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checksum mismatch"), "{err}");
+    let err = backup::restore_test(&a, store.path(), s.key.as_ref(), &url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert_eq!(pg.dump(&db), before, "nothing was written");
+
+    // The same file with a's manifest edited to match it (checksum, sizes): the stream is
+    // bound to backup b, so it fails authentication and nothing is restored.
+    let mut forged = a.clone();
+    forged.sha256 = b.sha256.clone();
+    forged.raw_bytes = b.raw_bytes;
+    forged.stored_bytes = b.stored_bytes;
+    let err = backup::verify(&forged, store.path(), s.key.as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("failed authentication") && err.contains(&a.id),
+        "{err}"
+    );
+    let err = backup::restore(&forged, store.path(), s.key.as_ref(), &url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("database is unchanged"), "{err}");
+    assert_eq!(pg.dump(&db), before, "a forged backup changed the database");
+
+    // Put back, the real one restores.
+    std::fs::write(&a_file, a_bytes).unwrap();
+    backup::restore(&a, store.path(), s.key.as_ref(), &url)
+        .await
+        .unwrap();
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM orders"), "5000");
+}
+
+#[tokio::test]
+async fn in_place_restore_is_exact_for_objects_outside_schemas() {
+    // Large objects, publications, event triggers, extensions and their objects, comments,
+    // default privileges: what pg_dump carries, a restore in place brings back exactly, and
+    // what was created since is gone. Compared as whole pg_dump outputs.
+    let pg = cluster();
+    let (db, url) = pg.database("bk_exact");
+    pg.psql(
+        &db,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bk_reader') THEN CREATE ROLE bk_reader; END IF; END $$;\
+         CREATE EXTENSION citext; CREATE EXTENSION hstore;\
+         CREATE SCHEMA app;\
+         CREATE TABLE app.users (id serial PRIMARY KEY, email citext UNIQUE, attrs hstore);\
+         INSERT INTO app.users (email, attrs) SELECT 'u' || g || '@example.com', 'plan=>free' FROM generate_series(1, 200) g;\
+         COMMENT ON TABLE app.users IS 'people';\
+         SELECT lo_from_bytea(4242, 'large object one');\
+         COMMENT ON LARGE OBJECT 4242 IS 'an attachment';\
+         CREATE PUBLICATION pub_users FOR TABLE app.users;\
+         CREATE FUNCTION app.on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$ BEGIN NULL; END $f$;\
+         CREATE EVENT TRIGGER audit_ddl ON ddl_command_end EXECUTE FUNCTION app.on_ddl();\
+         ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC;\
+         ALTER DEFAULT PRIVILEGES IN SCHEMA app GRANT SELECT ON TABLES TO bk_reader;",
+    );
+    let store = tempfile::tempdir().unwrap();
+    let s = settings("prod", store.path(), None);
+    let m = backup::create(&url, &s, "t", "t", Arc::new(AtomicU64::new(0)))
+        .await
+        .unwrap();
+    let backed_up = pg.dump(&db);
+    pg.psql(
+        &db,
+        "SELECT lo_from_bytea(4343, 'added later'); SELECT lo_unlink(4242);\
+         DROP PUBLICATION pub_users; CREATE PUBLICATION pub_all FOR ALL TABLES;\
+         DROP EVENT TRIGGER audit_ddl;\
+         CREATE EVENT TRIGGER other ON ddl_command_start EXECUTE FUNCTION app.on_ddl();\
+         ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM PUBLIC;\
+         ALTER DEFAULT PRIVILEGES GRANT USAGE ON SEQUENCES TO bk_reader;\
+         CREATE EXTENSION pg_trgm; CREATE TABLE public.extra (x int);\
+         DELETE FROM app.users WHERE id > 50;",
+    );
+    assert_ne!(pg.dump(&db), backed_up);
+    backup::restore(&m, store.path(), None, &url).await.unwrap();
+    assert_eq!(pg.dump(&db), backed_up, "the restore is exact");
+}
+
+#[tokio::test]
+async fn a_failing_restore_reports_the_servers_error_not_a_broken_pipe() {
+    // A big archive whose restore fails early (a role it grants to is gone): the error is
+    // PostgreSQL's own, and the database is unchanged.
+    let pg = cluster();
+    let (db, url) = pg.database("bk_pipe");
+    pg.psql(
+        &db,
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bk_gone') THEN CREATE ROLE bk_gone; END IF; END $$;\
+         CREATE TABLE early (x int); GRANT SELECT ON early TO bk_gone;\
+         CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 300000) g;",
+    );
+    let store = tempfile::tempdir().unwrap();
+    let s = settings("prod", store.path(), None);
+    let m = backup::create(&url, &s, "t", "t", Arc::new(AtomicU64::new(0)))
+        .await
+        .unwrap();
+    pg.psql(
+        &db,
+        "REVOKE ALL ON early FROM bk_gone; DROP ROLE bk_gone; CREATE TABLE since (y int);",
+    );
+    let before = pg.dump(&db);
+    let err = backup::restore(&m, store.path(), None, &url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("role \"bk_gone\" does not exist") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert!(err.contains("database is unchanged"), "{err}");
+    assert_eq!(pg.dump(&db), before);
+}
+
+#[tokio::test]
 async fn failed_backup_leaves_nothing_that_looks_complete() {
     let pg = cluster();
     let (db, url, _m) = seeded(pg, "bk_fail").await;
@@ -282,7 +423,7 @@ async fn configured_key_that_cannot_be_used_fails_closed() {
     let config = deploy_agent::config::Config::load(&path).unwrap();
     let err = config.environments["prod"]
         .backup
-        .settings("prod")
+        .settings("prod", KeyUse::Write)
         .unwrap_err();
     assert!(
         err.contains("refusing to write an unencrypted backup"),
@@ -290,10 +431,21 @@ async fn configured_key_that_cannot_be_used_fails_closed() {
     );
     let err = config.environments["other"]
         .backup
-        .settings("other")
+        .settings("other", KeyUse::Write)
         .unwrap_err();
     assert!(
         err.contains("cannot read secret file") && err.contains("refusing"),
+        "{err}"
+    );
+    // Verifying or restoring with the key file gone: an error about reading, not writing.
+    let err = config.environments["other"]
+        .backup
+        .settings("other", KeyUse::Read)
+        .unwrap_err();
+    assert!(
+        err.contains("missing.key")
+            && err.contains("cannot be read without it")
+            && !err.contains("unencrypted"),
         "{err}"
     );
 }
@@ -377,8 +529,39 @@ async fn prune_keeps_the_policy_and_pinned_backups() {
     let newest = all[0].id.clone();
     let oldest = all[3].id.clone();
     let pinned: BTreeSet<String> = [oldest.clone()].into();
-    let deleted = backup::prune(&store, s.retention, &pinned).unwrap();
-    assert_eq!(deleted.len(), 2);
+    // Leftovers of interrupted backups: one from before the newest backup (removed), one a
+    // live process still writes (its lock is held: kept), one newer than the newest backup
+    // (kept until a complete backup follows it).
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let leftover = |name: &str, at: std::time::SystemTime| {
+        let f = std::fs::File::create(store.join(name)).unwrap();
+        f.set_modified(at).unwrap();
+        f
+    };
+    drop(leftover("20200101T000000Z-local-dead.partial", old));
+    drop(leftover("20200101T000000Z-local-dead.snapshot", old));
+    let writer = leftover("20200101T000000Z-local-live.partial", old);
+    writer.lock().unwrap();
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    drop(leftover("29990101T000000Z-local-next.partial", future));
+    let pruned = backup::prune(&store, s.retention, &pinned).unwrap();
+    assert_eq!(pruned.deleted.len(), 2);
+    let mut removed: Vec<String> = pruned
+        .leftovers
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            "20200101T000000Z-local-dead.partial",
+            "20200101T000000Z-local-dead.snapshot"
+        ]
+    );
+    assert!(store.join("20200101T000000Z-local-live.partial").exists());
+    assert!(store.join("29990101T000000Z-local-next.partial").exists());
+    drop(writer);
     let left: BTreeSet<String> = backup::list(&store)
         .unwrap()
         .0

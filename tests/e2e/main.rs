@@ -10,5 +10,6 @@ mod migrate;
 mod pipeline;
 mod platforms;
 mod project;
+mod restore_kill;
 mod rollback;
 mod sandbox;

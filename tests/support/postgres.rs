@@ -189,6 +189,43 @@ impl Cluster {
         (name.clone(), self.url(&name))
     }
 
+    /// `db` as plain SQL from pg_dump: schema, every row, sequence values, large objects,
+    /// publications, privileges. Two equal dumps are the same database. The random
+    /// `\restrict` keys pg_dump writes (15.14 and later) are left out.
+    pub fn dump(&self, db: &str) -> String {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args(["--no-password", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", db])
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            out.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until no other session is connected to `db` (a killed client's session has
+    /// ended and its transaction is rolled back); false if one is still there after 30 s.
+    pub fn wait_idle(&self, db: &str) -> bool {
+        for _ in 0..600 {
+            let n = self.psql(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"),
+            );
+            if n == "0" {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
     /// The directory holding pg_dump and pg_restore for this cluster's version.
     pub fn bin_dir(&self) -> &Path {
         &self.bin

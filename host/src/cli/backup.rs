@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{EXIT_FAILED, Output, human_size};
+use crate::config::KeyUse;
 use crate::db::backup::{self, BackupSettings};
 
 /// What to do.
@@ -42,9 +43,13 @@ pub enum BackupCommand {
         /// Restore into a scratch database, check it, compare its fingerprint, drop it.
         #[arg(long)]
         test: bool,
-        /// Skip the safety backup of the current database.
+        /// Skip the safety backup of the current database (an interrupted restore then
+        /// cannot be undone, only finished).
         #[arg(long)]
         no_safety_backup: bool,
+        /// Why, for the record and the audit log.
+        #[arg(long)]
+        reason: Option<String>,
         /// Do it without asking (required when not on a terminal).
         #[arg(long)]
         yes: bool,
@@ -83,11 +88,14 @@ struct Target {
     backup: BackupSettings,
 }
 
-fn target(config: &Path, env: &str) -> anyhow::Result<Target> {
+fn target(config: &Path, env: &str, purpose: KeyUse) -> anyhow::Result<Target> {
     let (env, db) = super::environment_database(config, env)?;
     Ok(Target {
         url: db.url().map_err(anyhow::Error::msg)?,
-        backup: env.backup.settings(&env.name).map_err(anyhow::Error::msg)?,
+        backup: env
+            .backup
+            .settings(&env.name, purpose)
+            .map_err(anyhow::Error::msg)?,
     })
 }
 
@@ -149,7 +157,7 @@ pub(crate) async fn create_with_progress(
 pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
     match command {
         BackupCommand::Create { args, reason } => {
-            let t = target(&args.config, &args.env)?;
+            let t = target(&args.config, &args.env, KeyUse::Write)?;
             let m = create_with_progress(&t.url, &t.backup, &reason).await?;
             if let Some((store, ctx)) = offsite_store(&args.config, &args.env)? {
                 let key = crate::pipeline::offsite::upload(&store, &ctx, &t.backup.dir, &m)
@@ -176,7 +184,7 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::List(args) => {
-            let t = target(&args.config, &args.env)?;
+            let t = target(&args.config, &args.env, KeyUse::Read)?;
             let (all, partial) = backup::list(&t.backup.dir)?;
             if args.output == Output::Json {
                 say!("{}", serde_json::to_string_pretty(&all)?);
@@ -204,7 +212,7 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Verify { id, args } => {
-            let t = target(&args.config, &args.env)?;
+            let t = target(&args.config, &args.env, KeyUse::Read)?;
             let m = backup::find(&t.backup.dir, &id)?;
             let (dir, key) = (t.backup.dir.clone(), t.backup.key.clone());
             let v = tokio::task::spawn_blocking(move || backup::verify(&m, &dir, key.as_ref()))
@@ -221,9 +229,10 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             args,
             test,
             no_safety_backup,
+            reason,
             yes,
         } => {
-            let t = target(&args.config, &args.env)?;
+            let t = target(&args.config, &args.env, KeyUse::Read)?;
             let m = match backup::find(&t.backup.dir, &id) {
                 Ok(m) => m,
                 // Gone from this host: the off-site copy, when there is one.
@@ -277,25 +286,37 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                     m.id, m.started_at, args.env
                 ),
             )?;
-            if !no_safety_backup {
-                let safety = create_with_progress(
-                    &t.url,
-                    &t.backup,
-                    &format!("safety backup before restoring {}", m.id),
-                )
-                .await?;
-                say!("safety backup {} taken", safety.id);
+            let config = crate::config::Config::load(&args.config)?;
+            let record = crate::pipeline::restore::restore(
+                &config,
+                &crate::pipeline::restore::RestoreRequest {
+                    environment: args.env.clone(),
+                    backup_id: m.id.clone(),
+                    actor: crate::db::migrate::whoami(),
+                    reason: reason.unwrap_or_else(|| format!("backup restore {}", m.id)),
+                    safety_backup: !no_safety_backup,
+                },
+                &Notes,
+            )
+            .await?;
+            if args.output == Output::Json {
+                say!("{}", serde_json::to_string_pretty(&record)?);
+            } else {
+                say!(
+                    "restored {} (schema version {}){}",
+                    m.id,
+                    m.schema_version.map_or("none".into(), |v| v.to_string()),
+                    record
+                        .safety_backup
+                        .as_deref()
+                        .map(|s| format!("; safety backup {s}"))
+                        .unwrap_or_default()
+                );
             }
-            backup::restore(&m, &t.backup.dir, t.backup.key.as_ref(), &t.url).await?;
-            say!(
-                "restored {} (schema version {})",
-                m.id,
-                m.schema_version.map_or("none".into(), |v| v.to_string())
-            );
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Export { id, out, args } => {
-            let t = target(&args.config, &args.env)?;
+            let t = target(&args.config, &args.env, KeyUse::Read)?;
             let m = backup::find(&t.backup.dir, &id)?;
             let (dir, key, o) = (t.backup.dir.clone(), t.backup.key.clone(), out.clone());
             let n = tokio::task::spawn_blocking(move || backup::export(&m, &dir, key.as_ref(), &o))
@@ -304,7 +325,7 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Prune(args) => {
-            let t = target(&args.config, &args.env)?;
+            let t = target(&args.config, &args.env, KeyUse::Read)?;
             // Backups that recorded releases depend on (what their rollback restores) stay.
             let config = crate::config::Config::load(&args.config)?;
             let store = crate::pipeline::open_store(&config).await?;
@@ -313,7 +334,8 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                 .await?
                 .into_iter()
                 .collect();
-            let deleted = backup::prune(&t.backup.dir, t.backup.retention, &protected)?;
+            let pruned = backup::prune(&t.backup.dir, t.backup.retention, &protected)?;
+            let deleted = &pruned.deleted;
             // The same retention for the off-site copies: what is no longer kept here goes.
             let mut offsite_deleted = Vec::new();
             if let Some((store, ctx)) = offsite_store(&args.config, &args.env)? {
@@ -327,12 +349,15 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                 say!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &serde_json::json!({"deleted": deleted, "offsite_deleted": offsite_deleted})
+                        &serde_json::json!({"deleted": deleted, "leftovers_removed": pruned.leftovers, "offsite_deleted": offsite_deleted})
                     )?
                 );
             } else {
-                for id in &deleted {
+                for id in deleted {
                     say!("deleted {id}");
+                }
+                for path in &pruned.leftovers {
+                    say!("removed {} (left by an interrupted backup)", path.display());
                 }
                 for key in &offsite_deleted {
                     say!("deleted off-site {key}");
@@ -367,6 +392,17 @@ fn offsite_store(
     let store =
         crate::pipeline::load_plugin(&config, &runtime, &name, None).map_err(anyhow::Error::msg)?;
     Ok(Some((store, crate::runtime::CallContext::new(env))))
+}
+
+/// Shows a long operation's remarks on stderr, so stdout stays the result.
+struct Notes;
+
+impl crate::pipeline::Reporter for Notes {
+    fn stage(&self, _: &crate::pipeline::StageReport) {}
+    fn note(&self, text: &str) {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), "  ! {text}");
+    }
 }
 
 /// Asks on a terminal; refuses in a script unless `--yes`.

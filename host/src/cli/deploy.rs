@@ -341,7 +341,15 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
         .await?
         .into_iter()
         .find(|r| r.state == "live");
-    let last = store.deployments(&args.env, 1).await?.into_iter().next();
+    // A run or rollback still marked running whose agent is gone is shown as interrupted.
+    let mut last = store.deployments(&args.env, 1).await?.into_iter().next();
+    if let Some(d) = last.as_mut().filter(|d| d.status == "running") {
+        d.status = crate::store::running_or_interrupted(lock.as_ref(), &d.id).into();
+    }
+    let mut last_rollback = store.rollbacks(&args.env).await?.into_iter().next();
+    if let Some(r) = last_rollback.as_mut().filter(|r| r.status == "running") {
+        r.status = crate::store::running_or_interrupted(lock.as_ref(), &r.lease_subject()).into();
+    }
     let steps = match &last {
         Some(d) => store.steps(&d.id).await?,
         None => Vec::new(),
@@ -352,7 +360,7 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "environment": args.env, "lock": lock, "live": live, "last": last, "steps": steps,
                 "waiting": store.pending_approvals(Some(&args.env)).await?,
-                "last_rollback": store.rollbacks(&args.env).await?.into_iter().next(),
+                "last_rollback": last_rollback,
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -380,7 +388,7 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
         ),
         None => say!("  lock:  free"),
     }
-    if let Some(r) = store.rollbacks(&args.env).await?.into_iter().next() {
+    if let Some(r) = &last_rollback {
         say!(
             "  rollback: {} {} ({}, {}) {} -> {} by {} at {}: {}",
             r.id,
@@ -393,6 +401,13 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
             time(r.started_at),
             r.reason.as_deref().unwrap_or("")
         );
+        if r.status == "interrupted" {
+            say!(
+                "         stopped in {}: `deploy-agent recover --env {}` finishes it, `--rollback` undoes it",
+                r.stopped_in(),
+                args.env
+            );
+        }
     }
     for a in store.pending_approvals(Some(&args.env)).await? {
         say!(

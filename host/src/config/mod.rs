@@ -80,19 +80,38 @@ pub struct BackupConfig {
     pub offsite: Option<String>,
 }
 
+/// What a backup key is wanted for: it decides what the error says when the key cannot be
+/// had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Taking backups.
+    Write,
+    /// Verifying, exporting or restoring them (a restore's safety backup included).
+    Read,
+}
+
 impl BackupConfig {
     /// The backup engine's settings. Fails closed: a configured key that cannot be read or
-    /// parsed is an error, never an unencrypted backup.
-    pub fn settings(&self, environment: &str) -> Result<crate::db::backup::BackupSettings, String> {
+    /// parsed is an error, never an unencrypted backup nor an unreadable one.
+    pub fn settings(
+        &self,
+        environment: &str,
+        purpose: KeyUse,
+    ) -> Result<crate::db::backup::BackupSettings, String> {
+        let consequence = match purpose {
+            KeyUse::Write => "refusing to write an unencrypted backup",
+            KeyUse::Read => "the environment's encrypted backups cannot be read without it",
+        };
         let key = match &self.key {
             None => None,
             Some(source) => {
-                let value = source.resolve().map_err(|e| {
-                    format!("backup key {source}: {e}; refusing to write an unencrypted backup")
-                })?;
-                Some(crate::db::backup::Key::parse(value.expose()).map_err(|e| {
-                    format!("backup key {source}: {e}; refusing to write an unencrypted backup")
-                })?)
+                let value = source
+                    .resolve()
+                    .map_err(|e| format!("backup key {source}: {e}; {consequence}"))?;
+                Some(
+                    crate::db::backup::Key::parse(value.expose())
+                        .map_err(|e| format!("backup key {source}: {e}; {consequence}"))?,
+                )
             }
         };
         Ok(crate::db::backup::BackupSettings {

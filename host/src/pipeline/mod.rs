@@ -23,6 +23,7 @@ pub mod notify;
 pub(crate) mod offsite;
 pub mod plan;
 pub mod recover;
+pub mod restore;
 pub mod rollback;
 pub mod validate;
 
@@ -469,7 +470,14 @@ pub async fn deploy(
         ));
     }
 
-    // Interrupted runs: resume the same release, supersede any other.
+    // A rollback or restore whose agent died comes first: the operator settles it.
+    if let Err(e) = restore::refuse_over_unfinished(&store, env).await {
+        lease.release().await?;
+        return Err(e);
+    }
+
+    // Interrupted runs: resume the same release, supersede any other; a run that was being
+    // rolled back when its agent died is rolled back to the end.
     let mut recovered = Vec::new();
     let mut resumed: Option<Deployment> = None;
     for old in store.running(&env.name).await? {
@@ -479,7 +487,9 @@ pub async fn deploy(
             .as_deref()
             .unwrap_or("its first stage")
             .to_string();
-        let (action, detail) = if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback {
+        let (action, detail) = if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback
+            || old.stage.as_deref() == Some(recover::ROLLING_BACK)
+        {
             let done = recover::roll_back(env, &store, &plugins.target, &old)
                 .await
                 .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
@@ -895,7 +905,11 @@ impl Run<'_> {
             self.end(Stage::Backup, step, StageStatus::Skipped, why)
                 .await?;
         } else {
-            let backup_settings = match self.env.backup.settings(&self.env.name) {
+            let backup_settings = match self
+                .env
+                .backup
+                .settings(&self.env.name, crate::config::KeyUse::Write)
+            {
                 Ok(s) => s,
                 Err(e) => return Err(self.fail(Stage::Backup, step, e).await),
             };

@@ -22,8 +22,41 @@ pub struct Recovered {
     pub outcome: Option<Outcome>,
 }
 
-/// Rolls an interrupted run back. Returns what it did, in words.
+/// The stage a run is journaled in while it is being rolled back: if the agent dies there,
+/// every later start rolls it back to the end (never resumes it).
+pub const ROLLING_BACK: &str = "rollback";
+
+/// Rolls an interrupted run back. Returns what it did, in words. Journaled as the run's
+/// `rollback` step first, and idempotent, so an interruption anywhere in it is finished by
+/// the next `recover` or deploy.
 pub(crate) async fn roll_back(
+    env: &Environment,
+    store: &Store,
+    target: &Plugin,
+    old: &Deployment,
+) -> Result<String, String> {
+    let seq = store
+        .step_started(&old.id, ROLLING_BACK)
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = roll_back_steps(env, store, target, old).await;
+    let (status, detail) = match &result {
+        Ok(done) => ("done", done.as_str()),
+        Err(e) => ("failed", e.as_str()),
+    };
+    store
+        .step_finished(&old.id, seq, status, Some(detail))
+        .await
+        .map_err(|e| e.to_string())?;
+    let said = result?;
+    store
+        .finish_deployment(&old.id, "rolled_back", Some("interrupted; rolled back"))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(said)
+}
+
+async fn roll_back_steps(
     env: &Environment,
     store: &Store,
     target: &Plugin,
@@ -75,7 +108,9 @@ pub(crate) async fn roll_back(
         } else {
             match &old.backup_id {
                 Some(b) => {
-                    let bs = env.backup.settings(&env.name)?;
+                    let bs = env
+                        .backup
+                        .settings(&env.name, crate::config::KeyUse::Read)?;
                     let manifest = backup::find(&bs.dir, b).map_err(|e| e.to_string())?;
                     backup::restore(&manifest, &bs.dir, bs.key.as_ref(), &settings.url)
                         .await
@@ -93,10 +128,6 @@ pub(crate) async fn roll_back(
             }
         }
     }
-    store
-        .finish_deployment(&old.id, "rolled_back", Some("interrupted; rolled back"))
-        .await
-        .map_err(|e| e.to_string())?;
     Ok(said.join("; "))
 }
 
@@ -142,14 +173,20 @@ pub async fn recover(
         .environment(environment)
         .map_err(PipelineError::Setup)?;
     let store = open_store(config).await?;
+    // Rollbacks and restores cut short first: finished, or undone with `--rollback`.
+    let mut recovered =
+        super::restore::settle_unfinished(config, env, &store, rollback, actor, reporter).await?;
     let interrupted = store.running(&env.name).await?;
     let Some(newest) = interrupted.last().cloned() else {
         return Ok(Recovered {
-            recovered: Vec::new(),
+            recovered,
             outcome: None,
         });
     };
-    if rollback || env.deploy.on_interrupt == OnInterrupt::Rollback {
+    let being_rolled_back = interrupted
+        .iter()
+        .any(|d| d.stage.as_deref() == Some(ROLLING_BACK));
+    if rollback || being_rolled_back || env.deploy.on_interrupt == OnInterrupt::Rollback {
         let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
         let owner = Owner::this_process();
         let (lease, _) = store
@@ -160,7 +197,6 @@ pub async fn recover(
                 env.deploy.lock_lease,
             )
             .await?;
-        let mut recovered = Vec::new();
         let mut failure = None;
         for old in &interrupted {
             match roll_back(env, &store, &plugins.target, old).await {
@@ -191,8 +227,9 @@ pub async fn recover(
     // Resume: deploy the same release again; the run is found and finished.
     let request = resume_request(env, &newest, actor)?;
     let outcome = super::deploy(config, &request, reporter).await?;
+    recovered.extend(outcome.recovered.iter().cloned());
     Ok(Recovered {
-        recovered: outcome.recovered.clone(),
+        recovered,
         outcome: Some(outcome),
     })
 }

@@ -535,7 +535,9 @@ async fn run_steps(
             req.db_strategy == DbStrategy::Down && plan.schema_now != to.schema_version;
         if plan.backup.is_some() || needs_down {
             let at = Instant::now();
-            let bs = env.backup.settings(&env.name)?;
+            let bs = env
+                .backup
+                .settings(&env.name, crate::config::KeyUse::Read)?;
             let safety = backup::create(
                 &settings.url,
                 &bs,

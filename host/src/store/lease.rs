@@ -76,6 +76,28 @@ pub struct LockHolder {
     pub expires_at: i64,
 }
 
+impl LockHolder {
+    /// Whether a live process holds it: not expired, and not a dead process on this host.
+    pub fn is_live(&self) -> bool {
+        self.expires_at > super::now_ms() && !Owner(self.owner.clone()).is_dead_here()
+    }
+}
+
+/// What a record marked running really is, given the environment's lock: `running` while a
+/// live process holds the lock for `subject` (or is recovering the environment), otherwise
+/// `interrupted`: its agent died.
+pub fn running_or_interrupted(lock: Option<&LockHolder>, subject: &str) -> &'static str {
+    match lock {
+        Some(h)
+            if h.is_live()
+                && (h.deployment_id == subject || h.deployment_id.starts_with("recover-")) =>
+        {
+            "running"
+        }
+        _ => "interrupted",
+    }
+}
+
 /// A held lock. Renewed in the background until released; [`Lease::lost`] turns true if a
 /// renewal finds the lock gone (taken over after this agent stalled past the lease).
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 pub use approvals::{Approval, Decision};
 pub use audit::{AuditEntry, AuditRecord, AuditReport};
-pub use lease::{Lease, LockHolder, Owner, hostname};
+pub use lease::{Lease, LockHolder, Owner, hostname, running_or_interrupted};
 pub use queue::QueueItem;
 pub use rollbacks::RollbackRecord;
 

@@ -14,7 +14,7 @@ pub struct RollbackRecord {
     pub environment: String,
     /// `automatic` or `operator`.
     pub initiator: String,
-    /// `app`, `db` or `full`.
+    /// `app`, `db` or `full`; `restore` for `backup restore`.
     pub mode: String,
     /// The release that was live.
     pub from_release: Option<String>,
@@ -28,7 +28,8 @@ pub struct RollbackRecord {
     pub actor: String,
     /// Why.
     pub reason: Option<String>,
-    /// `running`, `succeeded`, `failed`.
+    /// `running`, `succeeded`, `failed`, `undone` (an interrupted one reverted by
+    /// `recover --rollback`); shown as `interrupted` while its agent is gone.
     pub status: String,
     /// What happened, stage by stage.
     pub detail: Option<String>,
@@ -67,9 +68,30 @@ impl Store {
 
     /// An environment's rollbacks, newest first.
     pub async fn rollbacks(&self, environment: &str) -> Result<Vec<RollbackRecord>, StoreError> {
+        self.select_rollbacks(environment, "").await
+    }
+
+    /// An environment's rollbacks and restores still marked running, oldest first. Taken
+    /// under the environment's lock, these are the ones whose agent died.
+    pub async fn unfinished_rollbacks(
+        &self,
+        environment: &str,
+    ) -> Result<Vec<RollbackRecord>, StoreError> {
+        let mut all = self
+            .select_rollbacks(environment, " AND status = 'running'")
+            .await?;
+        all.reverse();
+        Ok(all)
+    }
+
+    async fn select_rollbacks(
+        &self,
+        environment: &str,
+        filter: &str,
+    ) -> Result<Vec<RollbackRecord>, StoreError> {
         let rows = self
             .rows(&format!(
-                "SELECT {COLUMNS} FROM rollbacks WHERE environment = {} ORDER BY started_at DESC",
+                "SELECT {COLUMNS} FROM rollbacks WHERE environment = {}{filter} ORDER BY started_at DESC",
                 lit(environment)
             ))
             .await?;
@@ -99,6 +121,20 @@ impl Store {
 }
 
 impl RollbackRecord {
+    /// The lease a rollback or restore holds while it runs.
+    pub fn lease_subject(&self) -> String {
+        format!("rollback-{}", self.id)
+    }
+
+    /// The step it was in when it stopped, read from what it recorded.
+    pub fn stopped_in(&self) -> &'static str {
+        match (self.mode.as_str(), &self.safety_backup) {
+            ("app", _) => "app",
+            (_, Some(_)) => "restore",
+            _ => "snapshot",
+        }
+    }
+
     /// Stamps the end time, and counts it in the metrics (a succeeded rollback's duration is
     /// the time to recovery: from the decision to roll back to the earlier release live).
     pub fn finish(&mut self) {

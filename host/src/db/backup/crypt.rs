@@ -2,20 +2,40 @@
 //! construction (as `age` uses), 1 MiB chunks, each authenticated, the last one flagged so a
 //! truncated file fails to decrypt rather than yielding a shorter plausible dump.
 //!
-//! Layout: `DAGBAK1\n`, the key id (8 bytes: sha256 of the key, truncated), a 19-byte random
+//! Layout: `DAGBAK2\n`, the key id (8 bytes: sha256 of the key, truncated), a 19-byte random
 //! nonce prefix, then frames of (u32 big-endian ciphertext length, 1 flag byte, ciphertext).
+//!
+//! Every chunk is bound to the backup's identity (its id and environment) as associated data,
+//! so a file moved under another backup's name fails authentication even when its manifest
+//! is edited to match. `DAGBAK1` files (written before that binding) still decrypt.
 
 use std::io::{self, Read, Write};
 
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
-use chacha20poly1305::aead::{KeyInit, OsRng};
+use chacha20poly1305::aead::{KeyInit, OsRng, Payload};
 use sha2::{Digest, Sha256};
 
 /// Plaintext bytes per chunk.
 pub const CHUNK: usize = 1 << 20;
-const MAGIC: &[u8; 8] = b"DAGBAK1\n";
+const MAGIC: &[u8; 8] = b"DAGBAK2\n";
+const MAGIC_UNBOUND: &[u8; 8] = b"DAGBAK1\n";
+
+/// What an encrypted stream is bound to: the backup it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The backup's id.
+    pub id: String,
+    /// Its environment.
+    pub environment: String,
+}
+
+impl Identity {
+    fn aad(&self) -> Vec<u8> {
+        format!("deploy-agent backup\0{}\0{}", self.id, self.environment).into_bytes()
+    }
+}
 
 /// A 256-bit backup key.
 #[derive(Clone)]
@@ -73,11 +93,12 @@ pub struct EncryptWriter<W: Write> {
     inner: W,
     enc: Option<EncryptorBE32<XChaCha20Poly1305>>,
     buf: Vec<u8>,
+    aad: Vec<u8>,
 }
 
 impl<W: Write> EncryptWriter<W> {
-    /// Writes the header and starts a stream.
-    pub fn new(mut inner: W, key: &Key) -> io::Result<Self> {
+    /// Writes the header and starts a stream bound to `identity`.
+    pub fn new(mut inner: W, key: &Key, identity: &Identity) -> io::Result<Self> {
         let mut prefix = [0u8; 19];
         OsRng.fill_bytes(&mut prefix);
         inner.write_all(MAGIC)?;
@@ -88,23 +109,28 @@ impl<W: Write> EncryptWriter<W> {
             inner,
             enc: Some(EncryptorBE32::from_aead(aead, (&prefix).into())),
             buf: Vec::with_capacity(CHUNK),
+            aad: identity.aad(),
         })
     }
 
     fn frame(&mut self, last: bool) -> io::Result<()> {
+        let payload = Payload {
+            msg: self.buf.as_slice(),
+            aad: &self.aad,
+        };
         let ciphertext = if last {
             let enc = self
                 .enc
                 .take()
                 .ok_or_else(|| crypto_err("stream already finished"))?;
-            enc.encrypt_last(self.buf.as_slice())
+            enc.encrypt_last(payload)
                 .map_err(|_| crypto_err("encryption failed"))?
         } else {
             let enc = self
                 .enc
                 .as_mut()
                 .ok_or_else(|| crypto_err("stream already finished"))?;
-            enc.encrypt_next(self.buf.as_slice())
+            enc.encrypt_next(payload)
                 .map_err(|_| crypto_err("encryption failed"))?
         };
         self.inner
@@ -145,18 +171,22 @@ pub struct DecryptReader<R: Read> {
     plain: Vec<u8>,
     pos: usize,
     done: bool,
+    aad: Vec<u8>,
+    identity: Identity,
 }
 
 impl<R: Read> DecryptReader<R> {
-    /// Reads and checks the header.
-    pub fn new(mut inner: R, key: &Key) -> io::Result<Self> {
+    /// Reads and checks the header of a stream that must belong to `identity`.
+    pub fn new(mut inner: R, key: &Key, identity: &Identity) -> io::Result<Self> {
         let mut header = [0u8; 8 + 8 + 19];
         inner
             .read_exact(&mut header)
             .map_err(|_| crypto_err("not an encrypted backup (header too short)"))?;
-        if &header[..8] != MAGIC {
-            return Err(crypto_err("not an encrypted backup (bad magic)"));
-        }
+        let aad = match &header[..8] {
+            m if m == MAGIC => identity.aad(),
+            m if m == MAGIC_UNBOUND => Vec::new(),
+            _ => return Err(crypto_err("not an encrypted backup (bad magic)")),
+        };
         if header[8..16] != Sha256::digest(key.0)[..8] {
             return Err(crypto_err(&format!(
                 "wrong backup key: the file was encrypted with key {}, the configured key is {}",
@@ -174,6 +204,8 @@ impl<R: Read> DecryptReader<R> {
             plain: Vec::new(),
             pos: 0,
             done: false,
+            aad,
+            identity: identity.clone(),
         })
     }
 
@@ -190,20 +222,24 @@ impl<R: Read> DecryptReader<R> {
         self.inner
             .read_exact(&mut ciphertext)
             .map_err(|_| crypto_err("the backup is truncated mid-chunk"))?;
+        let who = &self.identity;
         let tampered = || {
-            crypto_err(
-                "the backup failed authentication: it was modified, truncated, or encrypted with another key",
-            )
+            crypto_err(&format!(
+                "the backup failed authentication: it was modified, truncated, encrypted with another key, or it is not backup {} of `{}` (a file moved under its name)",
+                who.id, who.environment
+            ))
+        };
+        let payload = Payload {
+            msg: ciphertext.as_slice(),
+            aad: &self.aad,
         };
         self.plain = if head[4] == 1 {
             self.done = true;
             let dec = self.dec.take().ok_or_else(tampered)?;
-            dec.decrypt_last(ciphertext.as_slice())
-                .map_err(|_| tampered())?
+            dec.decrypt_last(payload).map_err(|_| tampered())?
         } else {
             let dec = self.dec.as_mut().ok_or_else(tampered)?;
-            dec.decrypt_next(ciphertext.as_slice())
-                .map_err(|_| tampered())?
+            dec.decrypt_next(payload).map_err(|_| tampered())?
         };
         self.pos = 0;
         Ok(())
@@ -229,8 +265,15 @@ impl<R: Read> Read for DecryptReader<R> {
 mod tests {
     use super::*;
 
+    fn who(id: &str) -> Identity {
+        Identity {
+            id: id.into(),
+            environment: "production".into(),
+        }
+    }
+
     fn roundtrip(data: &[u8], key: &Key) -> Vec<u8> {
-        let mut w = EncryptWriter::new(Vec::new(), key).unwrap();
+        let mut w = EncryptWriter::new(Vec::new(), key, &who("a")).unwrap();
         w.write_all(data).unwrap();
         w.finish().unwrap()
     }
@@ -243,7 +286,7 @@ mod tests {
             .collect();
         let sealed = roundtrip(&data, &key);
         let mut out = Vec::new();
-        DecryptReader::new(sealed.as_slice(), &key)
+        DecryptReader::new(sealed.as_slice(), &key, &who("a"))
             .unwrap()
             .read_to_end(&mut out)
             .unwrap();
@@ -253,7 +296,7 @@ mod tests {
         let i = tampered.len() / 2;
         tampered[i] ^= 1;
         let mut sink = Vec::new();
-        let e = DecryptReader::new(tampered.as_slice(), &key)
+        let e = DecryptReader::new(tampered.as_slice(), &key, &who("a"))
             .unwrap()
             .read_to_end(&mut sink)
             .unwrap_err();
@@ -262,15 +305,42 @@ mod tests {
         // Cut after the first full frame: a valid-looking prefix, but not the last chunk.
         let first_frame_end = 35 + 5 + CHUNK + 16;
         let mut sink = Vec::new();
-        let e = DecryptReader::new(&sealed[..first_frame_end], &key)
+        let e = DecryptReader::new(&sealed[..first_frame_end], &key, &who("a"))
             .unwrap()
             .read_to_end(&mut sink)
             .unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
 
         let other = Key::parse(&"22".repeat(32)).unwrap();
-        let e = DecryptReader::new(sealed.as_slice(), &other).err().unwrap();
+        let e = DecryptReader::new(sealed.as_slice(), &other, &who("a"))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("wrong backup key"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_read_as_another_backup_fails_authentication() {
+        let key = Key::parse(&"11".repeat(32)).unwrap();
+        let sealed = roundtrip(b"backup a's dump", &key);
+        let mut sink = Vec::new();
+        let e = DecryptReader::new(sealed.as_slice(), &key, &who("b"))
+            .unwrap()
+            .read_to_end(&mut sink)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not backup b of `production`"),
+            "{e}"
+        );
+        let other_env = Identity {
+            id: "a".into(),
+            environment: "staging".into(),
+        };
+        let e = DecryptReader::new(sealed.as_slice(), &key, &other_env)
+            .unwrap()
+            .read_to_end(&mut sink)
+            .unwrap_err();
+        assert!(e.to_string().contains("failed authentication"), "{e}");
+        assert!(sink.is_empty(), "no plaintext before authentication");
     }
 
     #[test]

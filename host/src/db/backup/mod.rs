@@ -8,14 +8,16 @@
 //! A backup is written as `<id>.partial` and renamed when complete; its manifest
 //! (`<id>.json`) is written last. A file without a manifest is never listed as a backup.
 
+mod apply;
 pub mod crypt;
 pub mod time;
+mod tool;
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +28,7 @@ use super::DbError;
 use super::conn::{Backend, Conn, backend_of, redact_url};
 use super::schema::{Snapshot, postchecks};
 pub use crypt::Key;
+use tool::Tool;
 
 /// Where and how an environment keeps its backups.
 #[derive(Debug, Clone)]
@@ -100,6 +103,14 @@ pub struct Manifest {
 impl Manifest {
     fn data_file(&self, dir: &Path) -> PathBuf {
         dir.join(format!("{}.backup", self.id))
+    }
+
+    /// What its encrypted stream is bound to.
+    pub fn identity(&self) -> crypt::Identity {
+        crypt::Identity {
+            id: self.id.clone(),
+            environment: self.environment.clone(),
+        }
     }
 }
 
@@ -181,7 +192,12 @@ impl Sink {
 const ZSTD_JOB_BYTES: u32 = 2 << 20;
 
 /// Compresses (and encrypts) `source` into `path`, returning (sha256, stored bytes).
-fn seal(source: impl Read, path: &Path, settings: &BackupSettings) -> io::Result<(String, u64)> {
+fn seal(
+    source: impl Read,
+    path: &Path,
+    settings: &BackupSettings,
+    identity: &crypt::Identity,
+) -> io::Result<(String, u64)> {
     let file = File::create(path)?;
     let hashing = Hashing {
         inner: BufWriter::with_capacity(1 << 20, file),
@@ -189,7 +205,7 @@ fn seal(source: impl Read, path: &Path, settings: &BackupSettings) -> io::Result
         bytes: 0,
     };
     let sink = match &settings.key {
-        Some(key) => Sink::Sealed(crypt::EncryptWriter::new(hashing, key)?),
+        Some(key) => Sink::Sealed(crypt::EncryptWriter::new(hashing, key, identity)?),
         None => Sink::Plain(hashing),
     };
     let mut encoder = zstd::stream::write::Encoder::new(sink, settings.zstd_level)?;
@@ -217,8 +233,12 @@ fn open_plain(
     let file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
     let reader: Box<dyn Read + Send> = match (&manifest.encryption, key) {
         (Some(_), Some(key)) => Box::new(
-            crypt::DecryptReader::new(BufReader::with_capacity(1 << 20, file), key)
-                .map_err(|e| io_err("cannot decrypt", &path, e))?,
+            crypt::DecryptReader::new(
+                BufReader::with_capacity(1 << 20, file),
+                key,
+                &manifest.identity(),
+            )
+            .map_err(|e| io_err("cannot decrypt", &path, e))?,
         ),
         (Some(_), None) => {
             return Err(DbError::Query {
@@ -234,88 +254,6 @@ fn open_plain(
     let decoder = zstd::stream::read::Decoder::new(reader)
         .map_err(|e| io_err("cannot decompress", &path, e))?;
     Ok(Box::new(decoder))
-}
-
-/// Splits a PostgreSQL URL into one without the password (safe for command lines) and the
-/// password (passed to pg_dump/pg_restore through the environment, never argv).
-fn pg_cli_url(url: &str) -> (String, Option<String>) {
-    let redacted = redact_url(url);
-    if redacted == url {
-        return (url.to_string(), None);
-    }
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|auth| auth.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, p)| p.to_string());
-    (redacted.replacen(":***@", "@", 1), password)
-}
-
-/// A PostgreSQL client tool, running, with its stderr collected on a thread.
-struct Tool {
-    name: &'static str,
-    child: std::process::Child,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Tool {
-    /// Starts `name` with `args` (then `--dbname URL` when `url` is given: the password, if
-    /// any, goes through `PGPASSWORD`, never the command line).
-    fn spawn(
-        name: &'static str,
-        args: &[&str],
-        url: Option<&str>,
-        stdin: Stdio,
-        stdout: Stdio,
-    ) -> Result<Tool, DbError> {
-        let mut cmd = Command::new(name);
-        cmd.args(args);
-        if let Some(url) = url {
-            let (cli_url, password) = pg_cli_url(url);
-            if let Some(p) = password {
-                cmd.env("PGPASSWORD", p);
-            }
-            cmd.arg("--dbname").arg(cli_url);
-        }
-        let mut child = cmd
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| DbError::Query {
-                context: format!("starting {name}"),
-                message: format!("{e} (is PostgreSQL's client installed?)"),
-            })?;
-        let mut pipe = child
-            .stderr
-            .take()
-            .ok_or_else(|| DbError::query(name, "no stderr"))?;
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        });
-        Ok(Tool {
-            name,
-            child,
-            stderr,
-        })
-    }
-
-    /// Waits for it; `Ok(Err(stderr))` when it failed.
-    fn finish(mut self) -> Result<Result<(), String>, DbError> {
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| DbError::query(format!("waiting for {}", self.name), e))?;
-        let errors = self.stderr.join().unwrap_or_default();
-        Ok(if status.success() {
-            Ok(())
-        } else {
-            Err(redact_url(errors.trim()))
-        })
-    }
 }
 
 /// What the database looks like now, for the manifest.
@@ -380,6 +318,7 @@ fn seal_pg_dump(
     url: &str,
     partial: &Path,
     settings: &BackupSettings,
+    identity: &crypt::Identity,
     progress: Arc<AtomicU64>,
 ) -> Result<Sealed, DbError> {
     let mut dump = Tool::spawn(
@@ -401,6 +340,7 @@ fn seal_pg_dump(
         },
         partial,
         settings,
+        identity,
     );
     if sealed.is_err() {
         let _ = dump.child.kill();
@@ -424,6 +364,7 @@ async fn seal_sqlite(
     url: &str,
     partial: &Path,
     settings: &BackupSettings,
+    identity: &crypt::Identity,
     progress: Arc<AtomicU64>,
 ) -> Result<Sealed, DbError> {
     let snapshot = partial.with_extension("snapshot");
@@ -437,7 +378,12 @@ async fn seal_sqlite(
         .await;
     conn.close().await;
     vacuum.map_err(|e| DbError::query("VACUUM INTO (SQLite snapshot)", e))?;
-    let (snap, part, s) = (snapshot.clone(), partial.to_path_buf(), settings.clone());
+    let (snap, part, s, who) = (
+        snapshot.clone(),
+        partial.to_path_buf(),
+        settings.clone(),
+        identity.clone(),
+    );
     let sealed = tokio::task::spawn_blocking(move || {
         let file = File::open(&snap).map_err(|e| io_err("cannot read", &snap, e))?;
         let (sha, stored) = seal(
@@ -447,6 +393,7 @@ async fn seal_sqlite(
             },
             &part,
             &s,
+            &who,
         )
         .map_err(|e| io_err("cannot write", &part, e))?;
         Ok::<_, DbError>((
@@ -460,6 +407,22 @@ async fn seal_sqlite(
     .map_err(|e| DbError::query("backup task", e));
     let _ = std::fs::remove_file(&snapshot);
     sealed?
+}
+
+/// Creates `partial` and takes an exclusive lock on it, held as long as the returned file is.
+fn lock_partial(partial: &Path) -> Result<File, DbError> {
+    let file = File::create(partial).map_err(|e| io_err("cannot write", partial, e))?;
+    file.try_lock()
+        .map_err(|e| io_err("cannot lock", partial, e))?;
+    Ok(file)
+}
+
+/// Whether a live process is still writing `partial` (it holds the lock).
+fn being_written(partial: &Path) -> bool {
+    match File::open(partial) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
 }
 
 /// Takes a backup. `progress` receives the dump bytes read so far.
@@ -480,16 +443,27 @@ pub async fn create(
         settings.environment,
         crate::random::hex(3)
     );
+    let identity = crypt::Identity {
+        id: id.clone(),
+        environment: settings.environment.clone(),
+    };
     let partial = settings.dir.join(format!("{id}.partial"));
+    // Held until the backup is complete: `prune` never removes a file a live process writes.
+    let _writing = lock_partial(&partial)?;
     let sealed = match backend {
         Backend::Postgres => {
-            let (u, p, s) = (url.to_string(), partial.clone(), settings.clone());
-            tokio::task::spawn_blocking(move || seal_pg_dump(&u, &p, &s, progress))
+            let (u, p, s, who) = (
+                url.to_string(),
+                partial.clone(),
+                settings.clone(),
+                identity.clone(),
+            );
+            tokio::task::spawn_blocking(move || seal_pg_dump(&u, &p, &s, &who, progress))
                 .await
                 .map_err(|e| DbError::query("backup task", e))
                 .and_then(|r| r)
         }
-        Backend::Sqlite => seal_sqlite(url, &partial, settings, progress).await,
+        Backend::Sqlite => seal_sqlite(url, &partial, settings, &identity, progress).await,
     };
     let (sha256, stored_bytes, raw_bytes, format) = match sealed {
         Ok(r) => r,
@@ -597,20 +571,9 @@ pub fn find(dir: &Path, id: &str) -> Result<Manifest, DbError> {
         })
 }
 
-/// What `verify` found.
-#[derive(Debug, Clone, Serialize)]
-pub struct Verified {
-    /// The backup.
-    pub id: String,
-    /// The stored file's sha256 matched the manifest.
-    pub checksum_ok: bool,
-    /// Plain bytes read back (must equal the manifest's `raw_bytes`).
-    pub raw_bytes: u64,
-}
-
-/// Checks the stored checksum, then decrypts and decompresses the whole stream without
-/// writing anything. Any failure is an error that says what is wrong.
-pub fn verify(manifest: &Manifest, dir: &Path, key: Option<&Key>) -> Result<Verified, DbError> {
+/// Checks the stored file's sha256 against its manifest: a file swapped, edited or
+/// truncated since it was written is refused before anything reads its contents.
+pub fn check_sha256(manifest: &Manifest, dir: &Path) -> Result<(), DbError> {
     let path = manifest.data_file(dir);
     let mut file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
     let mut hash = Sha256::new();
@@ -629,11 +592,30 @@ pub fn verify(manifest: &Manifest, dir: &Path, key: Option<&Key>) -> Result<Veri
         return Err(DbError::Query {
             context: format!("backup {}", manifest.id),
             message: format!(
-                "checksum mismatch: the manifest says {}, the file is {actual}: it was modified or truncated",
+                "checksum mismatch: the manifest says {}, the file is {actual}: it was modified, swapped or truncated; nothing was restored",
                 manifest.sha256
             ),
         });
     }
+    Ok(())
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    /// The backup.
+    pub id: String,
+    /// The stored file's sha256 matched the manifest.
+    pub checksum_ok: bool,
+    /// Plain bytes read back (must equal the manifest's `raw_bytes`).
+    pub raw_bytes: u64,
+}
+
+/// Checks the stored checksum, then decrypts and decompresses the whole stream without
+/// writing anything. Any failure is an error that says what is wrong.
+pub fn verify(manifest: &Manifest, dir: &Path, key: Option<&Key>) -> Result<Verified, DbError> {
+    check_sha256(manifest, dir)?;
+    let mut buf = vec![0u8; 1 << 20];
     let mut plain = open_plain(manifest, dir, key)?;
     let mut raw = 0u64;
     let mut head = Vec::new();
@@ -675,13 +657,15 @@ pub fn verify(manifest: &Manifest, dir: &Path, key: Option<&Key>) -> Result<Veri
     })
 }
 
-/// Writes the plain dump (a stock `pg_dump` custom archive, or the SQLite file) to `out`.
+/// Writes the plain dump (a stock `pg_dump` custom archive, or the SQLite file) to `out`,
+/// after checking the stored file against its manifest.
 pub fn export(
     manifest: &Manifest,
     dir: &Path,
     key: Option<&Key>,
     out: &Path,
 ) -> Result<u64, DbError> {
+    check_sha256(manifest, dir)?;
     let tmp = out.with_extension("partial");
     let result = (|| {
         let mut plain = open_plain(manifest, dir, key)?;
@@ -724,11 +708,14 @@ pub async fn restore(
             ),
         });
     }
-    let schemas = if backend == Backend::Postgres {
-        user_schemas(url).await?
-    } else {
-        Vec::new()
-    };
+    if backend == Backend::Sqlite {
+        // Everything committed so far is in the main file, so the swap below loses nothing
+        // whenever it is interrupted.
+        let mut conn = Conn::open(url).await?;
+        let checkpoint = conn.exec("PRAGMA wal_checkpoint(TRUNCATE)").await;
+        conn.close().await;
+        checkpoint.map_err(|e| DbError::query("checkpointing the database before the swap", e))?;
+    }
     let (m, d, k, u) = (
         manifest.clone(),
         dir.to_path_buf(),
@@ -736,24 +723,12 @@ pub async fn restore(
         url.to_string(),
     );
     tokio::task::spawn_blocking(move || match backend {
-        Backend::Postgres => pg_restore(&m, &d, k.as_ref(), &u, &schemas),
-        Backend::Sqlite => {
-            let target = sqlite_path(&u)?;
-            let tmp = target.with_extension("restoring");
-            let result = export(&m, &d, k.as_ref(), &tmp).and_then(|_| {
-                for suffix in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(PathBuf::from(format!(
-                        "{}{suffix}",
-                        target.display()
-                    )));
-                }
-                std::fs::rename(&tmp, &target).map_err(|e| io_err("cannot replace", &target, e))
-            });
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            result
+        Backend::Postgres => {
+            check_sha256(&m, &d)?;
+            let mut plain = open_plain(&m, &d, k.as_ref())?;
+            apply::restore(&mut plain, &m.id, &u)
         }
+        Backend::Sqlite => swap_sqlite(&m, &d, k.as_ref(), &u),
     })
     .await
     .map_err(|e| DbError::query("restore task", e))??;
@@ -761,116 +736,24 @@ pub async fn restore(
     Ok(())
 }
 
-/// Restores into the database at `url` so it ends up exactly as backed up, in one
-/// transaction: `psql --single-transaction` runs a prelude that drops the user schemas (and
-/// with them anything created since the backup), then the SQL `pg_restore --file=-` renders
-/// from the archive. Any error rolls the whole restore back.
-fn pg_restore(
-    manifest: &Manifest,
-    dir: &Path,
-    key: Option<&Key>,
-    url: &str,
-    schemas: &[String],
-) -> Result<(), DbError> {
-    let mut plain = open_plain(manifest, dir, key)?;
-    let mut render = Tool::spawn(
-        "pg_restore",
-        &["--no-owner", "--file=-"],
-        None,
-        Stdio::piped(),
-        Stdio::piped(),
-    )?;
-    let mut apply = Tool::spawn(
-        "psql",
-        &[
-            "-X",
-            "-q",
-            "--no-password",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "--single-transaction",
-            "-f",
-            "-",
-        ],
-        Some(url),
-        Stdio::piped(),
-        Stdio::null(),
-    )?;
-    let mut render_in = render
-        .child
-        .stdin
-        .take()
-        .ok_or_else(|| DbError::query("pg_restore", "no stdin"))?;
-    let mut render_out = render
-        .child
-        .stdout
-        .take()
-        .ok_or_else(|| DbError::query("pg_restore", "no stdout"))?;
-    let mut apply_in = apply
-        .child
-        .stdin
-        .take()
-        .ok_or_else(|| DbError::query("psql", "no stdin"))?;
-    let mut prelude = String::new();
-    for schema in schemas {
-        prelude.push_str(&format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE;\n",
-            schema.replace('"', "\"\"")
-        ));
-    }
-    if !schemas.is_empty() {
-        prelude.push_str("CREATE SCHEMA IF NOT EXISTS public;\n");
-    }
-    // The copy thread hands psql's stdin back instead of closing it: closing it ends the
-    // script, and psql then COMMITs. That must happen only once the whole backup decoded and
-    // pg_restore succeeded; otherwise psql is killed and the server rolls the restore back.
-    let pump = std::thread::spawn(move || -> io::Result<std::process::ChildStdin> {
-        apply_in.write_all(prelude.as_bytes())?;
-        io::copy(&mut render_out, &mut apply_in)?;
-        Ok(apply_in)
+/// SQLite: the whole backup decoded beside the database, then renamed over it.
+fn swap_sqlite(m: &Manifest, dir: &Path, key: Option<&Key>, url: &str) -> Result<(), DbError> {
+    let target = sqlite_path(url)?;
+    let tmp = target.with_extension("restoring");
+    let result = export(m, dir, key, &tmp).and_then(|_| {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(PathBuf::from(format!("{}{suffix}", target.display())));
+        }
+        std::fs::rename(&tmp, &target).map_err(|e| io_err("cannot replace", &target, e))?;
+        if let Some(parent) = target.parent() {
+            sync_dir(parent);
+        }
+        Ok(())
     });
-    let fed = io::copy(&mut plain, &mut render_in);
-    drop(render_in);
-    let rendered = render.finish()?;
-    let pumped = pump
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("copy thread panicked")));
-    let complete = fed.is_ok() && rendered.is_ok() && pumped.is_ok();
-    if !complete {
-        let _ = apply.child.kill();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    drop(pumped);
-    let applied = apply.finish()?;
-    let unchanged = "the restore was rolled back: the database is unchanged";
-    if let Err(e) = fed {
-        return Err(DbError::Query {
-            context: format!("reading backup {} ({unchanged})", manifest.id),
-            message: e.to_string(),
-        });
-    }
-    rendered.map_err(|errors| DbError::Query {
-        context: format!("pg_restore could not read the archive ({unchanged})"),
-        message: errors,
-    })?;
-    applied.map_err(|errors| DbError::Query {
-        context: format!("restore failed ({unchanged})"),
-        message: errors,
-    })?;
-    Ok(())
-}
-
-/// The user schemas of the database at `url` (what a restore replaces).
-async fn user_schemas(url: &str) -> Result<Vec<String>, DbError> {
-    let mut conn = Conn::open(url).await?;
-    let rows = conn
-        .rows("SELECT nspname::text FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp%' ORDER BY 1")
-        .await;
-    conn.close().await;
-    let rows = rows.map_err(|e| DbError::query("listing schemas", e))?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .collect())
+    result
 }
 
 /// What `restore --test` found.
@@ -900,6 +783,10 @@ pub async fn restore_test(
         .ok_or_else(|| DbError::query("restore --test", "unsupported database URL"))?;
     match backend {
         Backend::Postgres => {
+            let (m, d) = (manifest.clone(), dir.to_path_buf());
+            tokio::task::spawn_blocking(move || check_sha256(&m, &d))
+                .await
+                .map_err(|e| DbError::query("restore task", e))??;
             let scratch = format!("deploy_agent_restore_test_{}", crate::random::hex(4));
             let scratch_url = with_database(url, &scratch);
             let mut admin = Conn::open(url).await?;
@@ -913,11 +800,13 @@ pub async fn restore_test(
                 key.cloned(),
                 scratch_url.clone(),
             );
-            let restored =
-                tokio::task::spawn_blocking(move || pg_restore(&m, &d, k.as_ref(), &su, &[]))
-                    .await
-                    .map_err(|e| DbError::query("restore task", e))
-                    .and_then(|r| r);
+            let restored = tokio::task::spawn_blocking(move || {
+                let mut plain = open_plain(&m, &d, k.as_ref())?;
+                apply::restore(&mut plain, &m.id, &su)
+            })
+            .await
+            .map_err(|e| DbError::query("restore task", e))
+            .and_then(|r| r);
             let checked = match restored {
                 Ok(()) => check_restored(&scratch_url).await,
                 Err(e) => Err(e),
@@ -986,24 +875,64 @@ fn with_database(url: &str, db: &str) -> String {
     out
 }
 
+/// What `prune` removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pruned {
+    /// The backups deleted, by id.
+    pub deleted: Vec<String>,
+    /// Leftovers of interrupted backups removed (`.partial`, `.snapshot`).
+    pub leftovers: Vec<PathBuf>,
+}
+
 /// Applies the retention policy; backups in `protected` (pinned by a recorded release) are
-/// always kept. Returns the ids deleted.
+/// always kept. Also removes the leftovers of interrupted backups that are older than the
+/// newest complete backup, never one a live process is still writing.
 pub fn prune(
     dir: &Path,
     retention: Retention,
     protected: &BTreeSet<String>,
-) -> Result<Vec<String>, DbError> {
-    let (all, _) = list(dir)?;
+) -> Result<Pruned, DbError> {
+    let (all, leftovers) = list(dir)?;
     let keep = retained(&all, retention, protected);
-    let mut deleted = Vec::new();
+    let mut pruned = Pruned::default();
     for m in all.iter().filter(|m| !keep.contains(&m.id)) {
         let _ = std::fs::remove_file(dir.join(format!("{}.json", m.id)));
         std::fs::remove_file(m.data_file(dir))
             .map_err(|e| io_err("cannot delete", &m.data_file(dir), e))?;
-        deleted.push(m.id.clone());
+        pruned.deleted.push(m.id.clone());
+    }
+    let newest = all
+        .first()
+        .and_then(|m| time::parse_rfc3339(&m.finished_at));
+    for path in leftovers {
+        if let Some(newest) = newest
+            && is_stale_leftover(&path, newest)
+        {
+            std::fs::remove_file(&path).map_err(|e| io_err("cannot delete", &path, e))?;
+            pruned.leftovers.push(path);
+        }
     }
     sync_dir(dir);
-    Ok(deleted)
+    Ok(pruned)
+}
+
+/// A leftover last written before `newest` (seconds since the epoch) whose backup no live
+/// process is writing (a `.snapshot` belongs to the `.partial` of the same id).
+fn is_stale_leftover(path: &Path, newest: i64) -> bool {
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64);
+    let Some(modified) = modified else {
+        return false;
+    };
+    let writer = if path.extension().is_some_and(|e| e == "snapshot") {
+        path.with_extension("partial")
+    } else {
+        path.to_path_buf()
+    };
+    modified <= newest && !being_written(&writer)
 }
 
 /// Which ids the policy keeps (`all` newest first).
@@ -1103,14 +1032,6 @@ mod tests {
 
     #[test]
     fn urls_for_tools_and_scratch_databases() {
-        assert_eq!(
-            pg_cli_url("postgres://u:p%40ss@h:5432/db"),
-            (
-                "postgres://u@h:5432/db".to_string(),
-                Some("p%40ss".to_string())
-            )
-        );
-        assert_eq!(pg_cli_url("postgres://u@h/db").1, None);
         assert_eq!(
             with_database("postgres://u@h:5/app?sslmode=disable", "scratch"),
             "postgres://u@h:5/scratch?sslmode=disable"

@@ -1,0 +1,385 @@
+//! Database restores journaled like a deploy step, and what becomes of a rollback or restore
+//! whose agent died.
+//!
+//! `backup restore` runs under the environment's lock and is recorded as a rollback of mode
+//! `restore` (who, why, which backup, the safety backup) before anything is written; an
+//! emergency rollback is recorded the same way. A record still `running` when the lock is
+//! free was interrupted: `status` says so, a deploy refuses to start over it, and
+//! `recover` finishes it (the default: the operator asked for it) or, with `--rollback`,
+//! undoes it. Both are safe at any point because each step is: the target switch is
+//! idempotent, the safety backup is recorded before the restore starts, and a PostgreSQL
+//! restore commits whole or not at all, so restoring again always lands on the backup.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::{PipelineError, Recovery, Reporter, load_plugins, open_store, switch_back};
+use crate::config::{Config, Environment, KeyUse};
+use crate::db::{backup, migrate};
+use crate::runtime::CallContext;
+use crate::store::{AuditEntry, Owner, RollbackRecord, Store, now_ms};
+
+/// A restore of a named backup over an environment's database.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// The environment.
+    pub environment: String,
+    /// The backup.
+    pub backup_id: String,
+    /// Who asked.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Take a safety backup of the database first.
+    pub safety_backup: bool,
+}
+
+/// Restores a backup over the environment's database, under its lock, journaled: the record
+/// exists (and says which backup, and the safety backup once taken) before anything changes.
+pub async fn restore(
+    config: &Config,
+    req: &RestoreRequest,
+    reporter: &dyn Reporter,
+) -> Result<RollbackRecord, PipelineError> {
+    let env = config
+        .environment(&req.environment)
+        .map_err(PipelineError::Setup)?;
+    let store = open_store(config).await?;
+    let mut record = RollbackRecord {
+        id: super::new_id(),
+        environment: env.name.clone(),
+        initiator: "operator".into(),
+        mode: "restore".into(),
+        backup_id: Some(req.backup_id.clone()),
+        actor: req.actor.clone(),
+        reason: Some(req.reason.clone()),
+        status: "running".into(),
+        started_at: now_ms(),
+        ..Default::default()
+    };
+    let (lease, _) = store
+        .acquire(
+            &env.name,
+            &Owner::this_process(),
+            &record.lease_subject(),
+            env.deploy.lock_lease,
+        )
+        .await?;
+    refuse_over_unfinished(&store, env).await?;
+    store.save_rollback(&record).await?;
+    let result = restore_steps(env, &store, &mut record, req.safety_backup, reporter).await;
+    record.status = if result.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    }
+    .into();
+    record.detail = Some(match &result {
+        Ok(done) => done.clone(),
+        Err(e) => e.clone(),
+    });
+    record.finish();
+    store.save_rollback(&record).await?;
+    store
+        .audit(AuditEntry {
+            actor: req.actor.clone(),
+            action: "backup.restore".into(),
+            environment: Some(env.name.clone()),
+            subject: Some(req.backup_id.clone()),
+            why: Some(req.reason.clone()),
+            detail: record.detail.clone(),
+        })
+        .await?;
+    lease.release().await?;
+    result.map_err(PipelineError::Setup)?;
+    Ok(record)
+}
+
+async fn restore_steps(
+    env: &Environment,
+    store: &Store,
+    record: &mut RollbackRecord,
+    safety: bool,
+    reporter: &dyn Reporter,
+) -> Result<String, String> {
+    let (url, bs) = database(env)?;
+    let id = record.backup_id.clone().unwrap_or_default();
+    let manifest = backup::find(&bs.dir, &id).map_err(|e| e.to_string())?;
+    if safety {
+        let taken = safety_backup(env, record, &url, &bs).await?;
+        store
+            .save_rollback(record)
+            .await
+            .map_err(|e| e.to_string())?;
+        reporter.note(&format!("safety backup {taken} taken"));
+    }
+    backup::restore(&manifest, &bs.dir, bs.key.as_ref(), &url)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "restored {id} (schema {}){}",
+        manifest
+            .schema_version
+            .map_or("none".into(), |v| v.to_string()),
+        record
+            .safety_backup
+            .as_deref()
+            .map(|s| format!("; safety backup {s}"))
+            .unwrap_or_default()
+    ))
+}
+
+/// The environment's database URL and backup settings.
+fn database(env: &Environment) -> Result<(String, backup::BackupSettings), String> {
+    let db = env
+        .database
+        .as_ref()
+        .ok_or_else(|| format!("environment `{}` has no database", env.name))?;
+    let url = db.settings(env.strict)?.url;
+    Ok((url, env.backup.settings(&env.name, KeyUse::Read)?))
+}
+
+/// Takes the snapshot a restore is undone with, and records it on `record`.
+async fn safety_backup(
+    env: &Environment,
+    record: &mut RollbackRecord,
+    url: &str,
+    bs: &backup::BackupSettings,
+) -> Result<String, String> {
+    let safety = backup::create(
+        url,
+        bs,
+        &record.actor,
+        &format!("safety snapshot before {} {}", record.mode, record.id),
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "the safety snapshot of `{}` failed, so nothing was restored: {e}",
+            env.name
+        )
+    })?;
+    record.safety_backup = Some(safety.id.clone());
+    Ok(safety.id)
+}
+
+/// Refuses to start over a rollback or restore whose agent died (the caller holds the lock,
+/// so every record still running is one).
+pub(crate) async fn refuse_over_unfinished(
+    store: &Store,
+    env: &Environment,
+) -> Result<(), PipelineError> {
+    let unfinished = store.unfinished_rollbacks(&env.name).await?;
+    match unfinished.first() {
+        None => Ok(()),
+        Some(r) => Err(PipelineError::Setup(format!(
+            "environment `{}` has an interrupted {} {} (stopped in {}, by {}): finish it with `deploy-agent recover --env {}`, or undo it with `--rollback`, before anything else runs",
+            env.name,
+            if r.mode == "restore" {
+                "restore"
+            } else {
+                "rollback"
+            },
+            r.id,
+            r.stopped_in(),
+            r.actor,
+            env.name
+        ))),
+    }
+}
+
+/// Finishes (or, with `undo`, reverts) every rollback and restore of the environment whose
+/// agent died, under the environment's lock.
+pub(crate) async fn settle_unfinished(
+    config: &Config,
+    env: &Environment,
+    store: &Store,
+    undo: bool,
+    actor: &str,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Recovery>, PipelineError> {
+    if store.unfinished_rollbacks(&env.name).await?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (lease, _) = store
+        .acquire(
+            &env.name,
+            &Owner::this_process(),
+            "recover-rollbacks",
+            env.deploy.lock_lease,
+        )
+        .await?;
+    let mut recovered = Vec::new();
+    let mut failure = None;
+    for mut record in store.unfinished_rollbacks(&env.name).await? {
+        let stopped = record.stopped_in();
+        let done = if undo {
+            undo_one(config, env, &record).await
+        } else {
+            finish_one(config, env, store, &mut record).await
+        };
+        let (action, status) = if undo {
+            ("undone", "undone")
+        } else {
+            ("finished", "succeeded")
+        };
+        match done {
+            Ok(said) => {
+                let detail = format!(
+                    "{} {} (stopped in {stopped}) {action}: {said}",
+                    record.mode, record.id
+                );
+                record.status = status.into();
+                record.detail = Some(format!("interrupted; {action} by recover: {said}"));
+                record.finish();
+                store.save_rollback(&record).await?;
+                reporter.note(&detail);
+                store
+                    .audit(AuditEntry {
+                        actor: actor.to_string(),
+                        action: format!("rollback.{action}"),
+                        environment: Some(env.name.clone()),
+                        subject: Some(record.id.clone()),
+                        why: Some("interrupted".into()),
+                        detail: Some(detail.clone()),
+                    })
+                    .await?;
+                recovered.push(Recovery {
+                    deployment_id: record.id.clone(),
+                    stopped_in: Some(stopped.to_string()),
+                    action,
+                    detail,
+                });
+            }
+            Err(e) => {
+                failure = Some(PipelineError::Setup(format!(
+                    "{} {} could not be {action}: {e}; it stays interrupted (run `deploy-agent recover --env {}` again)",
+                    record.mode, record.id, env.name
+                )));
+                break;
+            }
+        }
+    }
+    lease.release().await?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(recovered),
+    }
+}
+
+/// Carries an interrupted rollback or restore to its end: each step again, idempotently.
+async fn finish_one(
+    config: &Config,
+    env: &Environment,
+    store: &Store,
+    record: &mut RollbackRecord,
+) -> Result<String, String> {
+    let mut said = Vec::new();
+    if matches!(record.mode.as_str(), "app" | "full")
+        && let Some(to) = record.to_release.clone()
+    {
+        let plugins = load_plugins(config, env)?;
+        let ctx = CallContext {
+            environment: env.name.clone(),
+            deployment_id: record.id.clone(),
+        };
+        let left = record
+            .from_release
+            .as_deref()
+            .filter(|from| *from != to)
+            .map(|from| (from, "rolled_back"));
+        let live = switch_back(store, &plugins.target, &ctx, env, &to, left).await?;
+        said.push(format!("{live} is live"));
+    }
+    if matches!(record.mode.as_str(), "db" | "full" | "restore") {
+        let (url, bs) = database(env)?;
+        if record.safety_backup.is_none() {
+            // The restore starts only once the safety backup is recorded: the database is
+            // as it was, so this is the snapshot the interrupted run did not get to take.
+            let taken = safety_backup(env, record, &url, &bs).await?;
+            store
+                .save_rollback(record)
+                .await
+                .map_err(|e| e.to_string())?;
+            said.push(format!("safety backup {taken} taken"));
+        }
+        match &record.backup_id {
+            Some(id) => {
+                let m = backup::find(&bs.dir, id).map_err(|e| e.to_string())?;
+                backup::restore(&m, &bs.dir, bs.key.as_ref(), &url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                said.push(format!("{id} restored"));
+            }
+            None => {
+                // A rollback by down migrations: revert to the schema of the release it
+                // returns to (each revert is its own transaction, so this resumes it).
+                let want = match &record.to_release {
+                    Some(to) => store
+                        .releases(&env.name)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .find(|r| &r.id == to)
+                        .and_then(|r| r.schema_version)
+                        .and_then(|v| v.parse::<i64>().ok()),
+                    None => None,
+                };
+                let settings = env
+                    .database
+                    .as_ref()
+                    .ok_or("no database")?
+                    .settings(env.strict)?;
+                let reverted = migrate::revert(&settings, Some(want.unwrap_or(0)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                said.push(format!("reverted {} more migration(s)", reverted.len()));
+            }
+        }
+    }
+    if let Some(to) = &record.to_release {
+        let rounds = super::verify_release(config, env, to, None).await;
+        said.push(match rounds.failed {
+            None => format!("{} check(s) passed on {to}", env.checks.len()),
+            Some(f) => format!("{to} fails its checks: {f}"),
+        });
+    }
+    Ok(said.join("; "))
+}
+
+/// Reverts an interrupted rollback or restore: the database back to its safety backup (when
+/// the restore had started), the app back to the release that was live.
+async fn undo_one(
+    config: &Config,
+    env: &Environment,
+    record: &RollbackRecord,
+) -> Result<String, String> {
+    let mut said = Vec::new();
+    if record.mode != "app" {
+        match &record.safety_backup {
+            Some(id) => {
+                let (url, bs) = database(env)?;
+                let m = backup::find(&bs.dir, id).map_err(|e| e.to_string())?;
+                backup::restore(&m, &bs.dir, bs.key.as_ref(), &url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                said.push(format!("the database is back to its safety backup {id}"));
+            }
+            None => said.push("the database was not touched".into()),
+        }
+    }
+    if matches!(record.mode.as_str(), "app" | "full")
+        && let Some(from) = &record.from_release
+    {
+        let plugins = load_plugins(config, env)?;
+        let ctx = CallContext {
+            environment: env.name.clone(),
+            deployment_id: record.id.clone(),
+        };
+        let store = open_store(config).await.map_err(|e| e.to_string())?;
+        let live = switch_back(&store, &plugins.target, &ctx, env, from, None).await?;
+        said.push(format!("{live} is live again"));
+    }
+    Ok(said.join("; "))
+}

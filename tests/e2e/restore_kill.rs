@@ -1,0 +1,337 @@
+//! Killing the agent (SIGKILL) in the middle of every command that restores a PostgreSQL
+//! database: `backup restore`, `rollback --full` and `recover --rollback`. After each kill the
+//! database must be exactly the state before the command or exactly the backup (a whole
+//! `pg_dump`: schema, every row, sequences), never a mix; the agent's children must die with
+//! it; `status` must say the job was interrupted; and `recover` must complete it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deploy_agent_tests::postgres::{Cluster, cluster};
+use serde_json::Value;
+
+use crate::project::{Project, stderr};
+
+/// Where to kill, as fractions of an uncut restore's streaming time.
+const KILL_AT: [f64; 3] = [0.0, 0.35, 0.7];
+
+/// Rows in the table that makes a restore take a while (about 1.5 s on two cores).
+const EVENTS: u32 = 500_000;
+
+/// The v2 migration: a new column, rows deleted and added, a new table and sequence.
+const V2: &str = "ALTER TABLE notes ADD COLUMN archived BOOLEAN NOT NULL DEFAULT false;\n\
+DELETE FROM events WHERE id % 3 = 0;\n\
+INSERT INTO events (kind, payload) SELECT 'v2', '{}' FROM generate_series(1, 1000);\n\
+CREATE TABLE audit_v2 (id BIGSERIAL PRIMARY KEY, what TEXT NOT NULL);\n\
+INSERT INTO audit_v2 (what) VALUES ('migrated');\n";
+
+struct Scene {
+    p: Project,
+    pg: &'static Cluster,
+    db: String,
+    url: String,
+    /// The release of v1 and the backup holding its database (taken before v2 migrated).
+    v1: String,
+    b1: String,
+    /// The database as backed up in `b1`.
+    s1: String,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let pg = cluster();
+        let (db, url) = pg.database("killrestore");
+        let p = Project::new("", "");
+        let toml = std::fs::read_to_string(p.path("agent.toml"))
+            .unwrap()
+            .replace(
+                "url = \"sqlite:app.db\"",
+                "url = \"${env:DA_TEST_APP_URL}\"",
+            )
+            // v1 must stay on disk through every redeploy of v2: the rollbacks return to it.
+            .replace("keep = 3", "keep = 100");
+        std::fs::write(p.path("agent.toml"), toml).unwrap();
+        let mut scene = Scene {
+            p,
+            pg,
+            db,
+            url,
+            v1: String::new(),
+            b1: String::new(),
+            s1: String::new(),
+        };
+        let v1 = scene.deploy(None);
+        scene.v1 = v1["deployment"]["release_id"].as_str().unwrap().to_string();
+        scene.pg.psql(
+            &scene.db,
+            &format!(
+                "CREATE TABLE events (id BIGSERIAL PRIMARY KEY, kind TEXT NOT NULL, payload JSONB NOT NULL);\
+                 INSERT INTO events (kind, payload) SELECT 'k' || (g % 17), jsonb_build_object('n', g, 'h', md5(g::text)) FROM generate_series(1, {EVENTS}) g;\
+                 CREATE INDEX events_kind ON events (kind);\
+                 SELECT lo_from_bytea(4242, 'a large object');"
+            ),
+        );
+        std::fs::write(scene.p.path("migrations/20261103090000_v2.sql"), V2).unwrap();
+        std::fs::write(scene.p.path("site/index.html"), "<h1>v2</h1>").unwrap();
+        scene.s1 = scene.pg.dump(&scene.db);
+        let v2 = scene.deploy(None);
+        scene.b1 = v2["deployment"]["backup_id"].as_str().unwrap().to_string();
+        scene
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.p.command(args);
+        cmd.env("DA_TEST_APP_URL", &self.url);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        tokio::task::block_in_place(|| self.command(args).output().unwrap())
+    }
+
+    /// Deploys the project as it is (v2 once the scene is set), optionally with a failpoint.
+    fn deploy(&self, failpoint: Option<&str>) -> Value {
+        let mut cmd = self.command(&["deploy", "--env", "local", "--output", "json"]);
+        if let Some(point) = failpoint {
+            cmd.env("DEPLOY_AGENT_FAILPOINT", point);
+        }
+        let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+        if failpoint.is_some() {
+            assert_eq!(out.status.code(), None, "killed by its failpoint");
+            return Value::Null;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("deploy: {}", stderr(&out)));
+        assert_eq!(v["deployment"]["status"], "succeeded", "{v:#}");
+        v
+    }
+
+    fn status(&self) -> Value {
+        let out = self.run(&["status", "--env", "local", "--output", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)))
+    }
+}
+
+/// The pids of `parent`'s children named `name`.
+fn children(parent: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 2..]
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok());
+        if comm == name && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Starts `args`, waits until its `psql` child is streaming, waits `after` more, kills the
+/// agent with SIGKILL. Returns how long the restore had streamed, or `None` if the command
+/// ended first. With `after` `None`, lets it finish and returns how long it streamed.
+fn kill_during_restore(scene: &Scene, args: &[&str], after: Option<Duration>) -> Option<Duration> {
+    let errors = scene.p.path("killed-command.stderr");
+    let mut child: Child = scene
+        .command(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut streaming: Option<Instant> = None;
+    let mut tools = Vec::new();
+    loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            return match after {
+                None => {
+                    assert!(
+                        exit.success(),
+                        "{args:?} failed: {}",
+                        std::fs::read_to_string(&errors).unwrap_or_default()
+                    );
+                    streaming.map(|s| s.elapsed())
+                }
+                Some(_) => None,
+            };
+        }
+        if streaming.is_none() {
+            let psql = children(pid, "psql");
+            if !psql.is_empty() {
+                streaming = Some(Instant::now());
+                tools.extend(psql);
+                tools.extend(children(pid, "pg_restore"));
+            }
+        }
+        if let (Some(since), Some(after)) = (streaming, after)
+            && since.elapsed() >= after
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never started restoring"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let streamed = streaming.map(|s| s.elapsed());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its psql and pg_restore die with it (PR_SET_PDEATHSIG), they are not left feeding or
+    // committing anything.
+    let gone = Instant::now() + Duration::from_secs(5);
+    while tools.iter().any(|t| alive(*t)) {
+        assert!(
+            Instant::now() < gone,
+            "a child of the killed agent lived on: {tools:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    streamed
+}
+
+/// One command killed at several points into its restore; after each, the database is whole
+/// (before or after), `status` says interrupted, and `recover` completes the job.
+fn kill_points(
+    scene: &Scene,
+    what: &str,
+    args: &[&str],
+    prepare: &dyn Fn(&Scene),
+    interrupted: &dyn Fn(&Value) -> bool,
+) -> (usize, usize) {
+    // Where in the restore to kill: right as psql starts, then at fractions of a restore's
+    // duration (measured once, uncut), so every point falls while data streams in.
+    prepare(scene);
+    let whole = kill_during_restore(scene, args, None).expect("it restores through psql");
+    eprintln!("{what}: an uncut restore streams for {whole:?}");
+    assert_eq!(
+        scene.pg.dump(&scene.db),
+        scene.s1,
+        "{what} restores exactly"
+    );
+    let (mut before, mut after) = (0, 0);
+    for fraction in KILL_AT {
+        prepare(scene);
+        let state_before = scene.pg.dump(&scene.db);
+        assert_ne!(
+            state_before, scene.s1,
+            "the scene starts from the other state"
+        );
+        let at = whole.mul_f64(fraction);
+        let streamed = kill_during_restore(scene, args, Some(at));
+        assert!(scene.pg.wait_idle(&scene.db), "the killed session ended");
+        let now = scene.pg.dump(&scene.db);
+        if now == state_before {
+            before += 1;
+        } else if now == scene.s1 {
+            after += 1;
+        } else {
+            panic!(
+                "{what} killed {streamed:?} into its restore left a mix: neither the state before nor the backup"
+            );
+        }
+        // A job cut short shows as interrupted. (A kill that came as it was ending may find
+        // it recorded as done: then the database is the backup.)
+        let status = scene.status();
+        if now == state_before {
+            assert!(
+                interrupted(&status),
+                "{what} killed {streamed:?} into its restore: status shows it interrupted: {status:#}"
+            );
+        }
+        // `recover` (no flag) completes the job, whatever point it stopped at.
+        let out = scene.run(&["recover", "--env", "local", "--output", "json"]);
+        assert!(out.status.success(), "{what}: recover: {}", stderr(&out));
+        assert_eq!(
+            scene.pg.dump(&scene.db),
+            scene.s1,
+            "{what}: after recover the database is the backup"
+        );
+        let status = scene.status();
+        assert!(!interrupted(&status), "{what}: settled: {status:#}");
+    }
+    (before, after)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_restore_never_commits_half_a_database() {
+    let scene = Scene::new();
+    let deploy_v2 = |s: &Scene| {
+        s.deploy(None);
+    };
+
+    // `backup restore`: journaled as a restore; recover finishes it.
+    let restore = [
+        "backup", "restore", "--env", "local", &scene.b1, "--yes", "--reason", "test",
+    ];
+    let rollback_interrupted = |v: &Value| v["last_rollback"]["status"] == "interrupted";
+    let (b, a) = kill_points(
+        &scene,
+        "backup restore",
+        &restore,
+        &deploy_v2,
+        &rollback_interrupted,
+    );
+    eprintln!("backup restore: 3 kills, {b} left the database as before, {a} as the backup");
+
+    // `rollback --full`: the app back to v1 and the database to b1; recover finishes it.
+    let v1 = scene.v1.clone();
+    let rollback = [
+        "rollback", "--env", "local", "--full", "--to", &v1, "--backup", &scene.b1, "--reason",
+        "test", "--yes",
+    ];
+    let (b, a) = kill_points(
+        &scene,
+        "rollback --full",
+        &rollback,
+        &deploy_v2,
+        &rollback_interrupted,
+    );
+    eprintln!("rollback --full: 3 kills, {b} before, {a} after");
+    assert_eq!(
+        scene.p.current().unwrap(),
+        format!("releases/{v1}"),
+        "the app is v1 again"
+    );
+
+    // `recover --rollback` of a deploy killed after promoting v2: the run is journaled as
+    // being rolled back, so a plain `recover` afterwards rolls it back too (never resumes it).
+    let crashed_deploy = |s: &Scene| {
+        s.deploy(Some("after:promote"));
+    };
+    let run_interrupted = |v: &Value| v["last"]["status"] == "interrupted";
+    let recover = ["recover", "--env", "local", "--rollback"];
+    let (b, a) = kill_points(
+        &scene,
+        "recover --rollback",
+        &recover,
+        &crashed_deploy,
+        &run_interrupted,
+    );
+    eprintln!("recover --rollback: 3 kills, {b} before, {a} after");
+    let status = scene.status();
+    assert_eq!(status["last"]["status"], "rolled_back", "{status:#}");
+    assert_eq!(scene.p.current().unwrap(), format!("releases/{v1}"));
+}
