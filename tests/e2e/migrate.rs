@@ -674,3 +674,116 @@ async fn failure_inside_a_pipelined_batch_commits_those_before_and_names_the_lin
     );
     assert_eq!(times, "t");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_deploy_honours_waivers_like_migrate_lint_and_run() {
+    // One lint verdict for `migrate lint`, `migrate run` and `deploy`: a finding waived with
+    // a reason passes all three in a strict environment; without the waiver (or without its
+    // reason) deploy blocks and names the rule and the waiver line to write.
+    let pg = deploy_agent_tests::postgres::cluster();
+    let (_db, url) = pg.database("strict_waiver");
+    let p = crate::project::Project::new("strict = false", "");
+    let toml = std::fs::read_to_string(p.path("agent.toml"))
+        .unwrap()
+        .replace(
+            "url = \"sqlite:app.db\"",
+            "url = \"${env:DA_TEST_APP_URL}\"",
+        );
+    std::fs::write(p.path("agent.toml"), toml).unwrap();
+    let run = |args: &[&str]| {
+        tokio::task::block_in_place(|| {
+            p.command(args)
+                .env("DA_TEST_APP_URL", &url)
+                .output()
+                .unwrap()
+        })
+    };
+    // The example app's own migrations have findings: deploy them first, then go strict.
+    let out = run(&["deploy", "--env", "local"]);
+    assert!(out.status.success(), "{}", crate::project::stderr(&out));
+    let toml = std::fs::read_to_string(p.path("agent.toml")).unwrap();
+    std::fs::write(
+        p.path("agent.toml"),
+        toml.replace("strict = false", "strict = true"),
+    )
+    .unwrap();
+
+    let file = p.path("migrations/20261103090000_drop_body.sql");
+    let drop = "ALTER TABLE notes DROP COLUMN body;\n";
+    std::fs::write(&file, drop).unwrap();
+    std::fs::write(p.path("site/index.html"), "<h1>v2</h1>").unwrap();
+    let out = run(&["deploy", "--env", "local"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("[ban-drop-column]"), "{said}");
+    assert!(
+        said.contains("-- deploy-agent: allow ban-drop-column <reason>"),
+        "the waiver line to write: {said}"
+    );
+
+    // A waiver without its reason is refused, by deploy and by migrate run alike.
+    std::fs::write(
+        &file,
+        format!("-- deploy-agent: allow ban-drop-column\n{drop}"),
+    )
+    .unwrap();
+    let out = run(&["deploy", "--env", "local"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("waiver-needs-reason"), "{said}");
+    let out = run(&["migrate", "run", "--env", "local"]);
+    assert!(!out.status.success(), "migrate run refuses it too");
+
+    // With a reason: lint, run and deploy all accept it.
+    std::fs::write(
+        &file,
+        format!("-- deploy-agent: allow ban-drop-column nothing reads it since v1\n{drop}"),
+    )
+    .unwrap();
+    // `migrate lint` reviews every file (the example's own int columns still show), and
+    // calls this one waived, with its reason.
+    let out = run(&["migrate", "lint", "--env", "local"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("20261103090000_drop_body.sql:2:19: waived:")
+            && said.contains("waived: nothing reads it since v1"),
+        "{said}"
+    );
+    let out = run(&["deploy", "--env", "local"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        crate::project::stderr(&out)
+    );
+    assert_eq!(
+        pg.psql(&_db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'notes' AND column_name = 'body'"),
+        "0"
+    );
+}
+
+#[test]
+fn sqlite_migrations_with_triggers_apply() {
+    let p = crate::project::Project::new("", "");
+    std::fs::write(
+        p.path("migrations/20261103090000_audit.sql"),
+        "CREATE TABLE note_log (note_id INTEGER NOT NULL, kind TEXT NOT NULL);\n\
+         -- Log every new note; a CASE ... END and a semicolon in a string stay inside the body.\n\
+         CREATE TRIGGER notes_ai AFTER INSERT ON notes BEGIN\n\
+           INSERT INTO note_log VALUES (new.id, CASE WHEN new.title = '' THEN 'empty;' ELSE 'titled' END);\n\
+           /* two statements in the body */ UPDATE notes SET body = body WHERE id = new.id;\n\
+         END;\n\
+         INSERT INTO notes (id, title) VALUES (2, 'second');\n",
+    )
+    .unwrap();
+    let out = p.run(&["migrate", "run", "--env", "local"]);
+    assert!(out.status.success(), "{}", crate::project::stderr(&out));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(
+        rt.block_on(deploy_agent_tests::sqlite_count(&p.db_url(), "note_log")),
+        1,
+        "the trigger exists and fired"
+    );
+    let out = p.run(&["migrate", "dry-run", "--env", "local"]);
+    assert!(out.status.success(), "{}", crate::project::stderr(&out));
+}

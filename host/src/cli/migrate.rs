@@ -233,7 +233,7 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                     "the lint rules are PostgreSQL's (squawk); SQLite migrations take the database lock whole, so they are not linted"
                 );
             }
-            let blocking = findings.iter().filter(|f| f.waived.is_none()).count();
+            let blocking = findings.iter().filter(|f| f.blocks()).count();
             if a.output == Output::Json {
                 json(&findings)?;
             } else {
@@ -256,8 +256,9 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                     if let Some(h) = &f.hint {
                         say!("  hint: {h}");
                     }
-                    if let Some(w) = &f.waived {
-                        say!("  waived: {w}");
+                    match &f.waived {
+                        Some(w) => say!("  waived: {w}"),
+                        None => say!("  to waive it here: `{}`", f.waiver_line()),
                     }
                 }
                 say!(

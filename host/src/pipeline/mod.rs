@@ -827,10 +827,16 @@ impl Run<'_> {
         } else {
             let first = blocking[0];
             format!(
-                "{} blocking finding(s); first: [{}] {}{}",
+                "{} blocking finding(s); first: [{} {}] {}{}{}",
                 blocking.len(),
                 first.source,
+                first.code,
                 first.message,
+                first
+                    .hint
+                    .as_deref()
+                    .map(|h| format!(" (hint: {h})"))
+                    .unwrap_or_default(),
                 if self.env.strict && first.severity == "warning" {
                     " (a warning: this environment is strict)"
                 } else {

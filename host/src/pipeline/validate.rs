@@ -230,13 +230,33 @@ async fn database(db: &crate::config::DatabaseConfig, strict: bool, out: &mut Ve
                 .into_iter()
                 .filter(|f| pending.contains(&f.version))
             {
-                let mut finding = Finding::new(
-                    "builtin:lint",
-                    "warning",
-                    &f.rule,
-                    format!("{}:{}:{}: {}", f.file, f.line, f.column, f.message),
-                );
-                finding.hint = f.hint;
+                // The same verdict as `migrate lint` and `migrate run`: waived with a
+                // reason, it is recorded and does not block.
+                let at = format!("{}:{}:{}", f.file, f.line, f.column);
+                let finding = match &f.waived {
+                    Some(reason) => Finding::new(
+                        "builtin:lint",
+                        "info",
+                        &f.rule,
+                        format!("{at}: [{}] {} (waived: {reason})", f.rule, f.message),
+                    ),
+                    None => {
+                        let mut hint = f.hint.clone().map(|h| format!("{h}; ")).unwrap_or_default();
+                        if f.rule != "waiver-needs-reason" && f.rule != "unknown-waiver" {
+                            hint.push_str(&format!(
+                                "if it is safe here, waive it in the file: `{}`",
+                                f.waiver_line()
+                            ));
+                        }
+                        Finding::new(
+                            "builtin:lint",
+                            "warning",
+                            &f.rule,
+                            format!("{at}: [{}] {}", f.rule, f.message),
+                        )
+                        .hint(hint)
+                    }
+                };
                 out.push(finding);
             }
         }

@@ -29,6 +29,19 @@ pub struct LintFinding {
     pub waived: Option<String>,
 }
 
+impl LintFinding {
+    /// The one lint verdict, the same for `migrate lint`, `migrate run` and `deploy`: a
+    /// finding blocks (in a strict environment) unless the file waives it with a reason.
+    pub fn blocks(&self) -> bool {
+        self.waived.is_none()
+    }
+
+    /// The line that waives this finding, to write in the migration above the statement.
+    pub fn waiver_line(&self) -> String {
+        format!("-- deploy-agent: allow {} <reason>", self.rule)
+    }
+}
+
 /// Lints migrations. `in_transaction` follows each file's `-- no-transaction` marker.
 pub fn lint(migrations: &[Migration]) -> Vec<LintFinding> {
     let mut out = Vec::new();
@@ -50,13 +63,12 @@ pub fn lint(migrations: &[Migration]) -> Vec<LintFinding> {
         for v in linter.lint(&parsed, &m.sql) {
             let (line, column) = line_col(&m.sql, usize::from(v.text_range.start()));
             let rule = v.code.to_string();
-            let waived = m.waivers.iter().find(|w| w.rule == rule).map(|w| {
-                if w.reason.is_empty() {
-                    "(no reason given)".to_string()
-                } else {
-                    w.reason.clone()
-                }
-            });
+            // A waiver counts only with its reason (refused below without one).
+            let waived = m
+                .waivers
+                .iter()
+                .find(|w| w.rule == rule && !w.reason.is_empty())
+                .map(|w| w.reason.clone());
             out.push(LintFinding {
                 version: m.version,
                 file: m.path.display().to_string(),
@@ -69,6 +81,24 @@ pub fn lint(migrations: &[Migration]) -> Vec<LintFinding> {
             });
         }
         for w in &m.waivers {
+            if w.reason.is_empty() {
+                out.push(LintFinding {
+                    version: m.version,
+                    file: m.path.display().to_string(),
+                    line: w.line,
+                    column: 1,
+                    rule: "waiver-needs-reason".into(),
+                    message: format!(
+                        "the waiver of `{}` gives no reason, so it is refused",
+                        w.rule
+                    ),
+                    hint: Some(format!(
+                        "say why it is safe here: `-- deploy-agent: allow {} <reason>`",
+                        w.rule
+                    )),
+                    waived: None,
+                });
+            }
             if w.rule.parse::<Rule>().is_err() {
                 out.push(LintFinding {
                     version: m.version,
@@ -146,6 +176,32 @@ mod tests {
             .find(|f| f.rule == "ban-drop-column")
             .unwrap();
         assert_eq!(drop.waived.as_deref(), Some("unused since v12"));
+        assert!(!drop.blocks());
         assert!(findings.iter().any(|f| f.rule == "unknown-waiver"));
+    }
+
+    #[test]
+    fn a_waiver_without_a_reason_is_refused() {
+        let sql = "-- deploy-agent: allow ban-drop-column\nALTER TABLE users DROP COLUMN email;\n";
+        let waivers = vec![Waiver {
+            rule: "ban-drop-column".into(),
+            reason: String::new(),
+            line: 1,
+        }];
+        let findings = lint(&[m(1, sql, waivers)]);
+        let drop = findings
+            .iter()
+            .find(|f| f.rule == "ban-drop-column")
+            .unwrap();
+        assert!(drop.blocks(), "not waived without a reason");
+        assert_eq!(
+            drop.waiver_line(),
+            "-- deploy-agent: allow ban-drop-column <reason>"
+        );
+        let refused = findings
+            .iter()
+            .find(|f| f.rule == "waiver-needs-reason")
+            .unwrap();
+        assert!(refused.blocks() && refused.line == 1, "{refused:?}");
     }
 }

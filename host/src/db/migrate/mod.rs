@@ -359,11 +359,11 @@ async fn run_locked(
             .collect();
         let owned: Vec<Migration> = pending.iter().map(|m| (*m).clone()).collect();
         let lint = lint_pending(conn.backend(), &owned);
-        let blocking = lint.iter().filter(|f| f.waived.is_none()).count();
+        let blocking = lint.iter().filter(|f| f.blocks()).count();
         if settings.strict && blocking > 0 {
             return Err(DbError::LintBlocked { count: blocking });
         }
-        for f in lint.iter().filter(|f| f.waived.is_none()) {
+        for f in lint.iter().filter(|f| f.blocks()) {
             tracing::warn!(version = f.version, rule = %f.rule, line = f.line, "lint: {}", f.message);
         }
         let done = apply_all(conn, settings, &pending, progress).await?;
@@ -648,7 +648,7 @@ async fn failing_line(conn: &mut Conn, settings: &Settings, m: &Migration) -> Op
     .await
     .ok()?;
     let mut found = None;
-    for stmt in split::split(&m.sql) {
+    for stmt in split::split(&m.sql, conn.backend()) {
         if conn.exec(&stmt.sql).await.is_err() {
             found = Some(stmt.line);
             break;
@@ -667,7 +667,7 @@ async fn apply_sqlite(
 ) -> Result<(), (sqlx::Error, usize)> {
     conn.exec("BEGIN IMMEDIATE").await.map_err(|e| (e, 1))?;
     let started = Instant::now();
-    for stmt in split::split(&m.sql) {
+    for stmt in split::split(&m.sql, conn.backend()) {
         conn.exec(&stmt.sql).await.map_err(|e| (e, stmt.line))?;
     }
     let elapsed = started.elapsed().as_nanos().to_string();
@@ -700,7 +700,7 @@ async fn apply_outside_transaction(
         .map_err(q)?;
     }
     let started = Instant::now();
-    for stmt in split::split(&m.sql) {
+    for stmt in split::split(&m.sql, conn.backend()) {
         if let Err(e) = conn.exec(&stmt.sql).await {
             let _ = conn.exec("RESET lock_timeout").await;
             let (post, _) = postchecks(conn).await.unwrap_or_default();
@@ -927,7 +927,10 @@ async fn dry_run_on(
             continue;
         }
         if m.no_tx {
-            step.statements = split::split(&m.sql).into_iter().map(|s| s.sql).collect();
+            step.statements = split::split(&m.sql, conn.backend())
+                .into_iter()
+                .map(|s| s.sql)
+                .collect();
             step.skipped = Some("runs outside a transaction, so a dry run cannot execute it; these statements would run one by one".into());
             stopped = Some(format!(
                 "not executed: it comes after migration {}, which cannot run in a dry run",
@@ -945,7 +948,7 @@ async fn dry_run_on(
             Backend::Sqlite => {
                 let mut rows = 0;
                 let mut out = Ok(0);
-                for stmt in split::split(&m.sql) {
+                for stmt in split::split(&m.sql, conn.backend()) {
                     match conn.exec(&stmt.sql).await {
                         Ok(n) => rows += n,
                         Err(e) => {
