@@ -787,3 +787,56 @@ fn sqlite_migrations_with_triggers_apply() {
     let out = p.run(&["migrate", "dry-run", "--env", "local"]);
     assert!(out.status.success(), "{}", crate::project::stderr(&out));
 }
+
+#[tokio::test]
+async fn dry_runs_do_not_consume_sequences() {
+    // `serial` inserts, identity columns and explicit nextval() in pending migrations: the
+    // dry run executes them, and afterwards every sequence is where it was.
+    let pg = deploy_agent_tests::postgres::cluster();
+    let (db, url) = pg.database("dry_seq");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("1_base.sql"),
+        "CREATE TABLE orders (id serial PRIMARY KEY, note text);\n\
+         CREATE TABLE items (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, sku text);\n\
+         CREATE SEQUENCE invoice_no START 1000;\n\
+         CREATE SEQUENCE fresh;\n\
+         INSERT INTO orders (note) VALUES ('a'), ('b');\n\
+         INSERT INTO items (sku) VALUES ('x');\n\
+         SELECT nextval('invoice_no');\n",
+    )
+    .unwrap();
+    let settings = Settings::new(&url, dir.path().to_path_buf());
+    migrate::run(&settings, None, &noop).await.unwrap();
+    std::fs::write(
+        dir.path().join("2_more.sql"),
+        "INSERT INTO orders (note) SELECT 'n' || g FROM generate_series(1, 50) g;\n\
+         INSERT INTO items (sku) SELECT 's' || g FROM generate_series(1, 20) g;\n\
+         SELECT nextval('invoice_no'), nextval('invoice_no'), nextval('fresh');\n\
+         CREATE TABLE made_here (id serial PRIMARY KEY);\n\
+         INSERT INTO made_here DEFAULT VALUES;\n",
+    )
+    .unwrap();
+    let sequences = "SELECT string_agg(sequencename || '=' || coalesce(last_value::text, 'unused'), ',' ORDER BY sequencename) FROM pg_sequences";
+    let before = pg.psql(&db, sequences);
+    assert_eq!(
+        before,
+        "_deploy_agent_migration_log_id_seq=1,fresh=unused,invoice_no=1000,items_id_seq=1,orders_id_seq=2"
+    );
+    let dry = migrate::dry_run(&settings, None).await.unwrap();
+    assert!(dry.steps.iter().all(|s| s.executed), "{dry:#?}");
+    // 50 + 20 inserted, the nextval row, one more insert.
+    assert_eq!(dry.steps[0].rows_affected, 72);
+    assert!(dry.rolled_back);
+    assert_eq!(pg.psql(&db, sequences), before, "no sequence moved");
+    assert!(dry.sequences.unchanged, "{:?}", dry.sequences);
+    assert_eq!(dry.sequences.isolated, 5);
+    assert!(dry.sequences.moved.is_empty() && dry.sequences.note.is_none());
+    // The real run then hands out exactly the next values.
+    migrate::run(&settings, None, &noop).await.unwrap();
+    assert_eq!(
+        pg.psql(&db, "SELECT min(id) FROM orders WHERE note LIKE 'n%'"),
+        "3"
+    );
+    assert_eq!(pg.psql(&db, "SELECT nextval('invoice_no')"), "1003");
+}

@@ -215,6 +215,21 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                         "NO: the schema differs"
                     }
                 );
+                let seq = &dry.sequences;
+                if seq.unchanged {
+                    say!(
+                        "sequences: unchanged ({} drawn from copies the rollback discarded)",
+                        seq.isolated
+                    );
+                } else {
+                    say!(
+                        "sequences: MOVED during the dry run: {}",
+                        seq.moved.join("; ")
+                    );
+                }
+                if let Some(note) = &seq.note {
+                    say!("  {note}");
+                }
             }
             let failed = dry.steps.iter().any(|s| s.error.is_some()) || !dry.rolled_back;
             Ok(if failed {

@@ -184,6 +184,20 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
                                 ));
                             }
                         }
+                        details.push(if d.sequences.unchanged {
+                            format!(
+                                "dry run: sequences unchanged ({} drawn from copies the rollback discarded)",
+                                d.sequences.isolated
+                            )
+                        } else {
+                            format!(
+                                "dry run: sequences MOVED: {}",
+                                d.sequences.moved.join("; ")
+                            )
+                        });
+                        if let Some(note) = &d.sequences.note {
+                            details.push(format!("dry run: {note}"));
+                        }
                         dry_run = Some(d);
                     }
                     Err(e) => {

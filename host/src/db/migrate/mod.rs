@@ -16,6 +16,7 @@
 mod history;
 pub mod lint;
 mod lock;
+pub mod sequences;
 pub mod source;
 pub mod split;
 
@@ -197,6 +198,8 @@ pub struct DryRun {
     pub lint: Vec<LintFinding>,
     /// Whether the schema after rollback equals the schema before (it must).
     pub rolled_back: bool,
+    /// Sequences: drawn from transaction-local copies, and checked unchanged afterwards.
+    pub sequences: sequences::SequenceReport,
 }
 
 fn state_of(m: Option<&Migration>, a: Option<&Applied>) -> State {
@@ -906,6 +909,18 @@ async fn dry_run_on(
     conn.exec(begin)
         .await
         .map_err(|e| DbError::query("starting the dry run", e))?;
+    // Sequences are not transactional: the dry run draws from copies (PostgreSQL). SQLite's
+    // AUTOINCREMENT counters live in a table and roll back with the transaction.
+    let (sequences_before, sequence_report) = match conn.backend() {
+        Backend::Postgres => match sequences::isolate(conn).await {
+            Ok(isolated) => isolated,
+            Err(e) => {
+                let _ = conn.exec("ROLLBACK").await;
+                return Err(e);
+            }
+        },
+        Backend::Sqlite => (Vec::new(), sequences::SequenceReport::default()),
+    };
     let mut steps = Vec::new();
     let mut stopped: Option<String> = None;
     let mut snapshot = before.clone();
@@ -981,9 +996,17 @@ async fn dry_run_on(
         .await
         .map_err(|e| DbError::query("rolling back the dry run", e))?;
     let after = Snapshot::take(conn).await?;
+    let sequences = match conn.backend() {
+        Backend::Postgres => sequences::check(conn, &sequences_before, sequence_report).await?,
+        Backend::Sqlite => sequences::SequenceReport {
+            unchanged: true,
+            ..sequence_report
+        },
+    };
     Ok(DryRun {
         steps,
         lint,
         rolled_back: after == before,
+        sequences,
     })
 }
