@@ -165,10 +165,7 @@ pub(super) fn restore(plain: &mut dyn Read, id: &str, url: &str) -> Result<(), D
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("copy thread panicked")));
     let ready = match (&fed, &rendered, pumped) {
-        (Ok(_), Ok(()), Ok((stdin, tail))) => match without_final_commit(&tail) {
-            Some(tail) => Some((stdin, tail)),
-            None => None,
-        },
+        (Ok(_), Ok(()), Ok((stdin, tail))) => without_final_commit(&tail).map(|tail| (stdin, tail)),
         _ => None,
     };
     let Some((mut stdin, tail)) = ready else {
