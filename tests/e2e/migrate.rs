@@ -683,13 +683,7 @@ async fn strict_deploy_honours_waivers_like_migrate_lint_and_run() {
     let pg = deploy_agent_tests::postgres::cluster();
     let (_db, url) = pg.database("strict_waiver");
     let p = crate::project::Project::new("strict = false", "");
-    let toml = std::fs::read_to_string(p.path("agent.toml"))
-        .unwrap()
-        .replace(
-            "url = \"sqlite:app.db\"",
-            "url = \"${env:DA_TEST_APP_URL}\"",
-        );
-    std::fs::write(p.path("agent.toml"), toml).unwrap();
+    p.database_from_env();
     let run = |args: &[&str]| {
         tokio::task::block_in_place(|| {
             p.command(args)
@@ -701,12 +695,7 @@ async fn strict_deploy_honours_waivers_like_migrate_lint_and_run() {
     // The example app's own migrations have findings: deploy them first, then go strict.
     let out = run(&["deploy", "--env", "local"]);
     assert!(out.status.success(), "{}", crate::project::stderr(&out));
-    let toml = std::fs::read_to_string(p.path("agent.toml")).unwrap();
-    std::fs::write(
-        p.path("agent.toml"),
-        toml.replace("strict = false", "strict = true"),
-    )
-    .unwrap();
+    p.edit_config("strict = false", "strict = true");
 
     let file = p.path("migrations/20261103090000_drop_body.sql");
     let drop = "ALTER TABLE notes DROP COLUMN body;\n";

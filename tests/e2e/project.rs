@@ -68,6 +68,22 @@ command = "test \"$(readlink sites/{{env}}/current)\" = releases/{{release}}"
         Project { dir }
     }
 
+    /// Points the environment's database at `$DA_TEST_APP_URL` (a PostgreSQL database the
+    /// test passes to each command) instead of the SQLite file.
+    pub(crate) fn database_from_env(&self) {
+        self.edit_config(
+            "url = \"sqlite:app.db\"",
+            "url = \"${env:DA_TEST_APP_URL}\"",
+        );
+    }
+
+    /// Replaces `from` with `to` in agent.toml.
+    pub(crate) fn edit_config(&self, from: &str, to: &str) {
+        let toml = std::fs::read_to_string(self.path("agent.toml")).unwrap();
+        assert!(toml.contains(from), "agent.toml has no `{from}`");
+        std::fs::write(self.path("agent.toml"), toml.replace(from, to)).unwrap();
+    }
+
     pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

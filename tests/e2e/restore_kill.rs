@@ -42,15 +42,9 @@ impl Scene {
         let pg = cluster();
         let (db, url) = pg.database("killrestore");
         let p = Project::new("", "");
-        let toml = std::fs::read_to_string(p.path("agent.toml"))
-            .unwrap()
-            .replace(
-                "url = \"sqlite:app.db\"",
-                "url = \"${env:DA_TEST_APP_URL}\"",
-            )
-            // v1 must stay on disk through every redeploy of v2: the rollbacks return to it.
-            .replace("keep = 3", "keep = 100");
-        std::fs::write(p.path("agent.toml"), toml).unwrap();
+        p.database_from_env();
+        // v1 must stay on disk through every redeploy of v2: the rollbacks return to it.
+        p.edit_config("keep = 3", "keep = 100");
         let mut scene = Scene {
             p,
             pg,

@@ -319,13 +319,7 @@ async fn full_rollback_on_postgres_restores_the_pre_deploy_backup_exactly() {
     let pg = deploy_agent_tests::postgres::cluster();
     let (app_db, app_url) = pg.database("rollback");
     let p = Project::new("", "");
-    let toml = std::fs::read_to_string(p.path("agent.toml"))
-        .unwrap()
-        .replace(
-            "url = \"sqlite:app.db\"",
-            "url = \"${env:DA_TEST_APP_URL}\"",
-        );
-    std::fs::write(p.path("agent.toml"), toml).unwrap();
+    p.database_from_env();
     let run = |args: &[&str]| {
         p.command(args)
             .env("DA_TEST_APP_URL", &app_url)

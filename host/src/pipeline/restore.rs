@@ -140,7 +140,7 @@ fn database(env: &Environment) -> Result<(String, backup::BackupSettings), Strin
 }
 
 /// Takes the snapshot a restore is undone with, and records it on `record`.
-async fn safety_backup(
+pub(crate) async fn safety_backup(
     env: &Environment,
     record: &mut RollbackRecord,
     url: &str,

@@ -7,8 +7,6 @@
 //! under the environment's lock: switch the app, take a safety snapshot, restore, verify the
 //! release with the environment's checks, record and announce it.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -538,21 +536,14 @@ async fn run_steps(
             let bs = env
                 .backup
                 .settings(&env.name, crate::config::KeyUse::Read)?;
-            let safety = backup::create(
-                &settings.url,
-                &bs,
-                &req.actor,
-                &format!("safety snapshot before rollback {}", record.id),
-                Arc::new(AtomicU64::new(0)),
-            )
-            .await
-            .map_err(|e| format!("the safety snapshot failed, so nothing was restored: {e}"))?;
-            record.safety_backup = Some(safety.id.clone());
+            // Recorded before the restore starts: an interrupted rollback is then finished
+            // or undone from what the record says (see `restore`).
+            let safety = super::restore::safety_backup(env, record, &settings.url, &bs).await?;
             store
                 .save_rollback(record)
                 .await
                 .map_err(|e| e.to_string())?;
-            step("snapshot", at, safety.id.clone(), reporter);
+            step("snapshot", at, safety, reporter);
             let at = Instant::now();
             if let Some(choice) = &plan.backup {
                 let m = backup::find(&bs.dir, &choice.id).map_err(|e| e.to_string())?;
