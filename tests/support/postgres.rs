@@ -216,7 +216,9 @@ impl Cluster {
         for _ in 0..600 {
             let n = self.psql(
                 "postgres",
-                &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"),
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND backend_type = 'client backend'"
+                ),
             );
             if n == "0" {
                 return true;
