@@ -315,7 +315,8 @@ async fn a_killed_restore_never_commits_half_a_database() {
     let crashed_deploy = |s: &Scene| {
         s.deploy(Some("after:promote"));
     };
-    let run_interrupted = |v: &Value| v["last"]["status"] == "interrupted";
+    let run_interrupted =
+        |v: &Value| v["last_interrupted"] == true && v["last"]["stage"] == "rollback";
     let recover = ["recover", "--env", "local", "--rollback"];
     let (b, a) = kill_points(
         &scene,

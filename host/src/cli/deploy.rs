@@ -341,11 +341,14 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
         .await?
         .into_iter()
         .find(|r| r.state == "live");
-    // A run or rollback still marked running whose agent is gone is shown as interrupted.
-    let mut last = store.deployments(&args.env, 1).await?.into_iter().next();
-    if let Some(d) = last.as_mut().filter(|d| d.status == "running") {
-        d.status = crate::store::running_or_interrupted(lock.as_ref(), &d.id).into();
-    }
+    // A run still journaled as running whose agent is gone is interrupted (its journal says
+    // `running` until it is resumed or rolled back); a rollback or restore in that state
+    // is shown as `interrupted`.
+    let last = store.deployments(&args.env, 1).await?.into_iter().next();
+    let last_interrupted = last.as_ref().is_some_and(|d| {
+        d.status == "running"
+            && crate::store::running_or_interrupted(lock.as_ref(), &d.id) == "interrupted"
+    });
     let mut last_rollback = store.rollbacks(&args.env).await?.into_iter().next();
     if let Some(r) = last_rollback.as_mut().filter(|r| r.status == "running") {
         r.status = crate::store::running_or_interrupted(lock.as_ref(), &r.lease_subject()).into();
@@ -358,7 +361,8 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
         say!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "environment": args.env, "lock": lock, "live": live, "last": last, "steps": steps,
+                "environment": args.env, "lock": lock, "live": live, "last": last,
+                "last_interrupted": last_interrupted, "steps": steps,
                 "waiting": store.pending_approvals(Some(&args.env)).await?,
                 "last_rollback": last_rollback,
             }))?
@@ -434,6 +438,17 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         );
         print_steps("         ", &steps);
+        if last_interrupted {
+            say!(
+                "         interrupted: its agent is gone; `deploy-agent recover --env {}` {}",
+                args.env,
+                if d.stage.as_deref() == Some(pipeline::recover::ROLLING_BACK) {
+                    "finishes rolling it back"
+                } else {
+                    "resumes it (`--rollback` rolls it back)"
+                }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
