@@ -12,11 +12,13 @@ use serde_json::Value;
 
 use crate::project::{Project, stderr};
 
-/// Where to kill, as fractions of an uncut restore's streaming time.
-const KILL_AT: [f64; 3] = [0.0, 0.35, 0.7];
+/// Where to kill, as fractions of an uncut restore's streaming time: as psql starts (the prelude
+/// has emptied the database), mid-data, and around the commit.
+const KILL_AT: [f64; 3] = [0.0, 0.5, 1.0];
 
-/// Rows in the table that makes a restore take a while (about 1.5 s on two cores).
-const EVENTS: u32 = 500_000;
+/// Rows in the table that makes a restore take a while: about 0.7 s of streaming into psql on
+/// two cores, and 2 s for a whole `rollback --full` (snapshot, restore, checks).
+const EVENTS: u32 = 400_000;
 
 /// The v2 migration: a new column, rows deleted and added, a new table and sequence.
 const V2: &str = "ALTER TABLE notes ADD COLUMN archived BOOLEAN NOT NULL DEFAULT false;\n\
@@ -104,6 +106,32 @@ impl Scene {
         let out = self.run(&["status", "--env", "local", "--output", "json"]);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)))
     }
+}
+
+/// Where two dumps first differ, in a few lines (a dump is megabytes: never print it whole).
+fn difference(expected: &str, actual: &str) -> String {
+    let cut = |l: &str| l.chars().take(160).collect::<String>();
+    let (e, a): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    match e.iter().zip(&a).position(|(x, y)| x != y) {
+        Some(i) => format!(
+            "first difference at line {}: expected `{}`, found `{}` ({} vs {} lines)",
+            i + 1,
+            cut(e[i]),
+            cut(a[i]),
+            e.len(),
+            a.len()
+        ),
+        None => format!("one ends early: {} vs {} lines", e.len(), a.len()),
+    }
+}
+
+/// Asserts two dumps are identical, saying where they differ if not.
+fn same(actual: &str, expected: &str, what: &str) {
+    assert!(
+        actual == expected,
+        "{what}: {}",
+        difference(expected, actual)
+    );
 }
 
 /// The pids of `parent`'s children named `name`.
@@ -220,17 +248,17 @@ fn kill_points(
     prepare(scene);
     let whole = kill_during_restore(scene, args, None).expect("it restores through psql");
     eprintln!("{what}: an uncut restore streams for {whole:?}");
-    assert_eq!(
-        scene.pg.dump(&scene.db),
-        scene.s1,
-        "{what} restores exactly"
+    same(
+        &scene.pg.dump(&scene.db),
+        &scene.s1,
+        &format!("{what} restores exactly"),
     );
     let (mut before, mut after) = (0, 0);
     for fraction in KILL_AT {
         prepare(scene);
         let state_before = scene.pg.dump(&scene.db);
-        assert_ne!(
-            state_before, scene.s1,
+        assert!(
+            state_before != scene.s1,
             "the scene starts from the other state"
         );
         let at = whole.mul_f64(fraction);
@@ -243,7 +271,9 @@ fn kill_points(
             after += 1;
         } else {
             panic!(
-                "{what} killed {streamed:?} into its restore left a mix: neither the state before nor the backup"
+                "{what} killed {streamed:?} into its restore left a mix: neither the state before nor the backup.\nagainst the state before: {}\nagainst the backup: {}",
+                difference(&state_before, &now),
+                difference(&scene.s1, &now)
             );
         }
         // A job cut short shows as interrupted. (A kill that came as it was ending may find
@@ -258,10 +288,10 @@ fn kill_points(
         // `recover` (no flag) completes the job, whatever point it stopped at.
         let out = scene.run(&["recover", "--env", "local", "--output", "json"]);
         assert!(out.status.success(), "{what}: recover: {}", stderr(&out));
-        assert_eq!(
-            scene.pg.dump(&scene.db),
-            scene.s1,
-            "{what}: after recover the database is the backup"
+        same(
+            &scene.pg.dump(&scene.db),
+            &scene.s1,
+            &format!("{what}: after recover the database is the backup"),
         );
         let status = scene.status();
         assert!(!interrupted(&status), "{what}: settled: {status:#}");
