@@ -360,3 +360,125 @@ async fn a_killed_restore_never_commits_half_a_database() {
     assert_eq!(status["last"]["status"], "rolled_back", "{status:#}");
     assert_eq!(scene.p.current().unwrap(), format!("releases/{v1}"));
 }
+
+/// `backup restore` killed once its journal and safety backup are written, on SQLite: the
+/// CLI and the API say it is interrupted, a deploy refuses to start over it, `recover
+/// --rollback` undoes it (the safety backup back), and `recover` finishes another one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_restore_is_shown_refused_over_undone_and_finished() {
+    use deploy_agent_tests::daemon::{Daemon, token_entry};
+    use deploy_agent_tests::sqlite_count;
+    let (reader, entry) = token_entry("reader", "read", None);
+    let p = Project::new("", &entry);
+    let (code, _) = tokio::task::block_in_place(|| p.deploy());
+    assert_eq!(code, 0);
+    let url = p.db_url();
+    let created = p.json(&["backup", "create", "--env", "local"]);
+    let backup = created["id"].as_str().unwrap().to_string();
+    let notes = || async { sqlite_count(&url, "notes").await };
+    // Written after the backup: what a restore replaces and an undo brings back.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO notes (id, title) VALUES (2, 'since the backup')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(notes().await, 2);
+
+    let restore = |failpoint: Option<&str>| {
+        let mut cmd = p.command(&[
+            "backup", "restore", "--env", "local", &backup, "--yes", "--reason", "test",
+        ]);
+        if let Some(point) = failpoint {
+            cmd.env("DEPLOY_AGENT_FAILPOINT", point);
+        }
+        tokio::task::block_in_place(|| cmd.output().unwrap())
+    };
+    let out = restore(Some("before:restore"));
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    assert_eq!(notes().await, 2, "not restored yet");
+
+    let status = p.json(&["status", "--env", "local"]);
+    let record = &status["last_rollback"];
+    assert_eq!(record["status"], "interrupted", "{status:#}");
+    assert_eq!(record["mode"], "restore");
+    assert_eq!(record["backup_id"], backup.as_str());
+    let safety = record["safety_backup"].as_str().unwrap().to_string();
+    let text = String::from_utf8_lossy(&p.run(&["status", "--env", "local"]).stdout).into_owned();
+    assert!(
+        text.contains("stopped in restore") && text.contains("deploy-agent recover --env local"),
+        "{text}"
+    );
+
+    let d = Daemon::start(&p.path(""), &[]).await;
+    let envs = d
+        .request("GET", "/v1/environments", Some(&reader), None)
+        .await
+        .unwrap()
+        .json();
+    let local = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "local")
+        .unwrap();
+    assert_eq!(local["interrupted"][0]["id"], record["id"], "{envs:#}");
+    assert_eq!(local["interrupted"][0]["status"], "interrupted");
+    drop(d);
+
+    let out = p.run(&["deploy", "--env", "local"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("has an interrupted restore")
+            && stderr(&out).contains("deploy-agent recover --env local"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Undo: the database back to its safety backup (it was never restored, so unchanged).
+    let out = p.run(&[
+        "recover",
+        "--env",
+        "local",
+        "--rollback",
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["recovered"][0]["action"], "undone", "{v:#}");
+    assert!(
+        v["recovered"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("safety backup {safety}")),
+        "{v:#}"
+    );
+    assert_eq!(notes().await, 2);
+    assert_eq!(
+        p.json(&["status", "--env", "local"])["last_rollback"]["status"],
+        "undone"
+    );
+
+    // Interrupted again, then finished: the database is the backup.
+    let out = restore(Some("before:restore"));
+    assert_eq!(out.status.code(), None);
+    let out = p.run(&["recover", "--env", "local", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["recovered"][0]["action"], "finished", "{v:#}");
+    assert_eq!(notes().await, 1, "restored");
+    assert_eq!(
+        p.json(&["status", "--env", "local"])["last_rollback"]["status"],
+        "succeeded"
+    );
+    let (code, _) = tokio::task::block_in_place(|| p.deploy());
+    assert_eq!(code, 0, "deploys run again");
+    let audit = String::from_utf8_lossy(&p.run(&["audit", "list"]).stdout).into_owned();
+    assert!(
+        audit.contains("rollback.undone") && audit.contains("rollback.finished"),
+        "{audit}"
+    );
+}

@@ -113,6 +113,7 @@ async fn restore_steps(
             .map_err(|e| e.to_string())?;
         reporter.note(&format!("safety backup {taken} taken"));
     }
+    super::failpoint::hit("before", "restore");
     backup::restore(&manifest, &bs.dir, bs.key.as_ref(), &url)
         .await
         .map_err(|e| e.to_string())?;

@@ -25,7 +25,7 @@ use crate::pipeline::rollback::{self as rb, DbStrategy, Mode, RollbackOutcome};
 use crate::pipeline::{Quiet, new_id};
 use crate::store::{
     Approval, AuditEntry, AuditRecord, Decision, Deployment, LockHolder, QueueItem, ReleaseRecord,
-    Step, StoreError, now_ms,
+    RollbackRecord, Step, StoreError, now_ms,
 };
 
 /// An error, as every endpoint answers it: `{"error": "..."}`. Refusals of authentication and
@@ -489,6 +489,9 @@ pub struct EnvironmentView {
     pub running: Option<String>,
     /// Runs waiting, in order.
     pub queued: Vec<String>,
+    /// Rollbacks and restores whose agent died part-way (status `interrupted`): nothing else
+    /// runs until `deploy-agent recover` finishes or undoes them.
+    pub interrupted: Vec<RollbackRecord>,
 }
 
 /// The environments this token may see.
@@ -513,6 +516,14 @@ async fn environments(
         .filter(|e| caller.covers(e))
     {
         let pending = state.store.pending(name).await?;
+        let lock = state.store.lock_holder(name).await?;
+        let mut interrupted = state.store.unfinished_rollbacks(name).await?;
+        interrupted.retain(|r| {
+            crate::store::running_or_interrupted(lock.as_ref(), &r.lease_subject()) == "interrupted"
+        });
+        for r in &mut interrupted {
+            r.status = "interrupted".into();
+        }
         out.push(EnvironmentView {
             name: name.clone(),
             live: state
@@ -521,7 +532,7 @@ async fn environments(
                 .await?
                 .into_iter()
                 .find(|r| r.state == "live"),
-            lock: state.store.lock_holder(name).await?,
+            lock,
             running: pending
                 .iter()
                 .find(|p| p.state == "running")
@@ -531,6 +542,7 @@ async fn environments(
                 .filter(|p| p.state == "queued")
                 .map(|p| p.id.clone())
                 .collect(),
+            interrupted,
         });
     }
     Ok(Json(out))
