@@ -167,7 +167,8 @@ pub struct Recovery {
     pub deployment_id: String,
     /// The stage it stopped in.
     pub stopped_in: Option<String>,
-    /// `resumed`, `superseded` or `rolled back`.
+    /// `resumed`, `superseded` or `rolled back` (a run); `finished` or `undone` (an
+    /// interrupted rollback or restore, whose id `deployment_id` then is).
     pub action: &'static str,
     /// In words.
     pub detail: String,
