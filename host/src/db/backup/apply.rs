@@ -103,9 +103,10 @@ $clear$;
 "#;
 
 /// What the agent sends once everything decoded and rendered: the only commit psql sees.
-/// The guard's table goes with the commit; its function is dropped right after, so nothing
-/// of it is left even while the session's backend winds down.
-const CONFIRM: &str = "SET LOCAL deploy_agent.restore = 'commit';\nCOMMIT;\nDROP FUNCTION pg_temp.deploy_agent_restore_guard();\n";
+/// Nothing follows it, so psql's success means exactly that the restore committed. The
+/// guard's table goes with the commit (`ON COMMIT DROP`); its function, a temporary object
+/// no dump or schema snapshot reads, goes with the session.
+const CONFIRM: &str = "SET LOCAL deploy_agent.restore = 'commit';\nCOMMIT;\n";
 
 /// How much of pg_restore's output is held back, so its closing `COMMIT` can be dropped.
 const HOLD_BACK: usize = 64 << 10;
