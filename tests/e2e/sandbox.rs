@@ -655,3 +655,36 @@ async fn server_errors_map_to_the_variant_that_says_what_to_do() {
     };
     assert_eq!(retry.retry_after(), Some(Some(2000)));
 }
+
+#[tokio::test]
+async fn special_purpose_addresses_in_every_form_are_refused_before_connecting() {
+    // Literal addresses from IANA's special-purpose registries and the IPv6 forms that carry
+    // a special IPv4 address: each is refused by name, with nothing sent, and the plugin
+    // still works afterwards.
+    for (host, range) in [
+        ("198.18.0.1", "benchmarking"),
+        ("192.0.2.10", "documentation"),
+        ("192.0.0.170", "IETF protocol assignments"),
+        ("240.0.0.1", "reserved"),
+        ("[64:ff9b::7f00:1]", "loopback"),
+        ("[2002:a9fe:a9fe::1]", "link-local"),
+        ("[::7f00:1]", "IPv4-compatible (deprecated)"),
+        ("[fec0::1]", "site-local (deprecated)"),
+    ] {
+        let allowed = format!("{host}:8080");
+        let mut s = spec("fetch-special", fixtures::FETCH);
+        s.policy
+            .allowed_hosts
+            .push(HostPattern::parse(&allowed).unwrap());
+        s.config = json!({ "url": format!("http://{allowed}/") });
+        let plugin = load(s);
+        let err = plugin
+            .validate(&ctx(), &Artifact::version("v1"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CallError::Policy { violation: PolicyViolation::AddressRefused { range: r, .. }, .. } if *r == range),
+            "{host}: {err}"
+        );
+    }
+}

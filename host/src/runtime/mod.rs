@@ -24,6 +24,7 @@ mod http;
 pub mod inspect;
 mod plugin;
 pub mod policy;
+mod ranges;
 pub mod secrets;
 mod state;
 

@@ -160,7 +160,8 @@ impl Policy {
     }
 
     /// Whether an address a host name resolved to may be connected to. Public addresses may;
-    /// special ranges (loopback, private, link-local, ...) only when granted explicitly.
+    /// special ranges (IANA's special-purpose registries, multicast, and IPv6 forms carrying
+    /// such an IPv4 address) only when granted explicitly.
     pub fn address_allowed(&self, ip: IpAddr) -> Result<(), &'static str> {
         let ip = canonical(ip);
         match special_range(ip) {
@@ -187,45 +188,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The name of the special range an address is in, if any.
-pub fn special_range(ip: IpAddr) -> Option<&'static str> {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if v4.is_loopback() {
-                Some("loopback")
-            } else if v4.is_private() {
-                Some("private")
-            } else if v4.is_link_local() {
-                Some("link-local")
-            } else if v4.is_unspecified() || o[0] == 0 {
-                Some("unspecified")
-            } else if o[0] == 100 && (o[1] & 0xC0) == 64 {
-                Some("shared (carrier-grade NAT)")
-            } else if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 {
-                Some("multicast or reserved")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if v6.is_loopback() {
-                Some("loopback")
-            } else if v6.is_unspecified() {
-                Some("unspecified")
-            } else if (s[0] & 0xFE00) == 0xFC00 {
-                Some("private (unique local)")
-            } else if (s[0] & 0xFFC0) == 0xFE80 {
-                Some("link-local")
-            } else if v6.is_multicast() {
-                Some("multicast or reserved")
-            } else {
-                None
-            }
-        }
-    }
-}
+pub use super::ranges::special_range;
 
 /// Something a plugin tried that its policy refuses. Never carries a secret's value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
