@@ -1,6 +1,6 @@
 //! One environment's settings: what it deploys, to which target, through which checks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -255,7 +255,9 @@ pub enum Probe {
     },
 }
 
-/// Resolves `extends` chains: the child wins field by field, section by section.
+/// Resolves `extends` chains: the child wins field by field, section by section. Linear in
+/// the number of environments: each is merged once, onto its parent's already resolved
+/// settings (merging is associative, so this equals walking the whole chain each time).
 pub(super) fn resolve_extends(
     v: &mut Validator<'_>,
     raw: &BTreeMap<Spanned<String>, Spanned<raw::RawEnvironment>>,
@@ -264,38 +266,111 @@ pub(super) fn resolve_extends(
         .iter()
         .map(|(k, e)| (k.get_ref().as_str(), e.get_ref()))
         .collect();
-    let mut out = BTreeMap::new();
-    'envs: for (name, env) in raw {
-        let mut merged = env.get_ref().clone();
-        let mut seen = vec![name.get_ref().as_str()];
-        let mut next = env.get_ref().extends.as_ref();
-        while let Some(parent) = next {
+    // Resolved settings, or `None` for an environment whose chain is broken.
+    let mut memo: HashMap<&str, Option<raw::RawEnvironment>> = HashMap::new();
+    for name in raw.keys() {
+        let name = name.get_ref().as_str();
+        if memo.contains_key(name) {
+            continue;
+        }
+        // Walk up to a resolved ancestor or a root, remembering the way.
+        let mut chain: Vec<&str> = vec![name];
+        let mut on_chain: HashMap<&str, usize> = HashMap::from([(name, 0)]);
+        let broken = loop {
+            let Some(parent) = chain.last().and_then(|c| by_name[c].extends.as_ref()) else {
+                break false;
+            };
             let pname = parent.get_ref().as_str();
-            if seen.contains(&pname) {
-                seen.push(pname);
-                v.error(
-                    parent,
-                    format!("`extends` makes a cycle: {}", seen.join(" -> ")),
-                    "an environment cannot inherit from itself, directly or not",
-                );
-                continue 'envs;
+            if let Some(done) = memo.get(pname) {
+                if done.is_none() {
+                    v.error(
+                        parent,
+                        format!("`extends` names `{pname}`, whose own `extends` is broken"),
+                        "see the error about that environment",
+                    );
+                }
+                break done.is_none();
             }
-            let Some(p) = by_name.get(pname) else {
+            if let Some(&start) = on_chain.get(pname) {
+                cycle_errors(v, &by_name, &chain, start);
+                break true;
+            }
+            if !by_name.contains_key(pname) {
                 let known: Vec<&str> = by_name.keys().copied().collect();
                 v.error(
                     parent,
                     format!("`extends` names no environment `{pname}`"),
                     &format!("known environments: {}", known.join(", ")),
                 );
-                continue 'envs;
+                break true;
+            }
+            on_chain.insert(pname, chain.len());
+            chain.push(pname);
+        };
+        // Resolve from the top of the chain down, each onto its resolved parent.
+        for env in chain.iter().rev() {
+            let resolved = if broken {
+                None
+            } else {
+                let mut merged = by_name[env].clone();
+                let parent = merged
+                    .extends
+                    .as_ref()
+                    .and_then(|p| memo.get(p.get_ref().as_str()))
+                    .and_then(Option::as_ref);
+                if let Some(parent) = parent {
+                    merged.merge(parent);
+                    #[cfg(test)]
+                    MERGES.with(|m| m.set(m.get() + 1));
+                }
+                Some(merged)
             };
-            merged.merge(p);
-            seen.push(pname);
-            next = p.extends.as_ref();
+            memo.insert(env, resolved);
         }
-        out.insert(name.get_ref().clone(), (name.clone(), merged));
     }
-    out
+    raw.keys()
+        .filter_map(|name| {
+            let merged = memo.remove(name.get_ref().as_str()).flatten()?;
+            Some((name.get_ref().clone(), (name.clone(), merged)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Merges `resolve_extends` performed on this thread (its cost, for the tests).
+    static MERGES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Reports a cycle `chain[start..]` (whose last environment extends `chain[start]`) once from
+/// each environment that reaches it, as walking its own chain would find it.
+fn cycle_errors(
+    v: &mut Validator<'_>,
+    by_name: &BTreeMap<&str, &raw::RawEnvironment>,
+    chain: &[&str],
+    start: usize,
+) {
+    let cycle = &chain[start..];
+    for from in 0..chain.len() {
+        // From `chain[from]`: along the chain, around the cycle, back to where it repeats.
+        let mut path: Vec<&str> = chain[from..].to_vec();
+        let repeat = if from >= start {
+            path.extend_from_slice(&cycle[..from - start]);
+            chain[from]
+        } else {
+            cycle[0]
+        };
+        path.push(repeat);
+        // The reference that closes it: the `extends` of the environment before the repeat.
+        let closer = path[path.len() - 2];
+        if let Some(parent) = by_name[closer].extends.as_ref() {
+            v.error(
+                parent,
+                format!("`extends` makes a cycle: {}", path.join(" -> ")),
+                "an environment cannot inherit from itself, directly or not",
+            );
+        }
+    }
 }
 
 fn ms(
@@ -885,6 +960,47 @@ impl Validator<'_> {
                 keep_weekly: raw.keep_weekly.unwrap_or(4),
             },
             offsite: raw.offsite.as_ref().map(|o| o.get_ref().clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MERGES;
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn a_long_extends_chain_is_resolved_in_one_merge_per_environment() {
+        // e0 (strict) <- e1 <- ... <- e1999, declared newest first: each environment is
+        // merged once onto its resolved parent, never by walking its whole chain again.
+        let n = 2000;
+        let mut text = String::new();
+        for i in (1..n).rev() {
+            text.push_str(&format!("[environments.e{i}]\nextends = \"e{}\"\n", i - 1));
+        }
+        text.push_str("[environments.e0]\nstrict = true\n");
+        MERGES.with(|m| m.set(0));
+        let config = Config::parse(Path::new("agent.toml"), &text).unwrap();
+        assert_eq!(MERGES.with(std::cell::Cell::get), n - 1);
+        let last = config.environment(&format!("e{}", n - 1)).unwrap();
+        assert!(last.strict, "inherited down the whole chain");
+    }
+
+    #[test]
+    fn every_environment_on_a_broken_chain_gets_its_error() {
+        let text = "[environments.a]\nextends = \"b\"\n[environments.b]\nextends = \"c\"\n\
+                    [environments.c]\nextends = \"b\"\n[environments.d]\nextends = \"a\"\n";
+        let err = Config::parse(Path::new("agent.toml"), text)
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "`extends` makes a cycle: a -> b -> c -> b",
+            "`extends` makes a cycle: b -> c -> b",
+            "`extends` makes a cycle: c -> b -> c",
+            "`extends` names `a`, whose own `extends` is broken",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
         }
     }
 }
