@@ -688,3 +688,68 @@ async fn special_purpose_addresses_in_every_form_are_refused_before_connecting()
         );
     }
 }
+
+#[tokio::test]
+async fn placeholders_in_bodies_and_non_ascii_headers_to_unbound_hosts_are_refused() {
+    // The docs' promise, by every route: a placeholder in a request to a host its secret is
+    // not bound to refuses the request. The body is scanned as it streams (and never gets a
+    // substituted value, even for the bound host).
+    let bound = TestServer::start(Behaviour::Respond(200, "bound ok".into())).await;
+    let other = TestServer::start(Behaviour::Respond(200, "other".into())).await;
+    let bound_host = format!("localhost:{}", bound.port);
+    let other_host = format!("localhost:{}", other.port);
+    let mut s = with_secret(
+        spec("fetch-smuggle", fixtures::FETCH),
+        "smuggle",
+        &bound_host,
+    );
+    allow_loopback_host(&mut s, &bound_host);
+    allow_loopback_host(&mut s, &other_host);
+    for route in ["body", "non-ascii"] {
+        let mut to_other = s.clone();
+        to_other.config =
+            json!({ "url": other.url("localhost", "/steal"), "secret": "token", "smuggle": route });
+        let err = load(to_other)
+            .validate(&ctx(), &Artifact::version("v1"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, CallError::Policy { violation: PolicyViolation::SecretNotBound { secret, .. }, .. } if secret == "token"),
+            "{route}: {err}"
+        );
+        let reached = other.seen();
+        assert!(
+            reached
+                .iter()
+                .all(|r| !String::from_utf8_lossy(&r.body).contains("__secret__")),
+            "{route}: the placeholder left: {reached:?}"
+        );
+        assert!(
+            reached.iter().all(|r| r.header("x-note").is_none()),
+            "{route}: the header left"
+        );
+    }
+    // To the bound host: the non-ASCII header gets the value; the body keeps the placeholder.
+    for (route, value_in_header) in [("non-ascii", true), ("body", false)] {
+        let mut to_bound = s.clone();
+        to_bound.config =
+            json!({ "url": bound.url("localhost", "/ok"), "secret": "token", "smuggle": route });
+        let findings = load(to_bound)
+            .validate(&ctx(), &Artifact::version("v1"))
+            .await
+            .unwrap();
+        assert_eq!(findings[0].code, "status-200", "{route}");
+        let last = bound.seen().pop().unwrap();
+        let header = last.header("x-note").map(str::to_string);
+        if value_in_header {
+            assert!(
+                header.is_some_and(|h| h.ends_with(&secret_value("smuggle"))),
+                "{route}: {last:?}"
+            );
+        } else {
+            let body = String::from_utf8_lossy(&last.body).into_owned();
+            assert!(body.contains("__secret__token__"), "{route}: {body}");
+            assert!(!body.contains(&secret_value("smuggle")), "{route}: {body}");
+        }
+    }
+}

@@ -76,7 +76,13 @@ impl Guard {
         self.violated.load(Ordering::Relaxed)
     }
 
-    fn refuse(&self, violation: PolicyViolation) -> HttpError {
+    /// The secrets this call may use.
+    pub(super) fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// Records a refusal and turns it into the error the plugin sees.
+    pub(super) fn refuse(&self, violation: PolicyViolation) -> HttpError {
         tracing::warn!(plugin = %self.plugin, %violation, "sandbox refused a request");
         let error = match violation {
             PolicyViolation::AddressRefused { .. } => HttpError::DestinationIpProhibited,
@@ -128,13 +134,20 @@ impl Guard {
             return Err(self.refuse(PolicyViolation::HostNotAllowed { host, port }));
         }
 
-        // Secrets: headers and the path/query only, never bodies.
-        for value in request.headers_mut().values_mut() {
-            let Ok(text) = value.to_str() else { continue };
-            match self.secrets.substitute(text, &host, port) {
+        // Secrets: substituted into header values and the path/query only, never bodies. A
+        // placeholder anywhere (a header name, a value that is not text, the body) in a
+        // request to a host its secret is not bound to refuses the request.
+        for (name, value) in request.headers_mut().iter_mut() {
+            if let Err(v) = self
+                .secrets
+                .substitute_bytes(name.as_str().as_bytes(), &host, port)
+            {
+                return Err(self.refuse(v));
+            }
+            match self.secrets.substitute_bytes(value.as_bytes(), &host, port) {
                 Ok(None) => {}
                 Ok(Some(real)) => {
-                    let mut real = HeaderValue::from_str(&real).map_err(|_| {
+                    let mut real = HeaderValue::from_bytes(&real).map_err(|_| {
                         self.refuse(PolicyViolation::BadRequest {
                             reason: "a secret's value is not a valid header value".into(),
                         })
@@ -155,6 +168,11 @@ impl Guard {
             .path_and_query(target)
             .build()
             .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        let scanner = (self.clone(), host.clone());
+        let request = request.map(move |body| {
+            let (guard, host) = scanner;
+            super::egress::Scanned::new(body, guard, host, port).boxed_unsync()
+        });
 
         // Resolve here, check every address, and connect to a checked one.
         let connect_timeout = options

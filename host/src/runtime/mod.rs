@@ -18,6 +18,7 @@
 
 mod bindings;
 mod cache;
+mod egress;
 mod engine;
 mod error;
 mod http;

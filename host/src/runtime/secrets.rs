@@ -113,51 +113,80 @@ impl Secrets {
         host: &str,
         port: u16,
     ) -> Result<Option<String>, PolicyViolation> {
-        if !text.contains(PREFIX) {
+        // Placeholders are ASCII and values are text: the result is text again.
+        Ok(self
+            .substitute_bytes(text.as_bytes(), host, port)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// [`Secrets::substitute`] over bytes: header values need not be text.
+    pub fn substitute_bytes(
+        &self,
+        text: &[u8],
+        host: &str,
+        port: u16,
+    ) -> Result<Option<Vec<u8>>, PolicyViolation> {
+        let prefix = PREFIX.as_bytes();
+        let find = |hay: &[u8]| hay.windows(prefix.len()).position(|w| w == prefix);
+        if find(text).is_none() {
             return Ok(None);
         }
-        let mut out = String::with_capacity(text.len());
+        let mut out = Vec::with_capacity(text.len());
         let mut rest = text;
-        while let Some(start) = rest.find(PREFIX) {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + PREFIX.len()..];
+        while let Some(start) = find(rest) {
+            out.extend_from_slice(&rest[..start]);
+            let after = &rest[start + prefix.len()..];
             let name_len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .iter()
+                .position(|c| !(c.is_ascii_alphanumeric() || *c == b'-'))
                 .unwrap_or(after.len());
-            let name = &after[..name_len];
-            if name.is_empty() || !after[name_len..].starts_with(SUFFIX) {
+            let name = String::from_utf8_lossy(&after[..name_len]);
+            if name.is_empty() || !after[name_len..].starts_with(SUFFIX.as_bytes()) {
                 // Not a placeholder after all; keep the text as it is.
-                out.push_str(PREFIX);
+                out.extend_from_slice(prefix);
                 rest = after;
                 continue;
             }
-            let secret =
-                self.by_name
-                    .get(name)
-                    .ok_or_else(|| PolicyViolation::SecretNotGranted {
-                        secret: name.to_string(),
-                    })?;
-            if !secret.hosts.iter().any(|p| p.matches(host, port)) {
-                return Err(PolicyViolation::SecretNotBound {
-                    secret: name.to_string(),
-                    host: format!("{host}:{port}"),
-                    bound: if secret.hosts.is_empty() {
-                        "no host".to_string()
-                    } else {
-                        secret
-                            .hosts
-                            .iter()
-                            .map(|h| format!("`{h}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    },
-                });
-            }
-            out.push_str(secret.value.expose());
+            let secret = self.bound(&name, host, port)?;
+            out.extend_from_slice(secret.value.expose().as_bytes());
             rest = &after[name_len + SUFFIX.len()..];
         }
-        out.push_str(rest);
+        out.extend_from_slice(rest);
         Ok(Some(out))
+    }
+
+    /// The longest placeholder of a granted secret, in bytes: how much of a stream must be
+    /// kept back so that no placeholder can hide across a chunk boundary.
+    pub fn longest_placeholder(&self) -> usize {
+        let longest = self.by_name.keys().map(String::len).max().unwrap_or(0);
+        PREFIX.len() + longest.max(64) + SUFFIX.len()
+    }
+
+    /// The secret `name`, if it is granted and bound to `host:port`.
+    fn bound(&self, name: &str, host: &str, port: u16) -> Result<&Secret, PolicyViolation> {
+        let secret = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| PolicyViolation::SecretNotGranted {
+                secret: name.to_string(),
+            })?;
+        if !secret.hosts.iter().any(|p| p.matches(host, port)) {
+            return Err(PolicyViolation::SecretNotBound {
+                secret: name.to_string(),
+                host: format!("{host}:{port}"),
+                bound: if secret.hosts.is_empty() {
+                    "no host".to_string()
+                } else {
+                    secret
+                        .hosts
+                        .iter()
+                        .map(|h| format!("`{h}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            });
+        }
+        Ok(secret)
     }
 
     /// `text` with every secret value replaced by `[redacted:NAME]`.
