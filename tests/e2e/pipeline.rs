@@ -1019,3 +1019,37 @@ async fn recover_resumes_by_default_and_on_interrupt_rollback_undoes_before_depl
             .any(|e| e["action"] == "deploy.rolled-back")
     );
 }
+
+#[test]
+fn a_release_with_a_link_out_of_the_targets_directory_is_never_promoted() {
+    // A hostile target stages its release with `leak -> ../../../../etc/hostname`: inside the
+    // sandbox it leads nowhere, but a web server serving `current` on the host would follow
+    // it. The agent refuses to promote, names the link, and `current` never points there.
+    let p = Project::new("", "");
+    p.edit_config(
+        deploy_agent_tests::fixtures::LOCAL,
+        deploy_agent_tests::fixtures::LINK_ESCAPE,
+    );
+    let (code, v) = p.deploy();
+    assert_eq!(code, 1, "{v:#}");
+    let error = v["deployment"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("promote")
+            && error.contains("pointing outside its directory")
+            && error.contains("leak -> ../../../../../../../../etc/hostname"),
+        "{error}"
+    );
+    assert!(p.current().is_none(), "nothing was promoted");
+    assert!(
+        std::fs::symlink_metadata(p.path("sites/local/current")).is_err(),
+        "the hostile target never switched"
+    );
+    // With the leftovers cleared, the well-behaved local target deploys as before.
+    std::fs::remove_dir_all(p.path("sites/local/releases")).unwrap();
+    p.edit_config(
+        deploy_agent_tests::fixtures::LINK_ESCAPE,
+        deploy_agent_tests::fixtures::LOCAL,
+    );
+    let (code, v) = p.deploy();
+    assert_eq!(code, 0, "{v:#}");
+}

@@ -44,6 +44,8 @@ pub mod fixtures {
     pub const FLOOD: &str = env!("PLUGIN_FIXTURE_FLOOD");
     pub const READ_FILE: &str = env!("PLUGIN_FIXTURE_READ_FILE");
     pub const READ_ENV: &str = env!("PLUGIN_FIXTURE_READ_ENV");
+    /// A deploy target that leaves a symlink out of its directory in the release it stages.
+    pub const LINK_ESCAPE: &str = env!("PLUGIN_FIXTURE_LINK_ESCAPE");
     /// A deploy target with the mistakes the conformance kit must catch.
     pub const SLOPPY_TARGET: &str = env!("PLUGIN_FIXTURE_SLOPPY_TARGET");
 }

@@ -1490,6 +1490,9 @@ impl Run<'_> {
                 .await);
         };
         let target = &self.plugins.target;
+        if let Err(e) = no_escaping_links(target).await {
+            return Err(self.fail(Stage::Promote, step, format!("{id}: {e}")).await);
+        }
         if let Err(e) = retrying("promote", || target.promote(&self.ctx, &id)).await {
             return Err(self.fail(Stage::Promote, step, e.to_string()).await);
         }
@@ -1677,6 +1680,42 @@ impl Run<'_> {
         self.outcome(delivery, started, recovered, Some("suspended"))
             .await
     }
+}
+
+/// Refuses a release whose target left a symbolic link pointing outside a directory it may
+/// write: the deploy host (a web server serving `current`) would follow it out.
+async fn no_escaping_links(target: &Plugin) -> Result<(), String> {
+    let writable: Vec<std::path::PathBuf> = target
+        .policy()
+        .dirs
+        .iter()
+        .filter(|d| d.writable)
+        .map(|d| d.host.clone())
+        .collect();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        for dir in &writable {
+            found.extend(crate::runtime::links::escaping_links(dir)?);
+        }
+        Ok::<_, std::io::Error>(found)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("checking the target's directories for links: {e}"))?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = found.iter().take(5).map(ToString::to_string).collect();
+    Err(format!(
+        "refused: the target left {} link(s) pointing outside its directory, which the deploy host would follow: {}{}",
+        found.len(),
+        shown.join(", "),
+        if found.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    ))
 }
 
 /// Makes `to` live again on the target and in the store, and gives the release it replaces

@@ -23,6 +23,7 @@ mod engine;
 mod error;
 mod http;
 pub mod inspect;
+pub mod links;
 mod plugin;
 pub mod policy;
 mod ranges;
