@@ -285,10 +285,14 @@ async fn finish_one(
             environment: env.name.clone(),
             deployment_id: record.id.clone(),
         };
+        // As the rollback itself decides: going back marks the release it left
+        // `rolled_back`; going forward (`--to` a newer release) does not.
+        let releases = store.releases(&env.name).await.map_err(|e| e.to_string())?;
+        let created = |id: &str| releases.iter().find(|r| r.id == id).map(|r| r.created_at);
         let left = record
             .from_release
             .as_deref()
-            .filter(|from| *from != to)
+            .filter(|from| *from != to && created(from) > created(&to))
             .map(|from| (from, "rolled_back"));
         let live = switch_back(store, &plugins.target, &ctx, env, &to, left).await?;
         said.push(format!("{live} is live"));
