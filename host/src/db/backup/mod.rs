@@ -223,12 +223,15 @@ fn seal(
     encoder.finish()?.finish()
 }
 
-/// Reads a stored backup back to its plain dump bytes, checking integrity as it goes.
+/// Reads a stored backup back to its plain dump bytes: the file's sha256 is checked against
+/// the manifest first (so a swapped or edited file is refused before anything uses it), then
+/// integrity is checked as it decodes. Every reader of a backup comes through here.
 fn open_plain(
     manifest: &Manifest,
     dir: &Path,
     key: Option<&Key>,
 ) -> Result<Box<dyn Read + Send>, DbError> {
+    check_sha256(manifest, dir)?;
     let path = manifest.data_file(dir);
     let file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
     let reader: Box<dyn Read + Send> = match (&manifest.encryption, key) {
@@ -342,10 +345,11 @@ fn seal_pg_dump(
         settings,
         identity,
     );
-    if sealed.is_err() {
-        let _ = dump.child.kill();
-    }
-    let finished = dump.finish()?;
+    let finished = if sealed.is_err() {
+        dump.kill()?
+    } else {
+        dump.finish()?
+    };
     let (sha, stored) = sealed.map_err(|e| io_err("cannot write", partial, e))?;
     finished.map_err(|errors| DbError::Query {
         context: "pg_dump failed".into(),
@@ -573,7 +577,7 @@ pub fn find(dir: &Path, id: &str) -> Result<Manifest, DbError> {
 
 /// Checks the stored file's sha256 against its manifest: a file swapped, edited or
 /// truncated since it was written is refused before anything reads its contents.
-pub fn check_sha256(manifest: &Manifest, dir: &Path) -> Result<(), DbError> {
+fn check_sha256(manifest: &Manifest, dir: &Path) -> Result<(), DbError> {
     let path = manifest.data_file(dir);
     let mut file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
     let mut hash = Sha256::new();
@@ -614,7 +618,6 @@ pub struct Verified {
 /// Checks the stored checksum, then decrypts and decompresses the whole stream without
 /// writing anything. Any failure is an error that says what is wrong.
 pub fn verify(manifest: &Manifest, dir: &Path, key: Option<&Key>) -> Result<Verified, DbError> {
-    check_sha256(manifest, dir)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut plain = open_plain(manifest, dir, key)?;
     let mut raw = 0u64;
@@ -657,15 +660,13 @@ pub fn verify(manifest: &Manifest, dir: &Path, key: Option<&Key>) -> Result<Veri
     })
 }
 
-/// Writes the plain dump (a stock `pg_dump` custom archive, or the SQLite file) to `out`,
-/// after checking the stored file against its manifest.
+/// Writes the plain dump (a stock `pg_dump` custom archive, or the SQLite file) to `out`.
 pub fn export(
     manifest: &Manifest,
     dir: &Path,
     key: Option<&Key>,
     out: &Path,
 ) -> Result<u64, DbError> {
-    check_sha256(manifest, dir)?;
     let tmp = out.with_extension("partial");
     let result = (|| {
         let mut plain = open_plain(manifest, dir, key)?;
@@ -724,7 +725,6 @@ pub async fn restore(
     );
     tokio::task::spawn_blocking(move || match backend {
         Backend::Postgres => {
-            check_sha256(&m, &d)?;
             let mut plain = open_plain(&m, &d, k.as_ref())?;
             apply::restore(&mut plain, &m.id, &u)
         }
@@ -783,8 +783,9 @@ pub async fn restore_test(
         .ok_or_else(|| DbError::query("restore --test", "unsupported database URL"))?;
     match backend {
         Backend::Postgres => {
-            let (m, d) = (manifest.clone(), dir.to_path_buf());
-            tokio::task::spawn_blocking(move || check_sha256(&m, &d))
+            // Opened (and its checksum checked) before the scratch database exists.
+            let (m, d, k) = (manifest.clone(), dir.to_path_buf(), key.cloned());
+            let mut plain = tokio::task::spawn_blocking(move || open_plain(&m, &d, k.as_ref()))
                 .await
                 .map_err(|e| DbError::query("restore task", e))??;
             let scratch = format!("deploy_agent_restore_test_{}", crate::random::hex(4));
@@ -794,19 +795,12 @@ pub async fn restore_test(
                 .exec(&format!("CREATE DATABASE {scratch}"))
                 .await
                 .map_err(|e| DbError::query("creating the scratch database", e))?;
-            let (m, d, k, su) = (
-                manifest.clone(),
-                dir.to_path_buf(),
-                key.cloned(),
-                scratch_url.clone(),
-            );
-            let restored = tokio::task::spawn_blocking(move || {
-                let mut plain = open_plain(&m, &d, k.as_ref())?;
-                apply::restore(&mut plain, &m.id, &su)
-            })
-            .await
-            .map_err(|e| DbError::query("restore task", e))
-            .and_then(|r| r);
+            let (id, su) = (manifest.id.clone(), scratch_url.clone());
+            let restored =
+                tokio::task::spawn_blocking(move || apply::restore(&mut plain, &id, &su))
+                    .await
+                    .map_err(|e| DbError::query("restore task", e))
+                    .and_then(|r| r);
             let checked = match restored {
                 Ok(()) => check_restored(&scratch_url).await,
                 Err(e) => Err(e),
