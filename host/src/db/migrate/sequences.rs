@@ -37,8 +37,16 @@ pub struct SequenceReport {
     pub note: Option<String>,
 }
 
-/// Reads every user sequence's state.
-pub(super) async fn read(conn: &mut Conn) -> Result<Vec<(State, i64, i64, i64)>, DbError> {
+/// A sequence with the bounds a restart must respect.
+struct Sequence {
+    state: State,
+    increment: i64,
+    min: i64,
+    max: i64,
+}
+
+/// Reads every user sequence's state and bounds.
+async fn read(conn: &mut Conn) -> Result<Vec<Sequence>, DbError> {
     let q = |e| DbError::query("reading sequences", e);
     let list = conn
         .rows(
@@ -53,6 +61,9 @@ pub(super) async fn read(conn: &mut Conn) -> Result<Vec<(State, i64, i64, i64)>,
         return Ok(Vec::new());
     }
     let text = |row: &[Option<String>], i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let number = |row: &[Option<String>], i| text(row, i).parse::<i64>().unwrap_or(0);
+    // A sequence's state is only in the sequence itself: one query over all of them, each
+    // row carrying its name (UNION ALL promises no order, so rows are matched by name).
     let union = list
         .iter()
         .map(|row| {
@@ -64,22 +75,29 @@ pub(super) async fn read(conn: &mut Conn) -> Result<Vec<(State, i64, i64, i64)>,
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    let states = conn.rows(&union).await.map_err(q)?;
+    let states: std::collections::HashMap<String, State> = conn
+        .rows(&union)
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|row| {
+            let state = State {
+                name: text(row, 0),
+                last_value: number(row, 1),
+                is_called: text(row, 2) == "true",
+            };
+            (state.name.clone(), state)
+        })
+        .collect();
     Ok(list
         .iter()
-        .zip(states)
-        .map(|(meta, state)| {
-            let number = |row: &[Option<String>], i| text(row, i).parse::<i64>().unwrap_or(0);
-            (
-                State {
-                    name: text(&state, 0),
-                    last_value: number(&state, 1),
-                    is_called: text(&state, 2) == "true",
-                },
-                number(meta, 1),
-                number(meta, 2),
-                number(meta, 3),
-            )
+        .filter_map(|meta| {
+            Some(Sequence {
+                state: states.get(&text(meta, 0))?.clone(),
+                increment: number(meta, 1),
+                min: number(meta, 2),
+                max: number(meta, 3),
+            })
         })
         .collect())
 }
@@ -92,7 +110,13 @@ pub(super) async fn isolate(conn: &mut Conn) -> Result<(Vec<State>, SequenceRepo
     let all = read(conn).await?;
     let mut report = SequenceReport::default();
     let mut skipped = Vec::new();
-    for (state, increment, min, max) in &all {
+    for Sequence {
+        state,
+        increment,
+        min,
+        max,
+    } in &all
+    {
         let next = if state.is_called {
             state.last_value.checked_add(*increment)
         } else {
@@ -126,7 +150,7 @@ pub(super) async fn isolate(conn: &mut Conn) -> Result<(Vec<State>, SequenceRepo
             skipped.join(", ")
         ));
     }
-    Ok((all.into_iter().map(|(s, ..)| s).collect(), report))
+    Ok((all.into_iter().map(|s| s.state).collect(), report))
 }
 
 /// After the rollback: compares every sequence with its state before the dry run.
@@ -135,7 +159,7 @@ pub(super) async fn check(
     before: &[State],
     mut report: SequenceReport,
 ) -> Result<SequenceReport, DbError> {
-    let now: Vec<State> = read(conn).await?.into_iter().map(|(s, ..)| s).collect();
+    let now: Vec<State> = read(conn).await?.into_iter().map(|s| s.state).collect();
     for b in before {
         match now.iter().find(|n| n.name == b.name) {
             Some(n) if n == b => {}
