@@ -216,7 +216,7 @@ pub(crate) async fn settle_unfinished(
     for mut record in store.unfinished_rollbacks(&env.name).await? {
         let stopped = record.stopped_in();
         let done = if undo {
-            undo_one(config, env, &record).await
+            undo_one(config, env, store, &record).await
         } else {
             finish_one(config, env, store, &mut record).await
         };
@@ -358,6 +358,7 @@ async fn finish_one(
 async fn undo_one(
     config: &Config,
     env: &Environment,
+    store: &Store,
     record: &RollbackRecord,
 ) -> Result<String, String> {
     let mut said = Vec::new();
@@ -382,8 +383,7 @@ async fn undo_one(
             environment: env.name.clone(),
             deployment_id: record.id.clone(),
         };
-        let store = open_store(config).await.map_err(|e| e.to_string())?;
-        let live = switch_back(&store, &plugins.target, &ctx, env, from, None).await?;
+        let live = switch_back(store, &plugins.target, &ctx, env, from, None).await?;
         said.push(format!("{live} is live again"));
     }
     Ok(said.join("; "))
