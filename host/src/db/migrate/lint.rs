@@ -81,38 +81,39 @@ pub fn lint(migrations: &[Migration]) -> Vec<LintFinding> {
             });
         }
         for w in &m.waivers {
+            // A finding about the waiver line itself; nothing waives it.
+            let about = |rule: &str, message: String, hint: String| LintFinding {
+                version: m.version,
+                file: m.path.display().to_string(),
+                line: w.line,
+                column: 1,
+                rule: rule.into(),
+                message,
+                hint: Some(hint),
+                waived: None,
+            };
             if w.reason.is_empty() {
-                out.push(LintFinding {
-                    version: m.version,
-                    file: m.path.display().to_string(),
-                    line: w.line,
-                    column: 1,
-                    rule: "waiver-needs-reason".into(),
-                    message: format!(
+                out.push(about(
+                    "waiver-needs-reason",
+                    format!(
                         "the waiver of `{}` gives no reason, so it is refused",
                         w.rule
                     ),
-                    hint: Some(format!(
+                    format!(
                         "say why it is safe here: `-- deploy-agent: allow {} <reason>`",
                         w.rule
-                    )),
-                    waived: None,
-                });
+                    ),
+                ));
             }
             if w.rule.parse::<Rule>().is_err() {
-                out.push(LintFinding {
-                    version: m.version,
-                    file: m.path.display().to_string(),
-                    line: w.line,
-                    column: 1,
-                    rule: "unknown-waiver".into(),
-                    message: format!(
+                out.push(about(
+                    "unknown-waiver",
+                    format!(
                         "`{}` is not a lint rule, so this waiver does nothing",
                         w.rule
                     ),
-                    hint: Some("see the rule names in `deploy-agent migrate lint` output".into()),
-                    waived: None,
-                });
+                    "see the rule names in `deploy-agent migrate lint` output".into(),
+                ));
             }
         }
     }
