@@ -6,6 +6,7 @@
 //! placeholder split across chunks is still seen, and the request is cut off before the
 //! placeholder leaves. Nothing is buffered whole.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,13 +23,13 @@ pub(super) struct Scanned {
     guard: Arc<Guard>,
     host: String,
     port: u16,
-    /// The tail of what came so far, not yet sent: a placeholder may continue in the next
-    /// chunk.
+    /// The last bytes that came, not yet sent: a placeholder may continue in the next chunk.
+    /// Never more than `hold`.
     held: Vec<u8>,
-    /// How much to hold back.
+    /// How much to hold back: the longest placeholder there can be.
     hold: usize,
-    /// A frame that arrived while held bytes still had to go first (trailers).
-    next: Option<Frame<Bytes>>,
+    /// Frames checked and ready to go, in order.
+    ready: VecDeque<Frame<Bytes>>,
     done: bool,
 }
 
@@ -42,33 +43,61 @@ impl Scanned {
             port,
             held: Vec::new(),
             hold,
-            next: None,
+            ready: VecDeque::new(),
             done: false,
         }
     }
 
-    /// Checks `held` (with the new data appended) and splits off what may be sent now.
-    fn release(&mut self, last: bool) -> Result<Option<Bytes>, HttpError> {
-        if let Err(violation) = self
+    /// Refuses `bytes` if they hold a placeholder not bound to this request's host.
+    fn check(&mut self, bytes: &[u8]) -> Result<(), HttpError> {
+        match self
             .guard
             .secrets()
-            .substitute_bytes(&self.held, &self.host, self.port)
+            .substitute_bytes(bytes, &self.host, self.port)
         {
-            self.held.clear();
-            self.done = true;
-            return Err(self.guard.refuse(violation));
+            Ok(_) => Ok(()),
+            Err(violation) => {
+                self.held.clear();
+                self.ready.clear();
+                self.done = true;
+                Err(self.guard.refuse(violation))
+            }
         }
-        let keep = if last {
-            0
+    }
+
+    /// Checks a chunk and queues what may go now. A placeholder that crosses from the held
+    /// bytes into this chunk ends within its first `hold` bytes; one inside the chunk is found
+    /// in the chunk. The chunk itself goes out as a slice, uncopied; only its last `hold`
+    /// bytes are copied, to be held.
+    fn take(&mut self, data: Bytes) -> Result<(), HttpError> {
+        if !self.held.is_empty() {
+            let mut seam = self.held.clone();
+            seam.extend_from_slice(&data[..data.len().min(self.hold)]);
+            self.check(&seam)?;
+        }
+        self.check(&data)?;
+        let keep = data.len().min(self.hold);
+        let cut = data.len() - keep;
+        if cut > 0 {
+            self.flush();
+            self.ready.push_back(Frame::data(data.slice(..cut)));
+            self.held = data[cut..].to_vec();
         } else {
-            self.hold.min(self.held.len())
-        };
-        let send = self.held.len() - keep;
-        if send == 0 {
-            return Ok(None);
+            self.held.extend_from_slice(&data);
+            if self.held.len() > self.hold {
+                let send: Vec<u8> = self.held.drain(..self.held.len() - self.hold).collect();
+                self.ready.push_back(Frame::data(Bytes::from(send)));
+            }
         }
-        let out: Vec<u8> = self.held.drain(..send).collect();
-        Ok(Some(Bytes::from(out)))
+        Ok(())
+    }
+
+    /// Queues the held bytes (all already checked).
+    fn flush(&mut self) {
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.ready.push_back(Frame::data(Bytes::from(held)));
+        }
     }
 }
 
@@ -81,7 +110,7 @@ impl Body for Scanned {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         loop {
-            if let Some(frame) = self.next.take() {
+            if let Some(frame) = self.ready.pop_front() {
                 return Poll::Ready(Some(Ok(frame)));
             }
             if self.done {
@@ -92,50 +121,42 @@ impl Body for Scanned {
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        self.held.extend_from_slice(&data);
-                        match self.release(false) {
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                            Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                            Ok(None) => continue,
+                        if let Err(e) = self.take(data) {
+                            return Poll::Ready(Some(Err(e)));
                         }
                     }
+                    // The held bytes go before the trailers.
                     Err(trailers) => {
-                        // The held bytes go before the trailers.
-                        match self.release(true) {
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                            Ok(Some(out)) => {
-                                self.next = Some(trailers);
-                                return Poll::Ready(Some(Ok(Frame::data(out))));
-                            }
-                            Ok(None) => return Poll::Ready(Some(Ok(trailers))),
-                        }
+                        self.flush();
+                        self.ready.push_back(trailers);
                     }
                 },
                 Poll::Ready(None) => {
                     self.done = true;
-                    match self.release(true) {
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                        Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                        Ok(None) => return Poll::Ready(None),
-                    }
+                    self.flush();
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.next.is_none() && self.held.is_empty()
+        self.done && self.ready.is_empty()
     }
 
     /// The same length as the body it scans (bytes are held back, never added or dropped),
     /// so an exact length still becomes `content-length`.
     fn size_hint(&self) -> http_body::SizeHint {
         let inner = self.inner.size_hint();
-        let held = self.held.len() as u64;
+        let queued: usize = self
+            .ready
+            .iter()
+            .filter_map(|f| f.data_ref().map(Bytes::len))
+            .sum();
+        let pending = (self.held.len() + queued) as u64;
         let mut hint = http_body::SizeHint::new();
-        hint.set_lower(inner.lower() + held);
+        hint.set_lower(inner.lower() + pending);
         if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + held);
+            hint.set_upper(upper + pending);
         }
         hint
     }
@@ -195,6 +216,16 @@ mod tests {
         let (out, err) = send(&chunks, "evil.example.net").await;
         assert!(err.is_some(), "refused");
         assert!(!String::from_utf8_lossy(&out).contains("__sec"), "{out:?}");
+        // After a chunk long enough to be sent on: its tail is held, so the start of the
+        // placeholder never leaves either.
+        let long = format!("{}__secr", "x".repeat(1000));
+        let (out, err) = send(&[&long, "et__token__ done"], "evil.example.net").await;
+        assert!(err.is_some(), "refused");
+        assert!(!String::from_utf8_lossy(&out).contains("__secr"), "{out:?}");
+        assert!(
+            out.len() < 1000 && !out.is_empty(),
+            "the chunk's head went out uncopied"
+        );
         // To the bound host the body goes out whole, the placeholder not substituted.
         let (out, err) = send(&chunks, "api.example.com").await;
         assert_eq!(err, None);

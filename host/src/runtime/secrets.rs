@@ -127,7 +127,8 @@ impl Secrets {
         port: u16,
     ) -> Result<Option<Vec<u8>>, PolicyViolation> {
         let prefix = PREFIX.as_bytes();
-        let find = |hay: &[u8]| hay.windows(prefix.len()).position(|w| w == prefix);
+        // On the path of every request body: a vectorised search, not a byte-by-byte one.
+        let find = |hay: &[u8]| memchr::memmem::find(hay, prefix);
         if find(text).is_none() {
             return Ok(None);
         }
