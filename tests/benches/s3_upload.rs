@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use deploy_agent::runtime::{CallContext, HostPattern, PluginSpec, Runtime, Secret, SecretValue};
+use deploy_agent::runtime::{
+    CallContext, HostPattern, PluginSpec, Runtime, Secret, SecretValue, Sigv4Scope,
+};
 use deploy_agent_tests::mem::{peak_rss_kib, reset_peak};
 use deploy_agent_tests::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 use deploy_agent_tests::{fixtures, repo_root};
@@ -69,6 +71,10 @@ fn main() {
         Secret {
             value: SecretValue::new(SECRET_KEY.into()),
             hosts: vec![HostPattern::parse(&host).unwrap()],
+            sigv4: Some(Sigv4Scope {
+                services: vec!["s3".into()],
+                regions: vec!["us-east-1".into()],
+            }),
         },
     );
     spec.config = serde_json::json!({"endpoint": server.endpoint(), "region": "us-east-1",

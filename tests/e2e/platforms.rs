@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use deploy_agent::runtime::{
     Artifact, CallContext, CallError, Event, EventKind, HostPattern, Plugin, PluginError,
-    PluginSpec, ReleaseState, Secret, SecretValue, Severity,
+    PluginSpec, ReleaseState, Secret, SecretValue, Severity, Sigv4Scope,
 };
 use deploy_agent_tests::kubernetes::{self, Kubernetes};
 use deploy_agent_tests::s3::{self, S3Server};
@@ -52,10 +52,10 @@ fn platform_spec_with(
     s.policy.max_requests = 200;
     s.secrets.insert(
         secret.0.into(),
-        Secret {
-            value: SecretValue::new(secret.1.to_string()),
-            hosts: vec![HostPattern::parse(&host).unwrap()],
-        },
+        Secret::new(
+            SecretValue::new(secret.1.to_string()),
+            vec![HostPattern::parse(&host).unwrap()],
+        ),
     );
     s.config = config;
     s
@@ -1090,13 +1090,15 @@ fn s3_plugin(server: &S3Server, artifact: &Path, secret: &str, extra: Value) -> 
         guest: "/artifact".into(),
         writable: false,
     });
-    s.secrets.insert(
-        "secret-key".into(),
-        Secret {
-            value: SecretValue::new(secret.to_string()),
-            hosts: vec![HostPattern::parse(&host).unwrap()],
-        },
+    let mut key = Secret::new(
+        SecretValue::new(secret.to_string()),
+        vec![HostPattern::parse(&host).unwrap()],
     );
+    key.sigv4 = Some(Sigv4Scope {
+        services: vec!["s3".into()],
+        regions: vec![config["region"].as_str().unwrap_or("us-east-1").to_string()],
+    });
+    s.secrets.insert("secret-key".into(), key);
     s.config = config;
     load(s)
 }
@@ -1433,6 +1435,7 @@ timeout_ms = 600000
 [plugins.s3-backups.secrets.secret-key]
 from = "${{env:S3_SECRET}}"
 hosts = ["127.0.0.1:{port}"]
+sigv4 = {{ services = ["s3"], regions = ["us-east-1"] }}
 [plugins.s3-backups.config]
 endpoint = "http://127.0.0.1:{port}"
 region = "us-east-1"

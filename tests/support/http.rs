@@ -14,6 +14,10 @@ pub enum Behaviour {
     Respond(u16, String),
     /// 200 with a 1000-byte body announced, then one byte a second.
     Drip,
+    /// Reflects the request's `authorization` back, as debug endpoints and error pages do:
+    /// in a response header, and in a chunked body (sent in small pieces) raw, base64, hex,
+    /// percent-encoded and JSON-escaped.
+    Echo,
 }
 
 /// One request as the server saw it.
@@ -64,6 +68,37 @@ impl TestServer {
                             let _ = socket.write_all(head.as_bytes()).await;
                             let _ = socket.write_all(body.as_bytes()).await;
                         }
+                        Behaviour::Echo => {
+                            use base64::Engine as _;
+                            let auth = request_header(&record, "authorization");
+                            let value = auth.strip_prefix("Bearer ").unwrap_or(&auth).to_string();
+                            let body = format!(
+                                "you sent: {auth}\nb64: {}\nb64url: {}\nhex: {}\nHEX: {}\npct: {}\njson: {}\n",
+                                base64::engine::general_purpose::STANDARD
+                                    .encode(format!("u:{value}")),
+                                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&value),
+                                hex::encode(&value),
+                                hex::encode_upper(&value),
+                                value
+                                    .bytes()
+                                    .map(|b| format!("%{b:02X}"))
+                                    .collect::<String>(),
+                                serde_json::to_string(&value).unwrap_or_default(),
+                            );
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-echo: {auth}\r\nconnection: close\r\n\r\n"
+                            );
+                            let _ = socket.write_all(head.as_bytes()).await;
+                            for piece in body.as_bytes().chunks(7) {
+                                let chunk = format!("{:x}\r\n", piece.len());
+                                let _ = socket.write_all(chunk.as_bytes()).await;
+                                let _ = socket.write_all(piece).await;
+                                let _ = socket.write_all(b"\r\n").await;
+                                let _ = socket.flush().await;
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            let _ = socket.write_all(b"0\r\n\r\n").await;
+                        }
                         Behaviour::Drip => {
                             let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n";
                             let _ = socket.write_all(head.as_bytes()).await;
@@ -90,6 +125,16 @@ impl TestServer {
     pub fn url(&self, host: &str, path: &str) -> String {
         format!("http://{host}:{}{path}", self.port)
     }
+}
+
+/// A header of the last request recorded.
+fn request_header(record: &Mutex<Vec<Seen>>, name: &str) -> String {
+    record
+        .lock()
+        .unwrap()
+        .last()
+        .and_then(|r| r.header(name).map(str::to_string))
+        .unwrap_or_default()
 }
 
 async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Seen> {

@@ -46,6 +46,13 @@ pub mod fixtures {
     pub const READ_ENV: &str = env!("PLUGIN_FIXTURE_READ_ENV");
     /// A deploy target that leaves a symlink out of its directory in the release it stages.
     pub const LINK_ESCAPE: &str = env!("PLUGIN_FIXTURE_LINK_ESCAPE");
+    pub const REFLECT: &str = env!("PLUGIN_FIXTURE_REFLECT");
+    pub const HOST_HOG: &str = env!("PLUGIN_FIXTURE_HOST_HOG");
+    /// Components built on 2026-11-29 against the WIT package as it was then (before the
+    /// signing imports were bound to purposes): they must keep loading.
+    pub const LEGACY_ECHO: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/legacy/echo-2026-11-29.wasm");
+    pub const LEGACY_S3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/legacy/s3-2026-11-29.wasm");
     /// A deploy target with the mistakes the conformance kit must catch.
     pub const SLOPPY_TARGET: &str = env!("PLUGIN_FIXTURE_SLOPPY_TARGET");
 }

@@ -117,6 +117,10 @@ pub struct ArtifactConfig {
     pub path: Option<PathBuf>,
     /// Its pinned digest (`sha256:…` over the tree), if pinned.
     pub sha256: Option<String>,
+    /// Where an artifact named by an API caller or a webhook route may lie (absolute; an
+    /// artifact must be inside one of them after its links are resolved). None: such an
+    /// artifact is refused.
+    pub roots: Vec<PathBuf>,
 }
 
 /// Built-in and plugin validators.
@@ -473,9 +477,16 @@ impl Validator<'_> {
                         None
                     }
                 });
+                let roots = a
+                    .roots
+                    .iter()
+                    .flatten()
+                    .map(|r| self.base.join(r.get_ref()))
+                    .collect();
                 ArtifactConfig {
                     path: a.path.as_ref().map(|p| self.base.join(p.get_ref())),
                     sha256,
+                    roots,
                 }
             });
         let validate = env

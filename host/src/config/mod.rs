@@ -36,7 +36,7 @@ pub use server::{GithubConfig, GithubRoute, Role, ServerConfig, TlsFiles, TokenC
 
 use crate::runtime::PluginSpec;
 use crate::runtime::policy::{DirGrant, HostPattern, MAX_MEMORY_MIB, Policy};
-use crate::runtime::secrets::{self, Secret, SecretValue, Secrets};
+use crate::runtime::secrets::{self, Secret, SecretValue, Secrets, Sigv4Scope};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -200,6 +200,8 @@ pub struct SecretConfig {
     pub source: SecretSource,
     /// The hosts it may be sent to.
     pub hosts: Vec<HostPattern>,
+    /// For an AWS secret access key: what it may sign for (and then it signs only that).
+    pub sigv4: Option<Sigv4Scope>,
 }
 
 /// Where a secret's value comes from.
@@ -371,6 +373,7 @@ impl Config {
                 Secret {
                     value,
                     hosts: cfg.hosts.clone(),
+                    sigv4: cfg.sigv4.clone(),
                 },
             );
         }
@@ -520,7 +523,38 @@ impl Validator<'_> {
                     Err(e) => self.error(h, e, ""),
                 }
             }
-            secrets.insert(sname.get_ref().clone(), SecretConfig { source, hosts });
+            let sigv4 = s.sigv4.as_ref().map(|scope| {
+                let raw = scope.get_ref();
+                if raw.services.is_empty() || raw.regions.is_empty() {
+                    self.error(
+                        scope,
+                        format!("secret `{}`: `sigv4` needs at least one service and one region", sname.get_ref()),
+                        "e.g. sigv4 = { services = [\"s3\"], regions = [\"eu-west-1\"] }: what the key may sign for",
+                    );
+                }
+                Sigv4Scope {
+                    services: raw.services.clone(),
+                    regions: raw.regions.clone(),
+                }
+            });
+            secrets.insert(
+                sname.get_ref().clone(),
+                SecretConfig {
+                    source,
+                    hosts,
+                    sigv4,
+                },
+            );
+        }
+        if signs_sigv4(&path) && !secrets.values().any(|s| s.sigv4.is_some()) {
+            self.error(
+                &p.path,
+                format!(
+                    "plugin `{}` signs AWS requests (it imports `sigv4-signature`), but none of its secrets is granted for SigV4",
+                    name.get_ref()
+                ),
+                "bind the secret access key to what it may sign: sigv4 = { services = [\"s3\"], regions = [\"REGION\"] } under [plugins.NAME.secrets.KEY]",
+            );
         }
         for key in p.config.keys() {
             let k = key.to_ascii_lowercase();
@@ -675,6 +709,14 @@ impl Validator<'_> {
             ),
         }
     }
+}
+
+/// Whether the component at `path` imports `sigv4-signature`: a component's imports name
+/// only the functions it uses, so the name is in the file exactly when the plugin signs.
+fn signs_sigv4(path: &Path) -> bool {
+    std::fs::read(path)
+        .map(|wasm| memchr::memmem::find(&wasm, b"sigv4-signature").is_some())
+        .unwrap_or(false)
 }
 
 /// Whether every host `inner` matches is also matched by `outer` (for secret bindings).

@@ -121,6 +121,7 @@ pub(super) struct RawTarget {
 pub(super) struct RawArtifact {
     pub path: Option<Spanned<String>>,
     pub sha256: Option<Spanned<String>>,
+    pub roots: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +232,7 @@ impl Merge for RawArtifact {
     fn merge(&mut self, p: &Self) {
         take(&mut self.path, &p.path);
         take(&mut self.sha256, &p.sha256);
+        take(&mut self.roots, &p.roots);
     }
 }
 
@@ -353,4 +355,14 @@ pub(super) struct RawSecret {
     pub from: Spanned<String>,
     #[serde(default)]
     pub hosts: Vec<Spanned<String>>,
+    pub sigv4: Option<Spanned<RawSigv4>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSigv4 {
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub regions: Vec<String>,
 }

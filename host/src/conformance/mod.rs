@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::runtime::{
     CallContext, CallError, DirGrant, HostPattern, Kind, Plugin, PluginSpec, Policy, Runtime,
-    Secret, SecretValue, Secrets,
+    Secret, SecretValue, Secrets, Sigv4Scope,
 };
 use script::Script;
 use standin::StandIn;
@@ -235,13 +235,15 @@ fn spec(
     }
     let mut granted = Secrets::default();
     for (name, value) in secrets {
-        granted.insert(
-            name.clone(),
-            Secret {
-                value: SecretValue::new(value.clone()),
-                hosts: here.iter().cloned().collect(),
-            },
+        let mut secret = Secret::new(
+            SecretValue::new(value.clone()),
+            here.iter().cloned().collect(),
         );
+        secret.sigv4 = script.plugin.sigv4.get(name).map(|s| Sigv4Scope {
+            services: s.services.clone(),
+            regions: s.regions.clone(),
+        });
+        granted.insert(name.clone(), secret);
     }
     let config = with_standin(
         serde_json::to_value(&script.plugin.config).unwrap_or_default(),
@@ -349,8 +351,8 @@ impl Kit {
         let written = std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(dir.join("index.html"), html));
         let digest = written
-            .and_then(|()| crate::pipeline::artifact::digest(&dir))
             .ok()
+            .and_then(|()| crate::pipeline::artifact::digest(&dir).ok())
             .map(|d| format!("sha256:{d}"));
         crate::runtime::Artifact {
             version: version.to_string(),

@@ -75,9 +75,23 @@ pub struct PluginSetup {
     /// (`"${env:VAR}"` reads an environment variable).
     #[serde(default)]
     pub secrets: SecretsSpec,
+    /// Secrets that are AWS secret access keys, with what each may sign for (as `sigv4` on a
+    /// secret in agent.toml): `sigv4 = { secret-key = { services = ["s3"], regions = [...] } }`.
+    #[serde(default)]
+    pub sigv4: BTreeMap<String, Sigv4Setup>,
     /// Memory cap, MiB (default: the agent's default).
     #[serde(default)]
     pub memory_mib: Option<u64>,
+}
+
+/// What a SigV4 secret may sign for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sigv4Setup {
+    /// AWS services.
+    pub services: Vec<String>,
+    /// AWS regions.
+    pub regions: Vec<String>,
 }
 
 /// The secrets a plugin under test gets.

@@ -1,27 +1,110 @@
 //! The artifact: a directory on the deploy host, its digest, and where a plugin sees it.
+//!
+//! The digest walk reads only regular files, and links that stay inside the artifact (a link
+//! to a directory inside it is followed). A FIFO, socket or device is refused before it is
+//! opened (and every file is opened non-blocking and checked again once open), so a crafted
+//! artifact can neither wedge the walk nor make it read outside the tree.
 
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::runtime::Policy;
 
+/// Why an artifact cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// A file or directory could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something that is not a file, a directory or a link.
+    #[error("{path} is a {kind}: an artifact holds only files, directories and links inside it")]
+    Special {
+        /// The path.
+        path: PathBuf,
+        /// `FIFO`, `socket`, `device`.
+        kind: &'static str,
+    },
+    /// A link that leads outside the artifact.
+    #[error("{path} is a link to {target}, outside the artifact")]
+    Escapes {
+        /// The link.
+        path: PathBuf,
+        /// Where it leads.
+        target: PathBuf,
+    },
+    /// A link back to a directory that contains it.
+    #[error("{path} is a link to a directory that contains it (a loop)")]
+    Loop {
+        /// The link.
+        path: PathBuf,
+    },
+    /// An artifact from the API or a webhook outside the environment's roots.
+    #[error("the artifact {path} is not under any of the environment's artifact roots ({roots})")]
+    OutsideRoots {
+        /// The path asked for (as given).
+        path: PathBuf,
+        /// The roots, for the message.
+        roots: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
+    move |source| ArtifactError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `path` (from an API caller or a webhook route) resolved, if it lies under one of `roots`
+/// once both are canonical (links resolved, `..` gone). Nothing under it is read.
+pub fn within_roots(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, ArtifactError> {
+    let outside = || ArtifactError::OutsideRoots {
+        path: path.to_path_buf(),
+        roots: if roots.is_empty() {
+            "none: add `roots = [...]` under [environments.NAME.artifact]".into()
+        } else {
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    };
+    if !path.is_absolute() || roots.is_empty() {
+        return Err(outside());
+    }
+    let real = path.canonicalize().map_err(io(path))?;
+    let inside = roots
+        .iter()
+        .filter_map(|r| r.canonicalize().ok())
+        .any(|root| real.starts_with(&root));
+    if inside { Ok(real) } else { Err(outside()) }
+}
+
 /// A tree digest: sha256 over every file's relative path, mode bit (executable or not) and
-/// content, in sorted order. The same tree gives the same digest on any host.
-pub fn digest(dir: &Path) -> std::io::Result<String> {
+/// content, in sorted order. The same tree gives the same digest on any host. A link inside
+/// the tree counts as what it leads to, under the link's own name.
+pub fn digest(dir: &Path) -> Result<String, ArtifactError> {
+    let root = dir.canonicalize().map_err(io(dir))?;
     let mut files = Vec::new();
-    walk(dir, dir, &mut files)?;
+    let mut open_dirs = vec![root.clone()];
+    walk(&root, &root, Path::new(""), &mut open_dirs, &mut files)?;
     files.sort();
     let mut tree = Sha256::new();
-    for rel in &files {
-        let path = dir.join(rel);
-        let mut file = std::fs::File::open(&path)?;
+    for (rel, real) in &files {
+        let mut file = open_regular(real)?;
         let mut h = Sha256::new();
-        std::io::copy(&mut file, &mut h)?;
-        let exec = {
-            use std::os::unix::fs::PermissionsExt;
-            file.metadata()?.permissions().mode() & 0o111 != 0
-        };
+        std::io::copy(&mut file, &mut h).map_err(io(real))?;
+        let exec = file.metadata().map_err(io(real))?.permissions().mode() & 0o111 != 0;
         tree.update(rel.to_string_lossy().as_bytes());
         tree.update([0, u8::from(exec)]);
         tree.update(h.finalize());
@@ -29,18 +112,86 @@ pub fn digest(dir: &Path) -> std::io::Result<String> {
     Ok(hex::encode(tree.finalize()))
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
+/// Collects `(relative name, real path)` of every file under `dir` (real path `real`).
+/// `open_dirs` holds the real directories being walked, to refuse a link loop.
+fn walk(
+    root: &Path,
+    real: &Path,
+    rel: &Path,
+    open_dirs: &mut Vec<PathBuf>,
+    out: &mut Vec<(PathBuf, PathBuf)>,
+) -> Result<(), ArtifactError> {
+    for entry in std::fs::read_dir(real).map_err(io(real))? {
+        let entry = entry.map_err(io(real))?;
         let path = entry.path();
-        if kind.is_dir() {
-            walk(root, &path, out)?;
+        let name = rel.join(entry.file_name());
+        let kind = entry.file_type().map_err(io(&path))?;
+        let (target, kind) = if kind.is_symlink() {
+            let target = path.canonicalize().map_err(io(&path))?;
+            if !target.starts_with(root) {
+                return Err(ArtifactError::Escapes { path, target });
+            }
+            let kind = std::fs::metadata(&target).map_err(io(&target))?.file_type();
+            (target, kind)
         } else {
-            out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+            (path.clone(), kind)
+        };
+        if kind.is_dir() {
+            if open_dirs.contains(&target) {
+                return Err(ArtifactError::Loop { path });
+            }
+            open_dirs.push(target.clone());
+            walk(root, &target, &name, open_dirs, out)?;
+            open_dirs.pop();
+        } else if kind.is_file() {
+            out.push((name, target));
+        } else {
+            return Err(ArtifactError::Special {
+                path,
+                kind: special_kind(&kind),
+            });
         }
     }
     Ok(())
+}
+
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
+
+/// Opens `path` only if it is a regular file: non-blocking (a FIFO swapped in after the walk
+/// cannot block the open) and without following a final link, then checked once open.
+fn open_regular(path: &Path) -> Result<File, ArtifactError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => ArtifactError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    "changed into a link during the walk",
+                ),
+            },
+            _ => io(path)(e),
+        })?;
+    let kind = file.metadata().map_err(io(path))?.file_type();
+    if !kind.is_file() {
+        return Err(ArtifactError::Special {
+            path: path.to_path_buf(),
+            kind: special_kind(&kind),
+        });
+    }
+    Ok(file)
 }
 
 /// Where a plugin sees a host path: inside one of the directories its policy grants.
@@ -64,7 +215,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn digest_covers_names_and_content() -> std::io::Result<()> {
+    fn digest_covers_names_and_content() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("a"))?;
         std::fs::write(dir.path().join("a/x.txt"), "one")?;
@@ -75,6 +226,70 @@ mod tests {
         assert_ne!(first, second);
         std::fs::rename(dir.path().join("a/x.txt"), dir.path().join("a/y.txt"))?;
         assert_ne!(second, digest(dir.path())?);
+        Ok(())
+    }
+
+    /// A FIFO is refused without being opened (opening one would block the walk), a link
+    /// inside the tree is followed, one out of it or back up it is refused.
+    #[test]
+    fn special_files_and_escaping_links_are_refused_links_inside_followed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("a");
+        std::fs::create_dir_all(root.join("assets"))?;
+        std::fs::write(root.join("assets/x.css"), "x")?;
+        let plain = digest(&root)?;
+        std::os::unix::fs::symlink("assets", root.join("static"))?;
+        let linked = digest(&root)?;
+        assert_ne!(
+            plain, linked,
+            "the linked directory's files count under its name"
+        );
+
+        let fifo = root.join("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid NUL-terminated path.
+        #[allow(unsafe_code)]
+        let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(made, 0);
+        let err = digest(&root).unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::Special { kind: "FIFO", .. }),
+            "{err}"
+        );
+        std::fs::remove_file(&fifo)?;
+
+        std::os::unix::fs::symlink("/etc", root.join("etc"))?;
+        assert!(matches!(digest(&root), Err(ArtifactError::Escapes { .. })));
+        std::fs::remove_file(root.join("etc"))?;
+        std::os::unix::fs::symlink("..", root.join("assets/up"))?;
+        assert!(matches!(digest(&root), Err(ArtifactError::Loop { .. })));
+        std::fs::remove_file(root.join("assets/up"))?;
+        assert_eq!(digest(&root)?, linked);
+        Ok(())
+    }
+
+    #[test]
+    fn api_artifacts_must_lie_under_a_root_after_resolving_links()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let roots = vec![dir.path().join("releases")];
+        std::fs::create_dir_all(dir.path().join("releases/v1"))?;
+        std::fs::create_dir_all(dir.path().join("secret"))?;
+        std::os::unix::fs::symlink("../secret", dir.path().join("releases/sneaky"))?;
+        assert!(within_roots(&dir.path().join("releases/v1"), &roots).is_ok());
+        for bad in ["releases/../secret", "releases/sneaky", "secret"] {
+            let err = within_roots(&dir.path().join(bad), &roots).unwrap_err();
+            assert!(
+                matches!(err, ArtifactError::OutsideRoots { .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert!(within_roots(Path::new("/root"), &[]).is_err());
+        assert!(
+            within_roots(Path::new("releases/v1"), &roots).is_err(),
+            "relative"
+        );
         Ok(())
     }
 }

@@ -357,7 +357,7 @@ pub fn preload(config: &Config) -> Result<usize, String> {
 }
 
 /// The artifact as the target plugin sees it, and its host path.
-pub(crate) fn artifact_for(
+pub(crate) async fn artifact_for(
     env: &Environment,
     request: &Request,
     target: &Plugin,
@@ -366,31 +366,39 @@ pub(crate) fn artifact_for(
         .artifact
         .clone()
         .or_else(|| env.artifact.path.clone());
-    let digest = match &path {
-        Some(p) if p.is_dir() => Some(format!(
-            "sha256:{}",
-            digest(p).map_err(|e| format!("cannot read the artifact {}: {e}", p.display()))?
-        )),
-        _ => None,
-    };
+    // The grant is checked before anything under the path is read; the file-system work runs
+    // off the async workers (a slow or hostile tree cannot stall them).
+    let policy = target.policy().clone();
+    let name = target.name().to_string();
+    let walked = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let Some(p) = path.filter(|p| p.is_dir()) else {
+            return Ok((None, None, None));
+        };
+        let guest = guest_path(&policy, &p).ok_or_else(|| {
+            format!(
+                "the target plugin `{name}` cannot see the artifact {}: grant it, e.g. dirs = [{{ path = \"{}\", guest = \"/artifact\" }}] under [plugins.{name}.policy]",
+                p.display(),
+                p.display(),
+            )
+        })?;
+        let digest = digest(&p).map_err(|e| format!("cannot read the artifact: {e}"))?;
+        Ok((Some(p), Some(guest), Some(format!("sha256:{digest}"))))
+    })
+    .await
+    .map_err(|e| format!("reading the artifact: {e}"))?;
+    let (dir, guest, digest) = walked?;
+    let path = dir.or_else(|| {
+        request
+            .artifact
+            .clone()
+            .or_else(|| env.artifact.path.clone())
+    });
     let version = match (&request.version, &digest) {
         (Some(v), _) => v.clone(),
         (None, Some(d)) => d.trim_start_matches("sha256:")[..12].to_string(),
         (None, None) => {
             return Err("no version: pass --version, or give the environment an artifact".into());
         }
-    };
-    let guest = match &path {
-        Some(p) if p.is_dir() => Some(guest_path(target.policy(), p).ok_or_else(|| {
-            format!(
-                "the target plugin `{}` cannot see the artifact {}: grant it, e.g. dirs = [{{ path = \"{}\", guest = \"/artifact\" }}] under [plugins.{}.policy]",
-                target.name(),
-                p.display(),
-                p.display(),
-                target.name()
-            )
-        })?),
-        _ => None,
     };
     Ok((
         path,
@@ -448,8 +456,9 @@ pub async fn deploy(
         .environment(&request.environment)
         .map_err(PipelineError::Setup)?;
     let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
-    let (artifact_path, artifact) =
-        artifact_for(env, request, &plugins.target).map_err(PipelineError::Setup)?;
+    let (artifact_path, artifact) = artifact_for(env, request, &plugins.target)
+        .await
+        .map_err(PipelineError::Setup)?;
     let store = open_store(config).await?;
     let owner = Owner::this_process();
     let id = request.id.clone().unwrap_or_else(new_id);

@@ -55,8 +55,9 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
         .environment(&request.environment)
         .map_err(PipelineError::Setup)?;
     let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
-    let (artifact_path, artifact) =
-        artifact_for(env, request, &plugins.target).map_err(PipelineError::Setup)?;
+    let (artifact_path, artifact) = artifact_for(env, request, &plugins.target)
+        .await
+        .map_err(PipelineError::Setup)?;
     let store = open_store(config).await?;
     let mut steps = Vec::new();
     let mut blocked = false;

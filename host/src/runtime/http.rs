@@ -130,6 +130,22 @@ impl Guard {
             .trim_end_matches(']')
             .to_string();
         let port = uri.port_u16().unwrap_or(if use_tls { 443 } else { 80 });
+        // A secret's value, raw or encoded, in the URL or a header: refused whatever the host.
+        if let Err(v) = self
+            .secrets
+            .refuse_values(uri.to_string().as_bytes(), &host)
+        {
+            return Err(self.refuse(v));
+        }
+        for (name, value) in request.headers() {
+            let checked = self
+                .secrets
+                .refuse_values(name.as_str().as_bytes(), &host)
+                .and_then(|()| self.secrets.refuse_values(value.as_bytes(), &host));
+            if let Err(v) = checked {
+                return Err(self.refuse(v));
+            }
+        }
         if !self.policy.host_allowed(&host, port) {
             return Err(self.refuse(PolicyViolation::HostNotAllowed { host, port }));
         }
@@ -264,17 +280,28 @@ impl Guard {
 
         let limit = self.policy.max_response_bytes;
         let guard = self.clone();
-        let response = response.map(move |incoming| {
-            Capped {
+        // A host a secret may be sent to may send it back: scrub what it says.
+        let reflects = self.secrets.any_bound(&host, port);
+        let mut response = response.map(move |incoming| {
+            let capped = Capped {
                 incoming,
                 remaining: limit,
-                guard,
+                guard: guard.clone(),
                 host,
                 idle: tokio::time::interval(between),
                 started: false,
+            };
+            if reflects {
+                let secrets = guard.secrets();
+                super::reflect::Scrubbed::new(capped, secrets.forms(), secrets.placeholders())
+                    .boxed_unsync()
+            } else {
+                capped.boxed_unsync()
             }
-            .boxed_unsync()
         });
+        if reflects {
+            super::reflect::scrub_headers(&self.secrets, response.headers_mut());
+        }
         let io: IoFuture = Box::new(async move {
             if conn_done {
                 return Ok(());
@@ -370,6 +397,16 @@ impl WasiHttpHooks for Hooks {
     ) -> SendFuture {
         drop(fut);
         Box::new(self.guard.clone().send(request, options))
+    }
+
+    /// Small chunks, few of them: what an unsent body makes the host hold is bounded (see
+    /// [`super::budget`]).
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        super::budget::OUTGOING_CHUNKS
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        super::budget::OUTGOING_CHUNK
     }
 }
 

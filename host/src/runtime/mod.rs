@@ -17,17 +17,21 @@
 //! ```
 
 mod bindings;
+mod budget;
 mod cache;
 mod egress;
 mod engine;
 mod error;
+mod forms;
 mod http;
 pub mod inspect;
 pub mod links;
 mod plugin;
 pub mod policy;
 mod ranges;
+mod reflect;
 pub mod secrets;
+mod signing;
 mod state;
 
 use std::path::PathBuf;
@@ -45,7 +49,7 @@ pub use engine::EPOCH_TICK;
 pub use error::{CallError, LoadError, describe};
 pub use plugin::{CallContext, Kind, Plugin, PluginSpec};
 pub use policy::{DirGrant, HostPattern, Policy, PolicyViolation};
-pub use secrets::{Secret, SecretValue, Secrets};
+pub use secrets::{Secret, SecretValue, Secrets, Sigv4Scope};
 
 pub(crate) use http::tls_config;
 pub(crate) use plugin::sha256_hex;

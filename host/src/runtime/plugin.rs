@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
-use wasmtime::component::{Instance, InstancePre};
+use wasmtime::component::{Instance, InstancePre, ResourceTableError};
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi_http::FieldMapError;
 
 use super::Runtime;
+use super::bindings::deploy_agent::plugin::log::Level;
 use super::bindings::{
     self, Artifact, Event, Finding, ObjectInfo, ObjectPage, PluginError, Release, ReleaseStatus,
     Staged, backup_store, deploy_target, notifier, validator,
@@ -22,7 +24,7 @@ use super::bindings::{
 use super::cache::LoadSource;
 use super::error::{CallError, LoadError};
 use super::http::Guard;
-use super::policy::Policy;
+use super::policy::{Policy, PolicyViolation};
 use super::secrets::Secrets;
 use super::state::{CallTag, PluginState};
 
@@ -334,19 +336,13 @@ impl Plugin {
             .as_ref()
             .ok_or_else(|| self.not_exported(Kind::Validator))?;
         let (idx, release) = (idx.clone(), release.clone());
-        let mut findings = self
-            .call(ctx, "validate", move |store, instance, wctx| {
-                Box::pin(async move {
-                    let guest = idx.load(&mut *store, &instance)?;
-                    guest.call_validate(&mut *store, &wctx, &release).await
-                })
+        self.call(ctx, "validate", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                guest.call_validate(&mut *store, &wctx, &release).await
             })
-            .await?;
-        for f in &mut findings {
-            f.message = self.inner.secrets.redact(&f.message);
-            f.hint = f.hint.as_deref().map(|h| self.inner.secrets.redact(h));
-        }
-        Ok(findings)
+        })
+        .await
     }
 
     /// `notifier.notify`.
@@ -565,8 +561,6 @@ impl Plugin {
         ));
         let tag = CallTag {
             plugin: inner.name.clone(),
-            environment: ctx.environment.as_str().into(),
-            call_id,
         };
         let output = MemoryOutputPipe::new(64 * 1024);
         let state = PluginState::new(
@@ -587,7 +581,10 @@ impl Plugin {
         // keep probing (a refused request is reported as the call's error anyway).
         let deadline = Instant::now() + policy.timeout;
         let watched = guard.clone();
-        store.epoch_deadline_callback(move |_| {
+        store.epoch_deadline_callback(move |mut cx| {
+            if let Some(violation) = cx.data_mut().over_budget() {
+                watched.refuse(violation);
+            }
             if Instant::now() >= deadline || watched.violated() {
                 Ok(UpdateDeadline::Interrupt)
             } else {
@@ -614,16 +611,16 @@ impl Plugin {
         )
         .await;
 
-        let text = String::from_utf8_lossy(&output.contents()).into_owned();
-        let text = inner.secrets.redact(text.trim_end());
-        if !text.is_empty() {
-            for line in text.lines().take(50) {
-                tracing::warn!(target: "plugin", plugin = %inner.name, env = %ctx.environment, call = call_id, "stdio: {line}");
-            }
-        }
+        // One call's whole output (its log lines, stdio, and the texts it returns) is
+        // redacted as one text before any of it is written, so a value split across two
+        // lines or encoded is caught; then every text shown or stored is cut to a sane size.
+        let mut logs = store.data_mut().take_logs();
+        let mut stdio = String::from_utf8_lossy(&output.contents())
+            .trim_end()
+            .to_string();
         let plugin = || self.name().to_string();
         // The host's record of a refusal outranks whatever the plugin made of it.
-        let result = match (outcome, guard.first_violation()) {
+        let mut result = match (outcome, guard.first_violation()) {
             (_, Some(violation)) => Err(CallError::Policy {
                 plugin: plugin(),
                 op,
@@ -634,12 +631,24 @@ impl Plugin {
                 op,
                 limit_ms: policy.timeout.as_millis() as u64,
             }),
-            (Ok(Err(e)), None) => Err(self.classify(op, e, &store, &text)),
-            (Ok(Ok(Err(error))), None) => Err(CallError::Plugin {
-                plugin: plugin(),
-                op,
-                error: redact_error(&inner.secrets, error),
-            }),
+            (Ok(Err(e)), None) => Err(self.classify(op, e, &store, &stdio)),
+            (Ok(Ok(Err(error))), None) => {
+                let size = error.return_size();
+                if size > policy.max_return_bytes {
+                    Err(CallError::ReturnTooLarge {
+                        plugin: plugin(),
+                        op,
+                        size,
+                        limit: policy.max_return_bytes,
+                    })
+                } else {
+                    Err(CallError::Plugin {
+                        plugin: plugin(),
+                        op,
+                        error,
+                    })
+                }
+            }
             (Ok(Ok(Ok(value))), None) => {
                 let size = value.return_size();
                 if size > policy.max_return_bytes {
@@ -654,6 +663,24 @@ impl Plugin {
                 }
             }
         };
+        {
+            let mut texts: Vec<&mut String> = logs.iter_mut().map(|(_, line)| line).collect();
+            texts.push(&mut stdio);
+            match &mut result {
+                Ok(value) => texts.extend(value.texts_mut()),
+                Err(e) => texts.extend(e.texts_mut()),
+            }
+            inner.secrets.redact_joined(&mut texts);
+            for text in texts {
+                cut(text, MAX_TEXT);
+            }
+        }
+        for (level, line) in &logs {
+            emit_log(*level, &inner.name, &ctx.environment, call_id, line);
+        }
+        for line in stdio.lines().take(50) {
+            tracing::warn!(target: "plugin", plugin = %inner.name, env = %ctx.environment, call = call_id, "stdio: {line}");
+        }
         let labels = [("plugin", &*inner.name), ("op", op)];
         crate::metrics::observe(
             crate::metrics::Family::PluginCallSeconds,
@@ -678,6 +705,28 @@ impl Plugin {
         output: &str,
     ) -> CallError {
         let plugin = self.name().to_string();
+        // A host-side limit (the resource table full, a header-field set at its size),
+        // under whatever context the host function added: the call's host budget.
+        for cause in error.chain() {
+            let violation = match (
+                cause.downcast_ref::<ResourceTableError>(),
+                cause.downcast_ref::<FieldMapError>(),
+            ) {
+                (Some(ResourceTableError::Full), _) => store.data().table_full(),
+                (_, Some(FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields)) => {
+                    PolicyViolation::HostBudget {
+                        what: "header fields",
+                        limit: super::budget::FIELD_LIMIT as u64,
+                    }
+                }
+                _ => continue,
+            };
+            return CallError::Policy {
+                plugin,
+                op,
+                violation,
+            };
+        }
         if let Some(wanted) = store.data().limiter.refused_growth {
             return CallError::MemoryLimit {
                 plugin,
@@ -727,22 +776,55 @@ fn panic_message(output: &str) -> Option<String> {
     None
 }
 
-fn redact_error(secrets: &Secrets, error: PluginError) -> PluginError {
-    match error {
-        PluginError::Retryable(mut r) => {
-            r.message = secrets.redact(&r.message);
-            PluginError::Retryable(r)
-        }
-        PluginError::Rejected(m) => PluginError::Rejected(secrets.redact(&m)),
-        PluginError::Unauthorized(m) => PluginError::Unauthorized(secrets.redact(&m)),
-        PluginError::InvalidConfig(m) => PluginError::InvalidConfig(secrets.redact(&m)),
-        PluginError::Other(m) => PluginError::Other(secrets.redact(&m)),
+/// The longest text of a plugin's kept for people or the state store: an error, a finding,
+/// a log line. Longer ones are cut, with a note saying so.
+const MAX_TEXT: usize = 4096;
+
+/// Cuts `text` to `max` bytes (on a character boundary), noting how much went.
+fn cut(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut at = max;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let dropped = text.len() - at;
+    text.truncate(at);
+    text.push_str(&format!(" [cut: {dropped} more bytes]"));
+}
+
+/// A plugin's log line, into tracing with the call's tags.
+fn emit_log(level: Level, plugin: &str, env: &str, call: u64, message: &str) {
+    match level {
+        Level::Trace => tracing::trace!(target: "plugin", plugin, env, call, "{message}"),
+        Level::Debug => tracing::debug!(target: "plugin", plugin, env, call, "{message}"),
+        Level::Info => tracing::info!(target: "plugin", plugin, env, call, "{message}"),
+        Level::Warn => tracing::warn!(target: "plugin", plugin, env, call, "{message}"),
+        Level::Error => tracing::error!(target: "plugin", plugin, env, call, "{message}"),
     }
 }
 
-/// The bytes a returned value carries, for the return-size cap.
+/// The bytes a returned value carries, for the return-size cap, and its texts, for
+/// redaction.
 pub(crate) trait ReturnSize {
     fn return_size(&self) -> usize;
+    /// The texts in it that people read or the state store keeps.
+    fn texts_mut(&mut self) -> Vec<&mut String> {
+        Vec::new()
+    }
+}
+
+impl ReturnSize for PluginError {
+    fn return_size(&self) -> usize {
+        match self {
+            PluginError::Retryable(r) => r.message.len() + 8,
+            PluginError::Rejected(m)
+            | PluginError::Unauthorized(m)
+            | PluginError::InvalidConfig(m)
+            | PluginError::Other(m) => m.len(),
+        }
+    }
 }
 
 impl ReturnSize for () {
@@ -763,6 +845,9 @@ impl<T: ReturnSize> ReturnSize for Option<T> {
 impl<T: ReturnSize> ReturnSize for Vec<T> {
     fn return_size(&self) -> usize {
         self.iter().map(ReturnSize::return_size).sum::<usize>() + self.len() * 8
+    }
+    fn texts_mut(&mut self) -> Vec<&mut String> {
+        self.iter_mut().flat_map(ReturnSize::texts_mut).collect()
     }
 }
 impl ReturnSize for ObjectInfo {
@@ -785,6 +870,11 @@ impl ReturnSize for Finding {
     fn return_size(&self) -> usize {
         self.code.len() + self.message.len() + self.hint.return_size()
     }
+    fn texts_mut(&mut self) -> Vec<&mut String> {
+        let mut texts = vec![&mut self.code, &mut self.message];
+        texts.extend(self.hint.as_mut());
+        texts
+    }
 }
 impl ReturnSize for Staged {
     fn return_size(&self) -> usize {
@@ -798,6 +888,12 @@ impl ReturnSize for ReleaseStatus {
             _ => 0,
         };
         state + self.url.return_size()
+    }
+    fn texts_mut(&mut self) -> Vec<&mut String> {
+        match &mut self.state {
+            bindings::ReleaseState::InProgress(s) | bindings::ReleaseState::Failed(s) => vec![s],
+            _ => Vec::new(),
+        }
     }
 }
 impl ReturnSize for Release {

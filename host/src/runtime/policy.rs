@@ -249,6 +249,34 @@ pub enum PolicyViolation {
         /// Why.
         reason: String,
     },
+    /// A request carrying a secret's value, raw or encoded: a plugin never holds a value, so
+    /// one on its way out was extracted somehow.
+    #[error(
+        "request to `{host}` refused: it carries the value of secret `{secret}` (raw or encoded); a plugin may only send a secret's placeholder"
+    )]
+    SecretValueInRequest {
+        /// The secret's name.
+        secret: String,
+        /// The host it was being sent to.
+        host: String,
+    },
+    /// A signing request the secret's grant does not allow.
+    #[error("signing with secret `{secret}` refused: {reason}")]
+    SigningRefused {
+        /// The secret's name.
+        secret: String,
+        /// Why.
+        reason: String,
+    },
+    /// Host-side memory held for the call (request bodies, header fields, resources) over
+    /// the call's budget.
+    #[error("host-side memory for this call is spent: {what} (limit {limit})")]
+    HostBudget {
+        /// What ran out.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 #[cfg(test)]

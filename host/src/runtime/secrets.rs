@@ -2,10 +2,9 @@
 //! the value in only where agent.toml binds it, and redacts it from anything a plugin returns.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
+use super::forms::Forms;
 use super::policy::{HostPattern, PolicyViolation};
 
 const PREFIX: &str = "__secret__";
@@ -40,12 +39,37 @@ pub struct Secret {
     pub value: SecretValue,
     /// Hosts a request may carry it to.
     pub hosts: Vec<HostPattern>,
+    /// For an AWS secret access key: the services and regions it may sign for. Such a secret
+    /// is only ever used by `sigv4-signature`.
+    pub sigv4: Option<Sigv4Scope>,
+}
+
+impl Secret {
+    /// A secret that may be sent to `hosts`.
+    pub fn new(value: SecretValue, hosts: Vec<HostPattern>) -> Self {
+        Secret {
+            value,
+            hosts,
+            sigv4: None,
+        }
+    }
+}
+
+/// The AWS services and regions a SigV4 secret may sign for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sigv4Scope {
+    /// Services, e.g. `s3`.
+    pub services: Vec<String>,
+    /// Regions, e.g. `eu-west-1`.
+    pub regions: Vec<String>,
 }
 
 /// The secrets granted to one plugin, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     by_name: BTreeMap<String, Secret>,
+    /// Every form of every value, compiled on first use.
+    forms: OnceLock<Arc<Forms>>,
 }
 
 /// Whether a secret name is usable in a placeholder: ASCII letters, digits and `-`.
@@ -57,6 +81,55 @@ impl Secrets {
     /// Grants a secret.
     pub fn insert(&mut self, name: String, secret: Secret) {
         self.by_name.insert(name, secret);
+        self.forms = OnceLock::new();
+    }
+
+    /// The secret `name`, if granted.
+    pub(crate) fn get(&self, name: &str) -> Option<&Secret> {
+        self.by_name.get(name)
+    }
+
+    /// Every form (raw and encoded) of every value: what responses are scrubbed of, requests
+    /// are refused for and redaction removes.
+    pub(crate) fn forms(&self) -> Arc<Forms> {
+        self.forms
+            .get_or_init(|| {
+                Arc::new(Forms::new(
+                    self.by_name
+                        .iter()
+                        .map(|(n, s)| (n.as_str(), s.value.expose().as_bytes())),
+                ))
+            })
+            .clone()
+    }
+
+    /// Whether any secret may be sent to `host:port` (its responses may reflect it).
+    pub(crate) fn any_bound(&self, host: &str, port: u16) -> bool {
+        self.by_name
+            .values()
+            .any(|s| s.hosts.iter().any(|p| p.matches(host, port)))
+    }
+
+    /// What secret `index` of [`Secrets::forms`] is replaced by in a scrubbed response: its
+    /// placeholder, so the plugin reads back what it sent.
+    pub(crate) fn placeholders(&self) -> Vec<Vec<u8>> {
+        self.by_name
+            .keys()
+            .map(|n| format!("{PREFIX}{n}{SUFFIX}").into_bytes())
+            .collect()
+    }
+
+    /// A refusal if `text` (a request's URL, a header, a stretch of its body) carries a form
+    /// of any secret's value: a plugin never holds a value, so one on its way out was
+    /// extracted somehow.
+    pub(crate) fn refuse_values(&self, text: &[u8], host: &str) -> Result<(), PolicyViolation> {
+        match self.forms().first(text) {
+            None => Ok(()),
+            Some(hit) => Err(PolicyViolation::SecretValueInRequest {
+                secret: self.forms().name(hit.secret).to_string(),
+                host: host.to_string(),
+            }),
+        }
     }
 
     /// The granted names.
@@ -69,40 +142,6 @@ impl Secrets {
         self.by_name
             .contains_key(name)
             .then(|| format!("{PREFIX}{name}{SUFFIX}"))
-    }
-
-    /// HMAC-SHA256 of `data` keyed by `prefix` + the secret's value.
-    pub fn hmac_sha256(&self, name: &str, prefix: &str, data: &[u8]) -> Option<Vec<u8>> {
-        let secret = self.by_name.get(name)?;
-        let mut key = Vec::with_capacity(prefix.len() + secret.value.0.len());
-        key.extend_from_slice(prefix.as_bytes());
-        key.extend_from_slice(secret.value.0.as_bytes());
-        let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
-        mac.update(data);
-        Some(mac.finalize().into_bytes().to_vec())
-    }
-
-    /// An AWS Signature Version 4 signature (lowercase hex) of `string_to_sign`: the signing
-    /// key is derived here from the secret `name` (`AWS4` + secret → date → region → service →
-    /// `aws4_request`), so neither the secret nor a derived key leaves the host.
-    pub fn sigv4_signature(
-        &self,
-        name: &str,
-        date: &str,
-        region: &str,
-        service: &str,
-        string_to_sign: &str,
-    ) -> Option<String> {
-        let step = |key: &[u8], data: &str| -> Option<Vec<u8>> {
-            let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
-            mac.update(data.as_bytes());
-            Some(mac.finalize().into_bytes().to_vec())
-        };
-        let k_date = self.hmac_sha256(name, "AWS4", date.as_bytes())?;
-        let k_region = step(&k_date, region)?;
-        let k_service = step(&k_region, service)?;
-        let k_signing = step(&k_service, "aws4_request")?;
-        Some(hex::encode(step(&k_signing, string_to_sign)?))
     }
 
     /// Replaces every placeholder in `text` with its value, if each named secret is bound to
@@ -171,6 +210,12 @@ impl Secrets {
             .ok_or_else(|| PolicyViolation::SecretNotGranted {
                 secret: name.to_string(),
             })?;
+        if secret.sigv4.is_some() {
+            return Err(PolicyViolation::SigningRefused {
+                secret: name.to_string(),
+                reason: "a SigV4 secret is never sent, only signed with (sigv4-signature)".into(),
+            });
+        }
         if !secret.hosts.iter().any(|p| p.matches(host, port)) {
             return Err(PolicyViolation::SecretNotBound {
                 secret: name.to_string(),
@@ -190,16 +235,20 @@ impl Secrets {
         Ok(secret)
     }
 
-    /// `text` with every secret value replaced by `[redacted:NAME]`.
+    /// `text` with every secret value, and every encoding of one, replaced by
+    /// `[redacted:NAME]`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for (name, secret) in &self.by_name {
-            let value = secret.value.expose();
-            if !value.is_empty() && out.contains(value) {
-                out = out.replace(value, &format!("[redacted:{name}]"));
-            }
-        }
+        self.redact_joined(&mut [&mut out]);
         out
+    }
+
+    /// Redacts `fragments` as one text (one call's whole output), so a value split across
+    /// two of them is found too.
+    pub(crate) fn redact_joined(&self, fragments: &mut [&mut String]) {
+        if !self.by_name.is_empty() {
+            super::forms::redact_joined(&self.forms(), fragments);
+        }
     }
 }
 
@@ -211,10 +260,10 @@ mod tests {
         let mut s = Secrets::default();
         s.insert(
             "token".into(),
-            Secret {
-                value: SecretValue::new("s3cr3t-value".into()),
-                hosts: vec![HostPattern::parse("api.example.com").unwrap()],
-            },
+            Secret::new(
+                SecretValue::new("s3cr3t-value".into()),
+                vec![HostPattern::parse("api.example.com").unwrap()],
+            ),
         );
         s
     }
@@ -256,49 +305,11 @@ mod tests {
             s.redact("echo: Bearer s3cr3t-value!"),
             "echo: Bearer [redacted:token]!"
         );
+        assert_eq!(
+            s.redact(&format!("b64 {}", hex::encode("s3cr3t-value"))),
+            "b64 [redacted:token]"
+        );
         assert_eq!(format!("{:?}", SecretValue::new("x".into())), "[redacted]");
-    }
-
-    #[test]
-    fn hmac_matches_rfc4231_case_2() {
-        let mut s = Secrets::default();
-        s.insert(
-            "k".into(),
-            Secret {
-                value: SecretValue::new("Jefe".into()),
-                hosts: vec![],
-            },
-        );
-        let mac = s
-            .hmac_sha256("k", "", b"what do ya want for nothing?")
-            .unwrap();
-        assert_eq!(
-            hex::encode(mac),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-    }
-
-    /// The AWS SigV4 test suite's `get-vanilla` case (secret, scope and string to sign from
-    /// the suite; the signature is the suite's expected one).
-    #[test]
-    fn sigv4_matches_the_aws_test_suite() {
-        let mut s = Secrets::default();
-        s.insert(
-            "aws".into(),
-            Secret {
-                value: SecretValue::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
-                hosts: vec![],
-            },
-        );
-        let sts = "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/service/aws4_request\nbb579772317eb040ac9ed261061d46c1f17a8133879d6129b6e1c25292927e63";
-        assert_eq!(
-            s.sigv4_signature("aws", "20150830", "us-east-1", "service", sts)
-                .as_deref(),
-            Some("5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31")
-        );
-        assert_eq!(
-            s.sigv4_signature("nope", "20150830", "us-east-1", "service", sts),
-            None
-        );
+        assert!(!format!("{s:?}").contains("s3cr3t"));
     }
 }

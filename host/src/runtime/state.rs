@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::SystemTime;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -10,21 +11,22 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::deploy_agent::plugin::{digest, log, secrets, types};
+use super::budget::{self, HostBudget};
 use super::http::{Guard, Hooks};
-use super::policy::Policy;
+use super::policy::{Policy, PolicyViolation};
 use super::secrets::Secrets;
+use super::signing;
 
 /// Log lines one call may write before the rest are dropped.
 const MAX_LOG_LINES: u32 = 1_000;
 /// Longest log line kept, in bytes.
 const MAX_LOG_LINE: usize = 4_096;
 
-/// Who is calling: for log lines.
+/// Who is calling: for the host's own warnings (the call's log lines are tagged when they
+/// are written, after the call).
 #[derive(Debug, Clone)]
 pub(crate) struct CallTag {
     pub(crate) plugin: Arc<str>,
-    pub(crate) environment: Arc<str>,
-    pub(crate) call_id: u64,
 }
 
 /// Enforces the memory cap and remembers that it did, so the caller can say so.
@@ -62,10 +64,12 @@ pub(crate) struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
+    budget: HostBudget,
     hooks: Hooks,
     secrets: Arc<Secrets>,
     tag: CallTag,
     log_lines: AtomicU32,
+    logs: Vec<(log::Level, String)>,
     pub(crate) limiter: Limiter,
 }
 
@@ -96,14 +100,21 @@ impl PluginState {
                 .preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(|e| format!("cannot grant {}: {e}", dir.host.display()))?;
         }
+        let budget = HostBudget::for_policy(policy);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(budget.resources());
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(budget::FIELD_LIMIT);
         Ok(PluginState {
             wasi: builder.build(),
-            table: ResourceTable::new(),
-            http: WasiHttpCtx::new(),
+            table,
+            http,
+            budget,
             hooks: Hooks { guard },
             secrets,
             tag,
             log_lines: AtomicU32::new(0),
+            logs: Vec::new(),
             limiter: Limiter {
                 memory_cap: policy.memory_bytes,
                 refused_growth: None,
@@ -113,6 +124,23 @@ impl PluginState {
 }
 
 impl PluginState {
+    /// A refusal if the call's resources hold more host memory than its budget.
+    pub(crate) fn over_budget(&mut self) -> Option<PolicyViolation> {
+        let held = budget::held(&mut self.table);
+        (held > self.budget.bytes).then_some(PolicyViolation::HostBudget {
+            what: "request bodies, header fields and resources held by the host",
+            limit: self.budget.bytes,
+        })
+    }
+
+    /// The violation for a full resource table.
+    pub(crate) fn table_full(&self) -> PolicyViolation {
+        PolicyViolation::HostBudget {
+            what: "resource handles",
+            limit: self.budget.resources() as u64,
+        }
+    }
+
     /// The store's resource table (streams handed to a backup-store call live here).
     pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
         &mut self.table
@@ -140,8 +168,16 @@ impl WasiHttpView for PluginState {
 
 impl types::Host for PluginState {}
 
+impl PluginState {
+    /// The call's log lines, in order, not yet redacted or cut: they are written when the
+    /// call ends, redacted over the call's whole output.
+    pub(crate) fn take_logs(&mut self) -> Vec<(log::Level, String)> {
+        std::mem::take(&mut self.logs)
+    }
+}
+
 impl log::Host for PluginState {
-    async fn log(&mut self, level: log::Level, message: String) {
+    async fn log(&mut self, level: log::Level, mut message: String) {
         let n = self.log_lines.fetch_add(1, Ordering::Relaxed);
         if n == MAX_LOG_LINES {
             tracing::warn!(plugin = %self.tag.plugin, "plugin wrote {MAX_LOG_LINES} log lines in one call; dropping the rest");
@@ -149,23 +185,17 @@ impl log::Host for PluginState {
         if n >= MAX_LOG_LINES {
             return;
         }
-        let mut message = self.secrets.redact(&message);
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
+        // Kept a little longer than shown, so that a value at the cut is still redacted
+        // whole; cut for good after redaction.
+        let keep = MAX_LOG_LINE + self.secrets.forms().longest();
+        if message.len() > keep {
+            let mut at = keep;
+            while !message.is_char_boundary(at) {
+                at -= 1;
             }
-            message.truncate(cut);
-            message.push_str(" [truncated]");
+            message.truncate(at);
         }
-        let (plugin, env, call) = (&*self.tag.plugin, &*self.tag.environment, self.tag.call_id);
-        match level {
-            log::Level::Trace => tracing::trace!(target: "plugin", plugin, env, call, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "plugin", plugin, env, call, "{message}"),
-            log::Level::Info => tracing::info!(target: "plugin", plugin, env, call, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "plugin", plugin, env, call, "{message}"),
-            log::Level::Error => tracing::error!(target: "plugin", plugin, env, call, "{message}"),
-        }
+        self.logs.push((level, message));
     }
 }
 
@@ -186,12 +216,15 @@ impl secrets::Host for PluginState {
     async fn hmac_sha256(
         &mut self,
         name: String,
-        key_prefix: String,
-        data: Vec<u8>,
+        _key_prefix: String,
+        _data: Vec<u8>,
     ) -> Result<Vec<u8>, secrets::SecretError> {
-        self.secrets
-            .hmac_sha256(&name, &key_prefix, &data)
-            .ok_or(secrets::SecretError::NotGranted(name))
+        // Withdrawn, still linked: a plugin built against it loads, and calling it fails the
+        // call with a policy error.
+        let violation = signing::hmac_withdrawn(&name);
+        let text = violation.to_string();
+        self.hooks.guard.refuse(violation);
+        Err(secrets::SecretError::Unavailable(text))
     }
 
     async fn sigv4_signature(
@@ -202,8 +235,53 @@ impl secrets::Host for PluginState {
         service: String,
         string_to_sign: String,
     ) -> Result<String, secrets::SecretError> {
-        self.secrets
-            .sigv4_signature(&name, &date, &region, &service, &string_to_sign)
-            .ok_or(secrets::SecretError::NotGranted(name))
+        let secret = self
+            .secrets
+            .get(&name)
+            .ok_or_else(|| secrets::SecretError::NotGranted(name.clone()))?;
+        signing::sigv4_signature(
+            &name,
+            secret,
+            &date,
+            &region,
+            &service,
+            &string_to_sign,
+            SystemTime::now(),
+        )
+        .map_err(|violation| {
+            let text = violation.to_string();
+            self.hooks.guard.refuse(violation);
+            secrets::SecretError::Unavailable(text)
+        })
+    }
+
+    async fn webhook_signature(
+        &mut self,
+        name: String,
+        scheme: secrets::WebhookScheme,
+        timestamp: u64,
+        payload: Vec<u8>,
+    ) -> Result<String, secrets::SignError> {
+        let secret = self
+            .secrets
+            .get(&name)
+            .ok_or_else(|| secrets::SignError::NotGranted(name.clone()))?;
+        let scheme = match scheme {
+            secrets::WebhookScheme::HubSha256 => signing::WebhookScheme::HubSha256,
+            secrets::WebhookScheme::SlackV0 => signing::WebhookScheme::SlackV0,
+        };
+        signing::webhook_signature(
+            &name,
+            secret,
+            scheme,
+            timestamp,
+            &payload,
+            SystemTime::now(),
+        )
+        .map_err(|violation| {
+            let text = violation.to_string();
+            self.hooks.guard.refuse(violation);
+            secrets::SignError::Refused(text)
+        })
     }
 }

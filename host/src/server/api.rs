@@ -66,6 +66,10 @@ impl ApiError {
     pub fn conflict(why: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, why)
     }
+    /// 422.
+    pub fn unprocessable(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, why)
+    }
     /// 503.
     pub fn unavailable(why: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)
@@ -222,6 +226,7 @@ async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
         (status = 401, description = "No valid token", body = ApiError),
         (status = 403, description = "The token may not deploy there", body = ApiError),
         (status = 404, description = "No such environment", body = ApiError),
+        (status = 422, description = "The artifact is not under the environment's artifact roots (audited)", body = ApiError),
         (status = 503, description = "Shutting down", body = ApiError),
     ),
     security(("bearer" = []))
@@ -279,6 +284,34 @@ pub(super) async fn enqueue(
     if state.stopping.load(Ordering::Relaxed) {
         return Err(ApiError::unavailable("shutting down"));
     }
+    // An artifact named by a caller must lie under a root the environment grants, checked
+    // on the resolved path before anything under it is read (and off the async workers).
+    let artifact = match artifact {
+        None => None,
+        Some(path) => {
+            let roots = state
+                .config
+                .environment(environment)
+                .map(|e| e.artifact.roots.clone())
+                .unwrap_or_default();
+            let asked = std::path::PathBuf::from(&path);
+            let checked = tokio::task::spawn_blocking(move || {
+                crate::pipeline::artifact::within_roots(&asked, &roots)
+            })
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            match checked {
+                Ok(real) => Some(real.to_string_lossy().into_owned()),
+                Err(e) => {
+                    let why = e.to_string();
+                    state
+                        .audit(&actor, "deploy.refused", environment, &path, Some(&why))
+                        .await;
+                    return Err(ApiError::unprocessable(why));
+                }
+            }
+        }
+    };
     let item = state
         .queue
         .push(QueueItem {

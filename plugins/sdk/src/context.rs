@@ -2,7 +2,8 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::bindings::deploy_agent::plugin::secrets::{self, SecretError};
+pub use crate::bindings::deploy_agent::plugin::secrets::WebhookScheme;
+use crate::bindings::deploy_agent::plugin::secrets::{self, SecretError, SignError};
 use crate::{CallContext, PluginError, invalid_config, rejected};
 
 /// What the host told the plugin about this call.
@@ -96,9 +97,21 @@ impl SecretRef {
         format!("Bearer {}", self.placeholder)
     }
 
-    /// HMAC-SHA256 of `data` keyed by `key_prefix` + the secret, computed by the host.
-    pub fn hmac_sha256(&self, key_prefix: &str, data: &[u8]) -> Result<Vec<u8>, PluginError> {
-        secrets::hmac_sha256(&self.name, key_prefix, data).map_err(secret_error)
+    /// The signature of a webhook `payload` with this secret, as `scheme` defines it, ready
+    /// for its header (`sha256=…`, `v0=…`). The host builds the signed message, so the
+    /// result is only ever that signature. `timestamp` (Unix seconds) is for schemes that
+    /// sign one, and must be near the host's clock.
+    pub fn webhook_signature(
+        &self,
+        scheme: WebhookScheme,
+        timestamp: u64,
+        payload: &[u8],
+    ) -> Result<String, PluginError> {
+        secrets::webhook_signature(&self.name, scheme, timestamp, payload).map_err(|e| match e {
+            SignError::NotGranted(name) => secret_error(SecretError::NotGranted(name)),
+            SignError::Unavailable(m) => secret_error(SecretError::Unavailable(m)),
+            SignError::Refused(m) => rejected(m),
+        })
     }
 
     /// The AWS SigV4 signature (hex) of `string_to_sign` for `date` (`yyyymmdd`), `region` and

@@ -58,7 +58,7 @@ pub use bindings::deploy_agent::plugin::types::{
     ReleaseState, ReleaseStatus, Retryable, Severity, Staged,
 };
 pub use bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
-pub use context::{Context, SecretRef};
+pub use context::{Context, SecretRef, WebhookScheme};
 pub use error::{finding, invalid_config, rejected, retryable, unauthorized};
 pub use traits::{BackupStore, DeployTarget, Notifier, Validator, previous_release};
 
@@ -73,7 +73,7 @@ pub mod prelude {
     pub use crate::{
         Artifact, BackupStore, Context, DeployTarget, Event, EventKind, Finding, Notifier,
         ObjectInfo, ObjectPage, PluginError, Release, ReleaseState, ReleaseStatus, SecretRef,
-        Severity, Staged, Validator, export, previous_release,
+        Severity, Staged, Validator, WebhookScheme, export, previous_release,
     };
     pub use crate::{finding, invalid_config, rejected, retryable, unauthorized};
 }
