@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod config;
 mod daemon;
+mod daemon_artifacts;
 mod leaks;
 mod migrate;
 mod pipeline;

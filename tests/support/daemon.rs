@@ -120,6 +120,27 @@ impl Daemon {
         child.wait().expect("waits").code()
     }
 
+    /// Sends a signal and waits up to `limit` for the process to end: its exit code, or
+    /// `Err` if it was still running then (it is SIGKILLed, so the test does not leak it).
+    /// The limit is a liveness bound (a daemon that ignores SIGTERM never ends), not a
+    /// performance figure.
+    pub fn signal_within(&mut self, sig: &str, limit: Duration) -> Result<Option<i32>, String> {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status();
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if let Some(status) = child.try_wait().expect("waits") {
+                return Ok(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!("still running {limit:?} after SIG{sig}"))
+    }
+
     /// Waits for the process to end by itself (a failpoint).
     pub fn wait(&mut self) -> Option<i32> {
         self.child

@@ -252,7 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
+    let result = match cli.command {
         Command::Plugin(PluginCommand::Inspect { file, output }) => plugin::inspect(&file, output),
         Command::Plugin(PluginCommand::Check { config, output }) => {
             runtime.block_on(plugin::check(&config, output))
@@ -300,7 +300,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {
             runtime.block_on(bench::plugins(&plugin, iterations))
         }
-    }
+    };
+    // The command is done (a daemon's grace period is over): file-system work still on the
+    // blocking pool (a huge artifact's digest, say) is abandoned rather than waited for, so
+    // the process ends now, as a kill would end it; what it was doing is journaled.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

@@ -178,16 +178,23 @@ fn copy_dir(from: &Path, to: &Path) -> Result<u64, PluginError> {
     let mut bytes = 0;
     for entry in fs::read_dir(from).map_err(|e| io("cannot read", from, e))? {
         let entry = entry.map_err(|e| io("cannot read", from, e))?;
-        let kind = entry.file_type().map_err(|e| io("cannot read", from, e))?;
+        let mut kind = entry.file_type().map_err(|e| io("cannot read", from, e))?;
         let src = entry.path();
         let dst = to.join(entry.file_name());
+        // A link is copied as what it leads to (as the agent's digest counts it); the
+        // sandbox resolves it only within the granted artifact directory.
+        if kind.is_symlink() {
+            kind = fs::metadata(&src)
+                .map_err(|e| io("cannot follow the link", &src, e))?
+                .file_type();
+        }
         if kind.is_dir() {
             bytes += copy_dir(&src, &dst)?;
         } else if kind.is_file() {
             bytes += fs::copy(&src, &dst).map_err(|e| io("cannot copy", &src, e))?;
         } else {
             return Err(rejected(format!(
-                "the artifact contains {}, which is neither a file nor a directory (symlinks are not copied)",
+                "the artifact contains {}, which is neither a file nor a directory",
                 src.display()
             )));
         }
