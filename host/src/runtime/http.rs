@@ -301,6 +301,8 @@ impl Guard {
         });
         if reflects {
             super::reflect::scrub_headers(&self.secrets, response.headers_mut());
+            // Replacing changes the body's length.
+            response.headers_mut().remove(http::header::CONTENT_LENGTH);
         }
         let io: IoFuture = Box::new(async move {
             if conn_done {
