@@ -365,7 +365,7 @@ async fn sigv4_signs_only_for_its_services_regions_and_the_present() {
 fn config_check_names_a_sigv4_secret_without_its_scope() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[plugins.s3]\npath = {:?}\n[plugins.s3.policy]\nallowed_hosts = [\"s3.eu-west-1.amazonaws.com\"]\n[plugins.s3.secrets.key]\nfrom = \"${{env:K}}\"\nhosts = [\"s3.eu-west-1.amazonaws.com\"]\n",
+        "[plugins.s3]\npath = {:?}\n[plugins.s3.policy]\nallowed_hosts = [\"s3.eu-west-1.amazonaws.com\"]\n[plugins.s3.config]\naccess_key_id = \"AKIDEXAMPLE\"\n[plugins.s3.secrets.key]\nfrom = \"${{env:K}}\"\nhosts = [\"s3.eu-west-1.amazonaws.com\"]\n",
         fixtures::S3
     );
     std::fs::write(dir.path().join("agent.toml"), &toml).unwrap();

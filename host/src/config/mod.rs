@@ -546,15 +546,32 @@ impl Validator<'_> {
                 },
             );
         }
-        if signs_sigv4(&path) && !secrets.values().any(|s| s.sigv4.is_some()) {
-            self.error(
-                &p.path,
-                format!(
-                    "plugin `{}` signs AWS requests (it imports `sigv4-signature`), but none of its secrets is granted for SigV4",
-                    name.get_ref()
-                ),
-                "bind the secret access key to what it may sign: sigv4 = { services = [\"s3\"], regions = [\"REGION\"] } under [plugins.NAME.secrets.KEY]",
+        // A plugin that imports `sigv4-signature` and is configured with an AWS access key id
+        // signs AWS requests: its secret access key must say what it may sign for. (Python
+        // components import every function of an interface, so the import alone is a hint.)
+        if !secrets.values().any(|s| s.sigv4.is_some()) && signs_sigv4(&path) {
+            let message = format!(
+                "plugin `{}` imports `sigv4-signature`, but none of its secrets is granted for SigV4",
+                name.get_ref()
             );
+            let hint = "bind the secret access key to what it may sign: sigv4 = { services = [\"s3\"], regions = [\"REGION\"] } under [plugins.NAME.secrets.KEY]";
+            if p.config.contains_key("access_key_id") {
+                self.error(
+                    &p.path,
+                    format!("{message} (it is configured with an access_key_id)"),
+                    hint,
+                );
+            } else if !secrets.is_empty() {
+                self.warnings.push(
+                    ConfigError::at(
+                        self.file,
+                        self.text,
+                        p.path.span(),
+                        format!("{message}: if it signs AWS requests, they will be refused"),
+                    )
+                    .hint(hint),
+                );
+            }
         }
         for key in p.config.keys() {
             let k = key.to_ascii_lowercase();

@@ -35,14 +35,24 @@ pub fn escaping_links(root: &Path) -> std::io::Result<Vec<EscapingLink>> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
+        // Other environments' runs may prune their releases under the same grant while this
+        // walks: what vanished meanwhile cannot be a link left behind.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         for entry in entries {
-            let entry = entry?;
-            let kind = entry.file_type()?;
+            let (entry, kind) = match entry.and_then(|e| e.file_type().map(|k| (e, k))) {
+                Ok(found) => found,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
             let path = entry.path();
             if kind.is_dir() {
                 dirs.push(path);
             } else if kind.is_symlink() {
-                let target = std::fs::read_link(&path)?;
+                let target = match std::fs::read_link(&path) {
+                    Ok(t) => t,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e),
+                };
                 let resolved = normalize(&dir.join(&target));
                 if !resolved.starts_with(&root) {
                     found.push(EscapingLink { link: path, target });

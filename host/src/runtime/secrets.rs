@@ -103,10 +103,12 @@ impl Secrets {
             .clone()
     }
 
-    /// Whether any secret may be sent to `host:port` (its responses may reflect it).
+    /// Whether any secret may be sent to `host:port` (its responses may reflect it). A SigV4
+    /// secret is never sent, only signed with, so it cannot come back.
     pub(crate) fn any_bound(&self, host: &str, port: u16) -> bool {
         self.by_name
             .values()
+            .filter(|s| s.sigv4.is_none())
             .any(|s| s.hosts.iter().any(|p| p.matches(host, port)))
     }
 
