@@ -22,3 +22,4 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod store;
+pub mod time;

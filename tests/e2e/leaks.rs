@@ -6,15 +6,13 @@
 //! captured output, log or request a test server received, and that the agent still serves
 //! a well-behaved plugin afterwards.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine as _;
 use deploy_agent::runtime::{
-    Artifact, CallContext, CallError, Event, EventKind, HostPattern, PluginError, PluginSpec,
-    PolicyViolation, Secret, SecretValue, Sigv4Scope,
+    Artifact, CallContext, CallError, HostPattern, PluginError, PluginSpec, PolicyViolation,
+    Secret, SecretValue, Sigv4Scope,
 };
 use deploy_agent_tests::http::{Behaviour, TestServer};
-use deploy_agent_tests::{fixtures, load, logs, spec};
+use deploy_agent_tests::{event, fixtures, load, logs, spec};
 use serde_json::json;
 
 /// A value unique to one test, long enough that every encoding of it is matched.
@@ -52,22 +50,6 @@ fn assert_clean(what: &str, text: &str, value: &str) {
 
 fn ctx() -> CallContext {
     CallContext::new("staging")
-}
-
-fn event() -> Event {
-    Event {
-        kind: EventKind::Started,
-        environment: "staging".into(),
-        deployment_id: "run-1".into(),
-        version: "v1".into(),
-        actor: "tests".into(),
-        stage: None,
-        summary: "deploying v1".into(),
-        detail: None,
-        duration_ms: None,
-        links: vec![],
-        at_ms: 0,
-    }
 }
 
 /// The reflect fixture with `token` (value unique to `test`) bound to `bound`, and every
@@ -254,29 +236,7 @@ async fn components_built_against_yesterdays_wit_still_load() {
 }
 
 fn amz_now(offset_secs: i64) -> String {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + offset_secs;
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Civil date from days since the epoch (H. Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    deploy_agent::time::compact(deploy_agent::time::now_secs() + offset_secs)
 }
 
 /// The expected SigV4 signature, derived here independently.
@@ -425,4 +385,59 @@ async fn memory_the_plugin_makes_the_host_hold_is_counted_against_the_call() {
         text.len()
     );
     assert_aftermath("host-hog", None).await;
+}
+
+/// Through the whole pipeline: what a hostile validator logs and fails with reaches the
+/// terminal, the run's record and the state files redacted.
+#[test]
+fn nothing_a_plugin_leaks_reaches_the_state_files_or_the_terminal() {
+    let v = value("pipeline");
+    let p = crate::project::Project::new(
+        "",
+        &format!(
+            r#"
+[plugins.reflect]
+path = {path:?}
+[plugins.reflect.policy]
+allowed_hosts = ["api.example.com"]
+[plugins.reflect.secrets.token]
+from = "${{env:LEAK_TOKEN}}"
+hosts = ["api.example.com"]
+[plugins.reflect.config]
+mode = "log-leak"
+leaked = {v:?}
+
+[environments.local.validate]
+plugins = ["reflect"]
+"#,
+            path = fixtures::REFLECT
+        ),
+    );
+    let out = p
+        .command(&["deploy", "--env", "local", "--output", "json"])
+        .env("LEAK_TOKEN", &v)
+        .env("DEPLOY_AGENT_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("[redacted:token]"), "{stdout}");
+    assert_clean("the deploy's output", &stdout, &v);
+    assert_clean("the deploy's log", &stderr, &v);
+    let history = p.json(&["history", "--env", "local"]);
+    assert_clean("the history", &history.to_string(), &v);
+    let mut files = vec![p.path("state")];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            assert_clean(
+                &path.display().to_string(),
+                &String::from_utf8_lossy(&bytes),
+                &v,
+            );
+        }
+    }
 }

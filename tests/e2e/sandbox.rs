@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use deploy_agent::runtime::{
-    Artifact, CallContext, CallError, Event, EventKind, HostPattern, PluginError, PluginSpec,
-    PolicyViolation, Secret, SecretValue, Severity,
+    Artifact, CallContext, CallError, HostPattern, PluginError, PluginSpec, PolicyViolation,
+    Secret, SecretValue, Severity,
 };
 use deploy_agent_tests::http::{Behaviour, TestServer};
-use deploy_agent_tests::{fixtures, load, logs, runtime, spec};
+use deploy_agent_tests::{event, fixtures, load, logs, runtime, spec};
 use serde_json::json;
 
 /// A secret value unique to one test, so a leak is attributable.
@@ -40,22 +40,6 @@ fn allow_loopback_host(spec: &mut PluginSpec, host: &str) {
         .allowed_ranges
         .push("127.0.0.0/8".parse().unwrap());
     spec.policy.allowed_ranges.push("::1/128".parse().unwrap());
-}
-
-fn event() -> Event {
-    Event {
-        kind: EventKind::Started,
-        environment: "staging".into(),
-        deployment_id: "run-1".into(),
-        version: "v1".into(),
-        actor: "tests".into(),
-        stage: None,
-        summary: "deploying v1 to staging".into(),
-        detail: None,
-        duration_ms: None,
-        links: vec![],
-        at_ms: 0,
-    }
 }
 
 fn ctx() -> CallContext {

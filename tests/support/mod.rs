@@ -75,6 +75,23 @@ pub fn spec(name: &str, path: &str) -> PluginSpec {
     PluginSpec::new(name, PathBuf::from(path))
 }
 
+/// A `started` event for staging, as a notifier gets it.
+pub fn event() -> deploy_agent::runtime::Event {
+    deploy_agent::runtime::Event {
+        kind: deploy_agent::runtime::EventKind::Started,
+        environment: "staging".into(),
+        deployment_id: "run-1".into(),
+        version: "v1".into(),
+        actor: "tests".into(),
+        stage: None,
+        summary: "deploying v1 to staging".into(),
+        detail: None,
+        duration_ms: None,
+        links: vec![],
+        at_ms: 0,
+    }
+}
+
 /// Loads a spec with the shared runtime.
 pub fn load(spec: PluginSpec) -> Plugin {
     runtime().load(spec).expect("plugin loads")

@@ -105,7 +105,7 @@ fn print_steps(indent: &str, steps: &[crate::store::Step]) {
 }
 
 fn time(ms: i64) -> String {
-    crate::db::backup::time::rfc3339(ms / 1000)
+    crate::time::rfc3339(ms / 1000)
 }
 
 /// The live view: a line per stage as it ends (and, on a terminal, the one running).

@@ -415,7 +415,7 @@ pub(crate) async fn artifact_for(
 pub fn new_id() -> String {
     format!(
         "{}-{}",
-        backup::time::compact(backup::time::now_secs()),
+        crate::time::compact(crate::time::now_secs()),
         crate::random::hex(3)
     )
 }

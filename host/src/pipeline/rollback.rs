@@ -274,7 +274,7 @@ async fn plan_with(
                     )),
                     Some(id) => {
                         let m = backup::find(&env.backup.dir, &id).map_err(|e| setup(e.to_string()))?;
-                        let taken = backup::time::parse_rfc3339(&m.finished_at).unwrap_or(0);
+                        let taken = crate::time::parse_rfc3339(&m.finished_at).unwrap_or(0);
                         let age_s = (now_ms() / 1000 - taken).max(0);
                         let held = m.schema_version.map(|v| v.to_string());
                         if held != want {

@@ -30,6 +30,7 @@ mod plugin;
 pub mod policy;
 mod ranges;
 mod reflect;
+mod returned;
 pub mod secrets;
 mod signing;
 mod state;

@@ -16,7 +16,6 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi_http::FieldMapError;
 
 use super::Runtime;
-use super::bindings::deploy_agent::plugin::log::Level;
 use super::bindings::{
     self, Artifact, Event, Finding, ObjectInfo, ObjectPage, PluginError, Release, ReleaseStatus,
     Staged, backup_store, deploy_target, notifier, validator,
@@ -25,6 +24,7 @@ use super::cache::LoadSource;
 use super::error::{CallError, LoadError};
 use super::http::Guard;
 use super::policy::{Policy, PolicyViolation};
+use super::returned::{MAX_TEXT, ReturnSize, cut, emit_log};
 use super::secrets::Secrets;
 use super::state::{CallTag, PluginState};
 
@@ -619,6 +619,15 @@ impl Plugin {
             .trim_end()
             .to_string();
         let plugin = || self.name().to_string();
+        // Everything returned counts against the cap, errors included.
+        let too_large = |size: usize| {
+            (size > policy.max_return_bytes).then(|| CallError::ReturnTooLarge {
+                plugin: plugin(),
+                op,
+                size,
+                limit: policy.max_return_bytes,
+            })
+        };
         // The host's record of a refusal outranks whatever the plugin made of it.
         let mut result = match (outcome, guard.first_violation()) {
             (_, Some(violation)) => Err(CallError::Policy {
@@ -634,34 +643,16 @@ impl Plugin {
             (Ok(Err(e)), None) => Err(self.classify(op, e, &store, &stdio)),
             (Ok(Ok(Err(error))), None) => {
                 let size = error.return_size();
-                if size > policy.max_return_bytes {
-                    Err(CallError::ReturnTooLarge {
-                        plugin: plugin(),
-                        op,
-                        size,
-                        limit: policy.max_return_bytes,
-                    })
-                } else {
-                    Err(CallError::Plugin {
-                        plugin: plugin(),
-                        op,
-                        error,
-                    })
-                }
+                Err(too_large(size).unwrap_or(CallError::Plugin {
+                    plugin: plugin(),
+                    op,
+                    error,
+                }))
             }
-            (Ok(Ok(Ok(value))), None) => {
-                let size = value.return_size();
-                if size > policy.max_return_bytes {
-                    Err(CallError::ReturnTooLarge {
-                        plugin: plugin(),
-                        op,
-                        size,
-                        limit: policy.max_return_bytes,
-                    })
-                } else {
-                    Ok(value)
-                }
-            }
+            (Ok(Ok(Ok(value))), None) => match too_large(value.return_size()) {
+                Some(e) => Err(e),
+                None => Ok(value),
+            },
         };
         {
             let mut texts: Vec<&mut String> = logs.iter_mut().map(|(_, line)| line).collect();
@@ -774,130 +765,4 @@ fn panic_message(output: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// The longest text of a plugin's kept for people or the state store: an error, a finding,
-/// a log line. Longer ones are cut, with a note saying so.
-const MAX_TEXT: usize = 4096;
-
-/// Cuts `text` to `max` bytes (on a character boundary), noting how much went.
-fn cut(text: &mut String, max: usize) {
-    if text.len() <= max {
-        return;
-    }
-    let mut at = max;
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    let dropped = text.len() - at;
-    text.truncate(at);
-    text.push_str(&format!(" [cut: {dropped} more bytes]"));
-}
-
-/// A plugin's log line, into tracing with the call's tags.
-fn emit_log(level: Level, plugin: &str, env: &str, call: u64, message: &str) {
-    match level {
-        Level::Trace => tracing::trace!(target: "plugin", plugin, env, call, "{message}"),
-        Level::Debug => tracing::debug!(target: "plugin", plugin, env, call, "{message}"),
-        Level::Info => tracing::info!(target: "plugin", plugin, env, call, "{message}"),
-        Level::Warn => tracing::warn!(target: "plugin", plugin, env, call, "{message}"),
-        Level::Error => tracing::error!(target: "plugin", plugin, env, call, "{message}"),
-    }
-}
-
-/// The bytes a returned value carries, for the return-size cap, and its texts, for
-/// redaction.
-pub(crate) trait ReturnSize {
-    fn return_size(&self) -> usize;
-    /// The texts in it that people read or the state store keeps.
-    fn texts_mut(&mut self) -> Vec<&mut String> {
-        Vec::new()
-    }
-}
-
-impl ReturnSize for PluginError {
-    fn return_size(&self) -> usize {
-        match self {
-            PluginError::Retryable(r) => r.message.len() + 8,
-            PluginError::Rejected(m)
-            | PluginError::Unauthorized(m)
-            | PluginError::InvalidConfig(m)
-            | PluginError::Other(m) => m.len(),
-        }
-    }
-}
-
-impl ReturnSize for () {
-    fn return_size(&self) -> usize {
-        0
-    }
-}
-impl ReturnSize for String {
-    fn return_size(&self) -> usize {
-        self.len()
-    }
-}
-impl<T: ReturnSize> ReturnSize for Option<T> {
-    fn return_size(&self) -> usize {
-        self.as_ref().map_or(0, ReturnSize::return_size)
-    }
-}
-impl<T: ReturnSize> ReturnSize for Vec<T> {
-    fn return_size(&self) -> usize {
-        self.iter().map(ReturnSize::return_size).sum::<usize>() + self.len() * 8
-    }
-    fn texts_mut(&mut self) -> Vec<&mut String> {
-        self.iter_mut().flat_map(ReturnSize::texts_mut).collect()
-    }
-}
-impl ReturnSize for ObjectInfo {
-    fn return_size(&self) -> usize {
-        self.key.len()
-            + 16
-            + self
-                .metadata
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-    }
-}
-impl ReturnSize for ObjectPage {
-    fn return_size(&self) -> usize {
-        self.objects.return_size() + self.next.return_size()
-    }
-}
-impl ReturnSize for Finding {
-    fn return_size(&self) -> usize {
-        self.code.len() + self.message.len() + self.hint.return_size()
-    }
-    fn texts_mut(&mut self) -> Vec<&mut String> {
-        let mut texts = vec![&mut self.code, &mut self.message];
-        texts.extend(self.hint.as_mut());
-        texts
-    }
-}
-impl ReturnSize for Staged {
-    fn return_size(&self) -> usize {
-        self.release_id.len() + self.url.return_size()
-    }
-}
-impl ReturnSize for ReleaseStatus {
-    fn return_size(&self) -> usize {
-        let state = match &self.state {
-            bindings::ReleaseState::InProgress(s) | bindings::ReleaseState::Failed(s) => s.len(),
-            _ => 0,
-        };
-        state + self.url.return_size()
-    }
-    fn texts_mut(&mut self) -> Vec<&mut String> {
-        match &mut self.state {
-            bindings::ReleaseState::InProgress(s) | bindings::ReleaseState::Failed(s) => vec![s],
-            _ => Vec::new(),
-        }
-    }
-}
-impl ReturnSize for Release {
-    fn return_size(&self) -> usize {
-        self.id.len() + self.version.return_size() + self.url.return_size() + 9
-    }
 }

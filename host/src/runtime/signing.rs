@@ -135,7 +135,8 @@ fn check_string_to_sign(
     if algorithm != "AWS4-HMAC-SHA256" {
         return Err(format!("unknown algorithm `{algorithm}`"));
     }
-    let time = amz_time(stamp).ok_or_else(|| format!("bad request time `{stamp}`"))?;
+    let time =
+        crate::time::parse_compact(stamp).ok_or_else(|| format!("bad request time `{stamp}`"))?;
     let skew = time - unix(now);
     if skew.abs() > SIGV4_SKEW_SECS {
         return Err(format!(
@@ -153,37 +154,6 @@ fn check_string_to_sign(
         return Err("the canonical request hash is not 64 lowercase hex digits".into());
     }
     Ok(())
-}
-
-/// `yyyymmddThhmmssZ` as Unix seconds.
-fn amz_time(stamp: &str) -> Option<i64> {
-    let b = stamp.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = stamp.get(r)?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    let (y, m, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (hh, mm, ss) = (num(9..11)?, num(11..13)?, num(13..15)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    Some(days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -230,7 +200,7 @@ mod tests {
     const STS: &str = "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/service/aws4_request\nbb579772317eb040ac9ed261061d46c1f17a8133879d6129b6e1c25292927e63";
 
     fn at(stamp: &str) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(amz_time(stamp).unwrap() as u64)
+        UNIX_EPOCH + Duration::from_secs(crate::time::parse_compact(stamp).unwrap() as u64)
     }
 
     /// The AWS SigV4 test suite's `get-vanilla` case (secret, scope and string to sign from

@@ -10,7 +10,7 @@
 
 mod apply;
 pub mod crypt;
-pub mod time;
+use crate::time;
 mod tool;
 
 use std::collections::BTreeSet;

@@ -39,6 +39,28 @@ pub fn compact(secs: i64) -> String {
     rfc3339(secs).replace(['-', ':'], "")
 }
 
+/// Parses what [`compact`] writes (AWS's `x-amz-date` form): `None` unless it is exactly
+/// `yyyymmddThhmmssZ` with a valid date and time.
+pub fn parse_compact(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' || !digits(0..8) || !digits(9..15) {
+        return None;
+    }
+    let t = |r: std::ops::Range<usize>| &text[r];
+    let secs = parse_rfc3339(&format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        t(0..4),
+        t(4..6),
+        t(6..8),
+        t(9..11),
+        t(11..13),
+        t(13..15)
+    ))?;
+    // A date that does not exist (month 13, 31 November) does not come back the same.
+    (compact(secs) == text).then_some(secs)
+}
+
 /// Parses what [`rfc3339`] writes.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let b = text.as_bytes();
@@ -68,6 +90,15 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_273_445), "2026-11-21T15:04:05Z");
         assert_eq!(compact(1_795_273_445), "20261121T150405Z");
+        assert_eq!(parse_compact("20261121T150405Z"), Some(1_795_273_445));
+        for bad in [
+            "20261131T000000Z",
+            "20261121T250000Z",
+            "2026112XT150405Z",
+            "20261121 150405Z",
+        ] {
+            assert_eq!(parse_compact(bad), None, "{bad}");
+        }
         assert_eq!(parse_rfc3339("2026-11-21T15:04:05Z"), Some(1_795_273_445));
         assert_eq!(
             parse_rfc3339("2000-02-29T23:59:59Z")
