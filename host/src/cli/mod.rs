@@ -248,6 +248,8 @@ pub fn main() -> ExitCode {
     }
 }
 
+pub(crate) use crate::units::human_size;
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -343,20 +345,4 @@ pub(crate) fn environment_database(
         )
     })?;
     Ok((env, db))
-}
-
-/// `12.3 KiB`-style sizes.
-pub(crate) fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

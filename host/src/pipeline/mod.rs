@@ -966,7 +966,7 @@ impl Run<'_> {
             let mut detail = format!(
                 "{} ({})",
                 manifest.id,
-                crate::cli::human_size(manifest.stored_bytes)
+                crate::units::human_size(manifest.stored_bytes)
             );
             if let Some(store) = &self.plugins.offsite {
                 self.reporter
