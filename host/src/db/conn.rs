@@ -142,6 +142,50 @@ impl Conn {
         })
     }
 
+    /// Runs one statement with its values bound to `$1`, `$2`... (never spliced into the
+    /// text), returning rows affected.
+    pub(crate) async fn execute(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<u64, sqlx::Error> {
+        let text = || AssertSqlSafe(sql.to_string());
+        Ok(match self {
+            Conn::Pg(c) => bind_pg(sqlx::query(text()), args)
+                .execute(c)
+                .await?
+                .rows_affected(),
+            Conn::Lite(c) => bind_lite(sqlx::query(text()), args)
+                .execute(c)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    /// Runs one query with its values bound, returning its rows, each read by position with
+    /// its columns' own types.
+    pub(crate) async fn fetch(
+        &mut self,
+        sql: &str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<DbRow>, sqlx::Error> {
+        let text = || AssertSqlSafe(sql.to_string());
+        Ok(match self {
+            Conn::Pg(c) => bind_pg(sqlx::query(text()), args)
+                .fetch_all(c)
+                .await?
+                .into_iter()
+                .map(DbRow::Pg)
+                .collect(),
+            Conn::Lite(c) => bind_lite(sqlx::query(text()), args)
+                .fetch_all(c)
+                .await?
+                .into_iter()
+                .map(DbRow::Lite)
+                .collect(),
+        })
+    }
+
     /// The first column of the first row, as text ("" for NULL or no row).
     pub(crate) async fn scalar(&mut self, sql: &str) -> Result<String, sqlx::Error> {
         let rows = self.rows(sql).await?;
@@ -158,6 +202,96 @@ impl Conn {
             Conn::Pg(c) => c.close().await,
             Conn::Lite(c) => c.close().await,
         };
+    }
+}
+
+/// A value bound to a query's `$N` parameter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    /// Text, or NULL.
+    Text(Option<&'a str>),
+    /// A 64-bit integer, or NULL.
+    Int(Option<i64>),
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Arg::Text(Some(v))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Arg::Int(v)
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+type LiteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+fn bind_pg<'q>(mut q: PgQuery<'q>, args: &[Arg<'_>]) -> PgQuery<'q> {
+    for a in args {
+        q = match *a {
+            Arg::Text(v) => q.bind(v.map(str::to_string)),
+            Arg::Int(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn bind_lite<'q>(mut q: LiteQuery<'q>, args: &[Arg<'_>]) -> LiteQuery<'q> {
+    for a in args {
+        q = match *a {
+            Arg::Text(v) => q.bind(v.map(str::to_string)),
+            Arg::Int(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// One row of a [`Conn::fetch`], read by position.
+pub(crate) enum DbRow {
+    /// From PostgreSQL.
+    Pg(sqlx::postgres::PgRow),
+    /// From SQLite.
+    Lite(sqlx::sqlite::SqliteRow),
+}
+
+impl DbRow {
+    /// Column `i` as text (NULL: `None`).
+    pub(crate) fn text(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
+        use sqlx::Row;
+        match self {
+            DbRow::Pg(r) => r.try_get(i),
+            DbRow::Lite(r) => r.try_get(i),
+        }
+    }
+
+    /// Column `i` as a 64-bit integer (NULL: `None`).
+    pub(crate) fn int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        use sqlx::Row;
+        match self {
+            DbRow::Pg(r) => r.try_get(i),
+            DbRow::Lite(r) => r.try_get(i),
+        }
     }
 }
 

@@ -2,8 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Row, Store, StoreError, now_ms, opt};
-use crate::db::conn::lit;
+use super::{Row, Store, StoreError, now_ms};
 
 /// A gate's request and, once made, its decision.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -46,21 +45,20 @@ impl Decision {
     }
 }
 
-const COLUMNS: &str = "deployment_id, gate, environment, CAST(requested_at AS TEXT), CAST(expires_at AS TEXT), decision, decided_by, CAST(decided_at AS TEXT), reason";
+const COLUMNS: &str = "deployment_id, gate, environment, requested_at, expires_at, decision, decided_by, decided_at, reason";
 
-fn approval(row: Vec<Option<String>>) -> Approval {
-    let mut r = Row(row.into_iter());
-    Approval {
-        deployment_id: r.s(),
-        gate: r.s(),
-        environment: r.s(),
-        requested_at: r.i(),
-        expires_at: r.oi(),
-        decision: r.o(),
-        decided_by: r.o(),
-        decided_at: r.oi(),
-        reason: r.o(),
-    }
+fn approval(mut r: Row) -> Result<Approval, StoreError> {
+    Ok(Approval {
+        deployment_id: r.s()?,
+        gate: r.s()?,
+        environment: r.s()?,
+        requested_at: r.i()?,
+        expires_at: r.oi()?,
+        decision: r.o()?,
+        decided_by: r.o()?,
+        decided_at: r.oi()?,
+        reason: r.o()?,
+    })
 }
 
 impl Store {
@@ -72,14 +70,16 @@ impl Store {
         environment: &str,
         expires_at: Option<i64>,
     ) -> Result<Approval, StoreError> {
-        self.exec(&format!(
-            "INSERT INTO approvals (deployment_id, gate, environment, requested_at, expires_at) VALUES ({}, {}, {}, {}, {}) ON CONFLICT (deployment_id, gate) DO NOTHING",
-            lit(deployment),
-            lit(gate),
-            lit(environment),
-            now_ms(),
-            expires_at.map_or("NULL".into(), |e| e.to_string()),
-        ))
+        self.exec(
+            "INSERT INTO approvals (deployment_id, gate, environment, requested_at, expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (deployment_id, gate) DO NOTHING",
+            &[
+                deployment.into(),
+                gate.into(),
+                environment.into(),
+                now_ms().into(),
+                expires_at.into(),
+            ],
+        )
         .await?;
         self.approval(deployment, gate)
             .await?
@@ -93,13 +93,12 @@ impl Store {
         gate: &str,
     ) -> Result<Option<Approval>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE deployment_id = {} AND gate = {}",
-                lit(deployment),
-                lit(gate)
-            ))
+            .rows(
+                &format!("SELECT {COLUMNS} FROM approvals WHERE deployment_id = $1 AND gate = $2"),
+                &[deployment.into(), gate.into()],
+            )
             .await?;
-        Ok(rows.into_iter().next().map(approval))
+        rows.into_iter().next().map(approval).transpose()
     }
 
     /// Gates still waiting (undecided, unexpired), oldest first.
@@ -107,15 +106,14 @@ impl Store {
         &self,
         environment: Option<&str>,
     ) -> Result<Vec<Approval>, StoreError> {
-        let env =
-            environment.map_or_else(String::new, |e| format!(" AND environment = {}", lit(e)));
+        // No environment: every one (`$2 IS NULL`).
         let rows = self
-            .rows(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE decision IS NULL AND (expires_at IS NULL OR expires_at > {}){env} ORDER BY requested_at",
-                now_ms()
-            ))
+            .rows(
+                &format!("SELECT {COLUMNS} FROM approvals WHERE decision IS NULL AND (expires_at IS NULL OR expires_at > $1) AND ($2 IS NULL OR environment = $2) ORDER BY requested_at"),
+                &[now_ms().into(), environment.into()],
+            )
             .await?;
-        Ok(rows.into_iter().map(approval).collect())
+        rows.into_iter().map(approval).collect()
     }
 
     /// Decides the run's open gate. Fails when nothing is waiting (decided, expired, unknown).
@@ -128,13 +126,16 @@ impl Store {
     ) -> Result<Approval, StoreError> {
         let now = now_ms();
         let changed = self
-            .exec(&format!(
-                "UPDATE approvals SET decision = {}, decided_by = {}, decided_at = {now}, reason = {} WHERE deployment_id = {} AND decision IS NULL AND (expires_at IS NULL OR expires_at > {now})",
-                lit(decision.word()),
-                lit(who),
-                opt(Some(reason)),
-                lit(deployment),
-            ))
+            .exec(
+                "UPDATE approvals SET decision = $1, decided_by = $2, decided_at = $3, reason = $4 WHERE deployment_id = $5 AND decision IS NULL AND (expires_at IS NULL OR expires_at > $3)",
+                &[
+                    decision.word().into(),
+                    who.into(),
+                    now.into(),
+                    reason.into(),
+                    deployment.into(),
+                ],
+            )
             .await?;
         if changed == 0 {
             return Err(StoreError::Query(format!(
@@ -142,14 +143,17 @@ impl Store {
             )));
         }
         let rows = self
-            .rows(&format!(
-                "SELECT {COLUMNS} FROM approvals WHERE deployment_id = {} AND decided_at = {now}",
-                lit(deployment)
-            ))
+            .rows(
+                &format!(
+                    "SELECT {COLUMNS} FROM approvals WHERE deployment_id = $1 AND decided_at = $2"
+                ),
+                &[deployment.into(), now.into()],
+            )
             .await?;
         rows.into_iter()
             .next()
             .map(approval)
+            .transpose()?
             .ok_or_else(|| StoreError::Query("the decision vanished".into()))
     }
 }

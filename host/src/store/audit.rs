@@ -10,8 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::lease::hostname;
-use super::{Store, StoreError, now_ms};
-use crate::db::conn::lit;
+use super::{Row, Store, StoreError, now_ms};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -104,10 +103,6 @@ impl AuditRecord {
     }
 }
 
-fn opt(v: Option<&str>) -> String {
-    v.map_or_else(|| "NULL".to_string(), lit)
-}
-
 impl Store {
     /// Appends an entry. Concurrent writers (several agents on one PostgreSQL store) cannot
     /// fork the chain: `seq` is the primary key, so the loser of a race retries on the new head.
@@ -115,14 +110,10 @@ impl Store {
         let mut last_error = String::new();
         for _ in 0..20 {
             let head = self
-                .rows("SELECT CAST(seq AS TEXT), hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .rows("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])
                 .await?;
             let (seq, prev_hash) = match head.into_iter().next() {
-                Some(r) => {
-                    let mut it = r.into_iter().map(Option::unwrap_or_default);
-                    let seq: i64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                    (seq + 1, it.next().unwrap_or_default())
-                }
+                Some(mut r) => (r.i()? + 1, r.s()?),
                 None => (1, GENESIS.to_string()),
             };
             let mut record = AuditRecord {
@@ -139,21 +130,25 @@ impl Store {
                 hash: String::new(),
             };
             record.hash = record.compute_hash();
-            let sql = format!(
-                "INSERT INTO audit (seq, at, actor, action, environment, subject, host, why, detail, prev_hash, hash) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-                record.seq,
-                record.at,
-                lit(&record.actor),
-                lit(&record.action),
-                opt(record.environment.as_deref()),
-                opt(record.subject.as_deref()),
-                lit(&record.host),
-                opt(record.why.as_deref()),
-                opt(record.detail.as_deref()),
-                lit(&record.prev_hash),
-                lit(&record.hash),
-            );
-            match self.exec(&sql).await {
+            let appended = self
+                .exec(
+                    "INSERT INTO audit (seq, at, actor, action, environment, subject, host, why, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    &[
+                        record.seq.into(),
+                        record.at.into(),
+                        (&record.actor).into(),
+                        (&record.action).into(),
+                        record.environment.as_deref().into(),
+                        record.subject.as_deref().into(),
+                        (&record.host).into(),
+                        record.why.as_deref().into(),
+                        record.detail.as_deref().into(),
+                        (&record.prev_hash).into(),
+                        (&record.hash).into(),
+                    ],
+                )
+                .await;
+            match appended {
                 Ok(_) => return Ok(record),
                 Err(e) => last_error = e.to_string(),
             }
@@ -169,14 +164,17 @@ impl Store {
         environment: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let filter =
-            environment.map_or_else(String::new, |e| format!("WHERE environment = {}", lit(e)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .rows(&format!(
-                "SELECT CAST(seq AS TEXT), CAST(at AS TEXT), actor, action, environment, subject, host, why, detail, prev_hash, hash FROM audit {filter} ORDER BY seq DESC LIMIT {limit}"
-            ))
+            .rows(
+                &format!("SELECT {COLUMNS} FROM audit WHERE ($1 IS NULL OR environment = $1) ORDER BY seq DESC LIMIT $2"),
+                &[environment.into(), limit.into()],
+            )
             .await?;
-        let mut out: Vec<AuditRecord> = rows.into_iter().map(record).collect();
+        let mut out = rows
+            .into_iter()
+            .map(record)
+            .collect::<Result<Vec<_>, _>>()?;
         out.reverse();
         Ok(out)
     }
@@ -184,13 +182,21 @@ impl Store {
     /// Walks the whole chain.
     pub async fn audit_verify(&self) -> Result<AuditReport, StoreError> {
         let rows = self
-            .rows("SELECT CAST(seq AS TEXT), CAST(at AS TEXT), actor, action, environment, subject, host, why, detail, prev_hash, hash FROM audit ORDER BY seq")
+            .rows(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"), &[])
             .await?;
         let mut problems = Vec::new();
         let mut prev = GENESIS.to_string();
         let mut expected_seq = 1;
         let entries = rows.len();
-        for r in rows.into_iter().map(record) {
+        for (n, r) in rows.into_iter().map(record).enumerate() {
+            // An entry that cannot even be read (a NULL written over a column) is a break too.
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(format!("entry {} cannot be read: {e}", n + 1));
+                    continue;
+                }
+            };
             if r.seq != expected_seq {
                 problems.push(format!(
                     "entry {} is missing (the chain jumps from {} to {})",
@@ -222,20 +228,21 @@ impl Store {
     }
 }
 
-fn record(row: Vec<Option<String>>) -> AuditRecord {
-    let mut it = row.into_iter();
-    let mut s = || it.next().flatten();
-    AuditRecord {
-        seq: s().and_then(|v| v.parse().ok()).unwrap_or(0),
-        at: s().and_then(|v| v.parse().ok()).unwrap_or(0),
-        actor: s().unwrap_or_default(),
-        action: s().unwrap_or_default(),
-        environment: s(),
-        subject: s(),
-        host: s().unwrap_or_default(),
-        why: s(),
-        detail: s(),
-        prev_hash: s().unwrap_or_default(),
-        hash: s().unwrap_or_default(),
-    }
+const COLUMNS: &str =
+    "seq, at, actor, action, environment, subject, host, why, detail, prev_hash, hash";
+
+fn record(mut r: Row) -> Result<AuditRecord, StoreError> {
+    Ok(AuditRecord {
+        seq: r.i()?,
+        at: r.i()?,
+        actor: r.s()?,
+        action: r.s()?,
+        environment: r.o()?,
+        subject: r.o()?,
+        host: r.s()?,
+        why: r.o()?,
+        detail: r.o()?,
+        prev_hash: r.s()?,
+        hash: r.s()?,
+    })
 }

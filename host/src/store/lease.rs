@@ -13,7 +13,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Store, StoreError, now_ms};
-use crate::db::conn::lit;
 
 /// This agent process, as lock owners and runs record it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,11 +126,10 @@ impl Lease {
     pub async fn release(self) -> Result<(), StoreError> {
         self.renewer.abort();
         self.store
-            .exec(&format!(
-                "DELETE FROM locks WHERE environment = {} AND owner = {}",
-                lit(&self.environment),
-                lit(&self.owner.0)
-            ))
+            .exec(
+                "DELETE FROM locks WHERE environment = $1 AND owner = $2",
+                &[(&self.environment).into(), (&self.owner.0).into()],
+            )
             .await?;
         Ok(())
     }
@@ -141,19 +139,21 @@ impl Store {
     /// Who holds an environment's lock now, if anyone (expired leases included).
     pub async fn lock_holder(&self, environment: &str) -> Result<Option<LockHolder>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT owner, deployment_id, CAST(expires_at AS TEXT) FROM locks WHERE environment = {}",
-                lit(environment)
-            ))
+            .rows(
+                "SELECT owner, deployment_id, expires_at FROM locks WHERE environment = $1",
+                &[environment.into()],
+            )
             .await?;
-        Ok(rows.into_iter().next().map(|r| {
-            let mut it = r.into_iter().map(Option::unwrap_or_default);
-            LockHolder {
-                owner: it.next().unwrap_or_default(),
-                deployment_id: it.next().unwrap_or_default(),
-                expires_at: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
-            }
-        }))
+        rows.into_iter()
+            .next()
+            .map(|mut r| {
+                Ok(LockHolder {
+                    owner: r.s()?,
+                    deployment_id: r.s()?,
+                    expires_at: r.i()?,
+                })
+            })
+            .transpose()
     }
 
     /// Takes an environment's lock for `deployment`, or says who holds it. Returns the lease
@@ -172,17 +172,21 @@ impl Store {
         let dead = previous
             .as_ref()
             .filter(|h| h.owner != owner.0 && Owner(h.owner.clone()).is_dead_here())
-            .map(|h| format!(" OR locks.owner = {}", lit(&h.owner)))
-            .unwrap_or_default();
+            .map(|h| h.owner.as_str());
         let taken = self
-            .exec(&format!(
-                "INSERT INTO locks (environment, owner, deployment_id, acquired_at, expires_at) VALUES ({env}, {owner}, {dep}, {now}, {expires}) \
+            .exec(
+                "INSERT INTO locks (environment, owner, deployment_id, acquired_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (environment) DO UPDATE SET owner = excluded.owner, deployment_id = excluded.deployment_id, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \
-                 WHERE locks.expires_at < {now} OR locks.owner = {owner}{dead}",
-                env = lit(environment),
-                owner = lit(&owner.0),
-                dep = lit(deployment),
-            ))
+                 WHERE locks.expires_at < $4 OR locks.owner = $2 OR locks.owner = $6",
+                &[
+                    environment.into(),
+                    (&owner.0).into(),
+                    deployment.into(),
+                    now.into(),
+                    expires.into(),
+                    dead.into(),
+                ],
+            )
             .await?;
         if taken == 0 {
             let holder = self.lock_holder(environment).await?;
@@ -230,13 +234,17 @@ async fn renew(
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
-        let sql = format!(
-            "UPDATE locks SET expires_at = {} WHERE environment = {} AND owner = {}",
-            now_ms() + lease.as_millis() as i64,
-            lit(&environment),
-            lit(&owner.0)
-        );
-        match store.exec(&sql).await {
+        let renewed = store
+            .exec(
+                "UPDATE locks SET expires_at = $1 WHERE environment = $2 AND owner = $3",
+                &[
+                    (now_ms() + lease.as_millis() as i64).into(),
+                    (&environment).into(),
+                    (&owner.0).into(),
+                ],
+            )
+            .await;
+        match renewed {
             Ok(0) => {
                 tracing::error!(
                     environment,

@@ -24,7 +24,7 @@ pub use queue::QueueItem;
 pub use rollbacks::RollbackRecord;
 
 use crate::db::Backend;
-use crate::db::conn::{Conn, lit};
+use crate::db::conn::{Arg, Conn, DbRow};
 
 /// Why the state store failed.
 #[derive(Debug, thiserror::Error)]
@@ -298,72 +298,92 @@ pub struct ReleaseRecord {
     pub promoted_at: Option<i64>,
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, environment, version, artifact, digest, actor, reason, host, owner, status, stage, CAST(started_at AS TEXT), CAST(finished_at AS TEXT), error, backup_id, schema_before, schema_after, release_id, previous_release, resumed_from";
+const DEPLOYMENT_COLUMNS: &str = "id, environment, version, artifact, digest, actor, reason, host, owner, status, stage, started_at, finished_at, error, backup_id, schema_before, schema_after, release_id, previous_release, resumed_from";
 
-const RELEASE_COLUMNS: &str = "environment, id, deployment_id, version, digest, backup_id, schema_version, url, state, CAST(created_at AS TEXT), CAST(promoted_at AS TEXT)";
+const RELEASE_COLUMNS: &str = "environment, id, deployment_id, version, digest, backup_id, schema_version, url, state, created_at, promoted_at";
 
-pub(crate) fn opt(v: Option<&str>) -> String {
-    v.map_or_else(|| "NULL".to_string(), lit)
+/// A row read column by column, in order, each with its own type. A NULL where the schema
+/// has none, or a value of the wrong type, is an error naming the column, never a default.
+pub(crate) struct Row {
+    row: DbRow,
+    at: usize,
 }
-
-pub(crate) struct Row(pub(crate) std::vec::IntoIter<Option<String>>);
 
 impl Row {
-    pub(crate) fn s(&mut self) -> String {
-        self.0.next().flatten().unwrap_or_default()
+    fn next(&mut self) -> usize {
+        self.at += 1;
+        self.at - 1
     }
-    pub(crate) fn o(&mut self) -> Option<String> {
-        self.0.next().flatten()
+    fn fail(i: usize, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Query(format!("reading column {i}: {e}"))
     }
-    pub(crate) fn i(&mut self) -> i64 {
-        self.s().parse().unwrap_or(0)
+    /// Text, required.
+    pub(crate) fn s(&mut self) -> Result<String, StoreError> {
+        let i = self.next();
+        self.row
+            .text(i)
+            .map_err(|e| Row::fail(i, e))?
+            .ok_or_else(|| Row::fail(i, "NULL where a value is required"))
     }
-    pub(crate) fn oi(&mut self) -> Option<i64> {
-        self.o().and_then(|v| v.parse().ok())
+    /// Text or NULL.
+    pub(crate) fn o(&mut self) -> Result<Option<String>, StoreError> {
+        let i = self.next();
+        self.row.text(i).map_err(|e| Row::fail(i, e))
     }
-}
-
-fn deployment(row: Vec<Option<String>>) -> Deployment {
-    let mut r = Row(row.into_iter());
-    Deployment {
-        id: r.s(),
-        environment: r.s(),
-        version: r.s(),
-        artifact: r.o(),
-        digest: r.o(),
-        actor: r.s(),
-        reason: r.o(),
-        host: r.s(),
-        owner: r.s(),
-        status: r.s(),
-        stage: r.o(),
-        started_at: r.i(),
-        finished_at: r.oi(),
-        error: r.o(),
-        backup_id: r.o(),
-        schema_before: r.o(),
-        schema_after: r.o(),
-        release_id: r.o(),
-        previous_release: r.o(),
-        resumed_from: r.o(),
+    /// An integer, required.
+    pub(crate) fn i(&mut self) -> Result<i64, StoreError> {
+        let i = self.next();
+        self.row
+            .int(i)
+            .map_err(|e| Row::fail(i, e))?
+            .ok_or_else(|| Row::fail(i, "NULL where a number is required"))
+    }
+    /// An integer or NULL.
+    pub(crate) fn oi(&mut self) -> Result<Option<i64>, StoreError> {
+        let i = self.next();
+        self.row.int(i).map_err(|e| Row::fail(i, e))
     }
 }
 
-fn release(row: Vec<Option<String>>) -> ReleaseRecord {
-    let mut r = Row(row.into_iter());
-    ReleaseRecord {
-        environment: r.s(),
-        id: r.s(),
-        deployment_id: r.s(),
-        version: r.s(),
-        digest: r.o(),
-        backup_id: r.o(),
-        schema_version: r.o(),
-        url: r.o(),
-        state: r.s(),
-        created_at: r.i(),
-        promoted_at: r.oi(),
-    }
+fn deployment(mut r: Row) -> Result<Deployment, StoreError> {
+    Ok(Deployment {
+        id: r.s()?,
+        environment: r.s()?,
+        version: r.s()?,
+        artifact: r.o()?,
+        digest: r.o()?,
+        actor: r.s()?,
+        reason: r.o()?,
+        host: r.s()?,
+        owner: r.s()?,
+        status: r.s()?,
+        stage: r.o()?,
+        started_at: r.i()?,
+        finished_at: r.oi()?,
+        error: r.o()?,
+        backup_id: r.o()?,
+        schema_before: r.o()?,
+        schema_after: r.o()?,
+        release_id: r.o()?,
+        previous_release: r.o()?,
+        resumed_from: r.o()?,
+    })
+}
+
+fn release(mut r: Row) -> Result<ReleaseRecord, StoreError> {
+    Ok(ReleaseRecord {
+        environment: r.s()?,
+        id: r.s()?,
+        deployment_id: r.s()?,
+        version: r.s()?,
+        digest: r.o()?,
+        backup_id: r.o()?,
+        schema_version: r.o()?,
+        url: r.o()?,
+        state: r.s()?,
+        created_at: r.i()?,
+        promoted_at: r.oi()?,
+    })
 }
 
 impl Store {
@@ -397,7 +417,7 @@ impl Store {
 
     /// Answers when the store does (the daemon's watchdog).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.rows("SELECT 1").await.map(|_| ())
+        self.rows("SELECT 1", &[]).await.map(|_| ())
     }
 
     /// Where it is (password removed).
@@ -410,31 +430,50 @@ impl Store {
         self.conn.lock().await.backend()
     }
 
-    async fn exec(&self, sql: &str) -> Result<u64, StoreError> {
-        Ok(self.conn.lock().await.exec(sql).await?)
+    /// One statement, its values bound (never spliced into the SQL text).
+    async fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        Ok(self.conn.lock().await.execute(sql, args).await?)
     }
 
-    async fn rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, StoreError> {
-        Ok(self.conn.lock().await.rows(sql).await?)
+    /// One query, its values bound; the rows, to read in order.
+    async fn rows(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
+        let rows = self.conn.lock().await.fetch(sql, args).await?;
+        Ok(rows.into_iter().map(|row| Row { row, at: 0 }).collect())
+    }
+
+    /// Statements that must all happen or none: in one transaction, on the one connection.
+    async fn exec_all(&self, statements: &[(&str, &[Arg<'_>])]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().await;
+        conn.exec("BEGIN").await?;
+        for (sql, args) in statements {
+            if let Err(e) = conn.execute(sql, args).await {
+                let _ = conn.exec("ROLLBACK").await;
+                return Err(e.into());
+            }
+        }
+        conn.exec("COMMIT").await?;
+        Ok(())
     }
 
     /// Records a new run.
     pub async fn insert_deployment(&self, d: &Deployment) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "INSERT INTO deployments (id, environment, version, artifact, digest, actor, reason, host, owner, status, stage, started_at) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-            lit(&d.id),
-            lit(&d.environment),
-            lit(&d.version),
-            opt(d.artifact.as_deref()),
-            opt(d.digest.as_deref()),
-            lit(&d.actor),
-            opt(d.reason.as_deref()),
-            lit(&d.host),
-            lit(&d.owner),
-            lit(&d.status),
-            opt(d.stage.as_deref()),
-            d.started_at,
-        ))
+        self.exec(
+            "INSERT INTO deployments (id, environment, version, artifact, digest, actor, reason, host, owner, status, stage, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                (&d.id).into(),
+                (&d.environment).into(),
+                (&d.version).into(),
+                d.artifact.as_deref().into(),
+                d.digest.as_deref().into(),
+                (&d.actor).into(),
+                d.reason.as_deref().into(),
+                (&d.host).into(),
+                (&d.owner).into(),
+                (&d.status).into(),
+                d.stage.as_deref().into(),
+                d.started_at.into(),
+            ],
+        )
         .await?;
         Ok(())
     }
@@ -446,12 +485,14 @@ impl Store {
         column: DeploymentField,
         value: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "UPDATE deployments SET {} = {} WHERE id = {}",
-            column.column(),
-            opt(value),
-            lit(id)
-        ))
+        // The column is one of a fixed set of names; the values are bound.
+        self.exec(
+            &format!(
+                "UPDATE deployments SET {} = $1 WHERE id = $2",
+                column.column()
+            ),
+            &[value.into(), id.into()],
+        )
         .await?;
         Ok(())
     }
@@ -463,25 +504,20 @@ impl Store {
         status: &str,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "UPDATE deployments SET status = {}, error = {}, finished_at = {} WHERE id = {}",
-            lit(status),
-            opt(error),
-            now_ms(),
-            lit(id)
-        ))
+        self.exec(
+            "UPDATE deployments SET status = $1, error = $2, finished_at = $3 WHERE id = $4",
+            &[status.into(), error.into(), now_ms().into(), id.into()],
+        )
         .await?;
         Ok(())
     }
 
     /// Hands a run to a new owner (a resumed run).
     pub async fn take_over(&self, id: &str, owner: &str, previous: &str) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "UPDATE deployments SET owner = {}, resumed_from = {}, status = 'running' WHERE id = {}",
-            lit(owner),
-            lit(previous),
-            lit(id)
-        ))
+        self.exec(
+            "UPDATE deployments SET owner = $1, resumed_from = $2, status = 'running' WHERE id = $3",
+            &[owner.into(), previous.into(), id.into()],
+        )
         .await?;
         Ok(())
     }
@@ -489,12 +525,12 @@ impl Store {
     /// One run.
     pub async fn deployment(&self, id: &str) -> Result<Option<Deployment>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = {}",
-                lit(id)
-            ))
+            .rows(
+                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1"),
+                &[id.into()],
+            )
             .await?;
-        Ok(rows.into_iter().next().map(deployment))
+        rows.into_iter().next().map(deployment).transpose()
     }
 
     /// An environment's runs, newest first.
@@ -503,46 +539,64 @@ impl Store {
         environment: &str,
         limit: usize,
     ) -> Result<Vec<Deployment>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .rows(&format!(
-                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = {} ORDER BY started_at DESC, id DESC LIMIT {limit}",
-                lit(environment)
-            ))
+            .rows(
+                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = $1 ORDER BY started_at DESC, id DESC LIMIT $2"),
+                &[environment.into(), limit.into()],
+            )
             .await?;
-        Ok(rows.into_iter().map(deployment).collect())
+        rows.into_iter().map(deployment).collect()
     }
 
     /// Runs of an environment still marked running (after taking its lock: interrupted ones).
     pub async fn running(&self, environment: &str) -> Result<Vec<Deployment>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = {} AND status = 'running' ORDER BY started_at",
-                lit(environment)
-            ))
+            .rows(
+                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE environment = $1 AND status = 'running' ORDER BY started_at"),
+                &[environment.into()],
+            )
             .await?;
-        Ok(rows.into_iter().map(deployment).collect())
+        rows.into_iter().map(deployment).collect()
     }
 
     /// Journals the start of a step; returns its sequence number.
     pub async fn step_started(&self, deployment: &str, stage: &str) -> Result<i64, StoreError> {
+        // One connection, held: the next number cannot be taken twice.
         let mut conn = self.conn.lock().await;
-        let seq: i64 = conn
-            .scalar(&format!(
-                "SELECT CAST(COALESCE(MAX(seq), 0) + 1 AS TEXT) FROM steps WHERE deployment_id = {}",
-                lit(deployment)
-            ))
-            .await?
-            .parse()
+        let next = conn
+            .fetch(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE deployment_id = $1",
+                &[deployment.into()],
+            )
+            .await?;
+        let seq = next
+            .into_iter()
+            .next()
+            .map(|row| Row { row, at: 0 }.i())
+            .transpose()?
             .unwrap_or(1);
-        conn.exec(&format!(
-            "INSERT INTO steps (deployment_id, seq, stage, status, started_at) VALUES ({}, {seq}, {}, 'started', {}); UPDATE deployments SET stage = {} WHERE id = {}",
-            lit(deployment),
-            lit(stage),
-            now_ms(),
-            lit(stage),
-            lit(deployment),
-        ))
-        .await?;
+        conn.exec("BEGIN").await?;
+        let journaled = async {
+            conn.execute(
+                "INSERT INTO steps (deployment_id, seq, stage, status, started_at) VALUES ($1, $2, $3, 'started', $4)",
+                &[deployment.into(), seq.into(), stage.into(), now_ms().into()],
+            )
+            .await?;
+            conn.execute(
+                "UPDATE deployments SET stage = $1 WHERE id = $2",
+                &[stage.into(), deployment.into()],
+            )
+            .await
+        }
+        .await;
+        match journaled {
+            Ok(_) => conn.exec("COMMIT").await?,
+            Err(e) => {
+                let _ = conn.exec("ROLLBACK").await;
+                return Err(e.into());
+            }
+        };
         Ok(seq)
     }
 
@@ -554,13 +608,10 @@ impl Store {
         status: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "UPDATE steps SET status = {}, detail = {}, finished_at = {} WHERE deployment_id = {} AND seq = {seq}",
-            lit(status),
-            opt(detail),
-            now_ms(),
-            lit(deployment)
-        ))
+        self.exec(
+            "UPDATE steps SET status = $1, detail = $2, finished_at = $3 WHERE deployment_id = $4 AND seq = $5",
+            &[status.into(), detail.into(), now_ms().into(), deployment.into(), seq.into()],
+        )
         .await?;
         Ok(())
     }
@@ -568,44 +619,43 @@ impl Store {
     /// A run's journal, in order.
     pub async fn steps(&self, deployment: &str) -> Result<Vec<Step>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT CAST(seq AS TEXT), stage, status, CAST(started_at AS TEXT), CAST(finished_at AS TEXT), detail FROM steps WHERE deployment_id = {} ORDER BY seq",
-                lit(deployment)
-            ))
+            .rows(
+                "SELECT seq, stage, status, started_at, finished_at, detail FROM steps WHERE deployment_id = $1 ORDER BY seq",
+                &[deployment.into()],
+            )
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let mut r = Row(row.into_iter());
-                Step {
-                    seq: r.i(),
-                    stage: r.s(),
-                    status: r.s(),
-                    started_at: r.i(),
-                    finished_at: r.oi(),
-                    detail: r.o(),
-                }
+        rows.into_iter()
+            .map(|mut r| {
+                Ok(Step {
+                    seq: r.i()?,
+                    stage: r.s()?,
+                    status: r.s()?,
+                    started_at: r.i()?,
+                    finished_at: r.oi()?,
+                    detail: r.o()?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Records (or updates) a release.
     pub async fn upsert_release(&self, r: &ReleaseRecord) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "INSERT INTO releases ({}) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) ON CONFLICT (environment, id) DO UPDATE SET state = excluded.state, url = excluded.url, promoted_at = excluded.promoted_at, backup_id = excluded.backup_id, schema_version = excluded.schema_version",
-            RELEASE_COLUMNS.replace("CAST(", "").replace(" AS TEXT)", ""),
-            lit(&r.environment),
-            lit(&r.id),
-            lit(&r.deployment_id),
-            lit(&r.version),
-            opt(r.digest.as_deref()),
-            opt(r.backup_id.as_deref()),
-            opt(r.schema_version.as_deref()),
-            opt(r.url.as_deref()),
-            lit(&r.state),
-            r.created_at,
-            r.promoted_at.map_or_else(|| "NULL".to_string(), |v| v.to_string()),
-        ))
+        self.exec(
+            &format!("INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (environment, id) DO UPDATE SET state = excluded.state, url = excluded.url, promoted_at = excluded.promoted_at, backup_id = excluded.backup_id, schema_version = excluded.schema_version"),
+            &[
+                (&r.environment).into(),
+                (&r.id).into(),
+                (&r.deployment_id).into(),
+                (&r.version).into(),
+                r.digest.as_deref().into(),
+                r.backup_id.as_deref().into(),
+                r.schema_version.as_deref().into(),
+                r.url.as_deref().into(),
+                (&r.state).into(),
+                r.created_at.into(),
+                r.promoted_at.into(),
+            ],
+        )
         .await?;
         Ok(())
     }
@@ -617,24 +667,26 @@ impl Store {
         id: &str,
         state: &str,
     ) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "UPDATE releases SET state = {} WHERE environment = {} AND id = {}",
-            lit(state),
-            lit(environment),
-            lit(id)
-        ))
+        self.exec(
+            "UPDATE releases SET state = $1 WHERE environment = $2 AND id = $3",
+            &[state.into(), environment.into(), id.into()],
+        )
         .await?;
         Ok(())
     }
 
     /// Marks `id` live and every other live release of the environment superseded.
     pub async fn mark_live(&self, environment: &str, id: &str) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "UPDATE releases SET state = 'superseded' WHERE environment = {env} AND state = 'live' AND id <> {id}; UPDATE releases SET state = 'live', promoted_at = {now} WHERE environment = {env} AND id = {id}",
-            env = lit(environment),
-            id = lit(id),
-            now = now_ms(),
-        ))
+        self.exec_all(&[
+            (
+                "UPDATE releases SET state = 'superseded' WHERE environment = $1 AND state = 'live' AND id <> $2",
+                &[environment.into(), id.into()],
+            ),
+            (
+                "UPDATE releases SET state = 'live', promoted_at = $1 WHERE environment = $2 AND id = $3",
+                &[now_ms().into(), environment.into(), id.into()],
+            ),
+        ])
         .await?;
         Ok(())
     }
@@ -642,12 +694,12 @@ impl Store {
     /// An environment's releases, newest first.
     pub async fn releases(&self, environment: &str) -> Result<Vec<ReleaseRecord>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT {RELEASE_COLUMNS} FROM releases WHERE environment = {} ORDER BY created_at DESC, id DESC",
-                lit(environment)
-            ))
+            .rows(
+                &format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE environment = $1 ORDER BY created_at DESC, id DESC"),
+                &[environment.into()],
+            )
             .await?;
-        Ok(rows.into_iter().map(release).collect())
+        rows.into_iter().map(release).collect()
     }
 
     /// Records a backup a run took.
@@ -658,14 +710,16 @@ impl Store {
         deployment: &str,
         schema_version: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "INSERT INTO backups (id, environment, deployment_id, schema_version, created_at) VALUES ({}, {}, {}, {}, {}) ON CONFLICT (id) DO NOTHING",
-            lit(id),
-            lit(environment),
-            lit(deployment),
-            opt(schema_version),
-            now_ms()
-        ))
+        self.exec(
+            "INSERT INTO backups (id, environment, deployment_id, schema_version, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            &[
+                id.into(),
+                environment.into(),
+                deployment.into(),
+                schema_version.into(),
+                now_ms().into(),
+            ],
+        )
         .await?;
         Ok(())
     }
@@ -673,15 +727,12 @@ impl Store {
     /// Backups that recorded releases depend on: `backup prune` never removes them.
     pub async fn protected_backups(&self, environment: &str) -> Result<Vec<String>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT DISTINCT backup_id FROM releases WHERE environment = {} AND backup_id IS NOT NULL AND state IN ('live', 'staged', 'superseded')",
-                lit(environment)
-            ))
+            .rows(
+                "SELECT DISTINCT backup_id FROM releases WHERE environment = $1 AND backup_id IS NOT NULL AND state IN ('live', 'staged', 'superseded')",
+                &[environment.into()],
+            )
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| r.into_iter().next().flatten())
-            .collect())
+        rows.into_iter().map(|mut r| r.s()).collect()
     }
 }
 
@@ -724,4 +775,64 @@ fn create_private(dir: &Path, file: &Path) -> std::io::Result<()> {
         .mode(0o600)
         .open(file)?;
     std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values are bound, never spliced: text that would end a literal and start a statement
+    /// comes back as it went in, and the tables are all still there.
+    #[tokio::test]
+    async fn hostile_text_round_trips_and_runs_nothing() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open_dir(dir.path()).await?;
+        let evil = "x'); DROP TABLE deployments; -- \u{0} \\ $1 ?";
+        let mut d = Deployment {
+            id: "r1".into(),
+            environment: "prod".into(),
+            version: evil.into(),
+            artifact: Some(evil.into()),
+            digest: None,
+            actor: evil.into(),
+            reason: Some("it's".into()),
+            host: "h".into(),
+            owner: "o".into(),
+            status: "running".into(),
+            stage: None,
+            started_at: 7,
+            finished_at: None,
+            error: None,
+            backup_id: None,
+            schema_before: None,
+            schema_after: None,
+            release_id: None,
+            previous_release: None,
+            resumed_from: None,
+        };
+        store.insert_deployment(&d).await?;
+        let seq = store.step_started("r1", evil).await?;
+        store.step_finished("r1", seq, "done", Some(evil)).await?;
+        d.stage = Some(evil.into());
+        assert_eq!(store.deployment("r1").await?, Some(d));
+        let steps = store.steps("r1").await?;
+        assert_eq!(
+            (steps[0].stage.as_str(), steps[0].detail.as_deref()),
+            (evil, Some(evil))
+        );
+        assert_eq!(store.deployments("prod", 10).await?.len(), 1);
+        store
+            .audit(AuditEntry {
+                actor: evil.into(),
+                action: "deploy".into(),
+                environment: Some("prod".into()),
+                ..AuditEntry::default()
+            })
+            .await?;
+        let audit = store.audit_entries(Some("prod"), 5).await?;
+        assert_eq!(audit[0].actor, evil);
+        assert!(store.audit_verify().await?.problems.is_empty());
+        assert!(store.audit_entries(Some("other"), 5).await?.is_empty());
+        Ok(())
+    }
 }

@@ -3,8 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Row, Store, StoreError, now_ms, opt};
-use crate::db::conn::lit;
+use super::{Row, Store, StoreError, now_ms};
 
 /// One queued run.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -37,42 +36,43 @@ pub struct QueueItem {
     pub outcome: Option<String>,
 }
 
-const COLUMNS: &str = "id, CAST(seq AS TEXT), environment, version, artifact, actor, reason, source, state, CAST(enqueued_at AS TEXT), CAST(started_at AS TEXT), CAST(finished_at AS TEXT), outcome";
+const COLUMNS: &str = "id, seq, environment, version, artifact, actor, reason, source, state, enqueued_at, started_at, finished_at, outcome";
 
-fn item(row: Vec<Option<String>>) -> QueueItem {
-    let mut r = Row(row.into_iter());
-    QueueItem {
-        id: r.s(),
-        seq: r.i(),
-        environment: r.s(),
-        version: r.o(),
-        artifact: r.o(),
-        actor: r.s(),
-        reason: r.o(),
-        source: r.s(),
-        state: r.s(),
-        enqueued_at: r.i(),
-        started_at: r.oi(),
-        finished_at: r.oi(),
-        outcome: r.o(),
-    }
+fn item(mut r: Row) -> Result<QueueItem, StoreError> {
+    Ok(QueueItem {
+        id: r.s()?,
+        seq: r.i()?,
+        environment: r.s()?,
+        version: r.o()?,
+        artifact: r.o()?,
+        actor: r.s()?,
+        reason: r.o()?,
+        source: r.s()?,
+        state: r.s()?,
+        enqueued_at: r.i()?,
+        started_at: r.oi()?,
+        finished_at: r.oi()?,
+        outcome: r.o()?,
+    })
 }
 
 impl Store {
     /// Queues a run; returns it with its place in the order.
     pub async fn enqueue(&self, q: &QueueItem) -> Result<QueueItem, StoreError> {
-        self.exec(&format!(
+        self.exec(
             "INSERT INTO queue (id, seq, environment, version, artifact, actor, reason, source, state, enqueued_at) \
-             SELECT {}, COALESCE(MAX(seq), 0) + 1, {}, {}, {}, {}, {}, {}, 'queued', {} FROM queue",
-            lit(&q.id),
-            lit(&q.environment),
-            opt(q.version.as_deref()),
-            opt(q.artifact.as_deref()),
-            lit(&q.actor),
-            opt(q.reason.as_deref()),
-            lit(&q.source),
-            q.enqueued_at,
-        ))
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6, $7, 'queued', $8 FROM queue",
+            &[
+                (&q.id).into(),
+                (&q.environment).into(),
+                q.version.as_deref().into(),
+                q.artifact.as_deref().into(),
+                (&q.actor).into(),
+                q.reason.as_deref().into(),
+                (&q.source).into(),
+                q.enqueued_at.into(),
+            ],
+        )
         .await?;
         self.queue_item(&q.id)
             .await?
@@ -82,42 +82,44 @@ impl Store {
     /// One queued (or past) item.
     pub async fn queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT {COLUMNS} FROM queue WHERE id = {}",
-                lit(id)
-            ))
+            .rows(
+                &format!("SELECT {COLUMNS} FROM queue WHERE id = $1"),
+                &[id.into()],
+            )
             .await?;
-        Ok(rows.into_iter().next().map(item))
+        rows.into_iter().next().map(item).transpose()
     }
 
     /// The items of an environment not yet done (running first, then queued), in order.
     pub async fn pending(&self, environment: &str) -> Result<Vec<QueueItem>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT {COLUMNS} FROM queue WHERE environment = {} AND state IN ('queued', 'running') ORDER BY seq",
-                lit(environment)
-            ))
+            .rows(
+                &format!("SELECT {COLUMNS} FROM queue WHERE environment = $1 AND state IN ('queued', 'running') ORDER BY seq"),
+                &[environment.into()],
+            )
             .await?;
-        Ok(rows.into_iter().map(item).collect())
+        rows.into_iter().map(item).collect()
     }
 
     /// Every item not yet done, in order.
     pub async fn all_pending(&self) -> Result<Vec<QueueItem>, StoreError> {
         let rows = self
-            .rows(&format!(
-                "SELECT {COLUMNS} FROM queue WHERE state IN ('queued', 'running') ORDER BY seq"
-            ))
+            .rows(
+                &format!(
+                    "SELECT {COLUMNS} FROM queue WHERE state IN ('queued', 'running') ORDER BY seq"
+                ),
+                &[],
+            )
             .await?;
-        Ok(rows.into_iter().map(item).collect())
+        rows.into_iter().map(item).collect()
     }
 
     /// Marks an item running.
     pub async fn queue_started(&self, id: &str) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "UPDATE queue SET state = 'running', started_at = {} WHERE id = {}",
-            now_ms(),
-            lit(id)
-        ))
+        self.exec(
+            "UPDATE queue SET state = 'running', started_at = $1 WHERE id = $2",
+            &[now_ms().into(), id.into()],
+        )
         .await?;
         Ok(())
     }
@@ -131,13 +133,10 @@ impl Store {
         outcome: &str,
     ) -> Result<bool, StoreError> {
         let n = self
-            .exec(&format!(
-                "UPDATE queue SET state = {}, outcome = {}, finished_at = {} WHERE id = {} AND state IN ('queued', 'running')",
-                lit(state),
-                lit(outcome),
-                now_ms(),
-                lit(id)
-            ))
+            .exec(
+                "UPDATE queue SET state = $1, outcome = $2, finished_at = $3 WHERE id = $4 AND state IN ('queued', 'running')",
+                &[state.into(), outcome.into(), now_ms().into(), id.into()],
+            )
             .await?;
         Ok(n > 0)
     }
@@ -145,11 +144,10 @@ impl Store {
     /// Cancels an item still waiting (not one already running); returns whether it did.
     pub async fn cancel_queued(&self, id: &str) -> Result<bool, StoreError> {
         let n = self
-            .exec(&format!(
-                "UPDATE queue SET state = 'cancelled', outcome = 'cancelled', finished_at = {} WHERE id = {} AND state = 'queued'",
-                now_ms(),
-                lit(id)
-            ))
+            .exec(
+                "UPDATE queue SET state = 'cancelled', outcome = 'cancelled', finished_at = $1 WHERE id = $2 AND state = 'queued'",
+                &[now_ms().into(), id.into()],
+            )
             .await?;
         Ok(n > 0)
     }
@@ -158,16 +156,16 @@ impl Store {
     /// older than `keep_ms`, which the caller's replay window already refuses by their age.
     pub async fn record_delivery(&self, id: &str, keep_ms: i64) -> Result<bool, StoreError> {
         let now = now_ms();
-        self.exec(&format!(
-            "DELETE FROM webhook_deliveries WHERE received_at < {}",
-            now - keep_ms
-        ))
+        self.exec(
+            "DELETE FROM webhook_deliveries WHERE received_at < $1",
+            &[(now - keep_ms).into()],
+        )
         .await?;
         let n = self
-            .exec(&format!(
-                "INSERT INTO webhook_deliveries (id, received_at) VALUES ({}, {now}) ON CONFLICT (id) DO NOTHING",
-                lit(id)
-            ))
+            .exec(
+                "INSERT INTO webhook_deliveries (id, received_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                &[id.into(), now.into()],
+            )
             .await?;
         Ok(n > 0)
     }

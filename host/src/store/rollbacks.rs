@@ -2,8 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Row, Store, StoreError, now_ms, opt};
-use crate::db::conn::lit;
+use super::{Store, StoreError, now_ms};
 
 /// One rollback.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
@@ -39,29 +38,31 @@ pub struct RollbackRecord {
     pub finished_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, environment, initiator, mode, from_release, to_release, backup_id, safety_backup, actor, reason, status, detail, CAST(started_at AS TEXT), CAST(finished_at AS TEXT)";
+const COLUMNS: &str = "id, environment, initiator, mode, from_release, to_release, backup_id, safety_backup, actor, reason, status, detail, started_at, finished_at";
 
 impl Store {
     /// Records a rollback (insert or update by id).
     pub async fn save_rollback(&self, r: &RollbackRecord) -> Result<(), StoreError> {
-        self.exec(&format!(
-            "INSERT INTO rollbacks (id, environment, initiator, mode, from_release, to_release, backup_id, safety_backup, actor, reason, status, detail, started_at, finished_at) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
-             ON CONFLICT (id) DO UPDATE SET to_release = excluded.to_release, backup_id = excluded.backup_id, safety_backup = excluded.safety_backup, status = excluded.status, detail = excluded.detail, finished_at = excluded.finished_at",
-            lit(&r.id),
-            lit(&r.environment),
-            lit(&r.initiator),
-            lit(&r.mode),
-            opt(r.from_release.as_deref()),
-            opt(r.to_release.as_deref()),
-            opt(r.backup_id.as_deref()),
-            opt(r.safety_backup.as_deref()),
-            lit(&r.actor),
-            opt(r.reason.as_deref()),
-            lit(&r.status),
-            opt(r.detail.as_deref()),
-            r.started_at,
-            r.finished_at.map_or("NULL".into(), |v| v.to_string()),
-        ))
+        self.exec(
+            &format!("INSERT INTO rollbacks ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (id) DO UPDATE SET to_release = excluded.to_release, backup_id = excluded.backup_id, safety_backup = excluded.safety_backup, status = excluded.status, detail = excluded.detail, finished_at = excluded.finished_at"),
+            &[
+                (&r.id).into(),
+                (&r.environment).into(),
+                (&r.initiator).into(),
+                (&r.mode).into(),
+                r.from_release.as_deref().into(),
+                r.to_release.as_deref().into(),
+                r.backup_id.as_deref().into(),
+                r.safety_backup.as_deref().into(),
+                (&r.actor).into(),
+                r.reason.as_deref().into(),
+                (&r.status).into(),
+                r.detail.as_deref().into(),
+                r.started_at.into(),
+                r.finished_at.into(),
+            ],
+        )
         .await?;
         Ok(())
     }
@@ -89,34 +90,33 @@ impl Store {
         environment: &str,
         filter: &str,
     ) -> Result<Vec<RollbackRecord>, StoreError> {
+        // `filter` is one of the two fixed clauses above; the environment is bound.
         let rows = self
-            .rows(&format!(
-                "SELECT {COLUMNS} FROM rollbacks WHERE environment = {}{filter} ORDER BY started_at DESC",
-                lit(environment)
-            ))
+            .rows(
+                &format!("SELECT {COLUMNS} FROM rollbacks WHERE environment = $1{filter} ORDER BY started_at DESC"),
+                &[environment.into()],
+            )
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let mut r = Row(row.into_iter());
-                RollbackRecord {
-                    id: r.s(),
-                    environment: r.s(),
-                    initiator: r.s(),
-                    mode: r.s(),
-                    from_release: r.o(),
-                    to_release: r.o(),
-                    backup_id: r.o(),
-                    safety_backup: r.o(),
-                    actor: r.s(),
-                    reason: r.o(),
-                    status: r.s(),
-                    detail: r.o(),
-                    started_at: r.i(),
-                    finished_at: r.oi(),
-                }
+        rows.into_iter()
+            .map(|mut r| {
+                Ok(RollbackRecord {
+                    id: r.s()?,
+                    environment: r.s()?,
+                    initiator: r.s()?,
+                    mode: r.s()?,
+                    from_release: r.o()?,
+                    to_release: r.o()?,
+                    backup_id: r.o()?,
+                    safety_backup: r.o()?,
+                    actor: r.s()?,
+                    reason: r.o()?,
+                    status: r.s()?,
+                    detail: r.o()?,
+                    started_at: r.i()?,
+                    finished_at: r.oi()?,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
