@@ -784,9 +784,16 @@ impl Run<'_> {
 
     /// Runs a stage body; on error journals the failure and returns it.
     async fn fail(&mut self, stage: Stage, step: (i64, Instant), error: String) -> String {
-        let _ = self
+        if let Err(e) = self
             .end(stage, step, StageStatus::Failed, error.clone())
-            .await;
+            .await
+        {
+            tracing::error!(
+                run = self.d.id,
+                stage = stage.name(),
+                "cannot journal the stage's failure: {e}"
+            );
+        }
         format!("{}: {error}", stage.name())
     }
 
@@ -1588,11 +1595,16 @@ impl Run<'_> {
                 .stages
                 .iter()
                 .all(|s| s.stage != Stage::Promote || s.status != StageStatus::Done)
-        {
-            let _ = self
+            && let Err(e) = self
                 .store
                 .set_release_state(&self.env.name, id, "failed")
-                .await;
+                .await
+        {
+            tracing::error!(
+                run = self.d.id,
+                release = id,
+                "cannot mark the staged release failed: {e}"
+            );
         }
         // notify: the final event, then wait for the queue to drain.
         let step = self.begin(Stage::Notify).await.ok();
@@ -1612,9 +1624,12 @@ impl Run<'_> {
                     delivery.failed.len()
                 )
             };
-            let _ = self
+            if let Err(e) = self
                 .end(Stage::Notify, step, StageStatus::Done, detail)
-                .await;
+                .await
+            {
+                tracing::error!(run = self.d.id, "cannot journal the notify stage: {e}");
+            }
         }
         self.store
             .finish_deployment(&self.d.id, status, error.as_deref())

@@ -6,7 +6,7 @@
 //! ways: to scrub responses before the plugin reads them ([`Scrub`]), to refuse a request
 //! that carries a value out, and to redact what a call writes or returns.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, MatchKind, packed};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
@@ -17,6 +17,9 @@ const MIN_FORM: usize = 8;
 
 /// Every form of a set of secrets, and which secret each belongs to.
 pub(crate) struct Forms {
+    /// The SIMD searcher (Teddy), when the patterns fit it: tens of GB/s on any data.
+    packed: Option<packed::Searcher>,
+    /// The general automaton otherwise (more patterns than Teddy takes, no SIMD).
     automaton: Option<AhoCorasick>,
     /// The secret (index into `names`) of each pattern.
     owner: Vec<usize>,
@@ -61,16 +64,28 @@ impl Forms {
             }
         }
         let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        let automaton = if patterns.is_empty() {
+        // Leftmost-longest: where one form is a prefix of another, the whole one goes.
+        // Measured on random bytes with the S3 tests' key: the automaton alone ran at
+        // 390 MiB/s (its prefilter keys on single bytes), Teddy at 16 GiB/s.
+        let packed = (!patterns.is_empty())
+            .then(|| {
+                packed::Config::new()
+                    .match_kind(packed::MatchKind::LeftmostLongest)
+                    .builder()
+                    .extend(&patterns)
+                    .build()
+            })
+            .flatten();
+        let automaton = if patterns.is_empty() || packed.is_some() {
             None
         } else {
-            // Leftmost-longest: where one form is a prefix of another, the whole one goes.
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
                 .build(&patterns)
                 .ok()
         };
         Forms {
+            packed,
             automaton,
             owner,
             names,
@@ -91,14 +106,13 @@ impl Forms {
 
     /// Every non-overlapping occurrence in `hay`, left to right.
     pub(crate) fn hits<'h>(&'h self, hay: &'h [u8]) -> impl Iterator<Item = Hit> + 'h {
-        self.automaton
-            .iter()
-            .flat_map(move |a| a.find_iter(hay))
-            .map(|m| Hit {
-                start: m.start(),
-                end: m.end(),
-                secret: self.owner[m.pattern().as_usize()],
-            })
+        let packed = self.packed.iter().flat_map(move |p| p.find_iter(hay));
+        let general = self.automaton.iter().flat_map(move |a| a.find_iter(hay));
+        packed.chain(general).map(|m| Hit {
+            start: m.start(),
+            end: m.end(),
+            secret: self.owner[m.pattern().as_usize()],
+        })
     }
 
     /// The first occurrence in `hay`.
@@ -319,6 +333,32 @@ mod tests {
             }
         }
         assert!(f.first(b"an ordinary response body").is_none());
+    }
+
+    /// More forms than the SIMD searcher takes: the general automaton finds them all.
+    #[test]
+    fn many_secrets_are_all_found() {
+        let values: Vec<String> = (0..12).map(|i| format!("value-{i}/of+many")).collect();
+        let f = Forms::new(values.iter().enumerate().map(|(i, v)| {
+            (
+                ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"][i],
+                v.as_bytes(),
+            )
+        }));
+        assert!(
+            f.owner.len() > 64 && f.packed.is_none(),
+            "{} patterns",
+            f.owner.len()
+        );
+        for (i, v) in values.iter().enumerate() {
+            let hit = f
+                .first(format!("x {} y", hex::encode_upper(v)).as_bytes())
+                .expect("found");
+            assert_eq!(
+                f.name(hit.secret),
+                ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"][i]
+            );
+        }
     }
 
     #[test]

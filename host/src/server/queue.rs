@@ -132,17 +132,23 @@ impl Queue {
         }
     }
 
+    /// Records that an item is done. A store that cannot take it is logged with the run and
+    /// the outcome: the item stays `running` and the next start settles it from the journal.
+    async fn finished(&self, item: &QueueItem, outcome: &str) {
+        if let Err(e) = self.store.queue_finished(&item.id, "done", outcome).await {
+            tracing::error!(
+                run = item.id,
+                outcome,
+                "cannot record the queue item as done ({e}); the next start settles it from the run's journal"
+            );
+        }
+    }
+
     /// Runs one item to its end (or its suspension); returns whether to retry it later.
     async fn run(&self, item: &QueueItem) -> bool {
         let config = &*self.config;
         let Ok(env) = config.environment(&item.environment) else {
-            let _ = self
-                .store
-                .queue_finished(
-                    &item.id,
-                    "done",
-                    "error: the environment is no longer configured",
-                )
+            self.finished(item, "error: the environment is no longer configured")
                 .await;
             return false;
         };
@@ -151,10 +157,7 @@ impl Queue {
             Ok(None) => return false,
             Err(e) => {
                 tracing::error!(run = item.id, "cannot start: {e}");
-                let _ = self
-                    .store
-                    .queue_finished(&item.id, "done", &format!("error: {e}"))
-                    .await;
+                self.finished(item, &format!("error: {e}")).await;
                 return false;
             }
         };
@@ -177,10 +180,7 @@ impl Queue {
                     status = outcome.deployment.status,
                     "run ended"
                 );
-                let _ = self
-                    .store
-                    .queue_finished(&item.id, "done", &outcome.deployment.status)
-                    .await;
+                self.finished(item, &outcome.deployment.status).await;
                 false
             }
             Err(pipeline::PipelineError::Store(StoreError::Locked { holder, .. })) => {
@@ -193,10 +193,7 @@ impl Queue {
             }
             Err(e) => {
                 tracing::warn!(run = item.id, "could not start: {e}");
-                let _ = self
-                    .store
-                    .queue_finished(&item.id, "done", &format!("error: {e}"))
-                    .await;
+                self.finished(item, &format!("error: {e}")).await;
                 false
             }
         }
