@@ -1,0 +1,571 @@
+//! A run's journal: starting and ending stages in the state store, the audit entries,
+//! notifications, and how a run ends (finished, suspended for shutdown).
+
+use super::*;
+
+/// Runs a deployment: recovers interrupted runs of the environment first, then takes the
+/// release through every stage. A run that starts and fails is an `Ok` outcome with status
+/// `failed`; `Err` means nothing was started.
+pub async fn deploy(
+    config: &Config,
+    request: &Request,
+    reporter: &dyn Reporter,
+) -> Result<Outcome, PipelineError> {
+    let started = Instant::now();
+    let env = config
+        .environment(&request.environment)
+        .map_err(PipelineError::Setup)?;
+    let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
+    let (artifact_path, artifact) = artifact_for(env, request, &plugins.target)
+        .await
+        .map_err(PipelineError::Setup)?;
+    let store = open_store(config).await?;
+    let owner = Owner::this_process();
+    let id = request.id.clone().unwrap_or_else(new_id);
+
+    // lock
+    let lock_started = Instant::now();
+    let (lease, taken_over) = store
+        .acquire(&env.name, &owner, &id, env.deploy.lock_lease)
+        .await?;
+    if let Some(prev) = &taken_over {
+        let why = if prev.expires_at < now_ms() {
+            "its lease expired"
+        } else {
+            "its process is gone"
+        };
+        reporter.note(&format!(
+            "took over the lock of {} (run {}): {why}",
+            prev.owner, prev.deployment_id
+        ));
+    }
+
+    // A rollback or restore whose agent died comes first: the operator settles it.
+    if let Err(e) = restore::refuse_over_unfinished(&store, env).await {
+        lease.release().await?;
+        return Err(e);
+    }
+
+    // Interrupted runs: resume the same release, supersede any other; a run that was being
+    // rolled back when its agent died is rolled back to the end.
+    let mut recovered = Vec::new();
+    let mut resumed: Option<Deployment> = None;
+    for old in store.running(&env.name).await? {
+        let same = old.version == artifact.version && old.digest == artifact.digest;
+        let stopped = old
+            .stage
+            .as_deref()
+            .unwrap_or("its first stage")
+            .to_string();
+        let (action, detail) = if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback
+            || old.stage.as_deref() == Some(recover::ROLLING_BACK)
+        {
+            let done = recover::roll_back(env, &store, &plugins.target, &old)
+                .await
+                .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
+            let detail = format!(
+                "run {} of {} stopped in {stopped}; rolled back: {done}",
+                old.id, old.version
+            );
+            ("rolled back", detail)
+        } else if same && resumed.is_none() {
+            store.take_over(&old.id, &owner.0, &old.owner).await?;
+            (
+                "resumed",
+                format!(
+                    "run {} of {} stopped in {stopped}; resuming it",
+                    old.id, old.version
+                ),
+            )
+        } else {
+            store
+                .finish_deployment(
+                    &old.id,
+                    "superseded",
+                    Some("interrupted; superseded by a newer run"),
+                )
+                .await?;
+            let detail = format!(
+                "run {} of {} stopped in {stopped}; superseded: this run rolls forward from the state it left (schema {}, release {})",
+                old.id,
+                old.version,
+                old.schema_after
+                    .as_deref()
+                    .or(old.schema_before.as_deref())
+                    .unwrap_or("unchanged"),
+                old.release_id.as_deref().unwrap_or("none staged"),
+            );
+            ("superseded", detail)
+        };
+        recovered.push(
+            recover::record(&store, reporter, &request.actor, env, &old, action, detail).await?,
+        );
+        if action == "resumed" {
+            resumed = Some(old);
+        }
+    }
+
+    let d = match resumed {
+        Some(d) => Deployment {
+            owner: owner.0.clone(),
+            status: "running".into(),
+            ..d
+        },
+        None => {
+            let d = Deployment {
+                id: id.clone(),
+                environment: env.name.clone(),
+                version: artifact.version.clone(),
+                artifact: artifact_path.as_ref().map(|p| {
+                    p.canonicalize()
+                        .unwrap_or_else(|_| p.clone())
+                        .display()
+                        .to_string()
+                }),
+                digest: artifact.digest.clone(),
+                actor: request.actor.clone(),
+                reason: request.reason.clone(),
+                host: crate::store::hostname(),
+                owner: owner.0.clone(),
+                status: "running".into(),
+                stage: Some("lock".into()),
+                started_at: now_ms(),
+                finished_at: None,
+                error: None,
+                backup_id: None,
+                schema_before: None,
+                schema_after: None,
+                release_id: None,
+                previous_release: None,
+                resumed_from: None,
+            };
+            store.insert_deployment(&d).await?;
+            store
+                .audit(AuditEntry {
+                    actor: request.actor.clone(),
+                    action: "deploy.started".into(),
+                    environment: Some(env.name.clone()),
+                    subject: Some(d.id.clone()),
+                    why: request.reason.clone(),
+                    detail: Some(format!("version {}", d.version)),
+                })
+                .await?;
+            d
+        }
+    };
+    let ctx = CallContext {
+        environment: env.name.clone(),
+        deployment_id: d.id.clone(),
+    };
+    let notifications = Notifications::start(plugins.notifiers.clone(), ctx.clone());
+    let mut run = Run {
+        config,
+        env,
+        store,
+        plugins,
+        reporter,
+        notifications,
+        lease: Some(lease),
+        d,
+        ctx,
+        artifact_path,
+        artifact,
+        stages: Vec::new(),
+        findings: Vec::new(),
+        checks: Vec::new(),
+        stop: request.stop.clone(),
+        suspended: false,
+        staged_url: None,
+        waited: Duration::ZERO,
+        analyses: Vec::new(),
+        watch_failed: None,
+    };
+    run.notify(
+        EventKind::Started,
+        None,
+        format!("Deploying {} to {}", run.d.version, env.name),
+        None,
+        None,
+    );
+    let lock_report = StageReport {
+        stage: Stage::Lock,
+        status: StageStatus::Done,
+        duration_ms: lock_started.elapsed().as_secs_f64() * 1e3,
+        detail: format!("lease {} s", env.deploy.lock_lease.as_secs()),
+    };
+    reporter.stage(&lock_report);
+    run.stages.push(lock_report);
+
+    let result = run.stages_in_order().await;
+    if run.suspended {
+        return run.suspend(started, recovered).await;
+    }
+    let mut error = result.err();
+    let mut rolled_back = false;
+    if let Some(evidence) = run.watch_failed.clone() {
+        match env.rollback {
+            RollbackPolicy::Auto => match run.auto_rollback(&evidence).await {
+                Ok(_) => rolled_back = true,
+                Err(e) => {
+                    error = Some(format!(
+                        "{}; automatic rollback failed: {e}",
+                        error.unwrap_or_default()
+                    ))
+                }
+            },
+            RollbackPolicy::Notify => {
+                error = Some(format!(
+                    "{}; the release stays live (rollback policy `notify`)",
+                    error.unwrap_or_default()
+                ));
+            }
+            RollbackPolicy::Off => {}
+        }
+    }
+    run.finish(error, rolled_back, started, recovered).await
+}
+
+pub(super) const SUSPENDED: &str = "suspended at a safe point for the agent's shutdown";
+
+impl Run<'_> {
+    pub(super) fn notify(
+        &self,
+        kind: EventKind,
+        stage: Option<Stage>,
+        summary: String,
+        detail: Option<String>,
+        duration: Option<Duration>,
+    ) {
+        let mut event = notify::event(
+            kind,
+            &self.env.name,
+            &self.d.id,
+            &self.d.version,
+            &self.d.actor,
+            stage.map(Stage::name),
+            summary,
+            detail,
+            duration,
+        );
+        if let Some(url) = &self.staged_url {
+            event.links.push(("release".into(), url.clone()));
+        }
+        self.notifications.send(event);
+    }
+
+    /// Whether the daemon asked the run to stop at its next safe point; marks it suspended.
+    pub(super) fn should_suspend(&mut self) -> bool {
+        if self.stop.as_ref().is_some_and(|s| *s.borrow()) {
+            self.suspended = true;
+        }
+        self.suspended
+    }
+
+    /// Journals a stage's start; fails the run if the lock was lost.
+    pub(super) async fn begin(&mut self, stage: Stage) -> Result<(i64, Instant), String> {
+        // Shutdown stops forward progress only: a rollback the run needs, and its last
+        // notifications, still happen.
+        if !matches!(stage, Stage::Rollback | Stage::Notify) && self.should_suspend() {
+            return Err(SUSPENDED.into());
+        }
+        if self.lease.as_ref().is_some_and(Lease::lost) {
+            return Err(
+                "the environment lock was taken over (this agent stalled past its lease)".into(),
+            );
+        }
+        let seq = self
+            .store
+            .step_started(&self.d.id, stage.name())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.d.stage = Some(stage.name().into());
+        self.reporter.stage(&StageReport {
+            stage,
+            status: StageStatus::Started,
+            duration_ms: 0.0,
+            detail: String::new(),
+        });
+        self.notify(
+            EventKind::StageStarted,
+            Some(stage),
+            format!("{} started", stage.name()),
+            None,
+            None,
+        );
+        failpoint::hit("before", stage.name());
+        Ok((seq, Instant::now()))
+    }
+
+    /// Journals a stage's end.
+    pub(super) async fn end(
+        &mut self,
+        stage: Stage,
+        (seq, started): (i64, Instant),
+        status: StageStatus,
+        detail: String,
+    ) -> Result<(), String> {
+        failpoint::hit("after", stage.name());
+        let elapsed = started.elapsed();
+        let word = match status {
+            StageStatus::Done => "done",
+            StageStatus::Skipped => "skipped",
+            StageStatus::Failed => "failed",
+            StageStatus::Started => "started",
+        };
+        self.store
+            .step_finished(&self.d.id, seq, word, Some(&detail))
+            .await
+            .map_err(|e| e.to_string())?;
+        let report = StageReport {
+            stage,
+            status,
+            duration_ms: elapsed.as_secs_f64() * 1e3,
+            detail: detail.clone(),
+        };
+        self.reporter.stage(&report);
+        self.stages.push(report);
+        crate::metrics::observe(
+            crate::metrics::Family::StageSeconds,
+            &[("environment", &self.env.name), ("stage", stage.name())],
+            elapsed.as_secs_f64(),
+        );
+        let kind = if status == StageStatus::Failed {
+            EventKind::StageFailed
+        } else {
+            EventKind::StageSucceeded
+        };
+        self.notify(
+            kind,
+            Some(stage),
+            format!("{} {word}", stage.name()),
+            Some(detail),
+            Some(elapsed),
+        );
+        Ok(())
+    }
+
+    /// Runs a stage body; on error journals the failure and returns it.
+    pub(super) async fn fail(
+        &mut self,
+        stage: Stage,
+        step: (i64, Instant),
+        error: String,
+    ) -> String {
+        if let Err(e) = self
+            .end(stage, step, StageStatus::Failed, error.clone())
+            .await
+        {
+            tracing::error!(
+                run = self.d.id,
+                stage = stage.name(),
+                "cannot journal the stage's failure: {e}"
+            );
+        }
+        format!("{}: {error}", stage.name())
+    }
+
+    pub(super) async fn stages_in_order(&mut self) -> Result<(), String> {
+        let gate = self.env.approval.as_ref().map(|a| a.before);
+        if gate == Some(Gate::Start) {
+            self.approve("start").await?;
+        }
+        self.validate().await?;
+        self.backup_and_migrate().await?;
+        self.deploy().await?;
+        match self.env.deploy.strategy {
+            Strategy::Staged => {
+                self.verify().await?;
+                if gate == Some(Gate::Promote) {
+                    self.approve("promote").await?;
+                }
+                self.promote().await?;
+            }
+            Strategy::Direct => {
+                if gate == Some(Gate::Promote) {
+                    self.approve("promote").await?;
+                }
+                self.promote().await?;
+                self.verify().await?;
+            }
+        }
+        self.watch().await
+    }
+
+    pub(super) async fn record(
+        &self,
+        field: DeploymentField,
+        value: Option<&str>,
+    ) -> Result<(), String> {
+        self.store
+            .set_deployment(&self.d.id, field, value)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub(super) async fn audit(
+        &self,
+        action: &str,
+        subject: Option<String>,
+        detail: Option<String>,
+    ) {
+        let entry = AuditEntry {
+            actor: self.d.actor.clone(),
+            action: action.to_string(),
+            environment: Some(self.env.name.clone()),
+            subject: subject.or_else(|| Some(self.d.id.clone())),
+            why: self.d.reason.clone(),
+            detail,
+        };
+        if let Err(e) = self.store.audit(entry).await {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
+    pub(super) async fn finish(
+        mut self,
+        error: Option<String>,
+        rolled_back: bool,
+        started: Instant,
+        recovered: Vec<Recovery>,
+    ) -> Result<Outcome, PipelineError> {
+        let (status, kind, summary) = match &error {
+            Some(e) if rolled_back => (
+                "rolled_back",
+                EventKind::Failed,
+                format!(
+                    "Deploying {} to {} failed in {e}; rolled back",
+                    self.d.version, self.env.name
+                ),
+            ),
+            None => (
+                "succeeded",
+                EventKind::Succeeded,
+                format!("{} is live on {}", self.d.version, self.env.name),
+            ),
+            Some(e) => (
+                "failed",
+                EventKind::Failed,
+                format!(
+                    "Deploying {} to {} failed in {e}",
+                    self.d.version, self.env.name
+                ),
+            ),
+        };
+        crate::metrics::inc(
+            crate::metrics::Family::Deployments,
+            &[("environment", &self.env.name), ("outcome", status)],
+        );
+        if error.is_some()
+            && let Some(id) = &self.d.release_id
+            && self
+                .stages
+                .iter()
+                .all(|s| s.stage != Stage::Promote || s.status != StageStatus::Done)
+            && let Err(e) = self
+                .store
+                .set_release_state(&self.env.name, id, "failed")
+                .await
+        {
+            tracing::error!(
+                run = self.d.id,
+                release = id,
+                "cannot mark the staged release failed: {e}"
+            );
+        }
+        // notify: the final event, then wait for the queue to drain.
+        let step = self.begin(Stage::Notify).await.ok();
+        self.notify(kind, None, summary, error.clone(), Some(started.elapsed()));
+        let notifications = std::mem::replace(
+            &mut self.notifications,
+            Notifications::start(Vec::new(), self.ctx.clone()),
+        );
+        let delivery = notifications.finish().await;
+        if let Some(step) = step {
+            let detail = if delivery.failed.is_empty() {
+                format!("{} delivered", delivery.delivered)
+            } else {
+                format!(
+                    "{} delivered, {} not (never fatal; see the log)",
+                    delivery.delivered,
+                    delivery.failed.len()
+                )
+            };
+            if let Err(e) = self
+                .end(Stage::Notify, step, StageStatus::Done, detail)
+                .await
+            {
+                tracing::error!(run = self.d.id, "cannot journal the notify stage: {e}");
+            }
+        }
+        self.store
+            .finish_deployment(&self.d.id, status, error.as_deref())
+            .await?;
+        self.audit(&format!("deploy.{status}"), None, error.clone())
+            .await;
+        self.outcome(delivery, started, recovered, None).await
+    }
+
+    /// Releases the lock and reports the run as the store has it (`status` overriding).
+    pub(super) async fn outcome(
+        mut self,
+        delivery: notify::Delivery,
+        started: Instant,
+        recovered: Vec<Recovery>,
+        status: Option<&str>,
+    ) -> Result<Outcome, PipelineError> {
+        if let Some(lease) = self.lease.take() {
+            lease.release().await?;
+        }
+        let mut deployment = self
+            .store
+            .deployment(&self.d.id)
+            .await?
+            .unwrap_or_else(|| self.d.clone());
+        if let Some(s) = status {
+            deployment.status = s.to_string();
+        }
+        let total = started.elapsed().saturating_sub(self.waited);
+        Ok(Outcome {
+            deployment,
+            stages: self.stages,
+            findings: self.findings,
+            checks: self.checks,
+            analyses: self.analyses,
+            recovered,
+            notify_failures: delivery.failed,
+            total_ms: total.as_secs_f64() * 1e3,
+        })
+    }
+}
+
+impl Run<'_> {
+    /// Leaves the run for the next start: journaled as `running` where it stopped, its
+    /// notifications delivered, its lock released, so the next `serve` (or `deploy-agent
+    /// recover`) resumes it.
+    pub(super) async fn suspend(
+        mut self,
+        started: Instant,
+        recovered: Vec<Recovery>,
+    ) -> Result<Outcome, PipelineError> {
+        let at = self.d.stage.clone().unwrap_or_else(|| "lock".into());
+        self.reporter.note(&format!(
+            "run {} suspended at {at}; the next start resumes it",
+            self.d.id
+        ));
+        self.audit(
+            "deploy.suspended",
+            None,
+            Some(format!(
+                "stopped at {at} for the agent's shutdown; resumes on the next start"
+            )),
+        )
+        .await;
+        let notifications = std::mem::replace(
+            &mut self.notifications,
+            Notifications::start(Vec::new(), self.ctx.clone()),
+        );
+        let delivery = notifications.finish().await;
+        self.outcome(delivery, started, recovered, Some("suspended"))
+            .await
+    }
+}

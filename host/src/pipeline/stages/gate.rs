@@ -1,0 +1,84 @@
+//! Approval gates: wait for a person's decision, or its expiry.
+
+use crate::pipeline::*;
+
+impl Run<'_> {
+    /// An approval gate (`start` or `promote`).
+    pub(in crate::pipeline) async fn approve(&mut self, gate: &str) -> Result<(), String> {
+        let step = self.begin(Stage::Approve).await?;
+        let expires = self.env.approval.as_ref().and_then(|a| a.expires);
+        let question = format!("{} to {} ({gate})", self.d.version, self.env.name);
+        match self.wait_for_decision(gate, &question, expires).await {
+            Ok(detail) => {
+                self.end(Stage::Approve, step, StageStatus::Done, detail)
+                    .await
+            }
+            // Still waiting: the stage stays open in the journal and is resumed.
+            Err(e) if self.suspended => Err(e),
+            Err(e) => Err(self.fail(Stage::Approve, step, e).await),
+        }
+    }
+
+    /// Opens a gate, tells everyone, and waits for `approve` / `reject` (or expiry).
+    pub(in crate::pipeline) async fn wait_for_decision(
+        &mut self,
+        gate: &str,
+        question: &str,
+        expires: Option<Duration>,
+    ) -> Result<String, String> {
+        let expires_at = expires.map(|d| now_ms() + d.as_millis() as i64);
+        let request = self
+            .store
+            .request_approval(&self.d.id, gate, &self.env.name, expires_at)
+            .await
+            .map_err(|e| e.to_string())?;
+        if request.decision.is_none() {
+            let how = format!(
+                "waiting for a decision on {question}: `deploy-agent approve {id} --reason ...` or `deploy-agent reject {id} --reason ...`",
+                id = self.d.id
+            );
+            self.reporter.note(&how);
+            self.notify(
+                EventKind::ApprovalRequested,
+                Some(Stage::Approve),
+                format!("Approval needed: {question}"),
+                Some(how),
+                None,
+            );
+        }
+        loop {
+            let a = self
+                .store
+                .approval(&self.d.id, gate)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the approval request vanished")?;
+            let who = a.decided_by.clone().unwrap_or_default();
+            let why = a
+                .reason
+                .clone()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            match a.decision.as_deref() {
+                Some("approved") => return Ok(format!("approved by {who}{why}")),
+                Some(_) => return Err(format!("rejected by {who}{why}")),
+                None => {}
+            }
+            if a.expires_at.is_some_and(|e| e <= now_ms()) {
+                return Err(format!(
+                    "no decision within {} s: the approval expired",
+                    expires.map_or(0, |d| d.as_secs())
+                ));
+            }
+            if self.lease.as_ref().is_some_and(Lease::lost) {
+                return Err("the environment lock was taken over while waiting".into());
+            }
+            if self.should_suspend() {
+                return Err(SUSPENDED.into());
+            }
+            let pause = Duration::from_millis(200);
+            tokio::time::sleep(pause).await;
+            self.waited += pause;
+        }
+    }
+}

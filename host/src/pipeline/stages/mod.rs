@@ -1,0 +1,7 @@
+//! The stages of a run, one file each (the journal around them is in `run.rs`).
+
+mod gate;
+mod migrate;
+mod release;
+mod validate;
+mod watch;

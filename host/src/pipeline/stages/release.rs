@@ -1,0 +1,231 @@
+//! The deploy, verify and promote stages: stage the release on the target, check it, make it live.
+
+use crate::pipeline::*;
+
+impl Run<'_> {
+    pub(in crate::pipeline) async fn deploy(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Deploy).await?;
+        let target = self.plugins.target.clone();
+        if self.d.previous_release.is_none() {
+            let live = self
+                .store
+                .releases(&self.env.name)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|r| r.state == "live")
+                .map(|r| r.id);
+            if let Some(live) = &live {
+                self.record(DeploymentField::PreviousRelease, Some(live))
+                    .await?;
+            }
+            self.d.previous_release = live;
+        }
+        let release_id = match self.d.release_id.clone() {
+            Some(id) => id,
+            None => {
+                let staged =
+                    match retrying("deploy", || target.deploy(&self.ctx, &self.artifact)).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(self.fail(Stage::Deploy, step, e.to_string()).await),
+                    };
+                self.record(DeploymentField::ReleaseId, Some(&staged.release_id))
+                    .await?;
+                self.d.release_id = Some(staged.release_id.clone());
+                self.staged_url = staged.url.clone();
+                let record = ReleaseRecord {
+                    environment: self.env.name.clone(),
+                    id: staged.release_id.clone(),
+                    deployment_id: self.d.id.clone(),
+                    version: self.d.version.clone(),
+                    digest: self.artifact.digest.clone(),
+                    backup_id: self.d.backup_id.clone(),
+                    schema_version: self.d.schema_after.clone(),
+                    url: staged.url.clone(),
+                    state: "staged".into(),
+                    created_at: now_ms(),
+                    promoted_at: None,
+                };
+                self.store
+                    .upsert_release(&record)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                staged.release_id
+            }
+        };
+        // Poll until ready, on the host's schedule.
+        let deadline = Instant::now() + self.env.deploy.timeout;
+        let mut last = String::new();
+        loop {
+            match target.status(&self.ctx, &release_id).await {
+                Ok(s) => {
+                    if s.url.is_some() {
+                        self.staged_url = s.url.clone();
+                    }
+                    match s.state {
+                        ReleaseState::Ready | ReleaseState::Live => break,
+                        ReleaseState::Failed(why) => {
+                            return Err(self
+                                .fail(
+                                    Stage::Deploy,
+                                    step,
+                                    format!("release {release_id} failed: {why}"),
+                                )
+                                .await);
+                        }
+                        ReleaseState::Canceled => {
+                            return Err(self
+                                .fail(
+                                    Stage::Deploy,
+                                    step,
+                                    format!("release {release_id} was cancelled"),
+                                )
+                                .await);
+                        }
+                        ReleaseState::InProgress(what) => {
+                            if what != last {
+                                self.reporter.note(&format!("{release_id}: {what}"));
+                                last = what;
+                            }
+                        }
+                        ReleaseState::Pending => {}
+                    }
+                }
+                Err(e) if e.retry_after().is_some() => {
+                    tracing::info!("status of {release_id}: {e}; polling again");
+                }
+                Err(e) => return Err(self.fail(Stage::Deploy, step, e.to_string()).await),
+            }
+            if Instant::now() >= deadline {
+                let t = self.env.deploy.timeout.as_secs();
+                return Err(self
+                    .fail(
+                        Stage::Deploy,
+                        step,
+                        format!("release {release_id} was not ready after {t} s (timeout_ms)"),
+                    )
+                    .await);
+            }
+            let wait = self.env.deploy.poll_interval;
+            self.waited += wait;
+            tokio::time::sleep(wait).await;
+        }
+        let url = self
+            .staged_url
+            .clone()
+            .map(|u| format!(" at {u}"))
+            .unwrap_or_default();
+        self.end(
+            Stage::Deploy,
+            step,
+            StageStatus::Done,
+            format!("release {release_id} ready{url}"),
+        )
+        .await
+    }
+
+    pub(in crate::pipeline) fn subst(&self) -> Subst {
+        Subst {
+            url: self.staged_url.clone(),
+            release: self.d.release_id.clone().unwrap_or_default(),
+            environment: self.env.name.clone(),
+        }
+    }
+
+    pub(in crate::pipeline) async fn verify(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Verify).await?;
+        let list: Vec<_> = self
+            .env
+            .checks
+            .iter()
+            .filter(|c| c.stage == CheckStage::Verify)
+            .cloned()
+            .collect();
+        if list.is_empty() {
+            return self
+                .end(
+                    Stage::Verify,
+                    step,
+                    StageStatus::Skipped,
+                    "no checks".into(),
+                )
+                .await;
+        }
+        let rounds = check_rounds(
+            &list,
+            &self.subst(),
+            &self.config.base_dir(),
+            Duration::ZERO,
+        )
+        .await;
+        self.waited += rounds.waited;
+        self.checks.extend(rounds.results);
+        if let Some(f) = rounds.failed {
+            return Err(self.fail(Stage::Verify, step, f).await);
+        }
+        self.end(
+            Stage::Verify,
+            step,
+            StageStatus::Done,
+            format!("{} check(s) passed", list.len()),
+        )
+        .await
+    }
+
+    pub(in crate::pipeline) async fn promote(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Promote).await?;
+        let Some(id) = self.d.release_id.clone() else {
+            return Err(self
+                .fail(Stage::Promote, step, "no release was staged".into())
+                .await);
+        };
+        let target = &self.plugins.target;
+        if let Err(e) = no_escaping_links(target).await {
+            return Err(self.fail(Stage::Promote, step, format!("{id}: {e}")).await);
+        }
+        if let Err(e) = retrying("promote", || target.promote(&self.ctx, &id)).await {
+            return Err(self.fail(Stage::Promote, step, e.to_string()).await);
+        }
+        if let Err(e) = self.until_live(&id).await {
+            return Err(self.fail(Stage::Promote, step, e).await);
+        }
+        self.store
+            .mark_live(&self.env.name, &id)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.audit(
+            "release.promoted",
+            Some(id.clone()),
+            Some(format!("version {}", self.d.version)),
+        )
+        .await;
+        let previous = self
+            .d
+            .previous_release
+            .clone()
+            .map(|p| format!(" (was {p})"))
+            .unwrap_or_default();
+        self.end(
+            Stage::Promote,
+            step,
+            StageStatus::Done,
+            format!("{id} is live{previous}"),
+        )
+        .await
+    }
+
+    /// After `promote`, waits until the target reports the release live.
+    pub(in crate::pipeline) async fn until_live(&mut self, id: &str) -> Result<(), String> {
+        let reporter = self.reporter;
+        let waited = wait_live(
+            &self.plugins.target,
+            &self.ctx,
+            id,
+            &self.env.deploy,
+            |what| reporter.note(&format!("{id}: {what}")),
+        )
+        .await?;
+        self.waited += waited;
+        Ok(())
+    }
+}

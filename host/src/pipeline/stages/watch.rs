@@ -1,0 +1,187 @@
+//! The watch stage, and the automatic rollback a failed watch triggers.
+
+use crate::pipeline::*;
+
+impl Run<'_> {
+    /// Watch checks for the window and every analysis, side by side. A failure is recorded
+    /// as `watch_failed` (the evidence) for the rollback policy.
+    pub(in crate::pipeline) async fn watch(&mut self) -> Result<(), String> {
+        let step = self.begin(Stage::Watch).await?;
+        let list: Vec<_> = self
+            .env
+            .checks
+            .iter()
+            .filter(|c| c.stage == CheckStage::Watch)
+            .cloned()
+            .collect();
+        let analyses = self.env.analysis.clone();
+        if list.is_empty() && analyses.is_empty() {
+            return self
+                .end(
+                    Stage::Watch,
+                    step,
+                    StageStatus::Skipped,
+                    "no watch checks or analysis".into(),
+                )
+                .await;
+        }
+        let subst = self.subst();
+        let base = self.config.base_dir();
+        let window = self.env.deploy.watch;
+        let checks_fut = async {
+            if list.is_empty() {
+                Rounds::default()
+            } else {
+                check_rounds(&list, &subst, &base, window).await
+            }
+        };
+        let analyses_fut = async {
+            let mut out = Vec::new();
+            for a in &analyses {
+                out.push(analysis::run(a).await);
+            }
+            out
+        };
+        let (rounds, results) = tokio::join!(checks_fut, analyses_fut);
+        self.waited += rounds.waited.max(results.iter().map(|r| r.waited).sum());
+        self.checks.extend(rounds.results);
+        let mut evidence: Option<String> = rounds.failed;
+        for r in &results {
+            self.reporter.note(&r.detail);
+        }
+        if evidence.is_none() {
+            evidence = results
+                .iter()
+                .find(|r| r.verdict == analysis::Verdict::Failed)
+                .map(|r| r.detail.clone());
+        }
+        let unsure: Vec<&analysis::AnalysisResult> = results
+            .iter()
+            .filter(|r| r.verdict == analysis::Verdict::Inconclusive)
+            .collect();
+        self.analyses.extend(results.iter().cloned());
+        if evidence.is_none() && !unsure.is_empty() {
+            let question = unsure
+                .iter()
+                .map(|r| r.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if let Err(e) = self.wait_for_decision("analysis", &question, None).await {
+                evidence = Some(format!("{question}; {e}"));
+            }
+        }
+        if let Some(e) = evidence {
+            self.watch_failed = Some(e.clone());
+            return Err(self.fail(Stage::Watch, step, e).await);
+        }
+        let detail = format!(
+            "{} check(s){}{} passed",
+            list.len(),
+            if rounds.rounds > 1 {
+                format!(" x {} rounds", rounds.rounds)
+            } else {
+                String::new()
+            },
+            if analyses.is_empty() {
+                String::new()
+            } else {
+                format!(", {} analysis", analyses.len())
+            }
+        );
+        self.end(Stage::Watch, step, StageStatus::Done, detail)
+            .await
+    }
+
+    /// The rollback policy's `auto`: the previous release live again, verified, announced.
+    pub(in crate::pipeline) async fn auto_rollback(
+        &mut self,
+        evidence: &str,
+    ) -> Result<String, String> {
+        let step = self.begin(Stage::Rollback).await?;
+        let started = now_ms();
+        let Some(previous) = self.d.previous_release.clone() else {
+            return Err(self
+                .fail(
+                    Stage::Rollback,
+                    step,
+                    "there is no previous release to roll back to".into(),
+                )
+                .await);
+        };
+        let failed = self.d.release_id.clone().unwrap_or_default();
+        let switched = switch_back(
+            &self.store,
+            &self.plugins.target,
+            &self.ctx,
+            self.env,
+            &previous,
+            Some((&failed, "failed")),
+        )
+        .await;
+        let live = match switched {
+            Ok(id) => id,
+            Err(e) => return Err(self.fail(Stage::Rollback, step, e).await),
+        };
+        // The release's recorded URL, so `{url}` checks run against the release serving again.
+        let url = self
+            .store
+            .releases(&self.env.name)
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|r| r.id == live))
+            .and_then(|r| r.url);
+        let rounds = verify_release(self.config, self.env, &live, url).await;
+        self.waited += rounds.waited;
+        let verified = match &rounds.failed {
+            None => format!("{} check(s) pass on it", self.env.checks.len()),
+            Some(f) => format!("but it fails its checks too: {f}"),
+        };
+        let detail =
+            format!("{failed} failed its watch ({evidence}); {live} is live again, {verified}");
+        let mut record = crate::store::RollbackRecord {
+            id: new_id(),
+            environment: self.env.name.clone(),
+            initiator: "automatic".into(),
+            mode: "app".into(),
+            from_release: Some(failed.clone()),
+            to_release: Some(live.clone()),
+            actor: "agent".into(),
+            reason: Some(evidence.to_string()),
+            status: if rounds.failed.is_none() {
+                "succeeded".into()
+            } else {
+                "failed".into()
+            },
+            detail: Some(detail.clone()),
+            started_at: started,
+            ..Default::default()
+        };
+        record.finish();
+        self.store
+            .save_rollback(&record)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.audit(
+            "release.rolled-back",
+            Some(failed.clone()),
+            Some(detail.clone()),
+        )
+        .await;
+        self.notify(
+            EventKind::RolledBack,
+            Some(Stage::Rollback),
+            format!(
+                "{} on {} was rolled back automatically: {live} is live again",
+                self.d.version, self.env.name
+            ),
+            Some(format!("reason: {evidence}; verification: {verified}")),
+            None,
+        );
+        if rounds.failed.is_some() {
+            return Err(self.fail(Stage::Rollback, step, detail).await);
+        }
+        self.end(Stage::Rollback, step, StageStatus::Done, detail.clone())
+            .await?;
+        Ok(detail)
+    }
+}
