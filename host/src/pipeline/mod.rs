@@ -29,6 +29,7 @@ pub mod validate;
 
 mod plugins;
 mod run;
+pub mod sequence;
 mod stages;
 mod target;
 
@@ -47,7 +48,7 @@ use serde::Serialize;
 
 pub use artifact::{digest, guest_path};
 
-use crate::config::{CheckStage, Config, Environment, Gate, RollbackPolicy, Strategy};
+use crate::config::{CheckStage, Config, Environment, RollbackPolicy};
 use crate::db::{backup, migrate};
 use crate::runtime::{
     Artifact, CallContext, CallError, EventKind, Kind, Plugin, PluginError, ReleaseState, Runtime,

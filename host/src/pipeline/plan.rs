@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::sequence::{Interrupted, Step, sequence};
 use super::validate::{self, Finding};
 use super::{PipelineError, Request, Stage, artifact_for, load_plugins, open_store};
 use crate::config::{BackupWhen, CheckStage, Config, Probe, Strategy};
@@ -66,20 +67,17 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
     if let Some(h) = store.lock_holder(&env.name).await? {
         lock.push(format!("now held by {} (run {})", h.owner, h.deployment_id));
     }
+    let mut resuming = false;
     for old in store.running(&env.name).await? {
-        let same = old.version == artifact.version && old.digest == artifact.digest;
+        // The same decision the run will make.
+        let decision = Interrupted::decide(env, &old, &artifact, resuming);
+        resuming |= decision == Interrupted::Resume;
         lock.push(format!(
             "interrupted run {} ({}, stopped in {}) would be {}",
             old.id,
             old.version,
             old.stage.as_deref().unwrap_or("?"),
-            if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback {
-                "rolled back"
-            } else if same {
-                "resumed"
-            } else {
-                "superseded"
-            }
+            decision.word()
         ));
     }
     steps.push(PlanStep {
@@ -288,26 +286,6 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
         ),
         details: vec![],
     });
-    if let Some(a) = approve.clone().filter(|_| {
-        env.approval
-            .as_ref()
-            .is_some_and(|a| a.before == crate::config::Gate::Start)
-    }) {
-        steps.insert(1, a);
-    }
-    let before_promote = approve.filter(|_| {
-        env.approval
-            .as_ref()
-            .is_some_and(|a| a.before == crate::config::Gate::Promote)
-    });
-    if env.deploy.strategy == Strategy::Staged {
-        steps.push(verify);
-        steps.extend(before_promote);
-        steps.push(promote);
-    } else {
-        steps.extend(before_promote);
-        steps.extend([promote, verify]);
-    }
     let mut watch = checks_of(CheckStage::Watch);
     watch.extend(env.analysis.iter().map(|a| {
         format!(
@@ -323,7 +301,7 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
         crate::config::RollbackPolicy::Notify => "on failure: notify, keep the release",
         crate::config::RollbackPolicy::Off => "on failure: stop",
     };
-    steps.push(PlanStep {
+    let watch = PlanStep {
         stage: Stage::Watch,
         action: if watch.is_empty() {
             "skip: no watch checks or analysis".into()
@@ -334,7 +312,28 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
             )
         },
         details: watch,
-    });
+    };
+    // The steps in the order the run will take them (lock first, notify last).
+    let of = |stages: &[Stage]| -> Vec<PlanStep> {
+        steps
+            .iter()
+            .filter(|s| stages.contains(&s.stage))
+            .cloned()
+            .collect()
+    };
+    let mut ordered = of(&[Stage::Lock]);
+    for step in sequence(env) {
+        match step {
+            Step::Approve(_) => ordered.extend(approve.clone()),
+            Step::Validate => ordered.extend(of(&[Stage::Validate])),
+            Step::BackupAndMigrate => ordered.extend(of(&[Stage::Backup, Stage::Migrate])),
+            Step::Deploy => ordered.extend(of(&[Stage::Deploy])),
+            Step::Verify => ordered.push(verify.clone()),
+            Step::Promote => ordered.push(promote.clone()),
+            Step::Watch => ordered.push(watch.clone()),
+        }
+    }
+    let mut steps = ordered;
     steps.push(PlanStep {
         stage: Stage::Notify,
         action: if env.notifiers.is_empty() {

@@ -2,6 +2,7 @@
 //! notifications, and how a run ends (finished, suspended for shutdown).
 
 use super::*;
+use sequence::{Interrupted, Step};
 
 /// Runs a deployment: recovers interrupted runs of the environment first, then takes the
 /// release through every stage. A run that starts and fails is an `Ok` outcome with status
@@ -51,31 +52,25 @@ pub async fn deploy(
     let mut recovered = Vec::new();
     let mut resumed: Option<Deployment> = None;
     for old in store.running(&env.name).await? {
-        let same = old.version == artifact.version && old.digest == artifact.digest;
+        let decision = Interrupted::decide(env, &old, &artifact, resumed.is_some());
         let stopped = old
             .stage
             .as_deref()
             .unwrap_or("its first stage")
             .to_string();
-        let (action, detail) = if env.deploy.on_interrupt == crate::config::OnInterrupt::Rollback
-            || old.stage.as_deref() == Some(recover::ROLLING_BACK)
-        {
+        let detail = if decision == Interrupted::RollBack {
             let done = recover::roll_back(env, &store, &plugins.target, &old)
                 .await
                 .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
-            let detail = format!(
+            format!(
                 "run {} of {} stopped in {stopped}; rolled back: {done}",
                 old.id, old.version
-            );
-            ("rolled back", detail)
-        } else if same && resumed.is_none() {
+            )
+        } else if decision == Interrupted::Resume {
             store.take_over(&old.id, &owner.0, &old.owner).await?;
-            (
-                "resumed",
-                format!(
-                    "run {} of {} stopped in {stopped}; resuming it",
-                    old.id, old.version
-                ),
+            format!(
+                "run {} of {} stopped in {stopped}; resuming it",
+                old.id, old.version
             )
         } else {
             store
@@ -85,7 +80,7 @@ pub async fn deploy(
                     Some("interrupted; superseded by a newer run"),
                 )
                 .await?;
-            let detail = format!(
+            format!(
                 "run {} of {} stopped in {stopped}; superseded: this run rolls forward from the state it left (schema {}, release {})",
                 old.id,
                 old.version,
@@ -94,13 +89,21 @@ pub async fn deploy(
                     .or(old.schema_before.as_deref())
                     .unwrap_or("unchanged"),
                 old.release_id.as_deref().unwrap_or("none staged"),
-            );
-            ("superseded", detail)
+            )
         };
         recovered.push(
-            recover::record(&store, reporter, &request.actor, env, &old, action, detail).await?,
+            recover::record(
+                &store,
+                reporter,
+                &request.actor,
+                env,
+                &old,
+                decision.word(),
+                detail,
+            )
+            .await?,
         );
-        if action == "resumed" {
+        if decision == Interrupted::Resume {
             resumed = Some(old);
         }
     }
@@ -365,30 +368,19 @@ impl Run<'_> {
     }
 
     pub(super) async fn stages_in_order(&mut self) -> Result<(), String> {
-        let gate = self.env.approval.as_ref().map(|a| a.before);
-        if gate == Some(Gate::Start) {
-            self.approve("start").await?;
-        }
-        self.validate().await?;
-        self.backup_and_migrate().await?;
-        self.deploy().await?;
-        match self.env.deploy.strategy {
-            Strategy::Staged => {
-                self.verify().await?;
-                if gate == Some(Gate::Promote) {
-                    self.approve("promote").await?;
-                }
-                self.promote().await?;
-            }
-            Strategy::Direct => {
-                if gate == Some(Gate::Promote) {
-                    self.approve("promote").await?;
-                }
-                self.promote().await?;
-                self.verify().await?;
+        // The order is the environment's, computed once for the run and for `plan`.
+        for step in sequence::sequence(self.env) {
+            match step {
+                Step::Approve(gate) => self.approve(sequence::gate_name(gate)).await?,
+                Step::Validate => self.validate().await?,
+                Step::BackupAndMigrate => self.backup_and_migrate().await?,
+                Step::Deploy => self.deploy().await?,
+                Step::Verify => self.verify().await?,
+                Step::Promote => self.promote().await?,
+                Step::Watch => self.watch().await?,
             }
         }
-        self.watch().await
+        Ok(())
     }
 
     pub(super) async fn record(

@@ -210,7 +210,7 @@ impl std::fmt::Debug for Store {
 }
 
 /// A deployment run as recorded.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Deployment {
     /// The run id (time-sortable).
     pub id: String,
