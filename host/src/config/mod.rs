@@ -547,31 +547,20 @@ impl Validator<'_> {
             );
         }
         // A plugin that imports `sigv4-signature` and is configured with an AWS access key id
-        // signs AWS requests: its secret access key must say what it may sign for. (Python
-        // components import every function of an interface, so the import alone is a hint.)
-        if !secrets.values().any(|s| s.sigv4.is_some()) && signs_sigv4(&path) {
-            let message = format!(
-                "plugin `{}` imports `sigv4-signature`, but none of its secrets is granted for SigV4",
-                name.get_ref()
+        // signs AWS requests: its secret access key must say what it may sign for. (The import
+        // alone proves nothing: a Python component imports every function of an interface.)
+        if p.config.contains_key("access_key_id")
+            && !secrets.values().any(|s| s.sigv4.is_some())
+            && signs_sigv4(&path)
+        {
+            self.error(
+                &p.path,
+                format!(
+                    "plugin `{}` signs AWS requests (it imports `sigv4-signature` and has an access_key_id), but none of its secrets is granted for SigV4",
+                    name.get_ref()
+                ),
+                "bind the secret access key to what it may sign: sigv4 = { services = [\"s3\"], regions = [\"REGION\"] } under [plugins.NAME.secrets.KEY]",
             );
-            let hint = "bind the secret access key to what it may sign: sigv4 = { services = [\"s3\"], regions = [\"REGION\"] } under [plugins.NAME.secrets.KEY]";
-            if p.config.contains_key("access_key_id") {
-                self.error(
-                    &p.path,
-                    format!("{message} (it is configured with an access_key_id)"),
-                    hint,
-                );
-            } else if !secrets.is_empty() {
-                self.warnings.push(
-                    ConfigError::at(
-                        self.file,
-                        self.text,
-                        p.path.span(),
-                        format!("{message}: if it signs AWS requests, they will be refused"),
-                    )
-                    .hint(hint),
-                );
-            }
         }
         for key in p.config.keys() {
             let k = key.to_ascii_lowercase();
@@ -728,8 +717,8 @@ impl Validator<'_> {
     }
 }
 
-/// Whether the component at `path` imports `sigv4-signature`: a component's imports name
-/// only the functions it uses, so the name is in the file exactly when the plugin signs.
+/// Whether the component at `path` imports `sigv4-signature` (its name is in the file's
+/// import section; a Rust component lists only the functions it uses).
 fn signs_sigv4(path: &Path) -> bool {
     std::fs::read(path)
         .map(|wasm| memchr::memmem::find(&wasm, b"sigv4-signature").is_some())
