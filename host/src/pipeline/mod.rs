@@ -239,6 +239,22 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
     }
 }
 
+/// What a run and a plan both start from: the environment, its plugins loaded, and the
+/// artifact with its digest.
+pub(crate) async fn prepare<'c>(
+    config: &'c Config,
+    request: &Request,
+) -> Result<(&'c Environment, Plugins, Option<PathBuf>, Artifact), PipelineError> {
+    let env = config
+        .environment(&request.environment)
+        .map_err(PipelineError::Setup)?;
+    let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
+    let (artifact_path, artifact) = artifact_for(env, request, &plugins.target)
+        .await
+        .map_err(PipelineError::Setup)?;
+    Ok((env, plugins, artifact_path, artifact))
+}
+
 /// The artifact as the target plugin sees it, and its host path.
 pub(crate) async fn artifact_for(
     env: &Environment,

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::sequence::{Interrupted, Step, sequence};
 use super::validate::{self, Finding};
-use super::{PipelineError, Request, Stage, artifact_for, load_plugins, open_store};
+use super::{PipelineError, Request, Stage, open_store, prepare};
 use crate::config::{BackupWhen, CheckStage, Config, Probe, Strategy};
 use crate::db::migrate;
 use crate::runtime::CallContext;
@@ -52,13 +52,7 @@ fn probe_text(p: &Probe) -> String {
 
 /// Builds the plan.
 pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineError> {
-    let env = config
-        .environment(&request.environment)
-        .map_err(PipelineError::Setup)?;
-    let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
-    let (artifact_path, artifact) = artifact_for(env, request, &plugins.target)
-        .await
-        .map_err(PipelineError::Setup)?;
+    let (env, plugins, artifact_path, artifact) = prepare(config, request).await?;
     let store = open_store(config).await?;
     let mut steps = Vec::new();
     let mut blocked = false;

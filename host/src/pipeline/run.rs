@@ -13,13 +13,7 @@ pub async fn deploy(
     reporter: &dyn Reporter,
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
-    let env = config
-        .environment(&request.environment)
-        .map_err(PipelineError::Setup)?;
-    let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
-    let (artifact_path, artifact) = artifact_for(env, request, &plugins.target)
-        .await
-        .map_err(PipelineError::Setup)?;
+    let (env, plugins, artifact_path, artifact) = prepare(config, request).await?;
     let store = open_store(config).await?;
     let owner = Owner::this_process();
     let id = request.id.clone().unwrap_or_else(new_id);

@@ -92,24 +92,8 @@ pub(crate) fn sigv4_signature(
             "it is not granted for SigV4; add `sigv4 = { services = [\"SERVICE\"], regions = [\"REGION\"] }` to the secret in agent.toml",
         ));
     };
-    if !scope.services.iter().any(|s| s == service) {
-        return Err(refused(
-            name,
-            format!(
-                "service `{service}` is not one it is granted for ({})",
-                scope.services.join(", ")
-            ),
-        ));
-    }
-    if !scope.regions.iter().any(|r| r == region) {
-        return Err(refused(
-            name,
-            format!(
-                "region `{region}` is not one it is granted for ({})",
-                scope.regions.join(", ")
-            ),
-        ));
-    }
+    granted(name, "service", service, &scope.services)?;
+    granted(name, "region", region, &scope.regions)?;
     check_string_to_sign(string_to_sign, date, region, service, now)
         .map_err(|r| refused(name, r))?;
     let key = secret.value.expose();
@@ -118,6 +102,20 @@ pub(crate) fn sigv4_signature(
     let k_service = hmac(&k_region, &[service.as_bytes()]);
     let k_signing = hmac(&k_service, &[b"aws4_request"]);
     Ok(hex::encode(hmac(&k_signing, &[string_to_sign.as_bytes()])))
+}
+
+/// A refusal unless `value` (a `what`: service, region) is one of `allowed`.
+fn granted(name: &str, what: &str, value: &str, allowed: &[String]) -> Result<(), PolicyViolation> {
+    if allowed.iter().any(|a| a == value) {
+        return Ok(());
+    }
+    Err(refused(
+        name,
+        format!(
+            "{what} `{value}` is not one it is granted for ({})",
+            allowed.join(", ")
+        ),
+    ))
 }
 
 /// `AWS4-HMAC-SHA256`, the request time, the scope, the canonical request's hash.

@@ -133,6 +133,14 @@ impl PluginState {
         })
     }
 
+    /// Records a refusal (the call then fails with it as a policy error) and returns its
+    /// text, for the error the plugin sees.
+    fn refuse(&self, violation: PolicyViolation) -> String {
+        let text = violation.to_string();
+        self.hooks.guard.refuse(violation);
+        text
+    }
+
     /// The violation for a full resource table.
     pub(crate) fn table_full(&self) -> PolicyViolation {
         PolicyViolation::HostBudget {
@@ -221,10 +229,9 @@ impl secrets::Host for PluginState {
     ) -> Result<Vec<u8>, secrets::SecretError> {
         // Withdrawn, still linked: a plugin built against it loads, and calling it fails the
         // call with a policy error.
-        let violation = signing::hmac_withdrawn(&name);
-        let text = violation.to_string();
-        self.hooks.guard.refuse(violation);
-        Err(secrets::SecretError::Unavailable(text))
+        Err(secrets::SecretError::Unavailable(
+            self.refuse(signing::hmac_withdrawn(&name)),
+        ))
     }
 
     async fn sigv4_signature(
@@ -248,11 +255,7 @@ impl secrets::Host for PluginState {
             &string_to_sign,
             SystemTime::now(),
         )
-        .map_err(|violation| {
-            let text = violation.to_string();
-            self.hooks.guard.refuse(violation);
-            secrets::SecretError::Unavailable(text)
-        })
+        .map_err(|violation| secrets::SecretError::Unavailable(self.refuse(violation)))
     }
 
     async fn webhook_signature(
@@ -278,10 +281,6 @@ impl secrets::Host for PluginState {
             &payload,
             SystemTime::now(),
         )
-        .map_err(|violation| {
-            let text = violation.to_string();
-            self.hooks.guard.refuse(violation);
-            secrets::SignError::Refused(text)
-        })
+        .map_err(|violation| secrets::SignError::Refused(self.refuse(violation)))
     }
 }
