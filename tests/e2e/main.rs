@@ -15,3 +15,4 @@ mod project;
 mod restore_kill;
 mod rollback;
 mod sandbox;
+mod store_upgrade;

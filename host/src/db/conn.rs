@@ -84,10 +84,21 @@ impl Conn {
                     .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true);
-                let conn = SqliteConnection::connect_with(&options)
-                    .await
-                    .map_err(|e| fail(&e))?;
-                Ok(Conn::Lite(conn))
+                // Switching a new file to WAL needs it alone, and SQLite answers BUSY without
+                // waiting when another process is creating it at the same moment: retry.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    match SqliteConnection::connect_with(&options).await {
+                        Ok(conn) => return Ok(Conn::Lite(conn)),
+                        Err(sqlx::Error::Database(e))
+                            if e.code().as_deref() == Some("5")
+                                && std::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => return Err(fail(&e)),
+                    }
+                }
             }
             None => Err(fail(
                 &"unsupported database URL: expected postgres://… or sqlite:…",

@@ -11,7 +11,7 @@ mod lease;
 mod queue;
 mod rollbacks;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -25,6 +25,8 @@ pub use rollbacks::RollbackRecord;
 
 use crate::db::Backend;
 use crate::db::conn::{Arg, Conn, DbRow};
+use crate::db::migrate::embedded::{UpgradeError, upgrade};
+use crate::db::migrate::{Ledger, Migration, Settings};
 
 /// Why the state store failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,18 @@ pub enum StoreError {
         location: String,
         /// Why.
         reason: String,
+    },
+    /// A newer deploy-agent wrote it: using it could lose what that version records.
+    #[error(
+        "the state store {location} has schema version {found}, newer than this deploy-agent knows (up to {known}): a newer deploy-agent wrote it. Run that version or newer; this one will not use it"
+    )]
+    NewerSchema {
+        /// Where (password removed).
+        location: String,
+        /// The version found.
+        found: i64,
+        /// The newest this binary knows.
+        known: i64,
     },
     /// A query failed.
     #[error("state store: {0}")]
@@ -69,130 +83,19 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS deployments (
-    id TEXT PRIMARY KEY,
-    environment TEXT NOT NULL,
-    version TEXT NOT NULL,
-    artifact TEXT,
-    digest TEXT,
-    actor TEXT NOT NULL,
-    reason TEXT,
-    host TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    status TEXT NOT NULL,
-    stage TEXT,
-    started_at BIGINT NOT NULL,
-    finished_at BIGINT,
-    error TEXT,
-    backup_id TEXT,
-    schema_before TEXT,
-    schema_after TEXT,
-    release_id TEXT,
-    previous_release TEXT,
-    resumed_from TEXT
-);
-CREATE INDEX IF NOT EXISTS deployments_env ON deployments (environment, started_at);
-CREATE TABLE IF NOT EXISTS steps (
-    deployment_id TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    stage TEXT NOT NULL,
-    status TEXT NOT NULL,
-    started_at BIGINT NOT NULL,
-    finished_at BIGINT,
-    detail TEXT,
-    PRIMARY KEY (deployment_id, seq)
-);
-CREATE TABLE IF NOT EXISTS releases (
-    environment TEXT NOT NULL,
-    id TEXT NOT NULL,
-    deployment_id TEXT NOT NULL,
-    version TEXT NOT NULL,
-    digest TEXT,
-    backup_id TEXT,
-    schema_version TEXT,
-    url TEXT,
-    state TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    promoted_at BIGINT,
-    PRIMARY KEY (environment, id)
-);
-CREATE TABLE IF NOT EXISTS backups (
-    id TEXT PRIMARY KEY,
-    environment TEXT NOT NULL,
-    deployment_id TEXT NOT NULL,
-    schema_version TEXT,
-    created_at BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS locks (
-    environment TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    deployment_id TEXT NOT NULL,
-    acquired_at BIGINT NOT NULL,
-    expires_at BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS approvals (
-    deployment_id TEXT NOT NULL,
-    gate TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    requested_at BIGINT NOT NULL,
-    expires_at BIGINT,
-    decision TEXT,
-    decided_by TEXT,
-    decided_at BIGINT,
-    reason TEXT,
-    PRIMARY KEY (deployment_id, gate)
-);
-CREATE TABLE IF NOT EXISTS rollbacks (
-    id TEXT PRIMARY KEY,
-    environment TEXT NOT NULL,
-    initiator TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    from_release TEXT,
-    to_release TEXT,
-    backup_id TEXT,
-    safety_backup TEXT,
-    actor TEXT NOT NULL,
-    reason TEXT,
-    status TEXT NOT NULL,
-    detail TEXT,
-    started_at BIGINT NOT NULL,
-    finished_at BIGINT
-);
-CREATE TABLE IF NOT EXISTS audit (
-    seq BIGINT PRIMARY KEY,
-    at BIGINT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    environment TEXT,
-    subject TEXT,
-    host TEXT NOT NULL,
-    why TEXT,
-    detail TEXT,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS queue (
-    id TEXT PRIMARY KEY,
-    seq BIGINT NOT NULL,
-    environment TEXT NOT NULL,
-    version TEXT,
-    artifact TEXT,
-    actor TEXT NOT NULL,
-    reason TEXT,
-    source TEXT NOT NULL,
-    state TEXT NOT NULL,
-    enqueued_at BIGINT NOT NULL,
-    started_at BIGINT,
-    finished_at BIGINT,
-    outcome TEXT
-);
-CREATE INDEX IF NOT EXISTS queue_pending ON queue (environment, state, seq);
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    id TEXT PRIMARY KEY,
-    received_at BIGINT NOT NULL
-);
-";
+/// The store's schema, oldest first: applied on open by the migration engine, under the
+/// state store's own history ([`Ledger::STATE`]). Append only: an applied migration's text
+/// never changes (its checksum is recorded), a new shape is a new file.
+fn migrations() -> Vec<Migration> {
+    vec![
+        Migration::embedded(1, "state", include_str!("schema/0001_state.sql")),
+        Migration::embedded(
+            2,
+            "lookup indexes",
+            include_str!("schema/0002_lookup_indexes.sql"),
+        ),
+    ]
+}
 
 /// The state store. Cheap to clone; one connection, shared.
 #[derive(Clone)]
@@ -405,10 +308,31 @@ impl Store {
             location: location.clone(),
             reason: e.to_string(),
         })?;
-        conn.exec(SCHEMA).await.map_err(|e| StoreError::Open {
-            location: location.clone(),
-            reason: e.to_string(),
-        })?;
+        let settings = Settings {
+            ledger: Ledger::STATE,
+            ..Settings::new(&location, PathBuf::from("(built in)"))
+        };
+        match upgrade(&mut conn, &settings, &migrations()).await {
+            Ok(applied) if !applied.is_empty() => {
+                tracing::info!(location = %location, ?applied, "state store schema upgraded");
+            }
+            Ok(_) => {}
+            Err(UpgradeError::Newer { found, known }) => {
+                conn.close().await;
+                return Err(StoreError::NewerSchema {
+                    location,
+                    found,
+                    known,
+                });
+            }
+            Err(e) => {
+                conn.close().await;
+                return Err(StoreError::Open {
+                    location,
+                    reason: format!("upgrading its schema: {e}"),
+                });
+            }
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             location,
@@ -418,6 +342,19 @@ impl Store {
     /// Answers when the store does (the daemon's watchdog).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.rows("SELECT 1", &[]).await.map(|_| ())
+    }
+
+    /// The version of its schema: the newest of its migrations applied.
+    pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.conn.lock().await;
+        crate::db::migrate::embedded::version(&mut conn, Ledger::STATE)
+            .await
+            .map_err(|e| StoreError::Query(e.to_string()))
+    }
+
+    /// The newest schema version this binary knows.
+    pub fn known_schema_version() -> i64 {
+        migrations().iter().map(|m| m.version).max().unwrap_or(0)
     }
 
     /// Where it is (password removed).
@@ -780,6 +717,36 @@ fn create_private(dir: &Path, file: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Openers racing to create one store: every one gets it at the newest schema, and each
+    /// version is recorded once.
+    #[tokio::test]
+    async fn concurrent_openers_of_a_new_store_all_get_the_newest_schema()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite:{}", dir.path().join("state.db").display());
+        let mut opens = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let url = url.clone();
+            opens.spawn(async move { Store::open(&url).await });
+        }
+        while let Some(store) = opens.join_next().await {
+            let store = store??;
+            assert_eq!(
+                store.schema_version().await?,
+                Some(Store::known_schema_version())
+            );
+        }
+        let store = Store::open(&url).await?;
+        let versions = store
+            .rows(
+                "SELECT version FROM _deploy_agent_state_versions ORDER BY version",
+                &[],
+            )
+            .await?;
+        assert_eq!(versions.len() as i64, Store::known_schema_version());
+        Ok(())
+    }
 
     /// Values are bound, never spliced: text that would end a literal and start a statement
     /// comes back as it went in, and the tables are all still there.

@@ -24,10 +24,44 @@ pub struct Applied {
     pub down_sql: Option<String>,
 }
 
-pub(crate) fn ddl(backend: Backend) -> &'static str {
+/// Where one migration history is kept: its three tables and its lock. The application's is
+/// sqlx's (so `sqlx migrate info` agrees with us); the agent's own state store keeps its
+/// schema history under other names, so it can share a PostgreSQL database with the app it
+/// deploys without either history seeing the other's versions or waiting on its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ledger {
+    /// Applied versions, with sqlx's columns.
+    pub applied: &'static str,
+    /// What sqlx does not keep: down SQL, waivers, who.
+    pub extra: &'static str,
+    /// The append-only log of runs, accepts and reverts.
+    pub log: &'static str,
+    /// Mixed into the advisory lock's key (empty: sqlx's key).
+    pub lock: &'static str,
+}
+
+impl Ledger {
+    /// The application's migrations: sqlx's history table, sqlx's lock.
+    pub const APP: Ledger = Ledger {
+        applied: "_sqlx_migrations",
+        extra: "_deploy_agent_migrations",
+        log: "_deploy_agent_migration_log",
+        lock: "",
+    };
+    /// The agent's own state store.
+    pub const STATE: Ledger = Ledger {
+        applied: "_deploy_agent_state_versions",
+        extra: "_deploy_agent_state_migrations",
+        log: "_deploy_agent_state_log",
+        lock: "deploy-agent state",
+    };
+}
+
+pub(crate) fn ddl(backend: Backend, l: Ledger) -> String {
+    let (applied, extra, log) = (l.applied, l.extra, l.log);
     match backend {
-        Backend::Postgres => {
-            "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+        Backend::Postgres => format!(
+            "CREATE TABLE IF NOT EXISTS {applied} (
     version BIGINT PRIMARY KEY,
     description TEXT NOT NULL,
     installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -35,14 +69,14 @@ pub(crate) fn ddl(backend: Backend) -> &'static str {
     checksum BYTEA NOT NULL,
     execution_time BIGINT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS _deploy_agent_migrations (
+CREATE TABLE IF NOT EXISTS {extra} (
     version BIGINT PRIMARY KEY,
     down_sql TEXT,
     no_transaction BOOLEAN NOT NULL DEFAULT FALSE,
     waivers TEXT NOT NULL DEFAULT '',
     applied_by TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS _deploy_agent_migration_log (
+CREATE TABLE IF NOT EXISTS {log} (
     id BIGSERIAL PRIMARY KEY,
     at TIMESTAMPTZ NOT NULL DEFAULT now(),
     version BIGINT NOT NULL,
@@ -50,9 +84,9 @@ CREATE TABLE IF NOT EXISTS _deploy_agent_migration_log (
     detail TEXT NOT NULL,
     actor TEXT NOT NULL
 );"
-        }
-        Backend::Sqlite => {
-            "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+        ),
+        Backend::Sqlite => format!(
+            "CREATE TABLE IF NOT EXISTS {applied} (
     version BIGINT PRIMARY KEY,
     description TEXT NOT NULL,
     installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
@@ -60,14 +94,14 @@ CREATE TABLE IF NOT EXISTS _deploy_agent_migration_log (
     checksum BLOB NOT NULL,
     execution_time BIGINT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS _deploy_agent_migrations (
+CREATE TABLE IF NOT EXISTS {extra} (
     version BIGINT PRIMARY KEY,
     down_sql TEXT,
     no_transaction BOOLEAN NOT NULL DEFAULT FALSE,
     waivers TEXT NOT NULL DEFAULT '',
     applied_by TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS _deploy_agent_migration_log (
+CREATE TABLE IF NOT EXISTS {log} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
     version BIGINT NOT NULL,
@@ -75,14 +109,14 @@ CREATE TABLE IF NOT EXISTS _deploy_agent_migration_log (
     detail TEXT NOT NULL,
     actor TEXT NOT NULL
 );"
-        }
+        ),
     }
 }
 
 /// Creates the tables if needed.
-pub(crate) async fn ensure(conn: &mut Conn) -> Result<(), DbError> {
-    let ddl = ddl(conn.backend());
-    conn.exec(ddl)
+pub(crate) async fn ensure(conn: &mut Conn, ledger: Ledger) -> Result<(), DbError> {
+    let ddl = ddl(conn.backend(), ledger);
+    conn.exec(&ddl)
         .await
         .map(|_| ())
         .map_err(|e| DbError::query("creating the migration history tables", e))
@@ -104,22 +138,23 @@ async fn table_exists(conn: &mut Conn, table: &str) -> Result<bool, DbError> {
 }
 
 /// Every recorded migration, by version.
-pub(crate) async fn read(conn: &mut Conn) -> Result<Vec<Applied>, DbError> {
-    if !table_exists(conn, "_sqlx_migrations").await? {
+pub(crate) async fn read(conn: &mut Conn, ledger: Ledger) -> Result<Vec<Applied>, DbError> {
+    let (applied, extra) = (ledger.applied, ledger.extra);
+    if !table_exists(conn, applied).await? {
         return Ok(Vec::new());
     }
     let sql = match conn.backend() {
-        Backend::Postgres => "SELECT m.version::text, m.description, m.installed_on::text, m.success::text, encode(m.checksum, 'hex'), m.execution_time::text, d.down_sql
-              FROM _sqlx_migrations m LEFT JOIN _deploy_agent_migrations d ON d.version = m.version ORDER BY m.version",
-        Backend::Sqlite => "SELECT CAST(m.version AS TEXT), m.description, CAST(m.installed_on AS TEXT), CAST(m.success AS TEXT), hex(m.checksum), CAST(m.execution_time AS TEXT), d.down_sql
-              FROM _sqlx_migrations m LEFT JOIN _deploy_agent_migrations d ON d.version = m.version ORDER BY m.version",
+        Backend::Postgres => format!("SELECT m.version::text, m.description, m.installed_on::text, m.success::text, encode(m.checksum, 'hex'), m.execution_time::text, d.down_sql
+              FROM {applied} m LEFT JOIN {extra} d ON d.version = m.version ORDER BY m.version"),
+        Backend::Sqlite => format!("SELECT CAST(m.version AS TEXT), m.description, CAST(m.installed_on AS TEXT), CAST(m.success AS TEXT), hex(m.checksum), CAST(m.execution_time AS TEXT), d.down_sql
+              FROM {applied} m LEFT JOIN {extra} d ON d.version = m.version ORDER BY m.version"),
     };
-    if !table_exists(conn, "_deploy_agent_migrations").await? {
+    if !table_exists(conn, extra).await? {
         // A database migrated by sqlx alone: adopt it.
-        ensure(conn).await?;
+        ensure(conn, ledger).await?;
     }
     let rows = conn
-        .rows(sql)
+        .rows(&sql)
         .await
         .map_err(|e| DbError::query("reading the migration history", e))?;
     let mut out = Vec::with_capacity(rows.len());

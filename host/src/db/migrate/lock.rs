@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::history::Ledger;
 use crate::db::DbError;
 use crate::db::conn::Conn;
 
@@ -58,13 +59,21 @@ async fn holder(conn: &mut Conn, key: i64) -> String {
 }
 
 /// Takes the lock, waiting up to `wait`.
-pub(crate) async fn acquire(conn: &mut Conn, wait: Duration) -> Result<i64, DbError> {
+pub(crate) async fn acquire(
+    conn: &mut Conn,
+    wait: Duration,
+    ledger: Ledger,
+) -> Result<i64, DbError> {
     let Conn::Pg(_) = conn else { return Ok(0) };
     let name = conn
         .scalar("SELECT current_database()::text")
         .await
         .map_err(|e| DbError::query("reading the database name", e))?;
-    let key = key(&name);
+    // The application's history takes sqlx's key; another ledger, its own.
+    let key = match ledger.lock {
+        "" => key(&name),
+        salt => key(&format!("{name}/{salt}")),
+    };
     let started = Instant::now();
     let mut delay = Duration::from_millis(50);
     let mut reported = false;

@@ -13,6 +13,7 @@
 //! - A dry run executes the pending migrations in a transaction, reports what changed, and
 //!   rolls back.
 
+pub mod embedded;
 mod history;
 pub mod lint;
 mod lock;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use history::Applied;
+pub use history::{Applied, Ledger};
 pub use lint::LintFinding;
 pub use lock::key as lock_key;
 pub use source::Migration;
@@ -51,6 +52,9 @@ pub struct Settings {
     pub strict: bool,
     /// Who is migrating (for the history).
     pub actor: String,
+    /// Where the history is kept: the application's ([`Ledger::APP`]) unless the agent is
+    /// migrating its own state store.
+    pub ledger: Ledger,
 }
 
 impl Settings {
@@ -64,6 +68,7 @@ impl Settings {
             lock_wait: Duration::from_secs(60),
             strict: false,
             actor: whoami(),
+            ledger: Ledger::APP,
         }
     }
 }
@@ -214,19 +219,14 @@ fn state_of(m: Option<&Migration>, a: Option<&Applied>) -> State {
 
 /// The last successfully applied version on an open connection (none without a history).
 pub(crate) async fn current_version(conn: &mut Conn) -> Result<Option<i64>, DbError> {
-    Ok(history::read(conn)
-        .await?
-        .iter()
-        .filter(|a| a.success)
-        .map(|a| a.version)
-        .max())
+    embedded::version(conn, Ledger::APP).await
 }
 
 /// Where every version stands. Reads only; creates nothing.
 pub async fn status(settings: &Settings) -> Result<Status, DbError> {
     let files = source::load(&settings.dir)?;
     let mut conn = Conn::open(&settings.url).await?;
-    let applied = history::read(&mut conn).await;
+    let applied = history::read(&mut conn, settings.ledger).await;
     let backend = conn.backend();
     conn.close().await;
     let applied = applied?;
@@ -343,10 +343,10 @@ async fn run_locked(
     progress: &(dyn Fn(usize, usize, &Migration) + Sync),
 ) -> Result<RunReport, DbError> {
     let pre = prechecks(conn).await?;
-    let key = lock::acquire(conn, settings.lock_wait).await?;
+    let key = lock::acquire(conn, settings.lock_wait, settings.ledger).await?;
     let result = async {
-        history::ensure(conn).await?;
-        let applied = history::read(conn).await?;
+        history::ensure(conn, settings.ledger).await?;
+        let applied = history::read(conn, settings.ledger).await?;
         validate(settings, files, &applied)?;
         let current = applied.iter().map(|a| a.version).max();
         let mut reverted = Vec::new();
@@ -371,12 +371,13 @@ async fn run_locked(
         }
         let done = apply_all(conn, settings, &pending, progress).await?;
         let (post, fingerprint) = postchecks(conn).await?;
-        let current = history::read(conn).await?.iter().filter(|a| a.success).map(|a| a.version).max();
+        let current = history::read(conn, settings.ledger).await?.iter().filter(|a| a.success).map(|a| a.version).max();
         if !done.is_empty() || !reverted.is_empty() {
             // The schema this run left behind, for drift checks and rollbacks later.
             let detail = format!("applied {}, reverted {}; schema fingerprint {fingerprint}", done.len(), reverted.len());
             conn.exec(&format!(
-                "INSERT INTO _deploy_agent_migration_log (version, action, detail, actor) VALUES ({}, 'run', {}, {})",
+                "INSERT INTO {} (version, action, detail, actor) VALUES ({}, 'run', {}, {})",
+                settings.ledger.log,
                 current.unwrap_or(0),
                 lit(&detail),
                 lit(&settings.actor)
@@ -418,7 +419,9 @@ fn record_sql(
         Backend::Sqlite => ";\n",
     };
     format!(
-        "{joiner}INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ({v}, {d}, {s}, {c}, {elapsed}){between}INSERT INTO _deploy_agent_migrations (version, down_sql, no_transaction, waivers, applied_by) VALUES ({v}, {down}, {nt}, {w}, {a});",
+        "{joiner}INSERT INTO {applied} (version, description, success, checksum, execution_time) VALUES ({v}, {d}, {s}, {c}, {elapsed}){between}INSERT INTO {extra} (version, down_sql, no_transaction, waivers, applied_by) VALUES ({v}, {down}, {nt}, {w}, {a});",
+        applied = settings.ledger.applied,
+        extra = settings.ledger.extra,
         v = m.version,
         d = lit(&m.description),
         s = if success { "TRUE" } else { "FALSE" },
@@ -511,7 +514,7 @@ async fn apply_all(
             }
             Err(e) => {
                 let _ = conn.exec("ROLLBACK").await;
-                let Ok(applied) = history::read(conn).await else {
+                let Ok(applied) = history::read(conn, settings.ledger).await else {
                     // The connection is gone: each migration was its own transaction, so the
                     // history (when reachable again) lists exactly those that committed.
                     return Err(DbError::Migration {
@@ -729,8 +732,8 @@ async fn apply_outside_transaction(
     }
     let ns = started.elapsed().as_nanos();
     conn.exec(&format!(
-        "UPDATE _sqlx_migrations SET success = TRUE, execution_time = {ns} WHERE version = {}",
-        m.version
+        "UPDATE {} SET success = TRUE, execution_time = {ns} WHERE version = {}",
+        settings.ledger.applied, m.version
     ))
     .await
     .map_err(q)?;
@@ -791,7 +794,10 @@ async fn revert_one(
         Backend::Sqlite => "BEGIN IMMEDIATE;\n".to_string(),
     };
     let message = format!(
-        "{lock}{down}\n;\nDELETE FROM _sqlx_migrations WHERE version = {v};\nDELETE FROM _deploy_agent_migrations WHERE version = {v};\nINSERT INTO _deploy_agent_migration_log (version, action, detail, actor) VALUES ({v}, 'revert', {d}, {actor});\nCOMMIT;",
+        "{lock}{down}\n;\nDELETE FROM {applied} WHERE version = {v};\nDELETE FROM {extra} WHERE version = {v};\nINSERT INTO {log} (version, action, detail, actor) VALUES ({v}, 'revert', {d}, {actor});\nCOMMIT;",
+        applied = settings.ledger.applied,
+        extra = settings.ledger.extra,
+        log = settings.ledger.log,
         v = a.version,
         d = lit(&format!("reverted {}", a.description)),
         actor = lit(&settings.actor),
@@ -818,9 +824,9 @@ pub async fn revert(settings: &Settings, target: Option<i64>) -> Result<Vec<i64>
     let files = source::load(&settings.dir)?;
     let mut conn = Conn::open(&settings.url).await?;
     let result = async {
-        let key = lock::acquire(&mut conn, settings.lock_wait).await?;
+        let key = lock::acquire(&mut conn, settings.lock_wait, settings.ledger).await?;
         let inner = async {
-            let applied = history::read(&mut conn).await?;
+            let applied = history::read(&mut conn, settings.ledger).await?;
             let current = applied.iter().map(|a| a.version).max();
             let to = match (target, current) {
                 (_, None) => return Ok(Vec::new()),
@@ -851,7 +857,7 @@ pub async fn accept(settings: &Settings, version: i64, reason: &str) -> Result<(
         })?;
     let mut conn = Conn::open(&settings.url).await?;
     let result = async {
-        let applied = history::read(&mut conn).await?;
+        let applied = history::read(&mut conn, settings.ledger).await?;
         let a = applied.iter().find(|a| a.version == version).ok_or_else(|| DbError::Query {
             context: format!("accepting migration {version}"),
             message: "it is not applied; nothing to accept (run it instead)".into(),
@@ -860,7 +866,9 @@ pub async fn accept(settings: &Settings, version: i64, reason: &str) -> Result<(
         let detail = format!("accepted checksum {} (was {}): {reason}", hex::encode(&m.checksum), hex::encode(&a.checksum));
         let begin = if backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
         let sql = format!(
-            "{begin};\nUPDATE _sqlx_migrations SET checksum = {c}, success = TRUE WHERE version = {version};\nINSERT INTO _deploy_agent_migration_log (version, action, detail, actor) VALUES ({version}, 'accept', {d}, {actor});\nCOMMIT;",
+            "{begin};\nUPDATE {applied} SET checksum = {c}, success = TRUE WHERE version = {version};\nINSERT INTO {log} (version, action, detail, actor) VALUES ({version}, 'accept', {d}, {actor});\nCOMMIT;",
+            applied = settings.ledger.applied,
+            log = settings.ledger.log,
             c = bytes_lit(backend, &m.checksum),
             d = lit(&detail),
             actor = lit(&settings.actor),
@@ -891,7 +899,7 @@ async fn dry_run_on(
     files: &[Migration],
     target: Option<i64>,
 ) -> Result<DryRun, DbError> {
-    let applied = history::read(conn).await?;
+    let applied = history::read(conn, settings.ledger).await?;
     validate(settings, files, &applied)?;
     let pending: Vec<Migration> = files
         .iter()
