@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use deploy_agent::store::{Store, StoreError};
+use deploy_agent::store::{ReleaseStatus, RunStatus, Store, StoreError};
 use deploy_agent_tests::postgres::cluster;
 use deploy_agent_tests::repo_root;
 // The table and column names are the fixture's own (constants and PRAGMA output).
@@ -98,7 +98,7 @@ async fn check_contents(store: &Store, head: &str) {
     );
     let local = store.deployments("local", 100).await.unwrap();
     assert_eq!(local.len(), 2, "both runs to `local`: {local:?}");
-    assert!(local.iter().all(|d| d.status == "succeeded"));
+    assert!(local.iter().all(|d| d.status == RunStatus::Succeeded));
     let gated = store.deployments("gated", 100).await.unwrap();
     assert_eq!(gated.len(), 1);
     for d in local.iter().chain(&gated) {
@@ -117,7 +117,10 @@ async fn check_contents(store: &Store, head: &str) {
     let releases = store.releases("local").await.unwrap();
     assert_eq!(releases.len(), 2);
     assert_eq!(
-        releases.iter().filter(|r| r.state == "live").count(),
+        releases
+            .iter()
+            .filter(|r| r.state == ReleaseStatus::Live)
+            .count(),
         1,
         "{releases:?}"
     );

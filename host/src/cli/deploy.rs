@@ -10,6 +10,7 @@ use super::{EXIT_FAILED, Output};
 use crate::config::Config;
 use crate::pipeline::{self, Reporter, Request, StageReport, StageStatus};
 use crate::store::Store;
+use crate::store::{ReleaseStatus, RollbackStatus, RunStatus};
 
 /// What every environment command takes.
 #[derive(Debug, Args)]
@@ -340,18 +341,20 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
         .releases(&args.env)
         .await?
         .into_iter()
-        .find(|r| r.state == "live");
+        .find(|r| r.state == ReleaseStatus::Live);
     // A run still journaled as running whose agent is gone is interrupted (its journal says
     // `running` until it is resumed or rolled back); a rollback or restore in that state
     // is shown as `interrupted`.
     let last = store.deployments(&args.env, 1).await?.into_iter().next();
     let last_interrupted = last.as_ref().is_some_and(|d| {
-        d.status == "running"
-            && crate::store::running_or_interrupted(lock.as_ref(), &d.id) == "interrupted"
+        d.status == RunStatus::Running && crate::store::interrupted(lock.as_ref(), &d.id)
     });
     let mut last_rollback = store.rollbacks(&args.env).await?.into_iter().next();
-    if let Some(r) = last_rollback.as_mut().filter(|r| r.status == "running") {
-        r.status = crate::store::running_or_interrupted(lock.as_ref(), &r.lease_subject()).into();
+    if let Some(r) = last_rollback.as_mut().filter(|r| {
+        r.status == RollbackStatus::Running
+            && crate::store::interrupted(lock.as_ref(), &r.lease_subject())
+    }) {
+        r.status = RollbackStatus::Interrupted;
     }
     let steps = match &last {
         Some(d) => store.steps(&d.id).await?,
@@ -405,7 +408,7 @@ pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
             time(r.started_at),
             r.reason.as_deref().unwrap_or("")
         );
-        if r.status == "interrupted" {
+        if r.status == RollbackStatus::Interrupted {
             say!(
                 "         stopped in {}: `deploy-agent recover --env {}` finishes it, `--rollback` undoes it",
                 r.stopped_in(),
@@ -515,7 +518,11 @@ pub(super) async fn releases(args: EnvArgs) -> anyhow::Result<ExitCode> {
     for r in &releases {
         say!(
             "{} {:<28} {:<12} {:<10} schema {:<6} backup {}",
-            if r.state == "live" { "*" } else { " " },
+            if r.state == ReleaseStatus::Live {
+                "*"
+            } else {
+                " "
+            },
             r.id,
             r.version,
             r.state,

@@ -22,9 +22,8 @@ pub const HISTORY: usize = 2048;
 pub struct EventRecord {
     /// Its number in this process (the SSE event id).
     pub seq: u64,
-    /// `started`, `stage-started`, `stage-succeeded`, `stage-failed`, `approval-requested`,
-    /// `succeeded`, `failed`, `rolled-back`.
-    pub kind: &'static str,
+    /// What happened.
+    pub kind: EventType,
     /// The environment.
     pub environment: String,
     /// The run (or the rollback) it belongs to.
@@ -52,22 +51,62 @@ impl EventRecord {
     /// `failed` (its automatic rollback, in the `rollback` stage, comes before that); an
     /// operator's rollback is one `rolled-back` event, with no stage.
     pub fn is_final(&self) -> bool {
-        matches!(self.kind, "succeeded" | "failed")
-            || (self.kind == "rolled-back" && self.stage.is_none())
+        matches!(self.kind, EventType::Succeeded | EventType::Failed)
+            || (self.kind == EventType::RolledBack && self.stage.is_none())
     }
 }
 
-/// The name of an event kind, as in the WIT.
-pub fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Started => "started",
-        EventKind::StageStarted => "stage-started",
-        EventKind::StageSucceeded => "stage-succeeded",
-        EventKind::StageFailed => "stage-failed",
-        EventKind::ApprovalRequested => "approval-requested",
-        EventKind::Succeeded => "succeeded",
-        EventKind::Failed => "failed",
-        EventKind::RolledBack => "rolled-back",
+/// An event's kind, named as in the WIT (`stage-started`): the WIT's own enum is generated
+/// by bindgen, without serde, so the bus carries this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventType {
+    /// A run started.
+    Started,
+    /// A stage started.
+    StageStarted,
+    /// A stage succeeded.
+    StageSucceeded,
+    /// A stage failed.
+    StageFailed,
+    /// A run waits for a person.
+    ApprovalRequested,
+    /// A run ended with its release live.
+    Succeeded,
+    /// A run ended on an error.
+    Failed,
+    /// A previous release was made live again.
+    RolledBack,
+}
+
+impl EventType {
+    /// Its name, as in the WIT (and the SSE `event:` field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Started => "started",
+            EventType::StageStarted => "stage-started",
+            EventType::StageSucceeded => "stage-succeeded",
+            EventType::StageFailed => "stage-failed",
+            EventType::ApprovalRequested => "approval-requested",
+            EventType::Succeeded => "succeeded",
+            EventType::Failed => "failed",
+            EventType::RolledBack => "rolled-back",
+        }
+    }
+}
+
+impl From<EventKind> for EventType {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Started => EventType::Started,
+            EventKind::StageStarted => EventType::StageStarted,
+            EventKind::StageSucceeded => EventType::StageSucceeded,
+            EventKind::StageFailed => EventType::StageFailed,
+            EventKind::ApprovalRequested => EventType::ApprovalRequested,
+            EventKind::Succeeded => EventType::Succeeded,
+            EventKind::Failed => EventType::Failed,
+            EventKind::RolledBack => EventType::RolledBack,
+        }
     }
 }
 
@@ -99,7 +138,7 @@ impl Bus {
         // Numbered under the lock, so history and the channel agree on the order.
         let record = Arc::new(EventRecord {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            kind: kind_name(e.kind),
+            kind: e.kind.into(),
             environment: e.environment.clone(),
             deployment_id: e.deployment_id.clone(),
             version: e.version.clone(),
@@ -165,7 +204,7 @@ mod tests {
         bus.publish(&ev(EventKind::RolledBack, "t-run-1", Some("rollback")));
         bus.publish(&ev(EventKind::Failed, "t-run-1", None));
         let (past, _rx) = bus.subscribe(None, |e| e.deployment_id == "t-run-1");
-        let kinds: Vec<&str> = past.iter().map(|e| e.kind).collect();
+        let kinds: Vec<&str> = past.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["started", "rolled-back", "failed"]);
         assert!(past.windows(2).all(|w| w[0].seq < w[1].seq));
         // The automatic rollback is not the end of its run; the run's failure is.

@@ -33,6 +33,7 @@ pub mod sequence;
 mod stages;
 mod target;
 
+use crate::store::RunStatus;
 pub(crate) use plugins::{Plugins, load_plugins};
 pub use plugins::{keep_loaded_plugins, load_plugin, preload};
 use run::SUSPENDED;
@@ -179,11 +180,49 @@ pub struct Recovery {
     pub deployment_id: String,
     /// The stage it stopped in.
     pub stopped_in: Option<String>,
-    /// `resumed`, `superseded` or `rolled back` (a run); `finished` or `undone` (an
-    /// interrupted rollback or restore, whose id `deployment_id` then is).
-    pub action: &'static str,
+    /// What was done with it.
+    pub action: RecoveryAction,
     /// In words.
     pub detail: String,
+}
+
+/// What was done with an interrupted run, rollback or restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RecoveryAction {
+    /// A run finished from where it stopped.
+    #[serde(rename = "resumed")]
+    Resumed,
+    /// A run replaced by a newer run of another release.
+    #[serde(rename = "superseded")]
+    Superseded,
+    /// A run undone: the previous release live again, the database restored.
+    #[serde(rename = "rolled back")]
+    RolledBack,
+    /// An interrupted rollback or restore completed (`deployment_id` is its id).
+    #[serde(rename = "finished")]
+    Finished,
+    /// An interrupted rollback or restore reverted (`recover --rollback`).
+    #[serde(rename = "undone")]
+    Undone,
+}
+
+impl RecoveryAction {
+    /// In words, past tense (the journal's, the audit's and the output's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryAction::Resumed => "resumed",
+            RecoveryAction::Superseded => "superseded",
+            RecoveryAction::RolledBack => "rolled back",
+            RecoveryAction::Finished => "finished",
+            RecoveryAction::Undone => "undone",
+        }
+    }
+}
+
+impl std::fmt::Display for RecoveryAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The result of a run.
@@ -210,7 +249,7 @@ pub struct Outcome {
 impl Outcome {
     /// Whether the release went live.
     pub fn succeeded(&self) -> bool {
-        self.deployment.status == "succeeded"
+        self.deployment.status == RunStatus::Succeeded
     }
 }
 

@@ -71,7 +71,7 @@ pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineEr
             old.id,
             old.version,
             old.stage.as_deref().unwrap_or("?"),
-            decision.word()
+            decision.action()
         ));
     }
     steps.push(PlanStep {

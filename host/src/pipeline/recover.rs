@@ -7,11 +7,14 @@
 
 use serde::Serialize;
 
-use super::{Outcome, PipelineError, Recovery, Reporter, Request, load_plugins, open_store};
+use super::{
+    Outcome, PipelineError, Recovery, RecoveryAction, Reporter, Request, load_plugins, open_store,
+};
 use crate::config::{Config, Environment, OnInterrupt};
 use crate::db::{backup, migrate};
 use crate::runtime::{CallContext, Plugin};
 use crate::store::{AuditEntry, Deployment, Owner, Store};
+use crate::store::{ReleaseStatus, RunStatus};
 
 /// What `recover` did.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +53,11 @@ pub(crate) async fn roll_back(
         .map_err(|e| e.to_string())?;
     let said = result?;
     store
-        .finish_deployment(&old.id, "rolled_back", Some("interrupted; rolled back"))
+        .finish_deployment(
+            &old.id,
+            RunStatus::RolledBack,
+            Some("interrupted; rolled back"),
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(said)
@@ -91,7 +98,7 @@ async fn roll_back_steps(
         }
         if live.as_deref() != Some(id.as_str()) || old.previous_release.is_some() {
             store
-                .set_release_state(&env.name, id, "failed")
+                .set_release_state(&env.name, id, ReleaseStatus::Failed)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -138,14 +145,14 @@ pub(crate) async fn record(
     actor: &str,
     env: &Environment,
     old: &Deployment,
-    action: &'static str,
+    action: RecoveryAction,
     detail: String,
 ) -> Result<Recovery, PipelineError> {
     reporter.note(&detail);
     store
         .audit(AuditEntry {
             actor: actor.to_string(),
-            action: format!("deploy.{}", action.replace(' ', "-")),
+            action: format!("deploy.{}", action.as_str().replace(' ', "-")),
             environment: Some(env.name.clone()),
             subject: Some(old.id.clone()),
             why: Some("interrupted".into()),
@@ -203,7 +210,16 @@ pub async fn recover(
                 Ok(done) => {
                     let detail = format!("run {} of {} rolled back: {done}", old.id, old.version);
                     recovered.push(
-                        record(&store, reporter, actor, env, old, "rolled back", detail).await?,
+                        record(
+                            &store,
+                            reporter,
+                            actor,
+                            env,
+                            old,
+                            RecoveryAction::RolledBack,
+                            detail,
+                        )
+                        .await?,
                     );
                 }
                 Err(e) => {

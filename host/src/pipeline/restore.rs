@@ -13,11 +13,14 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use super::{PipelineError, Recovery, Reporter, load_plugins, open_store, switch_back};
+use super::{
+    PipelineError, Recovery, RecoveryAction, Reporter, load_plugins, open_store, switch_back,
+};
 use crate::config::{Config, Environment, KeyUse};
 use crate::db::{backup, migrate};
 use crate::runtime::CallContext;
 use crate::store::{AuditEntry, Owner, RollbackRecord, Store, now_ms};
+use crate::store::{ReleaseStatus, RollbackStatus};
 
 /// A restore of a named backup over an environment's database.
 #[derive(Debug, Clone)]
@@ -53,7 +56,7 @@ pub async fn restore(
         backup_id: Some(req.backup_id.clone()),
         actor: req.actor.clone(),
         reason: Some(req.reason.clone()),
-        status: "running".into(),
+        status: RollbackStatus::Running,
         started_at: now_ms(),
         ..Default::default()
     };
@@ -69,9 +72,9 @@ pub async fn restore(
     store.save_rollback(&record).await?;
     let result = restore_steps(env, &store, &mut record, req.safety_backup, reporter).await;
     record.status = if result.is_ok() {
-        "succeeded"
+        RollbackStatus::Succeeded
     } else {
-        "failed"
+        RollbackStatus::Failed
     }
     .into();
     record.detail = Some(match &result {
@@ -221,9 +224,9 @@ pub(crate) async fn settle_unfinished(
             finish_one(config, env, store, &mut record).await
         };
         let (action, status) = if undo {
-            ("undone", "undone")
+            (RecoveryAction::Undone, RollbackStatus::Undone)
         } else {
-            ("finished", "succeeded")
+            (RecoveryAction::Finished, RollbackStatus::Succeeded)
         };
         match done {
             Ok(said) => {
@@ -231,7 +234,7 @@ pub(crate) async fn settle_unfinished(
                     "{} {} (stopped in {stopped}) {action}: {said}",
                     record.mode, record.id
                 );
-                record.status = status.into();
+                record.status = status;
                 record.detail = Some(format!("interrupted; {action} by recover: {said}"));
                 record.finish();
                 store.save_rollback(&record).await?;
@@ -293,7 +296,7 @@ async fn finish_one(
             .from_release
             .as_deref()
             .filter(|from| *from != to && created(from) > created(&to))
-            .map(|from| (from, "rolled_back"));
+            .map(|from| (from, ReleaseStatus::RolledBack));
         let live = switch_back(store, &plugins.target, &ctx, env, &to, left).await?;
         said.push(format!("{live} is live"));
     }

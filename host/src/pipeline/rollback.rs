@@ -18,6 +18,7 @@ use crate::config::{Config, Environment};
 use crate::db::{backup, migrate};
 use crate::runtime::{CallContext, EventKind};
 use crate::store::{AuditEntry, Owner, ReleaseRecord, RollbackRecord, Store, now_ms};
+use crate::store::{ReleaseStatus, RollbackStatus};
 
 /// What to roll back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,7 +129,7 @@ pub struct RollbackOutcome {
 impl RollbackOutcome {
     /// Whether it worked and the release passed its checks.
     pub fn succeeded(&self) -> bool {
-        self.record.status == "succeeded"
+        self.record.status == RollbackStatus::Succeeded
     }
 }
 
@@ -156,7 +157,10 @@ async fn plan_with(
 ) -> Result<RollbackPlan, PipelineError> {
     let setup = PipelineError::Setup;
     let releases = store.releases(&env.name).await?;
-    let from = releases.iter().find(|r| r.state == "live").cloned();
+    let from = releases
+        .iter()
+        .find(|r| r.state == ReleaseStatus::Live)
+        .cloned();
     let to = match &req.to {
         Some(id) => releases
             .iter()
@@ -176,7 +180,7 @@ async fn plan_with(
                     r.created_at < live_at
                         // The newest release that was live before and left normally: a
                         // rolled-back or failed release is never a default target.
-                        && r.state == "superseded"
+                        && r.state == ReleaseStatus::Superseded
                 })
                 .max_by_key(|r| r.created_at)
                 .cloned()
@@ -399,7 +403,7 @@ pub async fn execute(
         backup_id: plan.backup.as_ref().map(|b| b.id.clone()),
         actor: req.actor.clone(),
         reason: Some(req.reason.clone()),
-        status: "running".into(),
+        status: RollbackStatus::Running,
         started_at: now_ms(),
         ..Default::default()
     };
@@ -421,16 +425,16 @@ pub async fn execute(
     let (checks, waited) = match result {
         Ok(c) => c,
         Err(e) => {
-            record.status = "failed".into();
+            record.status = RollbackStatus::Failed;
             record.detail = Some(e.clone());
             (Vec::new(), std::time::Duration::ZERO)
         }
     };
-    if record.status == "running" {
+    if record.status == RollbackStatus::Running {
         record.status = if checks.iter().all(|c| c.passed) {
-            "succeeded".into()
+            RollbackStatus::Succeeded
         } else {
-            "failed".into()
+            RollbackStatus::Failed
         };
     }
     record.finish();
@@ -518,7 +522,7 @@ async fn run_steps(
             .from
             .as_ref()
             .filter(|f| f.created_at > to.created_at)
-            .map(|f| (f.id.as_str(), "rolled_back"));
+            .map(|f| (f.id.as_str(), ReleaseStatus::RolledBack));
         let live = super::switch_back(store, &plugins.target, &ctx, env, &to.id, left).await?;
         step("app", at, format!("{live} is live"), reporter);
     }

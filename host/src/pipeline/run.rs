@@ -2,6 +2,7 @@
 //! notifications, and how a run ends (finished, suspended for shutdown).
 
 use super::*;
+use crate::store::{ReleaseStatus, RunStatus};
 use sequence::{Interrupted, Step};
 
 /// Runs a deployment: recovers interrupted runs of the environment first, then takes the
@@ -70,7 +71,7 @@ pub async fn deploy(
             store
                 .finish_deployment(
                     &old.id,
-                    "superseded",
+                    RunStatus::Superseded,
                     Some("interrupted; superseded by a newer run"),
                 )
                 .await?;
@@ -92,7 +93,7 @@ pub async fn deploy(
                 &request.actor,
                 env,
                 &old,
-                decision.word(),
+                decision.action(),
                 detail,
             )
             .await?,
@@ -105,7 +106,7 @@ pub async fn deploy(
     let d = match resumed {
         Some(d) => Deployment {
             owner: owner.0.clone(),
-            status: "running".into(),
+            status: RunStatus::Running,
             ..d
         },
         None => {
@@ -124,7 +125,7 @@ pub async fn deploy(
                 reason: request.reason.clone(),
                 host: crate::store::hostname(),
                 owner: owner.0.clone(),
-                status: "running".into(),
+                status: RunStatus::Running,
                 stage: Some("lock".into()),
                 started_at: now_ms(),
                 finished_at: None,
@@ -416,7 +417,7 @@ impl Run<'_> {
     ) -> Result<Outcome, PipelineError> {
         let (status, kind, summary) = match &error {
             Some(e) if rolled_back => (
-                "rolled_back",
+                RunStatus::RolledBack,
                 EventKind::Failed,
                 format!(
                     "Deploying {} to {} failed in {e}; rolled back",
@@ -424,12 +425,12 @@ impl Run<'_> {
                 ),
             ),
             None => (
-                "succeeded",
+                RunStatus::Succeeded,
                 EventKind::Succeeded,
                 format!("{} is live on {}", self.d.version, self.env.name),
             ),
             Some(e) => (
-                "failed",
+                RunStatus::Failed,
                 EventKind::Failed,
                 format!(
                     "Deploying {} to {} failed in {e}",
@@ -439,7 +440,10 @@ impl Run<'_> {
         };
         crate::metrics::inc(
             crate::metrics::Family::Deployments,
-            &[("environment", &self.env.name), ("outcome", status)],
+            &[
+                ("environment", &self.env.name),
+                ("outcome", status.as_str()),
+            ],
         );
         if error.is_some()
             && let Some(id) = &self.d.release_id
@@ -449,7 +453,7 @@ impl Run<'_> {
                 .all(|s| s.stage != Stage::Promote || s.status != StageStatus::Done)
             && let Err(e) = self
                 .store
-                .set_release_state(&self.env.name, id, "failed")
+                .set_release_state(&self.env.name, id, ReleaseStatus::Failed)
                 .await
         {
             tracing::error!(
@@ -497,7 +501,7 @@ impl Run<'_> {
         delivery: notify::Delivery,
         started: Instant,
         recovered: Vec<Recovery>,
-        status: Option<&str>,
+        status: Option<RunStatus>,
     ) -> Result<Outcome, PipelineError> {
         if let Some(lease) = self.lease.take() {
             lease.release().await?;
@@ -508,7 +512,7 @@ impl Run<'_> {
             .await?
             .unwrap_or_else(|| self.d.clone());
         if let Some(s) = status {
-            deployment.status = s.to_string();
+            deployment.status = s;
         }
         let total = started.elapsed().saturating_sub(self.waited);
         Ok(Outcome {
@@ -551,7 +555,7 @@ impl Run<'_> {
             Notifications::start(Vec::new(), self.ctx.clone()),
         );
         let delivery = notifications.finish().await;
-        self.outcome(delivery, started, recovered, Some("suspended"))
+        self.outcome(delivery, started, recovered, Some(RunStatus::Suspended))
             .await
     }
 }

@@ -5,6 +5,8 @@ use crate::config::{Environment, Gate, OnInterrupt, Strategy};
 use crate::runtime::Artifact;
 use crate::store::Deployment;
 
+use super::RecoveryAction;
+
 /// One step between taking the lock and notifying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -89,12 +91,12 @@ impl Interrupted {
         }
     }
 
-    /// In words, past tense (the journal's and the audit's).
-    pub fn word(self) -> &'static str {
+    /// What it comes to, once done.
+    pub fn action(self) -> RecoveryAction {
         match self {
-            Interrupted::RollBack => "rolled back",
-            Interrupted::Resume => "resumed",
-            Interrupted::Supersede => "superseded",
+            Interrupted::RollBack => RecoveryAction::RolledBack,
+            Interrupted::Resume => RecoveryAction::Resumed,
+            Interrupted::Supersede => RecoveryAction::Superseded,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! target left on disk.
 
 use super::*;
+use crate::store::ReleaseStatus;
 
 /// Refuses a release whose target left a symbolic link pointing outside a directory it may
 /// write: the deploy host (a web server serving `current`) would follow it out.
@@ -48,7 +49,7 @@ pub(crate) async fn switch_back(
     ctx: &CallContext,
     env: &Environment,
     to: &str,
-    left: Option<(&str, &str)>,
+    left: Option<(&str, ReleaseStatus)>,
 ) -> Result<String, String> {
     let environment = env.name.as_str();
     let live = retrying("rollback", || target.rollback(ctx, Some(to)))

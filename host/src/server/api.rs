@@ -27,6 +27,7 @@ use crate::store::{
     Approval, AuditEntry, AuditRecord, Decision, Deployment, LockHolder, QueueItem, ReleaseRecord,
     RollbackRecord, Step, StoreError, now_ms,
 };
+use crate::store::{QueueState, ReleaseStatus, RollbackStatus};
 
 /// An error, as every endpoint answers it: `{"error": "..."}`. Refusals of authentication and
 /// authorisation say no more than `unauthorized` / `forbidden`.
@@ -189,18 +190,18 @@ async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
         .collect();
     let mut position = None;
     let status = match (&deployment, &queue) {
-        (Some(d), _) => d.status.clone(),
-        (None, Some(q)) if q.state == "queued" => {
+        (Some(d), _) => d.status.to_string(),
+        (None, Some(q)) if q.state == QueueState::Queued => {
             let pending = state.store.pending(&environment).await?;
             position = pending
                 .iter()
-                .filter(|p| p.state == "queued")
+                .filter(|p| p.state == QueueState::Queued)
                 .position(|p| p.id == id)
                 .map(|p| p + 1);
             "queued".into()
         }
-        (None, Some(q)) if q.state == "cancelled" => "cancelled".into(),
-        (None, Some(q)) if q.state == "running" => "running".into(),
+        (None, Some(q)) if q.state == QueueState::Cancelled => "cancelled".into(),
+        (None, Some(q)) if q.state == QueueState::Running => "running".into(),
         (None, Some(_)) => "error".into(),
         (None, None) => return Ok(None),
     };
@@ -323,7 +324,7 @@ pub(super) async fn enqueue(
             actor: actor.clone(),
             reason,
             source: source.to_string(),
-            state: "queued".into(),
+            state: QueueState::Queued,
             enqueued_at: now_ms(),
             started_at: None,
             finished_at: None,
@@ -551,11 +552,9 @@ async fn environments(
         let pending = state.store.pending(name).await?;
         let lock = state.store.lock_holder(name).await?;
         let mut interrupted = state.store.unfinished_rollbacks(name).await?;
-        interrupted.retain(|r| {
-            crate::store::running_or_interrupted(lock.as_ref(), &r.lease_subject()) == "interrupted"
-        });
+        interrupted.retain(|r| crate::store::interrupted(lock.as_ref(), &r.lease_subject()));
         for r in &mut interrupted {
-            r.status = "interrupted".into();
+            r.status = RollbackStatus::Interrupted;
         }
         out.push(EnvironmentView {
             name: name.clone(),
@@ -564,15 +563,15 @@ async fn environments(
                 .releases(name)
                 .await?
                 .into_iter()
-                .find(|r| r.state == "live"),
+                .find(|r| r.state == ReleaseStatus::Live),
             lock,
             running: pending
                 .iter()
-                .find(|p| p.state == "running")
+                .find(|p| p.state == QueueState::Running)
                 .map(|p| p.id.clone()),
             queued: pending
                 .iter()
-                .filter(|p| p.state == "queued")
+                .filter(|p| p.state == QueueState::Queued)
                 .map(|p| p.id.clone())
                 .collect(),
             interrupted,
@@ -879,7 +878,7 @@ struct Feed<F> {
 fn sse_event(e: &EventRecord) -> SseEvent {
     SseEvent::default()
         .id(e.seq.to_string())
-        .event(e.kind)
+        .event(e.kind.as_str())
         .json_data(e)
         .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"))
 }
@@ -980,7 +979,7 @@ async fn metrics_text(
     for env in state.config.environments.keys() {
         let waiting = pending
             .iter()
-            .filter(|i| i.environment == *env && i.state == "queued")
+            .filter(|i| i.environment == *env && i.state == QueueState::Queued)
             .count();
         metrics::set(Family::QueueDepth, &[("environment", env)], waiting as f64);
     }

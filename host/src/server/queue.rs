@@ -14,8 +14,9 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::{Config, OnInterrupt};
-use crate::pipeline::{self, Quiet, Request, recover};
+use crate::pipeline::{self, Quiet, RecoveryAction, Request, recover};
 use crate::store::{QueueItem, Store, StoreError};
+use crate::store::{QueueState, RunStatus};
 
 /// The queue and its workers.
 #[derive(Debug)]
@@ -135,7 +136,11 @@ impl Queue {
     /// Records that an item is done. A store that cannot take it is logged with the run and
     /// the outcome: the item stays `running` and the next start settles it from the journal.
     async fn finished(&self, item: &QueueItem, outcome: &str) {
-        if let Err(e) = self.store.queue_finished(&item.id, "done", outcome).await {
+        if let Err(e) = self
+            .store
+            .queue_finished(&item.id, QueueState::Done, outcome)
+            .await
+        {
             tracing::error!(
                 run = item.id,
                 outcome,
@@ -167,7 +172,7 @@ impl Queue {
         }
         tracing::info!(run = item.id, environment = item.environment, "run starts");
         match pipeline::deploy(config, &request, &Quiet).await {
-            Ok(outcome) if outcome.deployment.status == "suspended" => {
+            Ok(outcome) if outcome.deployment.status == RunStatus::Suspended => {
                 tracing::info!(
                     run = item.id,
                     "run suspended for shutdown; the next start resumes it"
@@ -177,10 +182,11 @@ impl Queue {
             Ok(outcome) => {
                 tracing::info!(
                     run = item.id,
-                    status = outcome.deployment.status,
+                    status = %outcome.deployment.status,
                     "run ended"
                 );
-                self.finished(item, &outcome.deployment.status).await;
+                self.finished(item, outcome.deployment.status.as_str())
+                    .await;
                 false
             }
             Err(pipeline::PipelineError::Store(StoreError::Locked { holder, .. })) => {
@@ -209,9 +215,9 @@ impl Queue {
         let existing = self.store.deployment(&item.id).await?;
         let mut request = match existing {
             // Ended while the last daemon was going down: record it.
-            Some(d) if d.status != "running" => {
+            Some(d) if d.status != RunStatus::Running => {
                 self.store
-                    .queue_finished(&item.id, "done", &d.status)
+                    .queue_finished(&item.id, QueueState::Done, d.status.as_str())
                     .await?;
                 return Ok(None);
             }
@@ -224,9 +230,9 @@ impl Queue {
                         .recovered
                         .iter()
                         .find(|r| r.deployment_id == item.id)
-                        .map_or("rolled back", |r| r.action);
+                        .map_or(RecoveryAction::RolledBack, |r| r.action);
                     self.store
-                        .queue_finished(&item.id, "done", &format!("interrupted; {what}"))
+                        .queue_finished(&item.id, QueueState::Done, &format!("interrupted; {what}"))
                         .await?;
                     return Ok(None);
                 }

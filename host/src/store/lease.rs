@@ -82,19 +82,13 @@ impl LockHolder {
     }
 }
 
-/// What a record marked running really is, given the environment's lock: `running` while a
-/// live process holds the lock for `subject` (or is recovering the environment), otherwise
-/// `interrupted`: its agent died.
-pub fn running_or_interrupted(lock: Option<&LockHolder>, subject: &str) -> &'static str {
-    match lock {
-        Some(h)
-            if h.is_live()
-                && (h.deployment_id == subject || h.deployment_id.starts_with("recover-")) =>
-        {
-            "running"
-        }
-        _ => "interrupted",
-    }
+/// Whether a record marked running was interrupted, given the environment's lock: not while
+/// a live process holds the lock for `subject` (or is recovering the environment); otherwise
+/// its agent died.
+pub fn interrupted(lock: Option<&LockHolder>, subject: &str) -> bool {
+    !matches!(lock, Some(h)
+        if h.is_live()
+            && (h.deployment_id == subject || h.deployment_id.starts_with("recover-")))
 }
 
 /// A held lock. Renewed in the background until released; [`Lease::lost`] turns true if a

@@ -10,6 +10,7 @@ mod audit;
 mod lease;
 mod queue;
 mod rollbacks;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,9 +20,10 @@ use tokio::sync::Mutex;
 
 pub use approvals::{Approval, Decision};
 pub use audit::{AuditEntry, AuditRecord, AuditReport};
-pub use lease::{Lease, LockHolder, Owner, hostname, running_or_interrupted};
+pub use lease::{Lease, LockHolder, Owner, hostname, interrupted};
 pub use queue::QueueItem;
 pub use rollbacks::RollbackRecord;
+pub use status::{QueueState, ReleaseStatus, RollbackStatus, RunStatus};
 
 use crate::db::Backend;
 use crate::db::conn::{Arg, Conn, DbRow};
@@ -133,8 +135,8 @@ pub struct Deployment {
     pub host: String,
     /// The agent process that ran it.
     pub owner: String,
-    /// `running`, `succeeded`, `failed`, `interrupted`.
-    pub status: String,
+    /// Where it stands.
+    pub status: RunStatus,
     /// The stage it is in, or stopped in.
     pub stage: Option<String>,
     /// Start, ms since the epoch.
@@ -193,8 +195,8 @@ pub struct ReleaseRecord {
     pub schema_version: Option<String>,
     /// Its URL.
     pub url: Option<String>,
-    /// `staged`, `live`, `superseded`, `failed`.
-    pub state: String,
+    /// Where it stands.
+    pub state: ReleaseStatus,
     /// Created, ms since the epoch.
     pub created_at: i64,
     /// Promoted, ms since the epoch.
@@ -241,6 +243,13 @@ impl Row {
             .map_err(|e| Row::fail(i, e))?
             .ok_or_else(|| Row::fail(i, "NULL where a number is required"))
     }
+    /// A word naming one of a state enum's variants.
+    pub(crate) fn w<T>(&mut self, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+        let i = self.at;
+        let text = self.s()?;
+        parse(&text)
+            .ok_or_else(|| Row::fail(i, format!("`{text}` is not a state this version knows")))
+    }
     /// An integer or NULL.
     pub(crate) fn oi(&mut self) -> Result<Option<i64>, StoreError> {
         let i = self.next();
@@ -259,7 +268,7 @@ fn deployment(mut r: Row) -> Result<Deployment, StoreError> {
         reason: r.o()?,
         host: r.s()?,
         owner: r.s()?,
-        status: r.s()?,
+        status: r.w(RunStatus::parse)?,
         stage: r.o()?,
         started_at: r.i()?,
         finished_at: r.oi()?,
@@ -283,7 +292,7 @@ fn release(mut r: Row) -> Result<ReleaseRecord, StoreError> {
         backup_id: r.o()?,
         schema_version: r.o()?,
         url: r.o()?,
-        state: r.s()?,
+        state: r.w(ReleaseStatus::parse)?,
         created_at: r.i()?,
         promoted_at: r.oi()?,
     })
@@ -406,7 +415,7 @@ impl Store {
                 d.reason.as_deref().into(),
                 (&d.host).into(),
                 (&d.owner).into(),
-                (&d.status).into(),
+                d.status.as_str().into(),
                 d.stage.as_deref().into(),
                 d.started_at.into(),
             ],
@@ -438,12 +447,17 @@ impl Store {
     pub async fn finish_deployment(
         &self,
         id: &str,
-        status: &str,
+        status: RunStatus,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         self.exec(
             "UPDATE deployments SET status = $1, error = $2, finished_at = $3 WHERE id = $4",
-            &[status.into(), error.into(), now_ms().into(), id.into()],
+            &[
+                status.as_str().into(),
+                error.into(),
+                now_ms().into(),
+                id.into(),
+            ],
         )
         .await?;
         Ok(())
@@ -588,7 +602,7 @@ impl Store {
                 r.backup_id.as_deref().into(),
                 r.schema_version.as_deref().into(),
                 r.url.as_deref().into(),
-                (&r.state).into(),
+                r.state.as_str().into(),
                 r.created_at.into(),
                 r.promoted_at.into(),
             ],
@@ -602,11 +616,11 @@ impl Store {
         &self,
         environment: &str,
         id: &str,
-        state: &str,
+        state: ReleaseStatus,
     ) -> Result<(), StoreError> {
         self.exec(
             "UPDATE releases SET state = $1 WHERE environment = $2 AND id = $3",
-            &[state.into(), environment.into(), id.into()],
+            &[state.as_str().into(), environment.into(), id.into()],
         )
         .await?;
         Ok(())
@@ -765,7 +779,7 @@ mod tests {
             reason: Some("it's".into()),
             host: "h".into(),
             owner: "o".into(),
-            status: "running".into(),
+            status: RunStatus::Running,
             stage: None,
             started_at: 7,
             finished_at: None,

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Row, Store, StoreError, now_ms};
+use super::{QueueState, Row, Store, StoreError, now_ms};
 
 /// One queued run.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -24,8 +24,8 @@ pub struct QueueItem {
     pub reason: Option<String>,
     /// `api` or `github`.
     pub source: String,
-    /// `queued`, `running`, `done` or `cancelled`.
-    pub state: String,
+    /// Where it stands.
+    pub state: QueueState,
     /// When it was queued, ms since the epoch.
     pub enqueued_at: i64,
     /// When it started.
@@ -48,7 +48,7 @@ fn item(mut r: Row) -> Result<QueueItem, StoreError> {
         actor: r.s()?,
         reason: r.o()?,
         source: r.s()?,
-        state: r.s()?,
+        state: r.w(QueueState::parse)?,
         enqueued_at: r.i()?,
         started_at: r.oi()?,
         finished_at: r.oi()?,
@@ -129,13 +129,13 @@ impl Store {
     pub async fn queue_finished(
         &self,
         id: &str,
-        state: &str,
+        state: QueueState,
         outcome: &str,
     ) -> Result<bool, StoreError> {
         let n = self
             .exec(
                 "UPDATE queue SET state = $1, outcome = $2, finished_at = $3 WHERE id = $4 AND state IN ('queued', 'running')",
-                &[state.into(), outcome.into(), now_ms().into(), id.into()],
+                &[state.as_str().into(), outcome.into(), now_ms().into(), id.into()],
             )
             .await?;
         Ok(n > 0)

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Store, StoreError, now_ms};
+use super::{RollbackStatus, Store, StoreError, now_ms};
 
 /// One rollback.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
@@ -27,9 +27,8 @@ pub struct RollbackRecord {
     pub actor: String,
     /// Why.
     pub reason: Option<String>,
-    /// `running`, `succeeded`, `failed`, `undone` (an interrupted one reverted by
-    /// `recover --rollback`); shown as `interrupted` while its agent is gone.
-    pub status: String,
+    /// Where it stands; shown as `interrupted` while its agent is gone.
+    pub status: RollbackStatus,
     /// What happened, stage by stage.
     pub detail: Option<String>,
     /// Start, ms since the epoch.
@@ -57,7 +56,7 @@ impl Store {
                 r.safety_backup.as_deref().into(),
                 (&r.actor).into(),
                 r.reason.as_deref().into(),
-                (&r.status).into(),
+                r.status.as_str().into(),
                 r.detail.as_deref().into(),
                 r.started_at.into(),
                 r.finished_at.into(),
@@ -110,7 +109,7 @@ impl Store {
                     safety_backup: r.o()?,
                     actor: r.s()?,
                     reason: r.o()?,
-                    status: r.s()?,
+                    status: r.w(RollbackStatus::parse)?,
                     detail: r.o()?,
                     started_at: r.i()?,
                     finished_at: r.oi()?,
@@ -147,10 +146,10 @@ impl RollbackRecord {
             &[
                 env,
                 ("initiator", &self.initiator),
-                ("outcome", &self.status),
+                ("outcome", self.status.as_str()),
             ],
         );
-        if self.status == "succeeded" {
+        if self.status == RollbackStatus::Succeeded {
             observe(
                 Family::RecoverySeconds,
                 &[env],

@@ -1,6 +1,7 @@
 //! The deploy, verify and promote stages: stage the release on the target, check it, make it live.
 
 use crate::pipeline::*;
+use crate::store::ReleaseStatus;
 
 impl Run<'_> {
     pub(in crate::pipeline) async fn deploy(&mut self) -> Result<(), String> {
@@ -13,7 +14,7 @@ impl Run<'_> {
                 .await
                 .map_err(|e| e.to_string())?
                 .into_iter()
-                .find(|r| r.state == "live")
+                .find(|r| r.state == ReleaseStatus::Live)
                 .map(|r| r.id);
             if let Some(live) = &live {
                 self.record(DeploymentField::PreviousRelease, Some(live))
@@ -42,7 +43,7 @@ impl Run<'_> {
                     backup_id: self.d.backup_id.clone(),
                     schema_version: self.d.schema_after.clone(),
                     url: staged.url.clone(),
-                    state: "staged".into(),
+                    state: ReleaseStatus::Staged,
                     created_at: now_ms(),
                     promoted_at: None,
                 };

@@ -1,6 +1,7 @@
 //! The watch stage, and the automatic rollback a failed watch triggers.
 
 use crate::pipeline::*;
+use crate::store::{ReleaseStatus, RollbackStatus};
 
 impl Run<'_> {
     /// Watch checks for the window and every analysis, side by side. A failure is recorded
@@ -115,7 +116,7 @@ impl Run<'_> {
             &self.ctx,
             self.env,
             &previous,
-            Some((&failed, "failed")),
+            Some((&failed, ReleaseStatus::Failed)),
         )
         .await;
         let live = match switched {
@@ -148,9 +149,9 @@ impl Run<'_> {
             actor: "agent".into(),
             reason: Some(evidence.to_string()),
             status: if rounds.failed.is_none() {
-                "succeeded".into()
+                RollbackStatus::Succeeded
             } else {
-                "failed".into()
+                RollbackStatus::Failed
             },
             detail: Some(detail.clone()),
             started_at: started,
