@@ -75,8 +75,7 @@ pub async fn restore(
         RollbackStatus::Succeeded
     } else {
         RollbackStatus::Failed
-    }
-    .into();
+    };
     record.detail = Some(match &result {
         Ok(done) => done.clone(),
         Err(e) => e.clone(),
