@@ -17,6 +17,7 @@
 pub mod analysis;
 pub(crate) mod artifact;
 pub mod checks;
+mod error;
 pub mod events;
 mod failpoint;
 pub mod notify;
@@ -34,9 +35,9 @@ mod stages;
 mod target;
 
 use crate::store::RunStatus;
+pub use error::StageError;
 pub(crate) use plugins::{Plugins, load_plugins};
 pub use plugins::{keep_loaded_plugins, load_plugin, preload};
-use run::SUSPENDED;
 pub use run::deploy;
 pub(crate) use target::*;
 
@@ -262,6 +263,17 @@ pub enum PipelineError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A stage, a rollback or a restore failed.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// An interrupted run could not be rolled back.
+    #[error("rolling back run {run}: {cause}")]
+    Recovery {
+        /// The interrupted run.
+        run: String,
+        /// Why.
+        cause: StageError,
+    },
 }
 
 /// Opens the state store a configuration names.

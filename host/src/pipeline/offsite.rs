@@ -6,10 +6,52 @@
 //! backups it deletes here.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::db::backup::Manifest;
-use crate::runtime::{CallContext, Plugin};
+use crate::runtime::{CallContext, CallError, Plugin};
+
+/// Why an off-site copy, fetch or prune failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsiteError {
+    /// A local file.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        /// `read`, `write`, `create`, `move into`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The backup-store plugin's call; its class kept.
+    #[error("{what}: {source}")]
+    Call {
+        /// What was being done.
+        what: String,
+        /// How the call failed.
+        source: Box<CallError>,
+    },
+    /// What the store holds does not match the backup.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn on_file(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OffsiteError {
+    let path = path.to_path_buf();
+    move |source| OffsiteError::File {
+        action,
+        path,
+        source,
+    }
+}
+
+fn call(what: String) -> impl FnOnce(CallError) -> OffsiteError {
+    move |source| OffsiteError::Call {
+        what,
+        source: Box::new(source),
+    }
+}
 
 /// Where a backup's copy lives in the store.
 pub(crate) fn key(environment: &str, id: &str, ext: &str) -> String {
@@ -22,11 +64,11 @@ pub(crate) async fn upload(
     ctx: &CallContext,
     dir: &Path,
     manifest: &Manifest,
-) -> Result<String, String> {
+) -> Result<String, OffsiteError> {
     let path = dir.join(format!("{}.backup", manifest.id));
     let file = tokio::fs::File::open(&path)
         .await
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(on_file("read", &path))?;
     let data_key = key(&manifest.environment, &manifest.id, "backup");
     let metadata = vec![
         ("sha256".to_string(), manifest.sha256.clone()),
@@ -35,14 +77,15 @@ pub(crate) async fn upload(
     let info = store
         .put_object(ctx, &data_key, &metadata, Some(manifest.stored_bytes), file)
         .await
-        .map_err(|e| format!("off-site copy of {} failed: {e}", manifest.id))?;
+        .map_err(call(format!("off-site copy of {} failed", manifest.id)))?;
     if info.size != manifest.stored_bytes {
-        return Err(format!(
+        return Err(OffsiteError::Mismatch(format!(
             "off-site copy of {} has {} bytes, the backup {}",
             manifest.id, info.size, manifest.stored_bytes
-        ));
+        )));
     }
-    let json = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| OffsiteError::Mismatch(format!("backup {}'s manifest: {e}", manifest.id)))?;
     let json_key = key(&manifest.environment, &manifest.id, "json");
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
     store
@@ -54,7 +97,10 @@ pub(crate) async fn upload(
             std::io::Cursor::new(json),
         )
         .await
-        .map_err(|e| format!("off-site copy of {}'s manifest failed: {e}", manifest.id))?;
+        .map_err(call(format!(
+            "off-site copy of {}'s manifest failed",
+            manifest.id
+        )))?;
     tracing::info!(
         backup = manifest.id,
         key = data_key,
@@ -73,46 +119,52 @@ pub(crate) async fn fetch(
     environment: &str,
     id: &str,
     dir: &Path,
-) -> Result<(), String> {
+) -> Result<(), OffsiteError> {
     tokio::fs::create_dir_all(dir)
         .await
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(on_file("create", dir))?;
     let data_tmp = dir.join(format!(".{id}.backup.fetching"));
     let json_tmp = dir.join(format!(".{id}.json.fetching"));
     let file = tokio::fs::File::create(&data_tmp)
         .await
-        .map_err(|e| format!("cannot write {}: {e}", data_tmp.display()))?;
+        .map_err(on_file("write", &data_tmp))?;
     let got = store
         .get_object(ctx, &key(environment, id, "backup"), file)
         .await
-        .map_err(|e| format!("fetching backup {id} from off-site: {e}"))?;
+        .map_err(call(format!("fetching backup {id} from off-site")))?;
     let json = tokio::fs::File::create(&json_tmp)
         .await
-        .map_err(|e| format!("cannot write {}: {e}", json_tmp.display()))?;
+        .map_err(on_file("write", &json_tmp))?;
     store
         .get_object(ctx, &key(environment, id, "json"), json)
         .await
-        .map_err(|e| format!("fetching backup {id}'s manifest from off-site: {e}"))?;
+        .map_err(call(format!(
+            "fetching backup {id}'s manifest from off-site"
+        )))?;
     let manifest: Manifest = serde_json::from_slice(
         &tokio::fs::read(&json_tmp)
             .await
-            .map_err(|e| format!("cannot read {}: {e}", json_tmp.display()))?,
+            .map_err(on_file("read", &json_tmp))?,
     )
-    .map_err(|e| format!("backup {id}'s off-site manifest is not a manifest: {e}"))?;
+    .map_err(|e| {
+        OffsiteError::Mismatch(format!(
+            "backup {id}'s off-site manifest is not a manifest: {e}"
+        ))
+    })?;
     let bytes = tokio::fs::read(&data_tmp)
         .await
-        .map_err(|e| format!("cannot read {}: {e}", data_tmp.display()))?;
+        .map_err(on_file("read", &data_tmp))?;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if manifest.id != id || digest != manifest.sha256 || got.size != manifest.stored_bytes {
         let _ = tokio::fs::remove_file(&data_tmp).await;
         let _ = tokio::fs::remove_file(&json_tmp).await;
-        return Err(format!(
+        return Err(OffsiteError::Mismatch(format!(
             "the off-site copy of {id} does not match its manifest (sha256 {digest}, manifest {})",
             manifest.sha256
-        ));
+        )));
     }
     let rename = |from: &Path, to: std::path::PathBuf| {
-        std::fs::rename(from, &to).map_err(|e| format!("cannot move into {}: {e}", to.display()))
+        std::fs::rename(from, &to).map_err(on_file("move into", &to))
     };
     rename(&data_tmp, dir.join(format!("{id}.backup")))?;
     rename(&json_tmp, dir.join(format!("{id}.json")))?;
@@ -126,7 +178,7 @@ pub(crate) async fn prune(
     ctx: &CallContext,
     environment: &str,
     keep: &BTreeSet<String>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, OffsiteError> {
     let prefix = format!("{environment}/");
     let mut keys = Vec::new();
     let mut page: Option<String> = None;
@@ -134,7 +186,7 @@ pub(crate) async fn prune(
         let listing = store
             .list_objects(ctx, &prefix, page.as_deref())
             .await
-            .map_err(|e| format!("listing off-site backups: {e}"))?;
+            .map_err(call("listing off-site backups".into()))?;
         keys.extend(listing.objects.into_iter().map(|o| o.key));
         match listing.next {
             Some(next) => page = Some(next),
@@ -152,7 +204,7 @@ pub(crate) async fn prune(
             store
                 .delete_object(ctx, &k)
                 .await
-                .map_err(|e| format!("deleting off-site {k}: {e}"))?;
+                .map_err(call(format!("deleting off-site {k}")))?;
             deleted.push(k);
         }
     }

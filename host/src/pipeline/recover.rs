@@ -8,7 +8,8 @@
 use serde::Serialize;
 
 use super::{
-    Outcome, PipelineError, Recovery, RecoveryAction, Reporter, Request, load_plugins, open_store,
+    Outcome, PipelineError, Recovery, RecoveryAction, Reporter, Request, StageError, load_plugins,
+    open_store,
 };
 use crate::config::{Config, Environment, OnInterrupt};
 use crate::db::{backup, migrate};
@@ -37,20 +38,16 @@ pub(crate) async fn roll_back(
     store: &Store,
     target: &Plugin,
     old: &Deployment,
-) -> Result<String, String> {
-    let seq = store
-        .step_started(&old.id, ROLLING_BACK)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<String, StageError> {
+    let seq = store.step_started(&old.id, ROLLING_BACK).await?;
     let result = roll_back_steps(env, store, target, old).await;
     let (status, detail) = match &result {
-        Ok(done) => ("done", done.as_str()),
-        Err(e) => ("failed", e.as_str()),
+        Ok(done) => ("done", done.clone()),
+        Err(e) => ("failed", e.to_string()),
     };
     store
-        .step_finished(&old.id, seq, status, Some(detail))
-        .await
-        .map_err(|e| e.to_string())?;
+        .step_finished(&old.id, seq, status, Some(&detail))
+        .await?;
     let said = result?;
     store
         .finish_deployment(
@@ -58,8 +55,7 @@ pub(crate) async fn roll_back(
             RunStatus::RolledBack,
             Some("interrupted; rolled back"),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(said)
 }
 
@@ -68,7 +64,7 @@ async fn roll_back_steps(
     store: &Store,
     target: &Plugin,
     old: &Deployment,
-) -> Result<String, String> {
+) -> Result<String, StageError> {
     let ctx = CallContext {
         environment: env.name.clone(),
         deployment_id: old.id.clone(),
@@ -78,8 +74,7 @@ async fn roll_back_steps(
         // Ask the target what is live: a crash can fall between its switch and our record.
         let live = target
             .list_releases(&ctx)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .find(|r| r.live)
             .map(|r| r.id);
@@ -99,15 +94,13 @@ async fn roll_back_steps(
         if live.as_deref() != Some(id.as_str()) || old.previous_release.is_some() {
             store
                 .set_release_state(&env.name, id, ReleaseStatus::Failed)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         }
     }
     if let Some(db) = &env.database {
-        let settings = db.settings(env.strict)?;
+        let settings = db.settings(env.strict).map_err(StageError::Refused)?;
         let current = migrate::status(&settings)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .current
             .map(|v| v.to_string());
         if current == old.schema_before {
@@ -117,11 +110,11 @@ async fn roll_back_steps(
                 Some(b) => {
                     let bs = env
                         .backup
-                        .settings(&env.name, crate::config::KeyUse::Read)?;
-                    let manifest = backup::find(&bs.dir, b).map_err(|e| e.to_string())?;
+                        .settings(&env.name, crate::config::KeyUse::Read)
+                        .map_err(StageError::Refused)?;
+                    let manifest = backup::find(&bs.dir, b)?;
                     backup::restore(&manifest, &bs.dir, bs.key.as_ref(), &settings.url)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                        .await?;
                     said.push(format!(
                         "database restored from {b} (schema {} -> {})",
                         current.as_deref().unwrap_or("none"),
@@ -222,11 +215,11 @@ pub async fn recover(
                         .await?,
                     );
                 }
-                Err(e) => {
-                    failure = Some(PipelineError::Setup(format!(
-                        "rolling back run {}: {e}",
-                        old.id
-                    )));
+                Err(cause) => {
+                    failure = Some(PipelineError::Recovery {
+                        run: old.id.clone(),
+                        cause,
+                    });
                     break;
                 }
             }

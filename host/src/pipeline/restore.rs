@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::{
-    PipelineError, Recovery, RecoveryAction, Reporter, load_plugins, open_store, switch_back,
+    PipelineError, Recovery, RecoveryAction, Reporter, StageError, load_plugins, open_store,
+    switch_back,
 };
 use crate::config::{Config, Environment, KeyUse};
 use crate::db::{backup, migrate};
@@ -78,7 +79,7 @@ pub async fn restore(
     };
     record.detail = Some(match &result {
         Ok(done) => done.clone(),
-        Err(e) => e.clone(),
+        Err(e) => e.to_string(),
     });
     record.finish();
     store.save_rollback(&record).await?;
@@ -93,7 +94,7 @@ pub async fn restore(
         })
         .await?;
     lease.release().await?;
-    result.map_err(PipelineError::Setup)?;
+    result?;
     Ok(record)
 }
 
@@ -103,22 +104,17 @@ async fn restore_steps(
     record: &mut RollbackRecord,
     safety: bool,
     reporter: &dyn Reporter,
-) -> Result<String, String> {
+) -> Result<String, StageError> {
     let (url, bs) = database(env)?;
     let id = record.backup_id.clone().unwrap_or_default();
-    let manifest = backup::find(&bs.dir, &id).map_err(|e| e.to_string())?;
+    let manifest = backup::find(&bs.dir, &id)?;
     if safety {
         let taken = safety_backup(env, record, &url, &bs).await?;
-        store
-            .save_rollback(record)
-            .await
-            .map_err(|e| e.to_string())?;
+        store.save_rollback(record).await?;
         reporter.note(&format!("safety backup {taken} taken"));
     }
     super::failpoint::hit("before", "restore");
-    backup::restore(&manifest, &bs.dir, bs.key.as_ref(), &url)
-        .await
-        .map_err(|e| e.to_string())?;
+    backup::restore(&manifest, &bs.dir, bs.key.as_ref(), &url).await?;
     Ok(format!(
         "restored {id} (schema {}){}",
         manifest
@@ -133,13 +129,17 @@ async fn restore_steps(
 }
 
 /// The environment's database URL and backup settings.
-fn database(env: &Environment) -> Result<(String, backup::BackupSettings), String> {
+fn database(env: &Environment) -> Result<(String, backup::BackupSettings), StageError> {
     let db = env
         .database
         .as_ref()
-        .ok_or_else(|| format!("environment `{}` has no database", env.name))?;
-    let url = db.settings(env.strict)?.url;
-    Ok((url, env.backup.settings(&env.name, KeyUse::Read)?))
+        .ok_or_else(|| StageError::Config(format!("environment `{}` has no database", env.name)))?;
+    let url = db.settings(env.strict).map_err(StageError::Config)?.url;
+    let backup = env
+        .backup
+        .settings(&env.name, KeyUse::Read)
+        .map_err(StageError::Config)?;
+    Ok((url, backup))
 }
 
 /// Takes the snapshot a restore is undone with, and records it on `record`.
@@ -148,7 +148,7 @@ pub(crate) async fn safety_backup(
     record: &mut RollbackRecord,
     url: &str,
     bs: &backup::BackupSettings,
-) -> Result<String, String> {
+) -> Result<String, StageError> {
     let safety = backup::create(
         url,
         bs,
@@ -157,11 +157,9 @@ pub(crate) async fn safety_backup(
         Arc::new(AtomicU64::new(0)),
     )
     .await
-    .map_err(|e| {
-        format!(
-            "the safety snapshot of `{}` failed, so nothing was restored: {e}",
-            env.name
-        )
+    .map_err(|cause| StageError::SafetySnapshot {
+        environment: env.name.clone(),
+        cause: Box::new(cause),
     })?;
     record.safety_backup = Some(safety.id.clone());
     Ok(safety.id)
@@ -277,19 +275,19 @@ async fn finish_one(
     env: &Environment,
     store: &Store,
     record: &mut RollbackRecord,
-) -> Result<String, String> {
+) -> Result<String, StageError> {
     let mut said = Vec::new();
     if matches!(record.mode.as_str(), "app" | "full")
         && let Some(to) = record.to_release.clone()
     {
-        let plugins = load_plugins(config, env)?;
+        let plugins = load_plugins(config, env).map_err(StageError::Config)?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),
         };
         // As the rollback itself decides: going back marks the release it left
         // `rolled_back`; going forward (`--to` a newer release) does not.
-        let releases = store.releases(&env.name).await.map_err(|e| e.to_string())?;
+        let releases = store.releases(&env.name).await?;
         let created = |id: &str| releases.iter().find(|r| r.id == id).map(|r| r.created_at);
         let left = record
             .from_release
@@ -305,18 +303,13 @@ async fn finish_one(
             // The restore starts only once the safety backup is recorded: the database is
             // as it was, so this is the snapshot the interrupted run did not get to take.
             let taken = safety_backup(env, record, &url, &bs).await?;
-            store
-                .save_rollback(record)
-                .await
-                .map_err(|e| e.to_string())?;
+            store.save_rollback(record).await?;
             said.push(format!("safety backup {taken} taken"));
         }
         match &record.backup_id {
             Some(id) => {
-                let m = backup::find(&bs.dir, id).map_err(|e| e.to_string())?;
-                backup::restore(&m, &bs.dir, bs.key.as_ref(), &url)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let m = backup::find(&bs.dir, id)?;
+                backup::restore(&m, &bs.dir, bs.key.as_ref(), &url).await?;
                 said.push(format!("{id} restored"));
             }
             None => {
@@ -325,8 +318,7 @@ async fn finish_one(
                 let want = match &record.to_release {
                     Some(to) => store
                         .releases(&env.name)
-                        .await
-                        .map_err(|e| e.to_string())?
+                        .await?
                         .into_iter()
                         .find(|r| &r.id == to)
                         .and_then(|r| r.schema_version)
@@ -336,11 +328,10 @@ async fn finish_one(
                 let settings = env
                     .database
                     .as_ref()
-                    .ok_or("no database")?
-                    .settings(env.strict)?;
-                let reverted = migrate::revert(&settings, Some(want.unwrap_or(0)))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .ok_or_else(|| StageError::Config("no database".into()))?
+                    .settings(env.strict)
+                    .map_err(StageError::Config)?;
+                let reverted = migrate::revert(&settings, Some(want.unwrap_or(0))).await?;
                 said.push(format!("reverted {} more migration(s)", reverted.len()));
             }
         }
@@ -362,16 +353,14 @@ async fn undo_one(
     env: &Environment,
     store: &Store,
     record: &RollbackRecord,
-) -> Result<String, String> {
+) -> Result<String, StageError> {
     let mut said = Vec::new();
     if record.mode != "app" {
         match &record.safety_backup {
             Some(id) => {
                 let (url, bs) = database(env)?;
-                let m = backup::find(&bs.dir, id).map_err(|e| e.to_string())?;
-                backup::restore(&m, &bs.dir, bs.key.as_ref(), &url)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let m = backup::find(&bs.dir, id)?;
+                backup::restore(&m, &bs.dir, bs.key.as_ref(), &url).await?;
                 said.push(format!("the database is back to its safety backup {id}"));
             }
             None => said.push("the database was not touched".into()),
@@ -380,7 +369,7 @@ async fn undo_one(
     if matches!(record.mode.as_str(), "app" | "full")
         && let Some(from) = &record.from_release
     {
-        let plugins = load_plugins(config, env)?;
+        let plugins = load_plugins(config, env).map_err(StageError::Config)?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),

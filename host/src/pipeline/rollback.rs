@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::checks::CheckResult;
 use super::notify::{self, Notifications};
-use super::{PipelineError, Reporter, load_plugins, new_id, open_store};
+use super::{PipelineError, Reporter, StageError, load_plugins, new_id, open_store};
 use crate::config::{Config, Environment};
 use crate::db::{backup, migrate};
 use crate::runtime::{CallContext, EventKind};
@@ -426,7 +426,7 @@ pub async fn execute(
         Ok(c) => c,
         Err(e) => {
             record.status = RollbackStatus::Failed;
-            record.detail = Some(e.clone());
+            record.detail = Some(e.to_string());
             (Vec::new(), std::time::Duration::ZERO)
         }
     };
@@ -507,11 +507,13 @@ async fn run_steps(
     record: &mut RollbackRecord,
     step: &mut impl FnMut(&'static str, Instant, String, &dyn Reporter),
     reporter: &dyn Reporter,
-) -> Result<(Vec<CheckResult>, std::time::Duration), String> {
+) -> Result<(Vec<CheckResult>, std::time::Duration), StageError> {
     let to = &plan.to;
     if app(req.mode) && plan.from.as_ref().is_none_or(|f| f.id != to.id) {
         let at = Instant::now();
-        let plugins = plugins.as_ref().map_err(Clone::clone)?;
+        let plugins = plugins
+            .as_ref()
+            .map_err(|e| StageError::Config(e.clone()))?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),
@@ -527,8 +529,11 @@ async fn run_steps(
         step("app", at, format!("{live} is live"), reporter);
     }
     if db(req.mode) {
-        let database = env.database.as_ref().ok_or("no database")?;
-        let settings = database.settings(env.strict)?;
+        let database = env
+            .database
+            .as_ref()
+            .ok_or_else(|| StageError::Config("no database".into()))?;
+        let settings = database.settings(env.strict).map_err(StageError::Config)?;
         let want = to
             .schema_version
             .as_ref()
@@ -539,21 +544,17 @@ async fn run_steps(
             let at = Instant::now();
             let bs = env
                 .backup
-                .settings(&env.name, crate::config::KeyUse::Read)?;
+                .settings(&env.name, crate::config::KeyUse::Read)
+                .map_err(StageError::Config)?;
             // Recorded before the restore starts: an interrupted rollback is then finished
             // or undone from what the record says (see `restore`).
             let safety = super::restore::safety_backup(env, record, &settings.url, &bs).await?;
-            store
-                .save_rollback(record)
-                .await
-                .map_err(|e| e.to_string())?;
+            store.save_rollback(record).await?;
             step("snapshot", at, safety, reporter);
             let at = Instant::now();
             if let Some(choice) = &plan.backup {
-                let m = backup::find(&bs.dir, &choice.id).map_err(|e| e.to_string())?;
-                backup::restore(&m, &bs.dir, bs.key.as_ref(), &settings.url)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let m = backup::find(&bs.dir, &choice.id)?;
+                backup::restore(&m, &bs.dir, bs.key.as_ref(), &settings.url).await?;
                 step(
                     "restore",
                     at,
@@ -567,9 +568,7 @@ async fn run_steps(
                     reporter,
                 );
             } else {
-                let reverted = migrate::revert(&settings, Some(want.unwrap_or(0)))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let reverted = migrate::revert(&settings, Some(want.unwrap_or(0))).await?;
                 step(
                     "down",
                     at,

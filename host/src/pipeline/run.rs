@@ -56,7 +56,10 @@ pub async fn deploy(
         let detail = if decision == Interrupted::RollBack {
             let done = recover::roll_back(env, &store, &plugins.target, &old)
                 .await
-                .map_err(|e| PipelineError::Setup(format!("rolling back run {}: {e}", old.id)))?;
+                .map_err(|cause| PipelineError::Recovery {
+                    run: old.id.clone(),
+                    cause,
+                })?;
             format!(
                 "run {} of {} stopped in {stopped}; rolled back: {done}",
                 old.id, old.version
@@ -200,30 +203,26 @@ pub async fn deploy(
     }
     let mut error = result.err();
     let mut rolled_back = false;
-    if let Some(evidence) = run.watch_failed.clone() {
-        match env.rollback {
+    if let Some(evidence) = run.watch_failed.clone()
+        && let Some(failed) = error.take()
+    {
+        error = match env.rollback {
             RollbackPolicy::Auto => match run.auto_rollback(&evidence).await {
-                Ok(_) => rolled_back = true,
-                Err(e) => {
-                    error = Some(format!(
-                        "{}; automatic rollback failed: {e}",
-                        error.unwrap_or_default()
-                    ))
+                Ok(_) => {
+                    rolled_back = true;
+                    Some(failed)
                 }
+                Err(e) => Some(StageError::RollbackFailed {
+                    error: Box::new(failed),
+                    rollback: Box::new(e),
+                }),
             },
-            RollbackPolicy::Notify => {
-                error = Some(format!(
-                    "{}; the release stays live (rollback policy `notify`)",
-                    error.unwrap_or_default()
-                ));
-            }
-            RollbackPolicy::Off => {}
-        }
+            RollbackPolicy::Notify => Some(StageError::KeptLive(Box::new(failed))),
+            RollbackPolicy::Off => Some(failed),
+        };
     }
     run.finish(error, rolled_back, started, recovered).await
 }
-
-pub(super) const SUSPENDED: &str = "suspended at a safe point for the agent's shutdown";
 
 impl Run<'_> {
     pub(super) fn notify(
@@ -260,22 +259,16 @@ impl Run<'_> {
     }
 
     /// Journals a stage's start; fails the run if the lock was lost.
-    pub(super) async fn begin(&mut self, stage: Stage) -> Result<(i64, Instant), String> {
+    pub(super) async fn begin(&mut self, stage: Stage) -> Result<(i64, Instant), StageError> {
         // Shutdown stops forward progress only: a rollback the run needs, and its last
         // notifications, still happen.
         if !matches!(stage, Stage::Rollback | Stage::Notify) && self.should_suspend() {
-            return Err(SUSPENDED.into());
+            return Err(StageError::Suspended);
         }
         if self.lease.as_ref().is_some_and(Lease::lost) {
-            return Err(
-                "the environment lock was taken over (this agent stalled past its lease)".into(),
-            );
+            return Err(StageError::LockLost);
         }
-        let seq = self
-            .store
-            .step_started(&self.d.id, stage.name())
-            .await
-            .map_err(|e| e.to_string())?;
+        let seq = self.store.step_started(&self.d.id, stage.name()).await?;
         self.d.stage = Some(stage.name().into());
         self.reporter.stage(&StageReport {
             stage,
@@ -301,7 +294,7 @@ impl Run<'_> {
         (seq, started): (i64, Instant),
         status: StageStatus,
         detail: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), StageError> {
         failpoint::hit("after", stage.name());
         let elapsed = started.elapsed();
         let word = match status {
@@ -312,8 +305,7 @@ impl Run<'_> {
         };
         self.store
             .step_finished(&self.d.id, seq, word, Some(&detail))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let report = StageReport {
             stage,
             status,
@@ -342,15 +334,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Runs a stage body; on error journals the failure and returns it.
+    /// The checks of this run that failed so far: a failed stage's evidence.
+    pub(super) fn failed_checks(&self) -> Vec<CheckResult> {
+        self.checks.iter().filter(|c| !c.passed).cloned().collect()
+    }
+
+    /// Journals a stage's failure and returns it, with the stage.
     pub(super) async fn fail(
         &mut self,
         stage: Stage,
         step: (i64, Instant),
-        error: String,
-    ) -> String {
+        error: StageError,
+    ) -> StageError {
         if let Err(e) = self
-            .end(stage, step, StageStatus::Failed, error.clone())
+            .end(stage, step, StageStatus::Failed, error.to_string())
             .await
         {
             tracing::error!(
@@ -359,10 +356,13 @@ impl Run<'_> {
                 "cannot journal the stage's failure: {e}"
             );
         }
-        format!("{}: {error}", stage.name())
+        StageError::In {
+            stage,
+            cause: Box::new(error),
+        }
     }
 
-    pub(super) async fn stages_in_order(&mut self) -> Result<(), String> {
+    pub(super) async fn stages_in_order(&mut self) -> Result<(), StageError> {
         // The order is the environment's, computed once for the run and for `plan`.
         for step in sequence::sequence(self.env) {
             match step {
@@ -382,11 +382,8 @@ impl Run<'_> {
         &self,
         field: DeploymentField,
         value: Option<&str>,
-    ) -> Result<(), String> {
-        self.store
-            .set_deployment(&self.d.id, field, value)
-            .await
-            .map_err(|e| e.to_string())
+    ) -> Result<(), StageError> {
+        Ok(self.store.set_deployment(&self.d.id, field, value).await?)
     }
 
     pub(super) async fn audit(
@@ -410,11 +407,13 @@ impl Run<'_> {
 
     pub(super) async fn finish(
         mut self,
-        error: Option<String>,
+        error: Option<StageError>,
         rolled_back: bool,
         started: Instant,
         recovered: Vec<Recovery>,
     ) -> Result<Outcome, PipelineError> {
+        // From here on the error is text: the journal's, the events' and the audit's.
+        let error = error.map(|e| e.to_string());
         let (status, kind, summary) = match &error {
             Some(e) if rolled_back => (
                 RunStatus::RolledBack,

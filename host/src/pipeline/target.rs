@@ -7,7 +7,7 @@ use crate::store::ReleaseStatus;
 
 /// Refuses a release whose target left a symbolic link pointing outside a directory it may
 /// write: the deploy host (a web server serving `current`) would follow it out.
-pub(crate) async fn no_escaping_links(target: &Plugin) -> Result<(), String> {
+pub(crate) async fn no_escaping_links(target: &Plugin) -> Result<(), StageError> {
     let writable: Vec<std::path::PathBuf> = target
         .policy()
         .dirs
@@ -22,14 +22,13 @@ pub(crate) async fn no_escaping_links(target: &Plugin) -> Result<(), String> {
         }
         Ok::<_, std::io::Error>(found)
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("checking the target's directories for links: {e}"))?;
+    .await?
+    .map_err(|e| StageError::Host(format!("checking the target's directories for links: {e}")))?;
     if found.is_empty() {
         return Ok(());
     }
     let shown: Vec<String> = found.iter().take(5).map(ToString::to_string).collect();
-    Err(format!(
+    Err(StageError::Refused(format!(
         "refused: the target left {} link(s) pointing outside its directory, which the deploy host would follow: {}{}",
         found.len(),
         shown.join(", "),
@@ -38,7 +37,7 @@ pub(crate) async fn no_escaping_links(target: &Plugin) -> Result<(), String> {
         } else {
             ""
         }
-    ))
+    )))
 }
 
 /// Makes `to` live again on the target and in the store, and gives the release it replaces
@@ -50,24 +49,16 @@ pub(crate) async fn switch_back(
     env: &Environment,
     to: &str,
     left: Option<(&str, ReleaseStatus)>,
-) -> Result<String, String> {
+) -> Result<String, StageError> {
     let environment = env.name.as_str();
-    let live = retrying("rollback", || target.rollback(ctx, Some(to)))
-        .await
-        .map_err(|e| e.to_string())?;
+    let live = retrying("rollback", || target.rollback(ctx, Some(to))).await?;
     wait_live(target, ctx, &live, &env.deploy, |what| {
         tracing::info!(release = live, "rolling back: {what}")
     })
     .await?;
-    store
-        .mark_live(environment, &live)
-        .await
-        .map_err(|e| e.to_string())?;
+    store.mark_live(environment, &live).await?;
     if let Some((id, state)) = left {
-        store
-            .set_release_state(environment, id, state)
-            .await
-            .map_err(|e| e.to_string())?;
+        store.set_release_state(environment, id, state).await?;
     }
     Ok(live)
 }
@@ -128,7 +119,7 @@ pub(crate) async fn wait_live(
     id: &str,
     settings: &crate::config::DeploySettings,
     note: impl Fn(&str),
-) -> Result<Duration, String> {
+) -> Result<Duration, StageError> {
     let deadline = Instant::now() + settings.timeout;
     let mut waited = Duration::ZERO;
     let mut last = String::new();
@@ -137,16 +128,20 @@ pub(crate) async fn wait_live(
             Ok(s) => match s.state {
                 ReleaseState::Live => return Ok(waited),
                 ReleaseState::Failed(why) => {
-                    return Err(format!("release {id} failed on its way to live: {why}"));
+                    return Err(StageError::Release(format!(
+                        "release {id} failed on its way to live: {why}"
+                    )));
                 }
                 ReleaseState::Canceled => {
-                    return Err(format!("release {id} was cancelled on its way to live"));
+                    return Err(StageError::Release(format!(
+                        "release {id} was cancelled on its way to live"
+                    )));
                 }
                 ReleaseState::InProgress(what) => what,
                 ReleaseState::Ready | ReleaseState::Pending => "waiting for the switch".into(),
             },
             Err(e) if e.retry_after().is_some() => e.to_string(),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         if what != last {
             note(&what);
@@ -154,9 +149,9 @@ pub(crate) async fn wait_live(
         }
         if Instant::now() >= deadline {
             let t = settings.timeout.as_secs();
-            return Err(format!(
+            return Err(StageError::Release(format!(
                 "release {id} was not live after {t} s (timeout_ms); last: {last}"
-            ));
+            )));
         }
         waited += settings.poll_interval;
         tokio::time::sleep(settings.poll_interval).await;

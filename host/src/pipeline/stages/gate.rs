@@ -4,7 +4,7 @@ use crate::pipeline::*;
 
 impl Run<'_> {
     /// An approval gate (`start` or `promote`).
-    pub(in crate::pipeline) async fn approve(&mut self, gate: &str) -> Result<(), String> {
+    pub(in crate::pipeline) async fn approve(&mut self, gate: &str) -> Result<(), StageError> {
         let step = self.begin(Stage::Approve).await?;
         let expires = self.env.approval.as_ref().and_then(|a| a.expires);
         let question = format!("{} to {} ({gate})", self.d.version, self.env.name);
@@ -14,7 +14,7 @@ impl Run<'_> {
                     .await
             }
             // Still waiting: the stage stays open in the journal and is resumed.
-            Err(e) if self.suspended => Err(e),
+            Err(StageError::Suspended) => Err(StageError::Suspended),
             Err(e) => Err(self.fail(Stage::Approve, step, e).await),
         }
     }
@@ -25,13 +25,12 @@ impl Run<'_> {
         gate: &str,
         question: &str,
         expires: Option<Duration>,
-    ) -> Result<String, String> {
+    ) -> Result<String, StageError> {
         let expires_at = expires.map(|d| now_ms() + d.as_millis() as i64);
         let request = self
             .store
             .request_approval(&self.d.id, gate, &self.env.name, expires_at)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if request.decision.is_none() {
             let how = format!(
                 "waiting for a decision on {question}: `deploy-agent approve {id} --reason ...` or `deploy-agent reject {id} --reason ...`",
@@ -50,9 +49,8 @@ impl Run<'_> {
             let a = self
                 .store
                 .approval(&self.d.id, gate)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the approval request vanished")?;
+                .await?
+                .ok_or_else(|| StageError::Refused("the approval request vanished".into()))?;
             let who = a.decided_by.clone().unwrap_or_default();
             let why = a
                 .reason
@@ -61,20 +59,20 @@ impl Run<'_> {
                 .unwrap_or_default();
             match a.decision.as_deref() {
                 Some("approved") => return Ok(format!("approved by {who}{why}")),
-                Some(_) => return Err(format!("rejected by {who}{why}")),
+                Some(_) => return Err(StageError::Refused(format!("rejected by {who}{why}"))),
                 None => {}
             }
             if a.expires_at.is_some_and(|e| e <= now_ms()) {
-                return Err(format!(
+                return Err(StageError::Refused(format!(
                     "no decision within {} s: the approval expired",
                     expires.map_or(0, |d| d.as_secs())
-                ));
+                )));
             }
             if self.lease.as_ref().is_some_and(Lease::lost) {
-                return Err("the environment lock was taken over while waiting".into());
+                return Err(StageError::LockLost);
             }
             if self.should_suspend() {
-                return Err(SUSPENDED.into());
+                return Err(StageError::Suspended);
             }
             let pause = Duration::from_millis(200);
             tokio::time::sleep(pause).await;

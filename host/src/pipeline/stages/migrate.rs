@@ -3,7 +3,7 @@
 use crate::pipeline::*;
 
 impl Run<'_> {
-    pub(in crate::pipeline) async fn backup_and_migrate(&mut self) -> Result<(), String> {
+    pub(in crate::pipeline) async fn backup_and_migrate(&mut self) -> Result<(), StageError> {
         let Some(db) = self.env.database.clone() else {
             let step = self.begin(Stage::Backup).await?;
             self.end(
@@ -23,13 +23,13 @@ impl Run<'_> {
                 )
                 .await;
         };
-        let mut settings = db.settings(self.env.strict)?;
+        let mut settings = db.settings(self.env.strict).map_err(StageError::Refused)?;
         settings.actor = self.d.actor.clone();
 
         let step = self.begin(Stage::Backup).await?;
         let status = match migrate::status(&settings).await {
             Ok(s) => s,
-            Err(e) => return Err(self.fail(Stage::Backup, step, e.to_string()).await),
+            Err(e) => return Err(self.fail(Stage::Backup, step, e.into()).await),
         };
         let pending = status.pending();
         if self.d.schema_before.is_none() {
@@ -67,7 +67,9 @@ impl Run<'_> {
                 .settings(&self.env.name, crate::config::KeyUse::Write)
             {
                 Ok(s) => s,
-                Err(e) => return Err(self.fail(Stage::Backup, step, e).await),
+                Err(e) => {
+                    return Err(self.fail(Stage::Backup, step, StageError::Refused(e)).await);
+                }
             };
             let why = format!(
                 "before deployment {} ({} pending migration(s))",
@@ -83,7 +85,7 @@ impl Run<'_> {
             .await
             {
                 Ok(m) => m,
-                Err(e) => return Err(self.fail(Stage::Backup, step, e.to_string()).await),
+                Err(e) => return Err(self.fail(Stage::Backup, step, e.into()).await),
             };
             self.store
                 .insert_backup(
@@ -92,8 +94,7 @@ impl Run<'_> {
                     &self.d.id,
                     manifest.schema_version.map(|v| v.to_string()).as_deref(),
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             self.record(DeploymentField::BackupId, Some(&manifest.id))
                 .await?;
             self.d.backup_id = Some(manifest.id.clone());
@@ -122,7 +123,7 @@ impl Run<'_> {
                         detail.push_str(&format!(", off-site as {key}"));
                     }
                     // The local backup exists, but the promise is an off-site copy too.
-                    Err(e) => return Err(self.fail(Stage::Backup, step, e).await),
+                    Err(e) => return Err(self.fail(Stage::Backup, step, e.into()).await),
                 }
             }
             self.end(Stage::Backup, step, StageStatus::Done, detail)
@@ -149,7 +150,7 @@ impl Run<'_> {
         }
         let report = match migrate::run(&settings, None, &|_, _, _| {}).await {
             Ok(r) => r,
-            Err(e) => return Err(self.fail(Stage::Migrate, step, e.to_string()).await),
+            Err(e) => return Err(self.fail(Stage::Migrate, step, e.into()).await),
         };
         let after = report
             .applied

@@ -4,15 +4,14 @@ use crate::pipeline::*;
 use crate::store::ReleaseStatus;
 
 impl Run<'_> {
-    pub(in crate::pipeline) async fn deploy(&mut self) -> Result<(), String> {
+    pub(in crate::pipeline) async fn deploy(&mut self) -> Result<(), StageError> {
         let step = self.begin(Stage::Deploy).await?;
         let target = self.plugins.target.clone();
         if self.d.previous_release.is_none() {
             let live = self
                 .store
                 .releases(&self.env.name)
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
                 .into_iter()
                 .find(|r| r.state == ReleaseStatus::Live)
                 .map(|r| r.id);
@@ -28,7 +27,7 @@ impl Run<'_> {
                 let staged =
                     match retrying("deploy", || target.deploy(&self.ctx, &self.artifact)).await {
                         Ok(s) => s,
-                        Err(e) => return Err(self.fail(Stage::Deploy, step, e.to_string()).await),
+                        Err(e) => return Err(self.fail(Stage::Deploy, step, e.into()).await),
                     };
                 self.record(DeploymentField::ReleaseId, Some(&staged.release_id))
                     .await?;
@@ -47,10 +46,7 @@ impl Run<'_> {
                     created_at: now_ms(),
                     promoted_at: None,
                 };
-                self.store
-                    .upsert_release(&record)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.store.upsert_release(&record).await?;
                 staged.release_id
             }
         };
@@ -70,7 +66,9 @@ impl Run<'_> {
                                 .fail(
                                     Stage::Deploy,
                                     step,
-                                    format!("release {release_id} failed: {why}"),
+                                    StageError::Release(format!(
+                                        "release {release_id} failed: {why}"
+                                    )),
                                 )
                                 .await);
                         }
@@ -79,7 +77,9 @@ impl Run<'_> {
                                 .fail(
                                     Stage::Deploy,
                                     step,
-                                    format!("release {release_id} was cancelled"),
+                                    StageError::Release(format!(
+                                        "release {release_id} was cancelled"
+                                    )),
                                 )
                                 .await);
                         }
@@ -95,7 +95,7 @@ impl Run<'_> {
                 Err(e) if e.retry_after().is_some() => {
                     tracing::info!("status of {release_id}: {e}; polling again");
                 }
-                Err(e) => return Err(self.fail(Stage::Deploy, step, e.to_string()).await),
+                Err(e) => return Err(self.fail(Stage::Deploy, step, e.into()).await),
             }
             if Instant::now() >= deadline {
                 let t = self.env.deploy.timeout.as_secs();
@@ -103,7 +103,9 @@ impl Run<'_> {
                     .fail(
                         Stage::Deploy,
                         step,
-                        format!("release {release_id} was not ready after {t} s (timeout_ms)"),
+                        StageError::Release(format!(
+                            "release {release_id} was not ready after {t} s (timeout_ms)"
+                        )),
                     )
                     .await);
             }
@@ -133,7 +135,7 @@ impl Run<'_> {
         }
     }
 
-    pub(in crate::pipeline) async fn verify(&mut self) -> Result<(), String> {
+    pub(in crate::pipeline) async fn verify(&mut self) -> Result<(), StageError> {
         let step = self.begin(Stage::Verify).await?;
         let list: Vec<_> = self
             .env
@@ -161,8 +163,15 @@ impl Run<'_> {
         .await;
         self.waited += rounds.waited;
         self.checks.extend(rounds.results);
-        if let Some(f) = rounds.failed {
-            return Err(self.fail(Stage::Verify, step, f).await);
+        if let Some(summary) = rounds.failed {
+            let evidence = self.failed_checks();
+            return Err(self
+                .fail(
+                    Stage::Verify,
+                    step,
+                    StageError::CheckFailed { summary, evidence },
+                )
+                .await);
         }
         self.end(
             Stage::Verify,
@@ -173,27 +182,34 @@ impl Run<'_> {
         .await
     }
 
-    pub(in crate::pipeline) async fn promote(&mut self) -> Result<(), String> {
+    pub(in crate::pipeline) async fn promote(&mut self) -> Result<(), StageError> {
         let step = self.begin(Stage::Promote).await?;
         let Some(id) = self.d.release_id.clone() else {
             return Err(self
-                .fail(Stage::Promote, step, "no release was staged".into())
+                .fail(
+                    Stage::Promote,
+                    step,
+                    StageError::Refused("no release was staged".into()),
+                )
                 .await);
         };
         let target = &self.plugins.target;
         if let Err(e) = no_escaping_links(target).await {
-            return Err(self.fail(Stage::Promote, step, format!("{id}: {e}")).await);
+            return Err(self
+                .fail(
+                    Stage::Promote,
+                    step,
+                    StageError::Refused(format!("{id}: {e}")),
+                )
+                .await);
         }
         if let Err(e) = retrying("promote", || target.promote(&self.ctx, &id)).await {
-            return Err(self.fail(Stage::Promote, step, e.to_string()).await);
+            return Err(self.fail(Stage::Promote, step, e.into()).await);
         }
         if let Err(e) = self.until_live(&id).await {
             return Err(self.fail(Stage::Promote, step, e).await);
         }
-        self.store
-            .mark_live(&self.env.name, &id)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.store.mark_live(&self.env.name, &id).await?;
         self.audit(
             "release.promoted",
             Some(id.clone()),
@@ -216,7 +232,7 @@ impl Run<'_> {
     }
 
     /// After `promote`, waits until the target reports the release live.
-    pub(in crate::pipeline) async fn until_live(&mut self, id: &str) -> Result<(), String> {
+    pub(in crate::pipeline) async fn until_live(&mut self, id: &str) -> Result<(), StageError> {
         let reporter = self.reporter;
         let waited = wait_live(
             &self.plugins.target,

@@ -3,7 +3,7 @@
 use crate::pipeline::*;
 
 impl Run<'_> {
-    pub(in crate::pipeline) async fn validate(&mut self) -> Result<(), String> {
+    pub(in crate::pipeline) async fn validate(&mut self) -> Result<(), StageError> {
         let step = self.begin(Stage::Validate).await?;
         let findings = validate::run(
             self.config,
@@ -43,7 +43,9 @@ impl Run<'_> {
         let failed = !blocking.is_empty();
         self.findings = findings;
         if failed {
-            return Err(self.fail(Stage::Validate, step, detail).await);
+            return Err(self
+                .fail(Stage::Validate, step, StageError::Refused(detail))
+                .await);
         }
         self.end(Stage::Validate, step, StageStatus::Done, detail)
             .await

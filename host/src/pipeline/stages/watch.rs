@@ -6,7 +6,7 @@ use crate::store::{ReleaseStatus, RollbackStatus};
 impl Run<'_> {
     /// Watch checks for the window and every analysis, side by side. A failure is recorded
     /// as `watch_failed` (the evidence) for the rollback policy.
-    pub(in crate::pipeline) async fn watch(&mut self) -> Result<(), String> {
+    pub(in crate::pipeline) async fn watch(&mut self) -> Result<(), StageError> {
         let step = self.begin(Stage::Watch).await?;
         let list: Vec<_> = self
             .env
@@ -71,9 +71,16 @@ impl Run<'_> {
                 evidence = Some(format!("{question}; {e}"));
             }
         }
-        if let Some(e) = evidence {
-            self.watch_failed = Some(e.clone());
-            return Err(self.fail(Stage::Watch, step, e).await);
+        if let Some(summary) = evidence {
+            self.watch_failed = Some(summary.clone());
+            let evidence = self.failed_checks();
+            return Err(self
+                .fail(
+                    Stage::Watch,
+                    step,
+                    StageError::CheckFailed { summary, evidence },
+                )
+                .await);
         }
         let detail = format!(
             "{} check(s){}{} passed",
@@ -97,7 +104,7 @@ impl Run<'_> {
     pub(in crate::pipeline) async fn auto_rollback(
         &mut self,
         evidence: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, StageError> {
         let step = self.begin(Stage::Rollback).await?;
         let started = now_ms();
         let Some(previous) = self.d.previous_release.clone() else {
@@ -105,7 +112,7 @@ impl Run<'_> {
                 .fail(
                     Stage::Rollback,
                     step,
-                    "there is no previous release to roll back to".into(),
+                    StageError::Refused("there is no previous release to roll back to".into()),
                 )
                 .await);
         };
@@ -158,10 +165,7 @@ impl Run<'_> {
             ..Default::default()
         };
         record.finish();
-        self.store
-            .save_rollback(&record)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.store.save_rollback(&record).await?;
         self.audit(
             "release.rolled-back",
             Some(failed.clone()),
@@ -179,7 +183,17 @@ impl Run<'_> {
             None,
         );
         if rounds.failed.is_some() {
-            return Err(self.fail(Stage::Rollback, step, detail).await);
+            let evidence = rounds.results.into_iter().filter(|r| !r.passed).collect();
+            return Err(self
+                .fail(
+                    Stage::Rollback,
+                    step,
+                    StageError::CheckFailed {
+                        summary: detail,
+                        evidence,
+                    },
+                )
+                .await);
         }
         self.end(Stage::Rollback, step, StageStatus::Done, detail.clone())
             .await?;
