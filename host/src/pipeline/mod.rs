@@ -20,6 +20,7 @@ pub mod checks;
 mod error;
 pub mod events;
 mod failpoint;
+mod journal;
 pub mod notify;
 pub(crate) mod offsite;
 pub mod plan;
@@ -50,7 +51,7 @@ use serde::Serialize;
 
 pub use artifact::{digest, guest_path};
 
-use crate::config::{CheckStage, Config, Environment, RollbackPolicy};
+use crate::config::{CheckStage, Config, Environment};
 use crate::db::{backup, migrate};
 use crate::runtime::{
     Artifact, CallContext, CallError, EventKind, Kind, Plugin, PluginError, ReleaseState, Runtime,

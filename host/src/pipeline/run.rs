@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::store::{ReleaseStatus, RunStatus};
+use journal::{After, Open};
 use sequence::{Interrupted, Step};
 
 /// Runs a deployment: recovers interrupted runs of the environment first, then takes the
@@ -198,30 +199,24 @@ pub async fn deploy(
     run.stages.push(lock_report);
 
     let result = run.stages_in_order().await;
-    if run.suspended {
-        return run.suspend(started, recovered).await;
-    }
-    let mut error = result.err();
-    let mut rolled_back = false;
-    if let Some(evidence) = run.watch_failed.clone()
-        && let Some(failed) = error.take()
-    {
-        error = match env.rollback {
-            RollbackPolicy::Auto => match run.auto_rollback(&evidence).await {
-                Ok(_) => {
-                    rolled_back = true;
-                    Some(failed)
+    let watch_failed = run.watch_failed.clone();
+    match journal::after(result, run.suspended, watch_failed.is_some(), env.rollback) {
+        After::Suspend => run.suspend(started, recovered).await,
+        After::Finish(error) => run.finish(error, false, started, recovered).await,
+        After::RollBack(failed) => {
+            let evidence = watch_failed.unwrap_or_default();
+            match run.auto_rollback(&evidence).await {
+                Ok(_) => run.finish(Some(failed), true, started, recovered).await,
+                Err(e) => {
+                    let error = StageError::RollbackFailed {
+                        error: Box::new(failed),
+                        rollback: Box::new(e),
+                    };
+                    run.finish(Some(error), false, started, recovered).await
                 }
-                Err(e) => Some(StageError::RollbackFailed {
-                    error: Box::new(failed),
-                    rollback: Box::new(e),
-                }),
-            },
-            RollbackPolicy::Notify => Some(StageError::KeptLive(Box::new(failed))),
-            RollbackPolicy::Off => Some(failed),
-        };
+            }
+        }
     }
-    run.finish(error, rolled_back, started, recovered).await
 }
 
 impl Run<'_> {
@@ -258,17 +253,13 @@ impl Run<'_> {
         self.suspended
     }
 
-    /// Journals a stage's start; fails the run if the lock was lost.
-    pub(super) async fn begin(&mut self, stage: Stage) -> Result<(i64, Instant), StageError> {
-        // Shutdown stops forward progress only: a rollback the run needs, and its last
-        // notifications, still happen.
-        if !matches!(stage, Stage::Rollback | Stage::Notify) && self.should_suspend() {
-            return Err(StageError::Suspended);
-        }
-        if self.lease.as_ref().is_some_and(Lease::lost) {
-            return Err(StageError::LockLost);
-        }
-        let seq = self.store.step_started(&self.d.id, stage.name()).await?;
+    /// Journals a stage's start, if it may start (see [`journal::checkpoint`]).
+    pub(super) async fn begin(&mut self, stage: Stage) -> Result<Open, StageError> {
+        let stop = self.stop.as_ref().is_some_and(|s| *s.borrow());
+        let lost = self.lease.as_ref().is_some_and(Lease::lost);
+        let open = journal::begin(&self.store, &self.d.id, stage, stop, lost)
+            .await
+            .inspect_err(|e| self.suspended |= matches!(e, StageError::Suspended))?;
         self.d.stage = Some(stage.name().into());
         self.reporter.stage(&StageReport {
             stage,
@@ -284,34 +275,22 @@ impl Run<'_> {
             None,
         );
         failpoint::hit("before", stage.name());
-        Ok((seq, Instant::now()))
+        Ok(open)
     }
 
     /// Journals a stage's end.
     pub(super) async fn end(
         &mut self,
         stage: Stage,
-        (seq, started): (i64, Instant),
+        step: Open,
         status: StageStatus,
         detail: String,
     ) -> Result<(), StageError> {
         failpoint::hit("after", stage.name());
-        let elapsed = started.elapsed();
-        let word = match status {
-            StageStatus::Done => "done",
-            StageStatus::Skipped => "skipped",
-            StageStatus::Failed => "failed",
-            StageStatus::Started => "started",
-        };
-        self.store
-            .step_finished(&self.d.id, seq, word, Some(&detail))
-            .await?;
-        let report = StageReport {
-            stage,
-            status,
-            duration_ms: elapsed.as_secs_f64() * 1e3,
-            detail: detail.clone(),
-        };
+        let elapsed = step.1.elapsed();
+        let word = status.word();
+        let report = journal::end(&self.store, &self.d.id, stage, step, status, detail).await?;
+        let detail = report.detail.clone();
         self.reporter.stage(&report);
         self.stages.push(report);
         crate::metrics::observe(
@@ -340,12 +319,7 @@ impl Run<'_> {
     }
 
     /// Journals a stage's failure and returns it, with the stage.
-    pub(super) async fn fail(
-        &mut self,
-        stage: Stage,
-        step: (i64, Instant),
-        error: StageError,
-    ) -> StageError {
+    pub(super) async fn fail(&mut self, stage: Stage, step: Open, error: StageError) -> StageError {
         if let Err(e) = self
             .end(stage, step, StageStatus::Failed, error.to_string())
             .await
@@ -412,11 +386,11 @@ impl Run<'_> {
         started: Instant,
         recovered: Vec<Recovery>,
     ) -> Result<Outcome, PipelineError> {
+        let status = journal::status(error.as_ref(), rolled_back);
         // From here on the error is text: the journal's, the events' and the audit's.
         let error = error.map(|e| e.to_string());
-        let (status, kind, summary) = match &error {
+        let (kind, summary) = match &error {
             Some(e) if rolled_back => (
-                RunStatus::RolledBack,
                 EventKind::Failed,
                 format!(
                     "Deploying {} to {} failed in {e}; rolled back",
@@ -424,12 +398,10 @@ impl Run<'_> {
                 ),
             ),
             None => (
-                RunStatus::Succeeded,
                 EventKind::Succeeded,
                 format!("{} is live on {}", self.d.version, self.env.name),
             ),
             Some(e) => (
-                RunStatus::Failed,
                 EventKind::Failed,
                 format!(
                     "Deploying {} to {} failed in {e}",

@@ -5,7 +5,7 @@ use crate::config::{Environment, Gate, OnInterrupt, Strategy};
 use crate::runtime::Artifact;
 use crate::store::Deployment;
 
-use super::RecoveryAction;
+use super::{RecoveryAction, Stage};
 
 /// One step between taking the lock and notifying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,21 @@ pub enum Step {
     Promote,
     /// The watch checks and analyses.
     Watch,
+}
+
+impl Step {
+    /// The stages it journals, in order.
+    pub fn stages(self) -> &'static [Stage] {
+        match self {
+            Step::Approve(_) => &[Stage::Approve],
+            Step::Validate => &[Stage::Validate],
+            Step::BackupAndMigrate => &[Stage::Backup, Stage::Migrate],
+            Step::Deploy => &[Stage::Deploy],
+            Step::Verify => &[Stage::Verify],
+            Step::Promote => &[Stage::Promote],
+            Step::Watch => &[Stage::Watch],
+        }
+    }
 }
 
 /// The steps of a run through `env`, in order: a staged strategy verifies before it
