@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use deploy_agent::config::Config;
-use deploy_agent::pipeline::{self, Quiet, Request};
+use deploy_agent::pipeline::{self, Agent, Quiet, Request};
 use deploy_agent_tests::http::{Behaviour, TestServer};
 use deploy_agent_tests::{bin, fixtures, repo_root};
 
@@ -111,7 +111,9 @@ fn main() {
     let template = root.join("template.db");
     rt.block_on(template_db(&template));
     let size = std::fs::metadata(&template).unwrap().len();
-    let config = Config::load(&root.join("agent.toml")).unwrap();
+    let config = rt
+        .block_on(Agent::open(Config::load(&root.join("agent.toml")).unwrap()))
+        .unwrap();
     let fresh_db = || {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(root.join(format!("app.db{suffix}")));

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use deploy_agent::config::Config;
 use deploy_agent::pipeline::rollback::{self, DbStrategy, Mode, RollbackRequest};
-use deploy_agent::pipeline::{self, Quiet, Request};
+use deploy_agent::pipeline::{self, Agent, Quiet, Request};
 use deploy_agent_tests::repo_root;
 
 fn write_project(dir: &Path) {
@@ -107,7 +107,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     write_project(root);
-    let config = Config::load(&root.join("agent.toml")).unwrap();
+    let config = rt
+        .block_on(Agent::open(Config::load(&root.join("agent.toml")).unwrap()))
+        .unwrap();
     // v1: creates the table; then fill it to the size wanted.
     let o = rt
         .block_on(pipeline::deploy(&config, &request("v1"), &Quiet))

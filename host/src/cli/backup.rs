@@ -286,9 +286,10 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                     m.id, m.started_at, args.env
                 ),
             )?;
-            let config = crate::config::Config::load(&args.config)?;
+            let agent =
+                crate::pipeline::Agent::open(crate::config::Config::load(&args.config)?).await?;
             let record = crate::pipeline::restore::restore(
-                &config,
+                &agent,
                 &crate::pipeline::restore::RestoreRequest {
                     environment: args.env.clone(),
                     backup_id: m.id.clone(),

@@ -8,9 +8,11 @@ use clap::{Args, Subcommand};
 
 use super::{EXIT_FAILED, Output};
 use crate::config::Config;
-use crate::pipeline::{self, Reporter, Request, StageReport, StageStatus};
-use crate::store::Store;
-use crate::store::{ReleaseStatus, RollbackStatus, RunStatus};
+use crate::pipeline::{
+    self, Agent, EnvironmentStatus, Reporter, Request, StageReport, StageStatus,
+};
+
+use crate::store::{ReleaseStatus, RollbackStatus};
 
 /// What every environment command takes.
 #[derive(Debug, Args)]
@@ -168,21 +170,21 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return plan(args).await;
     }
-    let config = Config::load(&args.target.config)?;
+    let agent = Agent::open(Config::load(&args.target.config)?).await?;
     let request = request(&args);
     let json = args.target.output == Output::Json;
     if !json {
         say!(
             "Deploying to {} ({})",
             request.environment,
-            config.path.display()
+            agent.config.path.display()
         );
     }
     let live = Live {
         tty: std::io::stdout().is_terminal(),
     };
     let reporter: &dyn Reporter = if json { &Silent } else { &live };
-    let outcome = pipeline::deploy(&config, &request, reporter).await?;
+    let outcome = pipeline::deploy(&agent, &request, reporter).await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
@@ -231,13 +233,13 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) async fn recover(args: EnvArgs, rollback: bool) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let agent = Agent::open(Config::load(&args.config)?).await?;
     let json = args.output == Output::Json;
     let live = Live {
         tty: std::io::stdout().is_terminal(),
     };
     let reporter: &dyn Reporter = if json { &Silent } else { &live };
-    let done = pipeline::recover::recover(&config, &args.env, rollback, &actor(), reporter).await?;
+    let done = pipeline::recover::recover(&agent, &args.env, rollback, &actor(), reporter).await?;
     let ok = done
         .outcome
         .as_ref()
@@ -280,8 +282,8 @@ pub(super) async fn recover(args: EnvArgs, rollback: bool) -> anyhow::Result<Exi
 }
 
 pub(super) async fn plan(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.target.config)?;
-    let plan = pipeline::plan::plan(&config, &request(&args)).await?;
+    let agent = Agent::open(Config::load(&args.target.config)?).await?;
+    let plan = pipeline::plan::plan(&agent, &request(&args)).await?;
     if args.target.output == Output::Json {
         say!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
@@ -325,41 +327,30 @@ pub(super) async fn plan(args: DeployArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn store_for(config: &Path, env: Option<&str>) -> anyhow::Result<(Config, Store)> {
+/// The agent for a configuration (checking the environment named, if any, exists).
+async fn agent_for(config: &Path, env: Option<&str>) -> anyhow::Result<Agent> {
     let config = Config::load(config)?;
     if let Some(env) = env {
         config.environment(env).map_err(anyhow::Error::msg)?;
     }
-    let store = pipeline::open_store(&config).await?;
-    Ok((config, store))
+    Ok(Agent::open(config).await?)
 }
 
 pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
-    let (_, store) = store_for(&args.config, Some(&args.env)).await?;
-    let lock = store.lock_holder(&args.env).await?;
-    let live = store
-        .releases(&args.env)
-        .await?
-        .into_iter()
-        .find(|r| r.state == ReleaseStatus::Live);
+    let agent = agent_for(&args.config, Some(&args.env)).await?;
+    let store = &agent.store;
     // A run still journaled as running whose agent is gone is interrupted (its journal says
     // `running` until it is resumed or rolled back); a rollback or restore in that state
     // is shown as `interrupted`.
-    let last = store.deployments(&args.env, 1).await?.into_iter().next();
-    let last_interrupted = last.as_ref().is_some_and(|d| {
-        d.status == RunStatus::Running && crate::store::interrupted(lock.as_ref(), &d.id)
-    });
-    let mut last_rollback = store.rollbacks(&args.env).await?.into_iter().next();
-    if let Some(r) = last_rollback.as_mut().filter(|r| {
-        r.status == RollbackStatus::Running
-            && crate::store::interrupted(lock.as_ref(), &r.lease_subject())
-    }) {
-        r.status = RollbackStatus::Interrupted;
-    }
-    let steps = match &last {
-        Some(d) => store.steps(&d.id).await?,
-        None => Vec::new(),
-    };
+    let EnvironmentStatus {
+        live,
+        lock,
+        last,
+        last_interrupted,
+        steps,
+        last_rollback,
+        ..
+    } = agent.status(&args.env).await?;
     if args.output == Output::Json {
         say!(
             "{}",
@@ -461,7 +452,7 @@ pub(super) async fn history(
     limit: usize,
     id: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let (_, store) = store_for(&args.config, Some(&args.env)).await?;
+    let store = agent_for(&args.config, Some(&args.env)).await?.store;
     let runs = match &id {
         Some(id) => store.deployment(id).await?.into_iter().collect(),
         None => store.deployments(&args.env, limit).await?,
@@ -506,7 +497,7 @@ pub(super) async fn history(
 }
 
 pub(super) async fn releases(args: EnvArgs) -> anyhow::Result<ExitCode> {
-    let (_, store) = store_for(&args.config, Some(&args.env)).await?;
+    let store = agent_for(&args.config, Some(&args.env)).await?.store;
     let releases = store.releases(&args.env).await?;
     if args.output == Output::Json {
         say!("{}", serde_json::to_string_pretty(&releases)?);
@@ -541,7 +532,7 @@ pub(super) async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             config,
             output,
         } => {
-            let (_, store) = store_for(&config, env.as_deref()).await?;
+            let store = agent_for(&config, env.as_deref()).await?.store;
             let entries = store.audit_entries(env.as_deref(), limit).await?;
             if output == Output::Json {
                 say!("{}", serde_json::to_string_pretty(&entries)?);
@@ -573,7 +564,7 @@ pub(super) async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             config,
             output,
         } => {
-            let (_, store) = store_for(&config, None).await?;
+            let store = agent_for(&config, None).await?.store;
             let mut report = store.audit_verify().await?;
             if let Some(head) = expect_head
                 && head != report.head
@@ -654,7 +645,7 @@ pub enum DbStrategyArg {
 
 pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     use crate::pipeline::rollback::{self as rb, DbStrategy, Mode};
-    let config = Config::load(&args.target.config)?;
+    let agent = Agent::open(Config::load(&args.target.config)?).await?;
     let req = rb::RollbackRequest {
         environment: args.target.env.clone(),
         to: args.to.clone(),
@@ -675,7 +666,7 @@ pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         force: args.force,
     };
     let json = args.target.output == Output::Json;
-    let plan = rb::plan(&config, &req).await?;
+    let plan = rb::plan(&agent, &req).await?;
     if !json || !args.yes {
         let mut out = std::io::stderr().lock();
         use std::io::Write as _;
@@ -698,7 +689,7 @@ pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         tty: std::io::stdout().is_terminal(),
     };
     let reporter: &dyn Reporter = if json { &Silent } else { &live };
-    let outcome = rb::execute(&config, &req, reporter).await?;
+    let outcome = rb::execute(&agent, &req, reporter).await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
@@ -743,22 +734,16 @@ pub(super) async fn decide(
     args: DecideArgs,
     decision: crate::store::Decision,
 ) -> anyhow::Result<ExitCode> {
-    let (_, store) = store_for(&args.config, None).await?;
+    let agent = agent_for(&args.config, None).await?;
     let who = actor();
-    let a = store
-        .decide(&args.run, decision, &who, &args.reason)
+    let a = agent
+        .decide(&args.run, decision, &who, &args.reason, None)
         .await?;
-    let word = a.decision.clone().unwrap_or_default();
-    store
-        .audit(crate::store::AuditEntry {
-            actor: who.clone(),
-            action: format!("approval.{word}"),
-            environment: Some(a.environment.clone()),
-            subject: Some(a.deployment_id.clone()),
-            why: Some(args.reason.clone()),
-            detail: Some(format!("gate {}", a.gate)),
-        })
-        .await?;
-    say!("run {} ({} gate) {word} by {who}", a.deployment_id, a.gate);
+    say!(
+        "run {} ({} gate) {} by {who}",
+        a.deployment_id,
+        a.gate,
+        decision.word()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -110,7 +110,7 @@ impl From<EventKind> for EventType {
     }
 }
 
-/// The bus.
+/// The bus: one per [`super::Agent`].
 #[derive(Debug)]
 pub struct Bus {
     tx: broadcast::Sender<Arc<EventRecord>>,
@@ -118,14 +118,14 @@ pub struct Bus {
     seq: AtomicU64,
 }
 
-/// The process's bus.
-pub fn bus() -> &'static Bus {
-    static BUS: OnceLock<Bus> = OnceLock::new();
-    BUS.get_or_init(|| Bus {
-        tx: broadcast::channel(HISTORY).0,
-        history: Mutex::new(VecDeque::with_capacity(HISTORY)),
-        seq: AtomicU64::new(0),
-    })
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            tx: broadcast::channel(HISTORY).0,
+            history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            seq: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Bus {
@@ -198,7 +198,7 @@ mod tests {
                 None,
             )
         };
-        let bus = bus();
+        let bus = Bus::default();
         bus.publish(&ev(EventKind::Started, "t-run-1", None));
         bus.publish(&ev(EventKind::Started, "t-run-2", None));
         bus.publish(&ev(EventKind::RolledBack, "t-run-1", Some("rollback")));

@@ -14,6 +14,7 @@
 //! A run for another release is marked **superseded** and the new run rolls forward from the
 //! state the dead run left, which the store records (schema version, release ids).
 
+mod agent;
 pub mod analysis;
 pub(crate) mod artifact;
 pub mod checks;
@@ -36,9 +37,10 @@ mod stages;
 mod target;
 
 use crate::store::RunStatus;
+pub use agent::{Agent, DecideError, EnvironmentStatus};
 pub use error::StageError;
 pub(crate) use plugins::{Plugins, load_plugins};
-pub use plugins::{keep_loaded_plugins, load_plugin, preload};
+pub use plugins::{load_plugin, preload};
 pub use run::deploy;
 pub(crate) use target::*;
 
@@ -294,13 +296,14 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
 /// What a run and a plan both start from: the environment, its plugins loaded, and the
 /// artifact with its digest.
 pub(crate) async fn prepare<'c>(
-    config: &'c Config,
+    agent: &'c Agent,
     request: &Request,
 ) -> Result<(&'c Environment, Plugins, Option<PathBuf>, Artifact), PipelineError> {
-    let env = config
+    let env = agent
+        .config
         .environment(&request.environment)
         .map_err(PipelineError::Setup)?;
-    let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
+    let plugins = load_plugins(agent, env).map_err(PipelineError::Setup)?;
     let (artifact_path, artifact) = artifact_for(env, request, &plugins.target)
         .await
         .map_err(PipelineError::Setup)?;
@@ -374,6 +377,7 @@ pub fn new_id() -> String {
 /// One run through its stages: what it knows, what it has done, where it reports.
 struct Run<'a> {
     config: &'a Config,
+    events: Arc<events::Bus>,
     env: &'a Environment,
     store: Store,
     plugins: Plugins,

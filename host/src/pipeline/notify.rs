@@ -5,10 +5,12 @@
 //! happens off the pipeline's path, so a slow chat service does not slow a deploy; the run
 //! waits for the queue to drain only at its end.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::events::Bus;
 use crate::runtime::{CallContext, Event, EventKind, Plugin};
 
 /// The queue to the notifiers of one run.
@@ -16,6 +18,7 @@ use crate::runtime::{CallContext, Event, EventKind, Plugin};
 pub struct Notifications {
     tx: Option<mpsc::UnboundedSender<Event>>,
     worker: Option<tokio::task::JoinHandle<Delivery>>,
+    events: Arc<Bus>,
 }
 
 /// What was delivered.
@@ -30,12 +33,13 @@ pub struct Delivery {
 const ATTEMPTS: u32 = 3;
 
 impl Notifications {
-    /// Starts the queue for `notifiers`.
-    pub fn start(notifiers: Vec<Plugin>, ctx: CallContext) -> Notifications {
+    /// Starts the queue for `notifiers`; every event is also published on `events`.
+    pub fn start(notifiers: Vec<Plugin>, ctx: CallContext, events: Arc<Bus>) -> Notifications {
         if notifiers.is_empty() {
             return Notifications {
                 tx: None,
                 worker: None,
+                events,
             };
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
@@ -57,12 +61,13 @@ impl Notifications {
         Notifications {
             tx: Some(tx),
             worker: Some(worker),
+            events,
         }
     }
 
-    /// Queues an event, and publishes it on the process's event bus (the daemon's streams).
+    /// Queues an event, and publishes it on the agent's event bus (the daemon's streams).
     pub fn send(&self, event: Event) {
-        super::events::bus().publish(&event);
+        self.events.publish(&event);
         if let Some(tx) = &self.tx {
             let _ = tx.send(event);
         }

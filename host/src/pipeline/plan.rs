@@ -5,10 +5,11 @@
 
 use serde::Serialize;
 
+use super::Agent;
 use super::sequence::{Interrupted, Step, sequence};
 use super::validate::{self, Finding};
 use super::{PipelineError, Request, Stage, open_store, prepare};
-use crate::config::{BackupWhen, CheckStage, Config, Probe, Strategy};
+use crate::config::{BackupWhen, CheckStage, Probe, Strategy};
 use crate::db::migrate;
 use crate::runtime::CallContext;
 
@@ -51,8 +52,9 @@ fn probe_text(p: &Probe) -> String {
 }
 
 /// Builds the plan.
-pub async fn plan(config: &Config, request: &Request) -> Result<Plan, PipelineError> {
-    let (env, plugins, artifact_path, artifact) = prepare(config, request).await?;
+pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineError> {
+    let config = &*agent.config;
+    let (env, plugins, artifact_path, artifact) = prepare(agent, request).await?;
     let store = open_store(config).await?;
     let mut steps = Vec::new();
     let mut blocked = false;

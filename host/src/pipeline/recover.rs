@@ -7,11 +7,12 @@
 
 use serde::Serialize;
 
+use super::Agent;
 use super::{
     Outcome, PipelineError, Recovery, RecoveryAction, Reporter, Request, StageError, load_plugins,
     open_store,
 };
-use crate::config::{Config, Environment, OnInterrupt};
+use crate::config::{Environment, OnInterrupt};
 use crate::db::{backup, migrate};
 use crate::runtime::{CallContext, Plugin};
 use crate::store::{AuditEntry, Deployment, Owner, Store};
@@ -163,19 +164,20 @@ pub(crate) async fn record(
 /// Finds the environment's interrupted runs and resumes (the default) or rolls them back,
 /// without starting anything new. What the daemon does on start; `deploy-agent recover`.
 pub async fn recover(
-    config: &Config,
+    agent: &Agent,
     environment: &str,
     rollback: bool,
     actor: &str,
     reporter: &dyn Reporter,
 ) -> Result<Recovered, PipelineError> {
+    let config = &*agent.config;
     let env = config
         .environment(environment)
         .map_err(PipelineError::Setup)?;
     let store = open_store(config).await?;
     // Rollbacks and restores cut short first: finished, or undone with `--rollback`.
     let mut recovered =
-        super::restore::settle_unfinished(config, env, &store, rollback, actor, reporter).await?;
+        super::restore::settle_unfinished(agent, env, &store, rollback, actor, reporter).await?;
     let interrupted = store.running(&env.name).await?;
     let Some(newest) = interrupted.last().cloned() else {
         return Ok(Recovered {
@@ -187,7 +189,7 @@ pub async fn recover(
         .iter()
         .any(|d| d.stage.as_deref() == Some(ROLLING_BACK));
     if rollback || being_rolled_back || env.deploy.on_interrupt == OnInterrupt::Rollback {
-        let plugins = load_plugins(config, env).map_err(PipelineError::Setup)?;
+        let plugins = load_plugins(agent, env).map_err(PipelineError::Setup)?;
         let owner = Owner::this_process();
         let (lease, _) = store
             .acquire(
@@ -235,7 +237,7 @@ pub async fn recover(
     }
     // Resume: deploy the same release again; the run is found and finished.
     let request = resume_request(env, &newest, actor)?;
-    let outcome = super::deploy(config, &request, reporter).await?;
+    let outcome = super::deploy(agent, &request, reporter).await?;
     recovered.extend(outcome.recovered.iter().cloned());
     Ok(Recovered {
         recovered,

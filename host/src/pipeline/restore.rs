@@ -13,11 +13,12 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use super::Agent;
 use super::{
     PipelineError, Recovery, RecoveryAction, Reporter, StageError, load_plugins, open_store,
     switch_back,
 };
-use crate::config::{Config, Environment, KeyUse};
+use crate::config::{Environment, KeyUse};
 use crate::db::{backup, migrate};
 use crate::runtime::CallContext;
 use crate::store::{AuditEntry, Owner, RollbackRecord, Store, now_ms};
@@ -41,10 +42,11 @@ pub struct RestoreRequest {
 /// Restores a backup over the environment's database, under its lock, journaled: the record
 /// exists (and says which backup, and the safety backup once taken) before anything changes.
 pub async fn restore(
-    config: &Config,
+    agent: &Agent,
     req: &RestoreRequest,
     reporter: &dyn Reporter,
 ) -> Result<RollbackRecord, PipelineError> {
+    let config = &*agent.config;
     let env = config
         .environment(&req.environment)
         .map_err(PipelineError::Setup)?;
@@ -193,7 +195,7 @@ pub(crate) async fn refuse_over_unfinished(
 /// Finishes (or, with `undo`, reverts) every rollback and restore of the environment whose
 /// agent died, under the environment's lock.
 pub(crate) async fn settle_unfinished(
-    config: &Config,
+    agent: &Agent,
     env: &Environment,
     store: &Store,
     undo: bool,
@@ -216,9 +218,9 @@ pub(crate) async fn settle_unfinished(
     for mut record in store.unfinished_rollbacks(&env.name).await? {
         let stopped = record.stopped_in();
         let done = if undo {
-            undo_one(config, env, store, &record).await
+            undo_one(agent, env, store, &record).await
         } else {
-            finish_one(config, env, store, &mut record).await
+            finish_one(agent, env, store, &mut record).await
         };
         let (action, status) = if undo {
             (RecoveryAction::Undone, RollbackStatus::Undone)
@@ -271,16 +273,17 @@ pub(crate) async fn settle_unfinished(
 
 /// Carries an interrupted rollback or restore to its end: each step again, idempotently.
 async fn finish_one(
-    config: &Config,
+    agent: &Agent,
     env: &Environment,
     store: &Store,
     record: &mut RollbackRecord,
 ) -> Result<String, StageError> {
+    let config = &*agent.config;
     let mut said = Vec::new();
     if matches!(record.mode.as_str(), "app" | "full")
         && let Some(to) = record.to_release.clone()
     {
-        let plugins = load_plugins(config, env).map_err(StageError::Config)?;
+        let plugins = load_plugins(agent, env).map_err(StageError::Config)?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),
@@ -349,7 +352,7 @@ async fn finish_one(
 /// Reverts an interrupted rollback or restore: the database back to its safety backup (when
 /// the restore had started), the app back to the release that was live.
 async fn undo_one(
-    config: &Config,
+    agent: &Agent,
     env: &Environment,
     store: &Store,
     record: &RollbackRecord,
@@ -369,7 +372,7 @@ async fn undo_one(
     if matches!(record.mode.as_str(), "app" | "full")
         && let Some(from) = &record.from_release
     {
-        let plugins = load_plugins(config, env).map_err(StageError::Config)?;
+        let plugins = load_plugins(agent, env).map_err(StageError::Config)?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),

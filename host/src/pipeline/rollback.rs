@@ -11,10 +11,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::Agent;
 use super::checks::CheckResult;
 use super::notify::{self, Notifications};
 use super::{PipelineError, Reporter, StageError, load_plugins, new_id, open_store};
-use crate::config::{Config, Environment};
+use crate::config::Environment;
 use crate::db::{backup, migrate};
 use crate::runtime::{CallContext, EventKind};
 use crate::store::{AuditEntry, Owner, ReleaseRecord, RollbackRecord, Store, now_ms};
@@ -142,7 +143,8 @@ fn db(mode: Mode) -> bool {
 }
 
 /// Works out the rollback; changes nothing.
-pub async fn plan(config: &Config, req: &RollbackRequest) -> Result<RollbackPlan, PipelineError> {
+pub async fn plan(agent: &Agent, req: &RollbackRequest) -> Result<RollbackPlan, PipelineError> {
+    let config = &*agent.config;
     let env = config
         .environment(&req.environment)
         .map_err(PipelineError::Setup)?;
@@ -348,10 +350,11 @@ fn age(s: i64) -> String {
 
 /// Carries out a plan made by [`plan`] (re-checked under the lock).
 pub async fn execute(
-    config: &Config,
+    agent: &Agent,
     req: &RollbackRequest,
     reporter: &dyn Reporter,
 ) -> Result<RollbackOutcome, PipelineError> {
+    let config = &*agent.config;
     let started = Instant::now();
     let env = config
         .environment(&req.environment)
@@ -409,9 +412,9 @@ pub async fn execute(
     };
     store.save_rollback(&record).await?;
     // Loaded once: the target for the app, the notifiers for the announcement.
-    let plugins = load_plugins(config, env);
+    let plugins = load_plugins(agent, env);
     let result = run_steps(
-        config,
+        agent,
         &plugins,
         env,
         &store,
@@ -463,7 +466,7 @@ pub async fn execute(
             environment: env.name.clone(),
             deployment_id: id.clone(),
         };
-        let n = Notifications::start(plugins.notifiers.clone(), ctx);
+        let n = Notifications::start(plugins.notifiers.clone(), ctx, agent.events().clone());
         n.send(notify::event(
             EventKind::RolledBack,
             &env.name,
@@ -498,7 +501,7 @@ pub async fn execute(
 
 #[allow(clippy::too_many_arguments)]
 async fn run_steps(
-    config: &Config,
+    agent: &Agent,
     plugins: &Result<super::Plugins, String>,
     env: &Environment,
     store: &Store,
@@ -508,6 +511,7 @@ async fn run_steps(
     step: &mut impl FnMut(&'static str, Instant, String, &dyn Reporter),
     reporter: &dyn Reporter,
 ) -> Result<(Vec<CheckResult>, std::time::Duration), StageError> {
+    let config = &*agent.config;
     let to = &plan.to;
     if app(req.mode) && plan.from.as_ref().is_none_or(|f| f.id != to.id) {
         let at = Instant::now();

@@ -10,12 +10,13 @@ use sequence::{Interrupted, Step};
 /// release through every stage. A run that starts and fails is an `Ok` outcome with status
 /// `failed`; `Err` means nothing was started.
 pub async fn deploy(
-    config: &Config,
+    agent: &Agent,
     request: &Request,
     reporter: &dyn Reporter,
 ) -> Result<Outcome, PipelineError> {
     let started = Instant::now();
-    let (env, plugins, artifact_path, artifact) = prepare(config, request).await?;
+    let config = &*agent.config;
+    let (env, plugins, artifact_path, artifact) = prepare(agent, request).await?;
     let store = open_store(config).await?;
     let owner = Owner::this_process();
     let id = request.id.clone().unwrap_or_else(new_id);
@@ -159,9 +160,14 @@ pub async fn deploy(
         environment: env.name.clone(),
         deployment_id: d.id.clone(),
     };
-    let notifications = Notifications::start(plugins.notifiers.clone(), ctx.clone());
+    let notifications = Notifications::start(
+        plugins.notifiers.clone(),
+        ctx.clone(),
+        agent.events().clone(),
+    );
     let mut run = Run {
         config,
+        events: agent.events().clone(),
         env,
         store,
         plugins,
@@ -438,7 +444,7 @@ impl Run<'_> {
         self.notify(kind, None, summary, error.clone(), Some(started.elapsed()));
         let notifications = std::mem::replace(
             &mut self.notifications,
-            Notifications::start(Vec::new(), self.ctx.clone()),
+            Notifications::start(Vec::new(), self.ctx.clone(), self.events.clone()),
         );
         let delivery = notifications.finish().await;
         if let Some(step) = step {
@@ -523,7 +529,7 @@ impl Run<'_> {
         .await;
         let notifications = std::mem::replace(
             &mut self.notifications,
-            Notifications::start(Vec::new(), self.ctx.clone()),
+            Notifications::start(Vec::new(), self.ctx.clone(), self.events.clone()),
         );
         let delivery = notifications.finish().await;
         self.outcome(delivery, started, recovered, Some(RunStatus::Suspended))

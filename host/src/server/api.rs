@@ -16,123 +16,19 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::AppState;
-use super::auth::{self, Caller};
+use super::error::{ApiError, ApiResult, body};
+use super::state::AppState;
+use super::submit::submit;
 use crate::config::Role;
 use crate::metrics::{self, Family};
-use crate::pipeline::events::{self, EventRecord};
+use crate::pipeline::events::EventRecord;
 use crate::pipeline::rollback::{self as rb, DbStrategy, Mode, RollbackOutcome};
-use crate::pipeline::{Quiet, new_id};
+use crate::pipeline::{DecideError, Quiet};
+use crate::store::QueueState;
 use crate::store::{
-    Approval, AuditEntry, AuditRecord, Decision, Deployment, LockHolder, QueueItem, ReleaseRecord,
-    RollbackRecord, Step, StoreError, now_ms,
+    Approval, AuditRecord, Decision, Deployment, LockHolder, QueueItem, ReleaseRecord,
+    RollbackRecord, Step,
 };
-use crate::store::{QueueState, ReleaseStatus, RollbackStatus};
-
-/// An error, as every endpoint answers it: `{"error": "..."}`. Refusals of authentication and
-/// authorisation say no more than `unauthorized` / `forbidden`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ApiError {
-    /// What went wrong.
-    pub error: String,
-    #[serde(skip)]
-    #[schema(ignore)]
-    status: u16,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
-        ApiError {
-            error: error.into(),
-            status: status.as_u16(),
-        }
-    }
-    /// 401.
-    pub fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized")
-    }
-    /// 403.
-    pub fn forbidden() -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden")
-    }
-    /// 404.
-    pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
-    }
-    /// 400.
-    pub fn bad_request(why: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, why)
-    }
-    /// 409.
-    pub fn conflict(why: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, why)
-    }
-    /// 422.
-    pub fn unprocessable(why: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, why)
-    }
-    /// 503.
-    pub fn unavailable(why: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!("API: state store: {e}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the state store failed")
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status == StatusCode::UNAUTHORIZED {
-            let (s, h) = auth::challenge();
-            return (s, h, Json(self)).into_response();
-        }
-        (status, Json(self)).into_response()
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
-}
-
-impl AppState {
-    fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller<'_>> {
-        auth::authenticate(&self.config.server.tokens, headers)
-    }
-
-    fn known_env(&self, caller: &Caller<'_>, needed: Role, env: &str) -> ApiResult<()> {
-        caller.require_env(needed, env)?;
-        if self.config.environments.contains_key(env) {
-            Ok(())
-        } else {
-            Err(ApiError::not_found("environment"))
-        }
-    }
-
-    async fn audit(&self, caller: &str, action: &str, env: &str, subject: &str, why: Option<&str>) {
-        if let Err(e) = self
-            .store
-            .audit(AuditEntry {
-                actor: caller.to_string(),
-                action: action.to_string(),
-                environment: Some(env.to_string()),
-                subject: Some(subject.to_string()),
-                why: why.map(str::to_string),
-                detail: Some("via the API".into()),
-            })
-            .await
-        {
-            tracing::error!("audit: {e}");
-        }
-    }
-}
 
 /// `POST /v1/deployments`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -171,8 +67,8 @@ pub struct RunView {
 }
 
 async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
-    let queue = state.store.queue_item(id).await?;
-    let deployment = state.store.deployment(id).await?;
+    let queue = state.agent.store.queue_item(id).await?;
+    let deployment = state.agent.store.deployment(id).await?;
     let Some(environment) = deployment
         .as_ref()
         .map(|d| d.environment.clone())
@@ -180,8 +76,9 @@ async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
     else {
         return Ok(None);
     };
-    let steps = state.store.steps(id).await?;
+    let steps = state.agent.store.steps(id).await?;
     let waiting = state
+        .agent
         .store
         .pending_approvals(Some(&environment))
         .await?
@@ -192,7 +89,7 @@ async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
     let status = match (&deployment, &queue) {
         (Some(d), _) => d.status.to_string(),
         (None, Some(q)) if q.state == QueueState::Queued => {
-            let pending = state.store.pending(&environment).await?;
+            let pending = state.agent.store.pending(&environment).await?;
             position = pending
                 .iter()
                 .filter(|p| p.state == QueueState::Queued)
@@ -242,6 +139,7 @@ async fn trigger(
     let t = body(b)?;
     state.known_env(&caller, Role::Deploy, &t.environment)?;
     let env = state
+        .agent
         .config
         .environment(&t.environment)
         .map_err(ApiError::bad_request)?;
@@ -256,7 +154,7 @@ async fn trigger(
             "no version: give `version` or `artifact` (the environment has no [artifact] path)",
         ));
     }
-    let item = enqueue(
+    let item = submit(
         &state,
         &t.environment,
         t.version,
@@ -270,77 +168,6 @@ async fn trigger(
         .await?
         .ok_or_else(|| ApiError::not_found("run"))?;
     Ok((StatusCode::ACCEPTED, Json(view)))
-}
-
-/// Queues a run (the API's trigger and the webhook's), audited.
-pub(super) async fn enqueue(
-    state: &AppState,
-    environment: &str,
-    version: Option<String>,
-    artifact: Option<String>,
-    actor: String,
-    reason: Option<String>,
-    source: &str,
-) -> ApiResult<QueueItem> {
-    if state.stopping.load(Ordering::Relaxed) {
-        return Err(ApiError::unavailable("shutting down"));
-    }
-    // An artifact named by a caller must lie under a root the environment grants, checked
-    // on the resolved path before anything under it is read (and off the async workers).
-    let artifact = match artifact {
-        None => None,
-        Some(path) => {
-            let roots = state
-                .config
-                .environment(environment)
-                .map(|e| e.artifact.roots.clone())
-                .unwrap_or_default();
-            let asked = std::path::PathBuf::from(&path);
-            let checked = tokio::task::spawn_blocking(move || {
-                crate::pipeline::artifact::within_roots(&asked, &roots)
-            })
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
-            match checked {
-                Ok(real) => Some(real.to_string_lossy().into_owned()),
-                Err(e) => {
-                    let why = e.to_string();
-                    state
-                        .audit(&actor, "deploy.refused", environment, &path, Some(&why))
-                        .await;
-                    return Err(ApiError::unprocessable(why));
-                }
-            }
-        }
-    };
-    let item = state
-        .queue
-        .push(QueueItem {
-            id: new_id(),
-            seq: 0,
-            environment: environment.to_string(),
-            version,
-            artifact,
-            actor: actor.clone(),
-            reason,
-            source: source.to_string(),
-            state: QueueState::Queued,
-            enqueued_at: now_ms(),
-            started_at: None,
-            finished_at: None,
-            outcome: None,
-        })
-        .await?;
-    state
-        .audit(
-            &actor,
-            "deploy.queued",
-            environment,
-            &item.id,
-            item.reason.as_deref(),
-        )
-        .await;
-    Ok(item)
 }
 
 /// A run: queued, running or ended, with its journal.
@@ -387,13 +214,14 @@ async fn cancel_run(
 ) -> ApiResult<Json<RunView>> {
     let caller = state.caller(&headers)?;
     let item = state
+        .agent
         .store
         .queue_item(&id)
         .await?
         .filter(|q| caller.covers(&q.environment))
         .ok_or_else(|| ApiError::not_found("queued run"))?;
     caller.require_env(Role::Deploy, &item.environment)?;
-    if !state.store.cancel_queued(&id).await? {
+    if !state.agent.store.cancel_queued(&id).await? {
         return Err(ApiError::conflict(format!(
             "run {id} is {}: only a queued run can be cancelled (reject or roll back a running one)",
             item.state
@@ -482,6 +310,7 @@ async fn decide(
         return Err(ApiError::bad_request("a reason is required"));
     }
     let waiting = state
+        .agent
         .store
         .pending_approvals(None)
         .await?
@@ -490,23 +319,13 @@ async fn decide(
         .ok_or_else(|| ApiError::not_found("run waiting for a decision"))?;
     caller.require_env(Role::Approve, &waiting.environment)?;
     let a = state
-        .store
-        .decide(&id, decision, &caller.actor(), &d.reason)
+        .agent
+        .decide(&id, decision, &caller.actor(), &d.reason, Some("the API"))
         .await
         .map_err(|e| match e {
-            StoreError::Query(m) => ApiError::conflict(m),
-            other => other.into(),
+            DecideError::NotWaiting(_) => ApiError::conflict(e.to_string()),
+            DecideError::Store(e) => e.into(),
         })?;
-    let word = a.decision.clone().unwrap_or_default();
-    state
-        .audit(
-            &caller.actor(),
-            &format!("approval.{word}"),
-            &a.environment,
-            &id,
-            Some(&d.reason),
-        )
-        .await;
     Ok(Json(a))
 }
 
@@ -544,27 +363,18 @@ async fn environments(
     let caller = state.caller(&headers)?;
     let mut out = Vec::new();
     for name in state
+        .agent
         .config
         .environments
         .keys()
         .filter(|e| caller.covers(e))
     {
-        let pending = state.store.pending(name).await?;
-        let lock = state.store.lock_holder(name).await?;
-        let mut interrupted = state.store.unfinished_rollbacks(name).await?;
-        interrupted.retain(|r| crate::store::interrupted(lock.as_ref(), &r.lease_subject()));
-        for r in &mut interrupted {
-            r.status = RollbackStatus::Interrupted;
-        }
+        let pending = state.agent.store.pending(name).await?;
+        let status = state.agent.status(name).await?;
         out.push(EnvironmentView {
             name: name.clone(),
-            live: state
-                .store
-                .releases(name)
-                .await?
-                .into_iter()
-                .find(|r| r.state == ReleaseStatus::Live),
-            lock,
+            live: status.live,
+            lock: status.lock,
             running: pending
                 .iter()
                 .find(|p| p.state == QueueState::Running)
@@ -574,7 +384,7 @@ async fn environments(
                 .filter(|p| p.state == QueueState::Queued)
                 .map(|p| p.id.clone())
                 .collect(),
-            interrupted,
+            interrupted: status.interrupted,
         });
     }
     Ok(Json(out))
@@ -609,7 +419,7 @@ async fn env_runs(
     let caller = state.caller(&headers)?;
     state.known_env(&caller, Role::Read, &env)?;
     let limit = q.limit.unwrap_or(20).min(500);
-    Ok(Json(state.store.deployments(&env, limit).await?))
+    Ok(Json(state.agent.store.deployments(&env, limit).await?))
 }
 
 /// An environment's releases, newest first.
@@ -631,7 +441,7 @@ async fn env_releases(
 ) -> ApiResult<Json<Vec<ReleaseRecord>>> {
     let caller = state.caller(&headers)?;
     state.known_env(&caller, Role::Read, &env)?;
-    Ok(Json(state.store.releases(&env).await?))
+    Ok(Json(state.agent.store.releases(&env).await?))
 }
 
 /// `POST /v1/environments/{env}/rollback`.
@@ -726,7 +536,7 @@ async fn rollback(
         actor: caller.actor(),
         force: r.force,
     };
-    let outcome = rb::execute(&state.config, &req, &Quiet)
+    let outcome = rb::execute(&state.agent, &req, &Quiet)
         .await
         .map_err(|e| ApiError::conflict(format!("rollback refused: {e}")))?;
     Ok(Json(outcome))
@@ -767,6 +577,7 @@ async fn audit_log(
     let limit = q.limit.unwrap_or(50).min(1000);
     Ok(Json(
         state
+            .agent
             .store
             .audit_entries(q.environment.as_deref(), limit)
             .await?,
@@ -801,7 +612,10 @@ async fn run_events(
     };
     let after = last_event_id(&headers);
     let want = id.clone();
-    let (past, rx) = events::bus().subscribe(after, move |e| e.deployment_id == want);
+    let (past, rx) = state
+        .agent
+        .events()
+        .subscribe(after, move |e| e.deployment_id == want);
     let (environment, open) = match env {
         Some(e) => e,
         None => match past.first() {
@@ -846,7 +660,10 @@ async fn env_events(
     state.known_env(&caller, Role::Read, &env)?;
     let after = last_event_id(&headers);
     let want = env.clone();
-    let (past, rx) = events::bus().subscribe(after, move |e| e.environment == want);
+    let (past, rx) = state
+        .agent
+        .events()
+        .subscribe(after, move |e| e.environment == want);
     let past = if after.is_some() { past } else { Vec::new() };
     Ok(sse(
         past,
@@ -975,8 +792,8 @@ async fn metrics_text(
 ) -> ApiResult<impl IntoResponse> {
     state.caller(&headers)?;
     // Queue depth is read from the store when scraped, not tracked on every trigger.
-    let pending = state.store.all_pending().await?;
-    for env in state.config.environments.keys() {
+    let pending = state.agent.store.all_pending().await?;
+    for env in state.agent.config.environments.keys() {
         let waiting = pending
             .iter()
             .filter(|i| i.environment == *env && i.state == QueueState::Queued)

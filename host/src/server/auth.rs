@@ -6,11 +6,11 @@
 //! Tokens are 256 random bits (`deploy-agent token new`), so one SHA-256 is the right
 //! storage: there is nothing to brute-force that a slow password hash would protect.
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::api::ApiError;
+use super::error::ApiError;
 use crate::config::{Role, TokenConfig};
 
 /// Who is calling: the declared token the request presented.
@@ -92,14 +92,6 @@ pub fn authenticate<'a>(
         ApiError::unauthorized()
     })?;
     Ok(Caller { token: t })
-}
-
-/// `401` with the challenge RFC 6750 asks for.
-pub fn challenge() -> (StatusCode, [(header::HeaderName, &'static str); 1]) {
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer realm=\"deploy-agent\"")],
-    )
 }
 
 #[cfg(test)]

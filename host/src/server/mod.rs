@@ -13,7 +13,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod error;
 pub mod queue;
+pub mod state;
+pub mod submit;
 pub mod systemd;
 pub mod webhook;
 
@@ -29,29 +32,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::pipeline;
-use crate::runtime::secrets::SecretValue;
-use crate::store::{Store, StoreError};
+use crate::pipeline::{self, Agent};
+use crate::store::StoreError;
 use queue::Queue;
-
-/// What the handlers share.
-#[derive(Debug)]
-pub struct AppState {
-    /// The configuration, fixed for the daemon's life.
-    pub config: Arc<Config>,
-    /// The state store.
-    pub store: Store,
-    /// The run queue.
-    pub queue: Arc<Queue>,
-    /// Plugins loaded, workers started.
-    pub ready: AtomicBool,
-    /// SIGTERM received.
-    pub stopping: AtomicBool,
-    /// The GitHub webhook secret, resolved at start.
-    pub github_secret: Option<SecretValue>,
-    /// Turns `true` at shutdown.
-    pub shutdown: watch::Receiver<bool>,
-}
+use state::AppState;
 
 /// Why the daemon could not start (or stopped badly).
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +58,9 @@ pub enum ServeError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), ServeError> {
-    let config = Arc::new(config);
+    // The daemon's configuration is fixed while it runs: its agent keeps the plugins loaded.
+    let agent = Arc::new(Agent::open(config).await?.keeping_plugins());
+    let config = agent.config.clone();
     let addr = listen.unwrap_or(config.server.listen);
     let github_secret = match &config.server.github {
         Some(g) => Some(
@@ -99,7 +85,7 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
         Some(files) => Some(tls_acceptor(files)?),
         None => None,
     };
-    let store = pipeline::open_store(&config).await?;
+    let store = agent.store.clone();
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Io {
@@ -114,10 +100,9 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
     tracing::info!("listening on {scheme}://{local}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let queue = Arc::new(Queue::new(config.clone(), store.clone(), stop_rx.clone()));
+    let queue = Arc::new(Queue::new(agent.clone(), stop_rx.clone()));
     let state = Arc::new(AppState {
-        config: config.clone(),
-        store: store.clone(),
+        agent: agent.clone(),
         queue: queue.clone(),
         ready: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
@@ -130,10 +115,9 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
     // takes tens of MB of compiler memory that the allocator keeps; a short-lived child
     // (`plugin check`) fills the cache instead, so the daemon only maps compiled code.
     warm_cache(&config.path).await;
-    pipeline::keep_loaded_plugins();
     let started = Instant::now();
-    let cfg = config.clone();
-    let loaded = tokio::task::spawn_blocking(move || pipeline::preload(&cfg))
+    let preloading = agent.clone();
+    let loaded = tokio::task::spawn_blocking(move || pipeline::preload(&preloading))
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?
         .map_err(ServeError::Setup)?;

@@ -13,16 +13,15 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify, watch};
 
-use crate::config::{Config, OnInterrupt};
-use crate::pipeline::{self, Quiet, RecoveryAction, Request, recover};
-use crate::store::{QueueItem, Store, StoreError};
+use crate::config::OnInterrupt;
+use crate::pipeline::{self, Agent, Quiet, RecoveryAction, Request, recover};
+use crate::store::{QueueItem, StoreError};
 use crate::store::{QueueState, RunStatus};
 
 /// The queue and its workers.
 #[derive(Debug)]
 pub struct Queue {
-    config: Arc<Config>,
-    store: Store,
+    agent: Arc<Agent>,
     envs: HashMap<String, Arc<EnvSlot>>,
     stop: watch::Receiver<bool>,
 }
@@ -41,19 +40,15 @@ pub struct EnvSlot {
 const LOCKED_RETRY: Duration = Duration::from_secs(2);
 
 impl Queue {
-    /// The queue for `config`'s environments; call [`Queue::start`] to run it.
-    pub fn new(config: Arc<Config>, store: Store, stop: watch::Receiver<bool>) -> Queue {
-        let envs = config
+    /// The queue for the agent's environments; call [`Queue::start`] to run it.
+    pub fn new(agent: Arc<Agent>, stop: watch::Receiver<bool>) -> Queue {
+        let envs = agent
+            .config
             .environments
             .keys()
             .map(|e| (e.clone(), Arc::new(EnvSlot::default())))
             .collect();
-        Queue {
-            config,
-            store,
-            envs,
-            stop,
-        }
+        Queue { agent, envs, stop }
     }
 
     /// An environment's slot.
@@ -75,7 +70,7 @@ impl Queue {
 
     /// Queues a run and wakes its environment's worker.
     pub async fn push(&self, item: QueueItem) -> Result<QueueItem, StoreError> {
-        let queued = self.store.enqueue(&item).await?;
+        let queued = self.agent.store.enqueue(&item).await?;
         if let Some(slot) = self.envs.get(&item.environment) {
             slot.wake.notify_one();
         }
@@ -95,7 +90,7 @@ impl Queue {
             if self.stopping() {
                 return;
             }
-            let next = match self.store.pending(environment).await {
+            let next = match self.agent.store.pending(environment).await {
                 Ok(items) => items.into_iter().next(),
                 Err(e) => {
                     tracing::error!(environment, "the queue cannot be read: {e}");
@@ -137,6 +132,7 @@ impl Queue {
     /// the outcome: the item stays `running` and the next start settles it from the journal.
     async fn finished(&self, item: &QueueItem, outcome: &str) {
         if let Err(e) = self
+            .agent
             .store
             .queue_finished(&item.id, QueueState::Done, outcome)
             .await
@@ -151,7 +147,7 @@ impl Queue {
 
     /// Runs one item to its end (or its suspension); returns whether to retry it later.
     async fn run(&self, item: &QueueItem) -> bool {
-        let config = &*self.config;
+        let config = &*self.agent.config;
         let Ok(env) = config.environment(&item.environment) else {
             self.finished(item, "error: the environment is no longer configured")
                 .await;
@@ -166,12 +162,12 @@ impl Queue {
                 return false;
             }
         };
-        if let Err(e) = self.store.queue_started(&item.id).await {
+        if let Err(e) = self.agent.store.queue_started(&item.id).await {
             tracing::error!(run = item.id, "the queue cannot be written: {e}");
             return true;
         }
         tracing::info!(run = item.id, environment = item.environment, "run starts");
-        match pipeline::deploy(config, &request, &Quiet).await {
+        match pipeline::deploy(&self.agent, &request, &Quiet).await {
             Ok(outcome) if outcome.deployment.status == RunStatus::Suspended => {
                 tracing::info!(
                     run = item.id,
@@ -212,11 +208,12 @@ impl Queue {
         env: &crate::config::Environment,
         item: &QueueItem,
     ) -> Result<Option<Request>, pipeline::PipelineError> {
-        let existing = self.store.deployment(&item.id).await?;
+        let existing = self.agent.store.deployment(&item.id).await?;
         let mut request = match existing {
             // Ended while the last daemon was going down: record it.
             Some(d) if d.status != RunStatus::Running => {
-                self.store
+                self.agent
+                    .store
                     .queue_finished(&item.id, QueueState::Done, d.status.as_str())
                     .await?;
                 return Ok(None);
@@ -225,13 +222,14 @@ impl Queue {
             Some(d) => {
                 if env.deploy.on_interrupt == OnInterrupt::Rollback {
                     let done =
-                        recover::recover(&self.config, &env.name, true, "agent", &Quiet).await?;
+                        recover::recover(&self.agent, &env.name, true, "agent", &Quiet).await?;
                     let what = done
                         .recovered
                         .iter()
                         .find(|r| r.deployment_id == item.id)
                         .map_or(RecoveryAction::RolledBack, |r| r.action);
-                    self.store
+                    self.agent
+                        .store
                         .queue_finished(&item.id, QueueState::Done, &format!("interrupted; {what}"))
                         .await?;
                     return Ok(None);

@@ -21,8 +21,8 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use super::AppState;
-use super::api::ApiError;
+use super::error::ApiError;
+use super::state::AppState;
 use crate::metrics::{self, Family};
 use crate::store::now_ms;
 
@@ -87,7 +87,8 @@ pub async fn github(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WebhookOutcome>), ApiError> {
-    let (Some(cfg), Some(secret)) = (&state.config.server.github, &state.github_secret) else {
+    let (Some(cfg), Some(secret)) = (&state.agent.config.server.github, &state.github_secret)
+    else {
         return Err(ApiError::not_found("route"));
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -139,7 +140,12 @@ pub async fn github(
     if delivery.is_empty() {
         return Err(refuse("no X-GitHub-Delivery id"));
     }
-    if !state.store.record_delivery(&delivery, 2 * window).await? {
+    if !state
+        .agent
+        .store
+        .record_delivery(&delivery, 2 * window)
+        .await?
+    {
         return Err(refuse(&format!(
             "delivery {delivery} was already taken (a replay)"
         )));
@@ -188,7 +194,7 @@ pub async fn github(
             .artifact
             .as_ref()
             .map(|a| a.replace("{sha}", sha).replace("{branch}", branch));
-        let item = super::api::enqueue(
+        let item = super::submit::submit(
             &state,
             &route.environment,
             Some(sha[..12].to_string()),

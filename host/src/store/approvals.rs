@@ -37,7 +37,8 @@ pub enum Decision {
 }
 
 impl Decision {
-    fn word(self) -> &'static str {
+    /// The stored word: `approved` or `rejected`.
+    pub fn word(self) -> &'static str {
         match self {
             Decision::Approved => "approved",
             Decision::Rejected => "rejected",
@@ -116,14 +117,14 @@ impl Store {
         rows.into_iter().map(approval).collect()
     }
 
-    /// Decides the run's open gate. Fails when nothing is waiting (decided, expired, unknown).
+    /// Decides the run's open gate; `None` when nothing is waiting (decided, expired, unknown).
     pub async fn decide(
         &self,
         deployment: &str,
         decision: Decision,
         who: &str,
         reason: &str,
-    ) -> Result<Approval, StoreError> {
+    ) -> Result<Option<Approval>, StoreError> {
         let now = now_ms();
         let changed = self
             .exec(
@@ -138,9 +139,7 @@ impl Store {
             )
             .await?;
         if changed == 0 {
-            return Err(StoreError::Query(format!(
-                "run {deployment} is not waiting for a decision (unknown run, already decided, or expired)"
-            )));
+            return Ok(None);
         }
         let rows = self
             .rows(
@@ -155,5 +154,6 @@ impl Store {
             .map(approval)
             .transpose()?
             .ok_or_else(|| StoreError::Query("the decision vanished".into()))
+            .map(Some)
     }
 }
