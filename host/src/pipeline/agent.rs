@@ -11,12 +11,12 @@
 //! edges read and decide through.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::events::Bus;
 use super::open_store;
 use crate::config::Config;
-use crate::runtime::Plugin;
+use crate::runtime::{Plugin, Runtime, RuntimeError};
 use crate::store::{
     Approval, AuditEntry, Decision, Deployment, LockHolder, ReleaseRecord, ReleaseStatus,
     RollbackRecord, RollbackStatus, RunStatus, Step, Store, StoreError, interrupted,
@@ -30,6 +30,7 @@ pub struct Agent {
     pub store: Store,
     plugins: Option<Mutex<HashMap<String, Plugin>>>,
     events: Arc<Bus>,
+    runtime: OnceLock<Runtime>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -83,7 +84,17 @@ impl Agent {
             store,
             plugins: None,
             events: Arc::new(Bus::default()),
+            runtime: OnceLock::new(),
         })
+    }
+
+    /// The sandbox's runtime (its engine), started on first use and kept for the agent's life.
+    pub(crate) fn runtime(&self) -> Result<&Runtime, RuntimeError> {
+        if let Some(r) = self.runtime.get() {
+            return Ok(r);
+        }
+        let r = Runtime::pooled(self.config.cache_dir())?;
+        Ok(self.runtime.get_or_init(|| r))
     }
 
     /// Keeps loaded plugins for the agent's life, so each run does not read, verify and link

@@ -79,7 +79,7 @@ pub async fn measure(a: &AnalysisConfig) -> Measurement {
     let (status, body) =
         match tokio::time::timeout(Duration::from_secs(10), super::checks::get(&url)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return inconclusive(e),
+            Ok(Err(e)) => return inconclusive(e.0),
             Err(_) => return inconclusive("the query server did not answer within 10 s".into()),
         };
     let doc: serde_json::Value = match serde_json::from_slice(&body) {

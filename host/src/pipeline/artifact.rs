@@ -12,7 +12,35 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::runtime::Policy;
+use super::Request;
+use crate::config::Environment;
+use crate::runtime::{Artifact, Plugin, Policy};
+
+/// Why the artifact a run would deploy cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UnusableArtifact {
+    /// The target plugin's policy does not let it see the artifact.
+    #[error(
+        "the target plugin `{plugin}` cannot see the artifact {}: grant it, e.g. dirs = [{{ path = \"{}\", guest = \"/artifact\" }}] under [plugins.{plugin}.policy]",
+        path.display(),
+        path.display()
+    )]
+    NotGranted {
+        /// The target plugin.
+        plugin: String,
+        /// The artifact.
+        path: PathBuf,
+    },
+    /// Reading it failed, or it holds something an artifact may not.
+    #[error("cannot read the artifact: {0}")]
+    Unreadable(ArtifactError),
+    /// The walk could not finish (its blocking task died).
+    #[error("reading the artifact: {0}")]
+    Walk(#[from] tokio::task::JoinError),
+    /// Neither a version nor an artifact to take one from.
+    #[error("no version: pass --version, or give the environment an artifact")]
+    NoVersion,
+}
 
 /// Why an artifact cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +236,57 @@ pub fn guest_path(policy: &Policy, host: &Path) -> Option<String> {
         })
         .max_by_key(|(len, _)| *len)
         .map(|(_, guest)| guest)
+}
+
+/// The artifact as the target plugin sees it, and its host path.
+pub(crate) async fn artifact_for(
+    env: &Environment,
+    request: &Request,
+    target: &Plugin,
+) -> Result<(Option<PathBuf>, Artifact), UnusableArtifact> {
+    let path = request
+        .artifact
+        .clone()
+        .or_else(|| env.artifact.path.clone());
+    // The grant is checked before anything under the path is read; the file-system work runs
+    // off the async workers (a slow or hostile tree cannot stall them).
+    let policy = target.policy().clone();
+    let name = target.name().to_string();
+    let walked = tokio::task::spawn_blocking(move || -> Result<_, UnusableArtifact> {
+        let Some(p) = path.filter(|p| p.is_dir()) else {
+            return Ok((None, None, None));
+        };
+        let guest = guest_path(&policy, &p).ok_or_else(|| UnusableArtifact::NotGranted {
+            plugin: name,
+            path: p.clone(),
+        })?;
+        let digest = digest(&p).map_err(UnusableArtifact::Unreadable)?;
+        Ok((Some(p), Some(guest), Some(format!("sha256:{digest}"))))
+    })
+    .await?;
+    let (dir, guest, digest) = walked?;
+    let path = dir.or_else(|| {
+        request
+            .artifact
+            .clone()
+            .or_else(|| env.artifact.path.clone())
+    });
+    let version = match (&request.version, &digest) {
+        (Some(v), _) => v.clone(),
+        (None, Some(d)) => d.trim_start_matches("sha256:")[..12].to_string(),
+        (None, None) => {
+            return Err(UnusableArtifact::NoVersion);
+        }
+    };
+    Ok((
+        path,
+        Artifact {
+            version,
+            path: guest,
+            digest,
+            labels: Vec::new(),
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -29,6 +29,18 @@ pub struct CheckResult {
     pub detail: String,
 }
 
+/// Why a check failed (or the request it made), in words: the evidence a person reads, kept
+/// in the check's result and the stage's journal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Failure(pub String);
+
+impl From<String> for Failure {
+    fn from(text: String) -> Self {
+        Failure(text)
+    }
+}
+
 /// Values substituted into a check's URL, address or command.
 #[derive(Debug, Clone, Default)]
 pub struct Subst {
@@ -41,9 +53,11 @@ pub struct Subst {
 }
 
 impl Subst {
-    fn apply(&self, text: &str) -> Result<String, String> {
+    fn apply(&self, text: &str) -> Result<String, Failure> {
         if text.contains("{url}") && self.url.is_none() {
-            return Err("uses {url}, but the target gave this release no URL".into());
+            return Err(Failure(
+                "uses {url}, but the target gave this release no URL".into(),
+            ));
         }
         Ok(text
             .replace("{url}", self.url.as_deref().unwrap_or(""))
@@ -61,7 +75,10 @@ pub async fn run(check: &CheckConfig, subst: &Subst, base: &Path) -> CheckResult
         let outcome =
             match tokio::time::timeout(check.timeout, probe(&check.probe, subst, base)).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("no answer within {} ms", check.timeout.as_millis())),
+                Err(_) => Err(Failure(format!(
+                    "no answer within {} ms",
+                    check.timeout.as_millis()
+                ))),
             };
         let duration_ms = started.elapsed().as_millis() as u64;
         let passed = outcome.is_ok();
@@ -71,7 +88,7 @@ pub async fn run(check: &CheckConfig, subst: &Subst, base: &Path) -> CheckResult
                 passed,
                 attempts,
                 duration_ms,
-                detail: outcome.unwrap_or_else(|e| e),
+                detail: outcome.unwrap_or_else(|e| e.0),
             };
         }
         tracing::debug!(check = check.name, attempts, "check failed, retrying");
@@ -79,14 +96,14 @@ pub async fn run(check: &CheckConfig, subst: &Subst, base: &Path) -> CheckResult
     }
 }
 
-async fn probe(probe: &Probe, subst: &Subst, base: &Path) -> Result<String, String> {
+async fn probe(probe: &Probe, subst: &Subst, base: &Path) -> Result<String, Failure> {
     match probe {
         Probe::Tcp { address } => {
             let address = subst.apply(address)?;
             TcpStream::connect(&address)
                 .await
                 .map(|_| format!("connected to {address}"))
-                .map_err(|e| format!("cannot connect to {address}: {e}"))
+                .map_err(|e| Failure(format!("cannot connect to {address}: {e}")))
         }
         Probe::Command { command } => {
             let command = subst.apply(command)?;
@@ -113,7 +130,7 @@ async fn probe(probe: &Probe, subst: &Subst, base: &Path) -> Result<String, Stri
             if out.status.success() {
                 Ok(format!("`{command}` exited 0"))
             } else {
-                Err(format!(
+                Err(Failure(format!(
                     "`{command}` exited {}: {}",
                     out.status
                         .code()
@@ -123,7 +140,7 @@ async fn probe(probe: &Probe, subst: &Subst, base: &Path) -> Result<String, Stri
                     } else {
                         &out.stderr
                     })
-                ))
+                )))
             }
         }
         Probe::Http {
@@ -143,15 +160,17 @@ async fn probe(probe: &Probe, subst: &Subst, base: &Path) -> Result<String, Stri
                 None => (200..300).contains(&status),
             };
             if !ok_status {
-                return Err(format!(
+                return Err(Failure(format!(
                     "GET {url}: status {status}, expected {}",
                     expect_status.map_or("2xx".into(), |s| s.to_string())
-                ));
+                )));
             }
             if let Some(needle) = body_contains
                 && !String::from_utf8_lossy(&body).contains(needle.as_str())
             {
-                return Err(format!("GET {url}: the body does not contain {needle:?}"));
+                return Err(Failure(format!(
+                    "GET {url}: the body does not contain {needle:?}"
+                )));
             }
             if let Some(pointer) = json_pointer {
                 let doc: serde_json::Value = serde_json::from_slice(&body)
@@ -162,17 +181,19 @@ async fn probe(probe: &Probe, subst: &Subst, base: &Path) -> Result<String, Stri
                 if let Some(want) = json_equals
                     && found != want
                 {
-                    return Err(format!("GET {url}: {pointer} is {found}, expected {want}"));
+                    return Err(Failure(format!(
+                        "GET {url}: {pointer} is {found}, expected {want}"
+                    )));
                 }
             }
             if let Some(max) = max_latency
                 && latency > *max
             {
-                return Err(format!(
+                return Err(Failure(format!(
                     "GET {url}: answered in {} ms, slower than {} ms",
                     latency.as_millis(),
                     max.as_millis()
-                ));
+                )));
             }
             Ok(format!("GET {url}: {status} in {} ms", latency.as_millis()))
         }
@@ -180,12 +201,12 @@ async fn probe(probe: &Probe, subst: &Subst, base: &Path) -> Result<String, Stri
 }
 
 /// A GET over HTTP/1.1, TLS for https (webpki roots).
-pub(crate) async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
+pub(crate) async fn get(url: &str) -> Result<(u16, Vec<u8>), Failure> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url}: {e}"))?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(format!("{url}: only http and https are supported")),
+        _ => return Err(Failure(format!("{url}: only http and https are supported"))),
     };
     let host = uri
         .host()
@@ -204,9 +225,10 @@ pub(crate) async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
         .header(http::header::HOST, authority)
         .header(http::header::USER_AGENT, "deploy-agent-check")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure(format!("GET {url}: {e}")))?;
     if tls {
-        let config = crate::runtime::tls_config(&[]).map_err(|e| e.to_string())?;
+        let config = crate::runtime::tls_config(&[])
+            .map_err(|e| Failure(format!("TLS roots for {host}: {e}")))?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("{host}: {e}"))?;
         let stream = tokio_rustls::TlsConnector::from(config)
@@ -219,7 +241,7 @@ pub(crate) async fn get(url: &str) -> Result<(u16, Vec<u8>), String> {
     }
 }
 
-async fn exchange<I>(io: I, request: http::Request<Empty<Bytes>>) -> Result<(u16, Vec<u8>), String>
+async fn exchange<I>(io: I, request: http::Request<Empty<Bytes>>) -> Result<(u16, Vec<u8>), Failure>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

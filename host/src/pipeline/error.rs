@@ -52,6 +52,9 @@ pub enum StageError {
     /// approval, a link out of the target's directory, a missing setting.
     #[error("{0}")]
     Refused(String),
+    /// The environment's plugins could not be loaded (shared: one load serves several steps).
+    #[error(transparent)]
+    Plugins(std::sync::Arc<super::plugins::PluginsError>),
     /// The environment's configuration cannot be used as it is (a setting, a secret, a
     /// plugin that does not load).
     #[error("{0}")]
@@ -108,6 +111,12 @@ impl From<CallError> for StageError {
 impl From<DbError> for StageError {
     fn from(e: DbError) -> Self {
         StageError::Database(Box::new(e))
+    }
+}
+
+impl From<super::plugins::PluginsError> for StageError {
+    fn from(e: super::plugins::PluginsError) -> Self {
+        StageError::Plugins(std::sync::Arc::new(e))
     }
 }
 

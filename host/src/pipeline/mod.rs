@@ -40,7 +40,7 @@ use crate::store::RunStatus;
 pub use agent::{Agent, DecideError, EnvironmentStatus};
 pub use error::StageError;
 pub(crate) use plugins::{Plugins, load_plugins};
-pub use plugins::{load_plugin, preload};
+pub use plugins::{PluginsError, load_plugin, preload};
 pub use run::deploy;
 pub(crate) use target::*;
 
@@ -266,6 +266,12 @@ pub enum PipelineError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The environment's plugins could not be loaded.
+    #[error(transparent)]
+    Plugins(#[from] PluginsError),
+    /// The artifact cannot be deployed as asked.
+    #[error(transparent)]
+    Artifact(#[from] artifact::UnusableArtifact),
     /// A stage, a rollback or a restore failed.
     #[error(transparent)]
     Stage(#[from] StageError),
@@ -303,66 +309,9 @@ pub(crate) async fn prepare<'c>(
         .config
         .environment(&request.environment)
         .map_err(PipelineError::Setup)?;
-    let plugins = load_plugins(agent, env).map_err(PipelineError::Setup)?;
-    let (artifact_path, artifact) = artifact_for(env, request, &plugins.target)
-        .await
-        .map_err(PipelineError::Setup)?;
+    let plugins = load_plugins(agent, env)?;
+    let (artifact_path, artifact) = artifact::artifact_for(env, request, &plugins.target).await?;
     Ok((env, plugins, artifact_path, artifact))
-}
-
-/// The artifact as the target plugin sees it, and its host path.
-pub(crate) async fn artifact_for(
-    env: &Environment,
-    request: &Request,
-    target: &Plugin,
-) -> Result<(Option<PathBuf>, Artifact), String> {
-    let path = request
-        .artifact
-        .clone()
-        .or_else(|| env.artifact.path.clone());
-    // The grant is checked before anything under the path is read; the file-system work runs
-    // off the async workers (a slow or hostile tree cannot stall them).
-    let policy = target.policy().clone();
-    let name = target.name().to_string();
-    let walked = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let Some(p) = path.filter(|p| p.is_dir()) else {
-            return Ok((None, None, None));
-        };
-        let guest = guest_path(&policy, &p).ok_or_else(|| {
-            format!(
-                "the target plugin `{name}` cannot see the artifact {}: grant it, e.g. dirs = [{{ path = \"{}\", guest = \"/artifact\" }}] under [plugins.{name}.policy]",
-                p.display(),
-                p.display(),
-            )
-        })?;
-        let digest = digest(&p).map_err(|e| format!("cannot read the artifact: {e}"))?;
-        Ok((Some(p), Some(guest), Some(format!("sha256:{digest}"))))
-    })
-    .await
-    .map_err(|e| format!("reading the artifact: {e}"))?;
-    let (dir, guest, digest) = walked?;
-    let path = dir.or_else(|| {
-        request
-            .artifact
-            .clone()
-            .or_else(|| env.artifact.path.clone())
-    });
-    let version = match (&request.version, &digest) {
-        (Some(v), _) => v.clone(),
-        (None, Some(d)) => d.trim_start_matches("sha256:")[..12].to_string(),
-        (None, None) => {
-            return Err("no version: pass --version, or give the environment an artifact".into());
-        }
-    };
-    Ok((
-        path,
-        Artifact {
-            version,
-            path: guest,
-            digest,
-            labels: Vec::new(),
-        },
-    ))
 }
 
 /// A new run id: UTC time, then random, so ids sort by start.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::events::Bus;
-use crate::runtime::{CallContext, Event, EventKind, Plugin};
+use crate::runtime::{CallContext, CallError, Event, EventKind, Plugin};
 
 /// The queue to the notifiers of one run.
 #[derive(Debug)]
@@ -83,7 +83,15 @@ impl Notifications {
     }
 }
 
-async fn deliver(plugin: &Plugin, ctx: &CallContext, event: &Event) -> Result<(), String> {
+/// An event a notifier did not take: how its last call failed, after how many attempts.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {attempts} attempt(s))")]
+struct Undelivered {
+    error: Box<CallError>,
+    attempts: u32,
+}
+
+async fn deliver(plugin: &Plugin, ctx: &CallContext, event: &Event) -> Result<(), Undelivered> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -103,7 +111,12 @@ async fn deliver(plugin: &Plugin, ctx: &CallContext, event: &Event) -> Result<()
                     );
                     tokio::time::sleep(wait).await;
                 }
-                _ => return Err(format!("{e} (after {attempt} attempt(s))")),
+                _ => {
+                    return Err(Undelivered {
+                        error: Box::new(e),
+                        attempts: attempt,
+                    });
+                }
             },
         }
     }

@@ -1,6 +1,54 @@
 //! Loading the plugins an environment uses, kept by the agent when it keeps them (the daemon).
 
 use super::*;
+use crate::runtime::{LoadError, RuntimeError};
+
+/// Why an environment's plugins could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginsError {
+    /// agent.toml does not say how to load it (no such plugin, a secret that cannot be read).
+    #[error("{0}")]
+    Config(String),
+    /// The sandbox's engine could not start.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The component did not load (missing, pinned to another digest, not a component...).
+    #[error(transparent)]
+    Load(Box<LoadError>),
+    /// The environment has no deploy target.
+    #[error(
+        "environment `{0}` has no deploy target: add [environments.{0}.target] with `plugin = \"NAME\"`"
+    )]
+    NoTarget(String),
+    /// A plugin configured in a role it does not export.
+    #[error(
+        "plugin `{plugin}` is the {role} of environment `{environment}`, but it does not export `{interface}`"
+    )]
+    Role {
+        /// The plugin.
+        plugin: String,
+        /// `deploy target`, `validator`, `notifier`, `off-site backup store`.
+        role: &'static str,
+        /// The environment.
+        environment: String,
+        /// The WIT interface it would need.
+        interface: &'static str,
+    },
+    /// Which environment's plugins failed (loading them all, as the daemon does at start).
+    #[error("environment `{environment}`: {source}")]
+    In {
+        /// The environment.
+        environment: String,
+        /// Why.
+        source: Box<PluginsError>,
+    },
+}
+
+impl From<LoadError> for PluginsError {
+    fn from(e: LoadError) -> Self {
+        PluginsError::Load(Box::new(e))
+    }
+}
 
 /// Loads a plugin under its policy, with an environment's overrides merged into its config.
 pub fn load_plugin(
@@ -8,12 +56,12 @@ pub fn load_plugin(
     runtime: &Runtime,
     name: &str,
     overrides: Option<&serde_json::Map<String, serde_json::Value>>,
-) -> Result<Plugin, String> {
-    let mut spec = config.plugin_spec(name)?;
+) -> Result<Plugin, PluginsError> {
+    let mut spec = config.plugin_spec(name).map_err(PluginsError::Config)?;
     if let (Some(o), serde_json::Value::Object(base)) = (overrides, &mut spec.config) {
         base.extend(o.clone());
     }
-    runtime.load(spec).map_err(|e| e.to_string())
+    Ok(runtime.load(spec)?)
 }
 
 /// [`load_plugin`], through the agent's kept plugins when it keeps them.
@@ -22,7 +70,7 @@ fn agent_plugin(
     runtime: &Runtime,
     name: &str,
     overrides: Option<&serde_json::Map<String, serde_json::Value>>,
-) -> Result<Plugin, String> {
+) -> Result<Plugin, PluginsError> {
     let key = format!(
         "{name}\0{}",
         serde_json::to_string(&overrides).unwrap_or_default()
@@ -44,31 +92,23 @@ pub(crate) struct Plugins {
     pub offsite: Option<Plugin>,
 }
 
-pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, String> {
-    let config = &agent.config;
-    let target_cfg = env.target.as_ref().ok_or_else(|| {
-        format!(
-            "environment `{}` has no deploy target: add [environments.{}.target] with `plugin = \"NAME\"`",
-            env.name, env.name
-        )
-    })?;
-    let runtime = Runtime::shared(config.cache_dir()).map_err(|e| e.to_string())?;
-    let target = agent_plugin(
-        agent,
-        &runtime,
-        &target_cfg.plugin,
-        Some(&target_cfg.config),
-    )?;
-    let exports = |p: &Plugin, kind: Kind, role: &str| {
+pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, PluginsError> {
+    let target_cfg = env
+        .target
+        .as_ref()
+        .ok_or_else(|| PluginsError::NoTarget(env.name.clone()))?;
+    let runtime = agent.runtime()?;
+    let target = agent_plugin(agent, runtime, &target_cfg.plugin, Some(&target_cfg.config))?;
+    let exports = |p: &Plugin, kind: Kind, role: &'static str| {
         if p.kinds().contains(&kind) {
             Ok(())
         } else {
-            Err(format!(
-                "plugin `{}` is the {role} of environment `{}`, but it does not export `{}`",
-                p.name(),
-                env.name,
-                kind.interface()
-            ))
+            Err(PluginsError::Role {
+                plugin: p.name().to_string(),
+                role,
+                environment: env.name.clone(),
+                interface: kind.interface(),
+            })
         }
     };
     exports(&target, Kind::DeployTarget, "deploy target")?;
@@ -77,7 +117,7 @@ pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, 
         .plugins
         .iter()
         .map(|n| {
-            let p = agent_plugin(agent, &runtime, n, None)?;
+            let p = agent_plugin(agent, runtime, n, None)?;
             exports(&p, Kind::Validator, "validator").map(|()| p)
         })
         .collect::<Result<_, _>>()?;
@@ -85,14 +125,14 @@ pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, 
         .notifiers
         .iter()
         .map(|n| {
-            let p = agent_plugin(agent, &runtime, n, None)?;
+            let p = agent_plugin(agent, runtime, n, None)?;
             exports(&p, Kind::Notifier, "notifier").map(|()| p)
         })
         .collect::<Result<_, _>>()?;
     let offsite = match &env.backup.offsite {
         None => None,
         Some(n) => {
-            let p = agent_plugin(agent, &runtime, n, None)?;
+            let p = agent_plugin(agent, runtime, n, None)?;
             exports(&p, Kind::BackupStore, "off-site backup store")?;
             Some(p)
         }
@@ -108,7 +148,7 @@ pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, 
 /// Loads every environment's plugins (those with a deploy target), as the daemon does at
 /// start; returns how many distinct plugins that was. An agent that keeps plugins
 /// ([`Agent::keeping_plugins`]) keeps them for the runs. Blocking (compiles on a cache miss).
-pub fn preload(agent: &Agent) -> Result<usize, String> {
+pub fn preload(agent: &Agent) -> Result<usize, PluginsError> {
     let mut names = std::collections::BTreeSet::new();
     for env in agent
         .config
@@ -116,7 +156,10 @@ pub fn preload(agent: &Agent) -> Result<usize, String> {
         .values()
         .filter(|e| e.target.is_some())
     {
-        let p = load_plugins(agent, env).map_err(|e| format!("environment `{}`: {e}", env.name))?;
+        let p = load_plugins(agent, env).map_err(|e| PluginsError::In {
+            environment: env.name.clone(),
+            source: Box::new(e),
+        })?;
         names.insert(p.target.name().to_string());
         names.extend(p.validators.iter().map(|v| v.name().to_string()));
         names.extend(p.notifiers.iter().map(|v| v.name().to_string()));

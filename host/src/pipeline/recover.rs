@@ -189,7 +189,7 @@ pub async fn recover(
         .iter()
         .any(|d| d.stage.as_deref() == Some(ROLLING_BACK));
     if rollback || being_rolled_back || env.deploy.on_interrupt == OnInterrupt::Rollback {
-        let plugins = load_plugins(agent, env).map_err(PipelineError::Setup)?;
+        let plugins = load_plugins(agent, env)?;
         let owner = Owner::this_process();
         let (lease, _) = store
             .acquire(

@@ -283,7 +283,7 @@ async fn finish_one(
     if matches!(record.mode.as_str(), "app" | "full")
         && let Some(to) = record.to_release.clone()
     {
-        let plugins = load_plugins(agent, env).map_err(StageError::Config)?;
+        let plugins = load_plugins(agent, env)?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),
@@ -372,7 +372,7 @@ async fn undo_one(
     if matches!(record.mode.as_str(), "app" | "full")
         && let Some(from) = &record.from_release
     {
-        let plugins = load_plugins(agent, env).map_err(StageError::Config)?;
+        let plugins = load_plugins(agent, env)?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),

@@ -412,7 +412,7 @@ pub async fn execute(
     };
     store.save_rollback(&record).await?;
     // Loaded once: the target for the app, the notifiers for the announcement.
-    let plugins = load_plugins(agent, env);
+    let plugins = load_plugins(agent, env).map_err(std::sync::Arc::new);
     let result = run_steps(
         agent,
         &plugins,
@@ -502,7 +502,7 @@ pub async fn execute(
 #[allow(clippy::too_many_arguments)]
 async fn run_steps(
     agent: &Agent,
-    plugins: &Result<super::Plugins, String>,
+    plugins: &Result<super::Plugins, std::sync::Arc<super::PluginsError>>,
     env: &Environment,
     store: &Store,
     req: &RollbackRequest,
@@ -517,7 +517,7 @@ async fn run_steps(
         let at = Instant::now();
         let plugins = plugins
             .as_ref()
-            .map_err(|e| StageError::Config(e.clone()))?;
+            .map_err(|e| StageError::Plugins(e.clone()))?;
         let ctx = CallContext {
             environment: env.name.clone(),
             deployment_id: record.id.clone(),

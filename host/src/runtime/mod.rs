@@ -132,21 +132,11 @@ impl Runtime {
         })
     }
 
-    /// The process's runtime for `cache_dir`, started on first use: one engine (and one epoch
-    /// ticker, one pooling allocator) per process however many runs it makes, and each
-    /// component's code loaded once however many plugins (or environments) use it.
-    pub fn shared(cache_dir: PathBuf) -> Result<Self, RuntimeError> {
-        static SHARED: std::sync::Mutex<Vec<(PathBuf, Runtime)>> =
-            std::sync::Mutex::new(Vec::new());
-        let mut all = SHARED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, r)) = all.iter().find(|(d, _)| *d == cache_dir) {
-            return Ok(r.clone());
-        }
-        let r = Runtime::build(cache_dir.clone(), true)?;
-        all.push((cache_dir, r.clone()));
-        Ok(r)
+    /// A runtime meant to serve many runs (the agent's: it holds one for its life): one
+    /// engine, one epoch ticker and one pooling allocator however many runs it makes, and
+    /// each component's code loaded once however many plugins (or environments) use it.
+    pub fn pooled(cache_dir: PathBuf) -> Result<Self, RuntimeError> {
+        Runtime::build(cache_dir, true)
     }
 
     /// The engine.

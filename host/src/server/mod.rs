@@ -46,6 +46,9 @@ pub enum ServeError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An environment's plugins could not be loaded.
+    #[error(transparent)]
+    Plugins(#[from] pipeline::PluginsError),
     /// The listener failed.
     #[error("{what}: {source}")]
     Io {
@@ -119,8 +122,7 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
     let preloading = agent.clone();
     let loaded = tokio::task::spawn_blocking(move || pipeline::preload(&preloading))
         .await
-        .map_err(|e| ServeError::Setup(e.to_string()))?
-        .map_err(ServeError::Setup)?;
+        .map_err(|e| ServeError::Setup(format!("loading the plugins: {e}")))??;
     tracing::info!(
         plugins = loaded,
         "plugins loaded in {:.0} ms",
