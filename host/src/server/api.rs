@@ -1,27 +1,21 @@
 //! The HTTP API, `/v1`: handlers and the OpenAPI document generated from them.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use futures_util::Stream;
+use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, body};
 use super::state::AppState;
 use super::submit::submit;
 use crate::config::Role;
 use crate::metrics::{self, Family};
-use crate::pipeline::events::EventRecord;
 use crate::pipeline::rollback::{self as rb, DbStrategy, Mode, RollbackOutcome};
 use crate::pipeline::{DecideError, Quiet};
 use crate::store::QueueState;
@@ -66,7 +60,7 @@ pub struct RunView {
     pub waiting: Vec<Approval>,
 }
 
-async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
+pub(super) async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
     let queue = state.agent.store.queue_item(id).await?;
     let deployment = state.agent.store.deployment(id).await?;
     let Some(environment) = deployment
@@ -129,7 +123,7 @@ async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
     ),
     security(("bearer" = []))
 )]
-async fn trigger(
+pub(super) async fn trigger(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     b: Result<Json<TriggerRequest>, JsonRejection>,
@@ -181,7 +175,7 @@ async fn trigger(
     ),
     security(("bearer" = []))
 )]
-async fn get_run(
+pub(super) async fn get_run(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -207,7 +201,7 @@ async fn get_run(
     ),
     security(("bearer" = []))
 )]
-async fn cancel_run(
+pub(super) async fn cancel_run(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -264,7 +258,7 @@ pub struct DecisionRequest {
     ),
     security(("bearer" = []))
 )]
-async fn approve(
+pub(super) async fn approve(
     state: State<Arc<AppState>>,
     headers: HeaderMap,
     id: Path<String>,
@@ -287,7 +281,7 @@ async fn approve(
     ),
     security(("bearer" = []))
 )]
-async fn reject(
+pub(super) async fn reject(
     state: State<Arc<AppState>>,
     headers: HeaderMap,
     id: Path<String>,
@@ -296,7 +290,7 @@ async fn reject(
     decide(state, headers, id, b, Decision::Rejected).await
 }
 
-async fn decide(
+pub(super) async fn decide(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -356,7 +350,7 @@ pub struct EnvironmentView {
     ),
     security(("bearer" = []))
 )]
-async fn environments(
+pub(super) async fn environments(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<EnvironmentView>>> {
@@ -410,7 +404,7 @@ pub struct Limit {
     ),
     security(("bearer" = []))
 )]
-async fn env_runs(
+pub(super) async fn env_runs(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(env): Path<String>,
@@ -434,7 +428,7 @@ async fn env_runs(
     ),
     security(("bearer" = []))
 )]
-async fn env_releases(
+pub(super) async fn env_releases(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(env): Path<String>,
@@ -478,7 +472,7 @@ pub struct RollbackBody {
     ),
     security(("bearer" = []))
 )]
-async fn rollback(
+pub(super) async fn rollback(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(env): Path<String>,
@@ -563,7 +557,7 @@ pub struct AuditQuery {
     ),
     security(("bearer" = []))
 )]
-async fn audit_log(
+pub(super) async fn audit_log(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<AuditQuery>,
@@ -584,182 +578,9 @@ async fn audit_log(
     ))
 }
 
-/// Live events of one run: what has happened so far (kept in memory), then each event as it
-/// happens; the stream ends with the run's last event.
-#[utoipa::path(
-    get, path = "/v1/runs/{id}/events", tag = "events",
-    params(("id" = String, Path, description = "The run (or rollback) id")),
-    responses(
-        (status = 200, description = "Server-sent events: `id` is the event's number, `event` its kind, `data` an EventRecord", content_type = "text/event-stream", body = EventRecord),
-        (status = 401, description = "No valid token", body = ApiError),
-        (status = 404, description = "No such run", body = ApiError),
-    ),
-    security(("bearer" = []))
-)]
-async fn run_events(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let caller = state.caller(&headers)?;
-    // A run the store knows, or a rollback's events still in memory.
-    let env = match run_view(&state, &id).await? {
-        Some(v) => Some((
-            v.environment,
-            matches!(v.status.as_str(), "queued" | "running"),
-        )),
-        None => None,
-    };
-    let after = last_event_id(&headers);
-    let want = id.clone();
-    let (past, rx) = state
-        .agent
-        .events()
-        .subscribe(after, move |e| e.deployment_id == want);
-    let (environment, open) = match env {
-        Some(e) => e,
-        None => match past.first() {
-            Some(e) => (e.environment.clone(), !past.iter().any(|e| e.is_final())),
-            None => return Err(ApiError::not_found("run")),
-        },
-    };
-    if !caller.covers(&environment) {
-        return Err(ApiError::not_found("run"));
-    }
-    let done = !open || past.iter().any(|e| e.is_final());
-    let want = id.clone();
-    Ok(sse(
-        past,
-        rx,
-        move |e| e.deployment_id == want,
-        true,
-        done,
-        state.shutdown.clone(),
-    ))
-}
-
-/// Live events of one environment (every run and rollback in it), as they happen; with
-/// `Last-Event-ID`, the kept events after it first.
-#[utoipa::path(
-    get, path = "/v1/environments/{env}/events", tag = "events",
-    params(("env" = String, Path, description = "The environment")),
-    responses(
-        (status = 200, description = "Server-sent events: `id` is the event's number, `event` its kind, `data` an EventRecord", content_type = "text/event-stream", body = EventRecord),
-        (status = 401, description = "No valid token", body = ApiError),
-        (status = 403, description = "Not this token's environment", body = ApiError),
-        (status = 404, description = "No such environment", body = ApiError),
-    ),
-    security(("bearer" = []))
-)]
-async fn env_events(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(env): Path<String>,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let caller = state.caller(&headers)?;
-    state.known_env(&caller, Role::Read, &env)?;
-    let after = last_event_id(&headers);
-    let want = env.clone();
-    let (past, rx) = state
-        .agent
-        .events()
-        .subscribe(after, move |e| e.environment == want);
-    let past = if after.is_some() { past } else { Vec::new() };
-    Ok(sse(
-        past,
-        rx,
-        move |e| e.environment == env,
-        false,
-        false,
-        state.shutdown.clone(),
-    ))
-}
-
-fn last_event_id(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
-struct Feed<F> {
-    past: std::collections::VecDeque<Arc<EventRecord>>,
-    rx: tokio::sync::broadcast::Receiver<Arc<EventRecord>>,
-    filter: F,
-    end_on_final: bool,
-    last: u64,
-    done: bool,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-}
-
-fn sse_event(e: &EventRecord) -> SseEvent {
-    SseEvent::default()
-        .id(e.seq.to_string())
-        .event(e.kind.as_str())
-        .json_data(e)
-        .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"))
-}
-
-fn sse<F>(
-    past: Vec<Arc<EventRecord>>,
-    rx: tokio::sync::broadcast::Receiver<Arc<EventRecord>>,
-    filter: F,
-    end_on_final: bool,
-    done: bool,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>>
-where
-    F: Fn(&EventRecord) -> bool + Send + 'static,
-{
-    let feed = Feed {
-        last: past.last().map_or(0, |e| e.seq),
-        past: past.into(),
-        rx,
-        filter,
-        end_on_final,
-        done,
-        shutdown,
-    };
-    let stream = futures_util::stream::unfold(feed, |mut f| async move {
-        if let Some(e) = f.past.pop_front() {
-            if f.end_on_final && e.is_final() {
-                f.done = true;
-                f.past.clear();
-            }
-            return Some((Ok(sse_event(&e)), f));
-        }
-        if f.done || *f.shutdown.borrow() {
-            return None;
-        }
-        loop {
-            let next = tokio::select! {
-                r = f.rx.recv() => r,
-                _ = f.shutdown.changed() => return None,
-            };
-            match next {
-                Ok(e) if e.seq > f.last && (f.filter)(&e) => {
-                    f.last = e.seq;
-                    if f.end_on_final && e.is_final() {
-                        f.done = true;
-                    }
-                    return Some((Ok(sse_event(&e)), f));
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let note = SseEvent::default()
-                        .comment(format!("{n} events dropped: this client was too slow"));
-                    return Some((Ok(note), f));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, description = "Alive", body = String)))]
-async fn healthz() -> &'static str {
+pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
@@ -768,7 +589,7 @@ async fn healthz() -> &'static str {
     (status = 200, description = "Ready", body = String),
     (status = 503, description = "Starting or stopping", body = String),
 ))]
-async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
     if state.stopping.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
     } else if state.ready.load(Ordering::Relaxed) {
@@ -786,7 +607,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str
     ),
     security(("bearer" = []))
 )]
-async fn metrics_text(
+pub(super) async fn metrics_text(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> ApiResult<impl IntoResponse> {
@@ -807,77 +628,4 @@ async fn metrics_text(
         )],
         metrics::render(),
     ))
-}
-
-/// The OpenAPI document of this API.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
-async fn openapi_json() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
-}
-
-struct Security;
-
-impl utoipa::Modify for Security {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
-    }
-}
-
-/// The OpenAPI document, generated from the handlers above.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "deploy-agent",
-        description = "The deploy agent's daemon: trigger deployments, follow them live, approve, roll back, read the audit log. Bearer tokens from agent.toml [[server.tokens]]."
-    ),
-    paths(
-        trigger, get_run, cancel_run, approve, reject, run_events, environments, env_runs,
-        env_releases, rollback, env_events, audit_log, healthz, readyz, metrics_text,
-        openapi_json, super::webhook::github
-    ),
-    modifiers(&Security)
-)]
-pub struct ApiDoc;
-
-/// The router.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/deployments", post(trigger))
-        .route("/v1/runs/{id}", get(get_run).delete(cancel_run))
-        .route("/v1/runs/{id}/approve", post(approve))
-        .route("/v1/runs/{id}/reject", post(reject))
-        .route("/v1/runs/{id}/events", get(run_events))
-        .route("/v1/environments", get(environments))
-        .route("/v1/environments/{env}/runs", get(env_runs))
-        .route("/v1/environments/{env}/releases", get(env_releases))
-        .route("/v1/environments/{env}/rollback", post(rollback))
-        .route("/v1/environments/{env}/events", get(env_events))
-        .route("/v1/audit", get(audit_log))
-        .route("/v1/webhooks/github", post(super::webhook::github))
-        .route("/v1/openapi.json", get(openapi_json))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn(count_requests))
-        .with_state(state)
-}
-
-async fn count_requests(
-    path: Option<axum::extract::MatchedPath>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let route = path.map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::inc(
-        Family::HttpRequests,
-        &[("route", &route), ("status", &status)],
-    );
-    res
 }

@@ -15,7 +15,9 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod queue;
+pub mod routes;
 pub mod state;
+pub mod stream;
 pub mod submit;
 pub mod systemd;
 pub mod webhook;
@@ -112,7 +114,7 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
         github_secret,
         shutdown: stop_rx.clone(),
     });
-    let app = api::router(state.clone());
+    let app = routes::router(state.clone());
 
     // Load every environment's plugins once, then start the queue. Compiling (on a cache miss)
     // takes tens of MB of compiler memory that the allocator keeps; a short-lived child

@@ -6,6 +6,16 @@ use serde::{Deserialize, Serialize};
 
 /// An enum whose variants are stored and sent as fixed words.
 macro_rules! words {
+    // With a default variant (`default Running;` first).
+    ($(#[$m:meta])* $name:ident { default $default:ident; $($rest:tt)+ }) => {
+        words! { $(#[$m])* $name { $($rest)+ } }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::$default
+            }
+        }
+    };
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -57,6 +67,7 @@ macro_rules! words {
 words! {
     /// Where a deployment run stands.
     RunStatus {
+        default Running;
         /// In progress (or its agent died: see [`RunStatus::Interrupted`]).
         Running = "running",
         /// The release went live.
@@ -71,16 +82,6 @@ words! {
         Suspended = "suspended",
         /// Never stored: how a view shows a `running` run whose agent is gone.
         Interrupted = "interrupted",
-    }
-}
-
-#[allow(
-    clippy::derivable_impls,
-    reason = "the enum is declared by `words!`, which derives no Default"
-)]
-impl Default for RunStatus {
-    fn default() -> Self {
-        RunStatus::Running
     }
 }
 
@@ -103,6 +104,7 @@ words! {
 words! {
     /// Where an emergency rollback or a restore stands.
     RollbackStatus {
+        default Running;
         /// In progress (or interrupted, when its agent is gone).
         Running = "running",
         /// Done, and its checks passed.
@@ -113,16 +115,6 @@ words! {
         Undone = "undone",
         /// Never stored: how a view shows a `running` one whose agent is gone.
         Interrupted = "interrupted",
-    }
-}
-
-#[allow(
-    clippy::derivable_impls,
-    reason = "the enum is declared by `words!`, which derives no Default"
-)]
-impl Default for RollbackStatus {
-    fn default() -> Self {
-        RollbackStatus::Running
     }
 }
 
