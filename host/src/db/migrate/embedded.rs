@@ -15,9 +15,7 @@ use crate::db::conn::Conn;
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
     /// The database was written by a newer binary.
-    #[error(
-        "its schema is at version {found}, newer than this deploy-agent knows (up to {known}); a newer deploy-agent wrote it. Run that version (or newer), or point this one at another state store"
-    )]
+    #[error("schema version {found} is newer than this binary's {known}")]
     Newer {
         /// The newest version recorded.
         found: i64,
