@@ -4,6 +4,7 @@
 mod authoring;
 mod backup;
 mod cli;
+mod cli_output;
 mod config;
 mod daemon;
 mod daemon_artifacts;

@@ -415,8 +415,10 @@ pub(crate) fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("about to {what}; not a terminal, so pass --yes to confirm");
     }
-    eprint!("About to {what}.\nType `yes` to continue: ");
-    let _ = std::io::stderr().flush();
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "About to {what}.\nType `yes` to continue: ");
+    let _ = err.flush();
+    drop(err);
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() != "yes" {

@@ -8,7 +8,7 @@ use crate::config::Config;
 pub(super) fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     for w in &config.warnings {
-        eprintln!("warning: {w}\n");
+        tell!("warning: {w}\n");
     }
     say!(
         "{}: ok ({} plugin{}{})",

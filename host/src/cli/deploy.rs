@@ -170,7 +170,9 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return plan(args).await;
     }
-    let agent = Agent::open(Config::load(&args.target.config)?).await?;
+    let config = Config::load(&args.target.config)?;
+    super::environment(&config, &args.target.env)?;
+    let agent = Agent::open(config).await?;
     let request = request(&args);
     let json = args.target.output == Output::Json;
     if !json {
@@ -233,7 +235,7 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) async fn recover(args: EnvArgs, rollback: bool) -> anyhow::Result<ExitCode> {
-    let agent = Agent::open(Config::load(&args.config)?).await?;
+    let agent = agent_for(&args.config, Some(&args.env)).await?;
     let json = args.output == Output::Json;
     let live = Live {
         tty: std::io::stdout().is_terminal(),
@@ -282,7 +284,7 @@ pub(super) async fn recover(args: EnvArgs, rollback: bool) -> anyhow::Result<Exi
 }
 
 pub(super) async fn plan(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let agent = Agent::open(Config::load(&args.target.config)?).await?;
+    let agent = agent_for(&args.target.config, Some(&args.target.env)).await?;
     let plan = pipeline::plan::plan(&agent, &request(&args)).await?;
     if args.target.output == Output::Json {
         say!("{}", serde_json::to_string_pretty(&plan)?);
@@ -331,7 +333,7 @@ pub(super) async fn plan(args: DeployArgs) -> anyhow::Result<ExitCode> {
 async fn agent_for(config: &Path, env: Option<&str>) -> anyhow::Result<Agent> {
     let config = Config::load(config)?;
     if let Some(env) = env {
-        config.environment(env).map_err(anyhow::Error::msg)?;
+        super::environment(&config, env)?;
     }
     Ok(Agent::open(config).await?)
 }
@@ -645,7 +647,7 @@ pub enum DbStrategyArg {
 
 pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     use crate::pipeline::rollback::{self as rb, DbStrategy, Mode};
-    let agent = Agent::open(Config::load(&args.target.config)?).await?;
+    let agent = agent_for(&args.target.config, Some(&args.target.env)).await?;
     let req = rb::RollbackRequest {
         environment: args.target.env.clone(),
         to: args.to.clone(),

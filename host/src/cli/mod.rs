@@ -5,16 +5,23 @@
 
 #![allow(clippy::print_stdout)]
 
-/// Prints a line of command output; exits quietly when stdout is closed (`| head`), as
-/// command-line tools do, instead of panicking.
+/// Prints a line of command output. When stdout is closed (`| head`, a terminal gone) the
+/// output stops and the command goes on: a deploy is never cut short by its reader leaving,
+/// and the exit code still says how the command ended. Never panics.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
-            std::process::exit(0);
-        }
+        $crate::cli::output::line(std::io::stdout(), &format!($($arg)*));
     }};
 }
+
+/// Prints a line to stderr (errors, warnings, prompts), ignoring a closed stderr.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        $crate::cli::output::line(std::io::stderr(), &format!($($arg)*));
+    }};
+}
+
+pub(crate) mod output;
 
 mod backup;
 mod bench;
@@ -239,16 +246,33 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             if let Some(errors) = e.downcast_ref::<crate::config::ConfigErrors>() {
-                eprintln!("{errors}");
+                tell!("{errors}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            eprintln!("error: {e:#}");
+            tell!("error: {e:#}");
+            if e.downcast_ref::<Usage>().is_some() {
+                return ExitCode::from(EXIT_CONFIG);
+            }
             ExitCode::from(EXIT_FAILED)
         }
     }
 }
 
 pub(crate) use crate::units::human_size;
+
+/// A usage or configuration mistake the command found itself (an unknown environment, say):
+/// exit code 2, like clap's and agent.toml's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Usage(pub String);
+
+/// The environment a command names, or a usage error (exit 2) listing the known ones.
+pub(crate) fn environment<'c>(
+    config: &'c crate::config::Config,
+    name: &str,
+) -> Result<&'c crate::config::Environment, Usage> {
+    config.environment(name).map_err(Usage)
+}
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -287,12 +311,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(command) => runtime.block_on(deploy::audit(command)),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "deploy-agent",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "deploy-agent", &mut script);
+            say!("{}", String::from_utf8_lossy(&script).trim_end());
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config, listen } => runtime.block_on(serve::serve(&config, listen)),
@@ -335,7 +356,7 @@ pub(crate) fn environment_database(
     env: &str,
 ) -> anyhow::Result<(crate::config::Environment, crate::config::DatabaseConfig)> {
     let config = crate::config::Config::load(config)?;
-    let env = config.environment(env).map_err(anyhow::Error::msg)?.clone();
+    let env = environment(&config, env)?.clone();
     let db = env.database.clone().ok_or_else(|| {
         anyhow::anyhow!(
             "environment `{}` has no database: add [environments.{}.database] to {}",

@@ -79,7 +79,7 @@ struct PluginReport {
 pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     for w in &config.warnings {
-        eprintln!("warning: {w}\n");
+        tell!("warning: {w}\n");
     }
     let runtime = Runtime::new(config.cache_dir())?;
     let mut reports = Vec::new();
@@ -274,7 +274,7 @@ pub(super) async fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
         cache_dir: args.cache.clone(),
     };
     if args.output == Output::Human {
-        eprintln!(
+        tell!(
             "checking {} as a {} against {} ...",
             args.file.display(),
             options.kind.interface(),

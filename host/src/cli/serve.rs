@@ -55,9 +55,9 @@ pub(super) fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 .join(", ")
         )
     };
-    eprintln!("The token (shown once; give it to its user, keep it out of agent.toml):");
+    tell!("The token (shown once; give it to its user, keep it out of agent.toml):");
     say!("{token}");
-    eprintln!(
+    tell!(
         "\nAdd to agent.toml:\n\n[[server.tokens]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nrole = \"{role}\"{envs}"
     );
     Ok(ExitCode::SUCCESS)

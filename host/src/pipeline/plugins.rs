@@ -88,6 +88,8 @@ pub(crate) struct Plugins {
     pub target: Plugin,
     pub validators: Vec<Plugin>,
     pub notifiers: Vec<Plugin>,
+    /// Notifiers that could not be loaded, with why (a warning, never fatal).
+    pub unloaded_notifiers: Vec<String>,
     /// The off-site backup store, when the environment has one.
     pub offsite: Option<Plugin>,
 }
@@ -121,14 +123,21 @@ pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, 
             exports(&p, Kind::Validator, "validator").map(|()| p)
         })
         .collect::<Result<_, _>>()?;
-    let notifiers = env
-        .notifiers
-        .iter()
-        .map(|n| {
-            let p = agent_plugin(agent, runtime, n, None)?;
-            exports(&p, Kind::Notifier, "notifier").map(|()| p)
-        })
-        .collect::<Result<_, _>>()?;
+    // Notifiers are never fatal, not even when one cannot load (its secret is missing, say):
+    // the run goes on without it and says so where undelivered notifications are reported.
+    let mut notifiers = Vec::new();
+    let mut unloaded_notifiers = Vec::new();
+    for n in &env.notifiers {
+        match agent_plugin(agent, runtime, n, None)
+            .and_then(|p| exports(&p, Kind::Notifier, "notifier").map(|()| p))
+        {
+            Ok(p) => notifiers.push(p),
+            Err(e) => {
+                tracing::warn!(notifier = %n, environment = %env.name, "notifier not loaded: {e}");
+                unloaded_notifiers.push(format!("{n}: not loaded, so not told: {e}"));
+            }
+        }
+    }
     let offsite = match &env.backup.offsite {
         None => None,
         Some(n) => {
@@ -141,6 +150,7 @@ pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, 
         target,
         validators,
         notifiers,
+        unloaded_notifiers,
         offsite,
     })
 }

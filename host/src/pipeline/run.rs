@@ -499,7 +499,13 @@ impl Run<'_> {
             checks: self.checks,
             analyses: self.analyses,
             recovered,
-            notify_failures: delivery.failed,
+            notify_failures: self
+                .plugins
+                .unloaded_notifiers
+                .iter()
+                .cloned()
+                .chain(delivery.failed)
+                .collect(),
             total_ms: total.as_secs_f64() * 1e3,
         })
     }

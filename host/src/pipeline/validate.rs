@@ -22,6 +22,10 @@ pub struct Finding {
     pub message: String,
     /// How to fix it.
     pub hint: Option<String>,
+    /// Never blocks, even in a strict environment: it is about a notifier, and notifiers are
+    /// never fatal.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub advisory: bool,
 }
 
 impl Finding {
@@ -32,7 +36,15 @@ impl Finding {
             code: code.to_string(),
             message,
             hint: None,
+            advisory: false,
         }
+    }
+
+    /// A warning about a notifier: shown, never blocking.
+    fn advisory(mut self) -> Finding {
+        self.severity = "warning";
+        self.advisory = true;
+        self
     }
 
     fn hint(mut self, hint: impl Into<String>) -> Finding {
@@ -42,7 +54,7 @@ impl Finding {
 
     /// Whether it stops the deployment.
     pub fn blocks(&self, strict: bool) -> bool {
-        self.severity == "error" || (strict && self.severity == "warning")
+        !self.advisory && (self.severity == "error" || (strict && self.severity == "warning"))
     }
 }
 
@@ -94,13 +106,19 @@ pub async fn run(
         let Some(plugin) = config.plugins.get(&name) else {
             continue;
         };
+        // A plugin the environment uses only to notify: its problems never block.
+        let only_notifies = env.notifiers.contains(&name)
+            && env.target.as_ref().is_none_or(|t| t.plugin != name)
+            && !env.validate.plugins.contains(&name)
+            && env.backup.offsite.as_ref() != Some(&name);
+        let about = |f: Finding| if only_notifies { f.advisory() } else { f };
         for (secret, cfg) in &plugin.secrets {
             match cfg.source.resolve() {
-                Err(e) => out.push(
+                Err(e) => out.push(about(
                     Finding::new("builtin:secrets", "error", "secret-unavailable", format!("plugin `{name}`, secret `{secret}`: {e}"))
                         .hint(format!("provide {}", cfg.source)),
-                ),
-                Ok(value) if value.expose().len() < env.validate.min_secret_length => out.push(
+                )),
+                Ok(value) if value.expose().len() < env.validate.min_secret_length => out.push(about(
                     Finding::new("builtin:secrets", "error", "secret-too-short", format!(
                         "plugin `{name}`, secret `{secret}` ({}) is {} characters, shorter than min_secret_length = {}",
                         cfg.source,
@@ -108,7 +126,7 @@ pub async fn run(
                         env.validate.min_secret_length
                     ))
                     .hint("a truncated or placeholder secret: check where it comes from"),
-                ),
+                )),
                 Ok(_) => {}
             }
         }
@@ -156,6 +174,7 @@ pub async fn run(
                 code: f.code,
                 message: f.message,
                 hint: f.hint,
+                advisory: false,
             })),
             Err(e) => out.push(Finding::new(
                 &source,

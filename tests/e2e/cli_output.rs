@@ -1,0 +1,160 @@
+//! The CLI's output and exit codes when things around it go wrong (issue 19): a closed stdout
+//! or stderr never panics and never cuts a deploy short, the exit code still says how the
+//! command ended, an unknown environment is a usage error (exit 2) before anything is
+//! printed, and a notifier that cannot load (its secret is missing) is a warning, never a
+//! blocked deploy.
+
+use std::process::{Command, Stdio};
+
+use crate::project::{Project, stderr};
+
+/// A pipe whose reading end is already closed: every write to it fails (EPIPE).
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+/// Runs `cmd` with stdout (and, with `both`, stderr) closed; its exit code.
+fn with_closed_output(mut cmd: Command, both: bool) -> i32 {
+    cmd.stdout(closed_pipe());
+    if both {
+        cmd.stderr(closed_pipe());
+    }
+    cmd.status().expect("runs").code().unwrap_or(-1)
+}
+
+#[test]
+fn a_closed_stdout_never_cuts_a_deploy_short_and_the_exit_code_tells_how_it_ended() {
+    let p = Project::new("", "");
+    let code = with_closed_output(p.command(&["deploy", "--env", "local"]), false);
+    assert_eq!(
+        code, 0,
+        "the deploy ends as it would on a terminal (101 is a panic)"
+    );
+    let live = p.current().expect("the release went live");
+    let history = p.json(&["history", "--env", "local"]);
+    assert_eq!(history[0]["deployment"]["status"], "succeeded", "{history}");
+    assert_eq!(
+        live,
+        format!(
+            "releases/{}",
+            history[0]["deployment"]["release_id"].as_str().unwrap()
+        )
+    );
+
+    // A deploy that fails says so in its exit code, with stdout and stderr both gone.
+    p.edit_config("test -s sites", "test -s no-such-dir/sites");
+    std::fs::write(p.path("site/index.html"), "<h1>v2</h1>").unwrap();
+    let code = with_closed_output(p.command(&["deploy", "--env", "local"]), true);
+    assert_eq!(code, 1, "a failed deploy exits 1 whoever reads its output");
+    let history = p.json(&["history", "--env", "local"]);
+    assert_eq!(history[0]["deployment"]["status"], "failed", "{history}");
+    assert_eq!(p.current().as_deref(), Some(live.as_str()), "v1 stays live");
+
+    // Reading commands and the completions script stop quietly too.
+    for args in [
+        &["history", "--env", "local"][..],
+        &["status", "--env", "local"],
+        &["completions", "bash"],
+        &["config", "schema"],
+    ] {
+        let code = with_closed_output(p.command(args), true);
+        assert_eq!(code, 0, "{args:?} with its output closed");
+    }
+}
+
+#[test]
+fn an_unknown_environment_is_a_usage_error_before_anything_is_printed() {
+    let p = Project::new("", "");
+    for args in [
+        &["deploy", "--env", "nope"][..],
+        &["plan", "--env", "nope"],
+        &["status", "--env", "nope"],
+        &["history", "--env", "nope"],
+        &["releases", "--env", "nope"],
+        &["recover", "--env", "nope"],
+        &["rollback", "--env", "nope", "--reason", "r", "--yes"],
+        &["migrate", "status", "--env", "nope"],
+        &["backup", "list", "--env", "nope"],
+    ] {
+        let out = p.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed before failing: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            err.contains("no environment `nope`") && err.contains("(known: local)"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_notifier_whose_secret_is_missing_is_a_warning_never_a_blocked_deploy() {
+    let hook = format!(
+        r#"
+[plugins.hook]
+path = "{}"
+[plugins.hook.policy]
+allowed_hosts = ["hooks.example.com"]
+[plugins.hook.secrets.hook-token]
+from = "${{env:DA_TEST_NO_SUCH_HOOK_TOKEN}}"
+hosts = ["hooks.example.com"]
+[plugins.hook.config]
+url = "https://hooks.example.com/deploys"
+"#,
+        deploy_agent_tests::fixtures::WEBHOOK
+    );
+    // Strict: warnings block there, but never one about a notifier.
+    let p = Project::new("strict = true\nnotifiers = [\"hook\"]", &hook);
+    let (code, out) = p.deploy();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["deployment"]["status"], "succeeded");
+    let finding = out["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "secret-unavailable")
+        .unwrap_or_else(|| panic!("the missing secret is reported: {out}"));
+    assert_eq!(finding["severity"], "warning");
+    assert_eq!(finding["advisory"], true);
+    let failures = out["notify_failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| {
+            let f = f.as_str().unwrap_or("");
+            f.starts_with("hook: not loaded") && f.contains("DA_TEST_NO_SUCH_HOOK_TOKEN")
+        }),
+        "{out}"
+    );
+    assert!(p.current().is_some(), "the release is live");
+
+    // A plugin that also validates is not only a notifier: its missing secret still blocks.
+    let echo = format!(
+        r#"
+[plugins.echo]
+path = "{}"
+[plugins.echo.policy]
+allowed_hosts = ["hooks.example.com"]
+[plugins.echo.secrets.token]
+from = "${{env:DA_TEST_NO_SUCH_ECHO_TOKEN}}"
+hosts = ["hooks.example.com"]
+"#,
+        deploy_agent_tests::fixtures::ECHO
+    );
+    let p = Project::new(
+        "notifiers = [\"echo\"]\nvalidate = { plugins = [\"echo\"] }",
+        &echo,
+    );
+    let out = p.run(&["deploy", "--env", "local"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("DA_TEST_NO_SUCH_ECHO_TOKEN is not set"),
+        "{err}"
+    );
+    assert!(p.current().is_none(), "nothing went live");
+}
