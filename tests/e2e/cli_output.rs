@@ -158,3 +158,73 @@ hosts = ["hooks.example.com"]
     );
     assert!(p.current().is_none(), "nothing went live");
 }
+
+#[test]
+fn config_check_approve_reject_and_backup_verify_speak_json_and_take_dash_e() {
+    // config check: the answer is JSON either way; errors keep file, line, column and exit 2.
+    let p = Project::new(
+        "",
+        "\n[environments.local.approval]\nbefore = \"promote\"\n",
+    );
+    let ok = p.json(&["config", "check"]);
+    assert_eq!(ok["ok"], true, "{ok}");
+    assert_eq!(ok["errors"].as_array().map(Vec::len), Some(0));
+    std::fs::write(p.path("bad.toml"), "[environments.x]\ncolour = \"blue\"\n").unwrap();
+    let out = p.run(&[
+        "config", "check", "--config", "bad.toml", "--output", "json",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let bad: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(bad["ok"], false);
+    assert_eq!(bad["errors"][0]["line"], 2, "{bad}");
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour")
+    );
+
+    // approve: the decided approval, as the API answers it.
+    let child = p
+        .command(&["deploy", "-e", "local", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = None;
+    for _ in 0..300 {
+        let status = p.json(&["status", "-e", "local"]);
+        if let Some(w) = status["waiting"].as_array().and_then(|w| w.first()) {
+            run = Some(w["deployment_id"].as_str().unwrap().to_string());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let run = run.expect("the run waits at its gate");
+    let decided = p.json(&["approve", &run, "--reason", "looks right"]);
+    assert_eq!(decided["decision"], "approved", "{decided}");
+    assert_eq!(decided["deployment_id"], run.as_str());
+    assert_eq!(decided["reason"], "looks right");
+    assert!(child.wait_with_output().unwrap().status.success());
+    // Deciding again: nothing waits, so it fails (exit 1) and says why.
+    let out = p.run(&["reject", &run, "--reason", "too late", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not waiting for a decision"),
+        "{}",
+        stderr(&out)
+    );
+
+    // backup verify, with -e as every environment-taking command has it.
+    let list = p.json(&["backup", "list", "-e", "local"]);
+    let id = list[0]["id"]
+        .as_str()
+        .expect("the deploy took a backup")
+        .to_string();
+    let verified = p.json(&["backup", "verify", &id, "-e", "local"]);
+    assert_eq!(verified["id"], id.as_str());
+    assert_eq!(verified["checksum_ok"], true);
+    assert!(verified["raw_bytes"].as_u64().unwrap() > 0);
+    let status = p.json(&["migrate", "status", "-e", "local"]);
+    assert!(status["current"].is_number(), "{status}");
+}

@@ -73,7 +73,7 @@ pub enum BackupCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackupArgs {
     /// The environment (a section of agent.toml).
-    #[arg(long)]
+    #[arg(long, short = 'e')]
     pub env: String,
     /// The configuration.
     #[arg(long, default_value = "agent.toml")]
@@ -217,11 +217,15 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             let (dir, key) = (t.backup.dir.clone(), t.backup.key.clone());
             let v = tokio::task::spawn_blocking(move || backup::verify(&m, &dir, key.as_ref()))
                 .await??;
-            say!(
-                "backup {} verified: checksum ok, {} decoded",
-                v.id,
-                human_size(v.raw_bytes)
-            );
+            if args.output == Output::Json {
+                say!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                say!(
+                    "backup {} verified: checksum ok, {} decoded",
+                    v.id,
+                    human_size(v.raw_bytes)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Restore {

@@ -730,6 +730,9 @@ pub struct DecideArgs {
     /// The configuration.
     #[arg(long, default_value = "agent.toml")]
     pub config: PathBuf,
+    /// Output format (JSON: the decided approval, as the API answers it).
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 pub(super) async fn decide(
@@ -741,11 +744,15 @@ pub(super) async fn decide(
     let a = agent
         .decide(&args.run, decision, &who, &args.reason, None)
         .await?;
-    say!(
-        "run {} ({} gate) {} by {who}",
-        a.deployment_id,
-        a.gate,
-        decision.word()
-    );
+    if args.output == Output::Json {
+        say!("{}", serde_json::to_string_pretty(&a)?);
+    } else {
+        say!(
+            "run {} ({} gate) {} by {who}",
+            a.deployment_id,
+            a.gate,
+            decision.word()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

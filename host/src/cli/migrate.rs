@@ -37,7 +37,7 @@ pub enum MigrateCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateArgs {
     /// The environment (a section of agent.toml).
-    #[arg(long)]
+    #[arg(long, short = 'e')]
     pub env: String,
     /// The configuration.
     #[arg(long, default_value = "agent.toml")]

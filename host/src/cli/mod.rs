@@ -199,6 +199,10 @@ pub enum ConfigCommand {
         /// The configuration.
         #[arg(long, default_value = "agent.toml")]
         config: PathBuf,
+        /// Output format (JSON: `{ok, plugins, warnings, errors}`, errors with file, line,
+        /// column, message and hint).
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
     },
     /// Print the JSON Schema of agent.toml, for editors (e.g. taplo, Even Better TOML).
     Schema,
@@ -286,7 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::New(args)) => plugin::new(&args),
         Command::Plugin(PluginCommand::Build(args)) => plugin::build(&args),
         Command::Plugin(PluginCommand::Test(args)) => runtime.block_on(plugin::test(&args)),
-        Command::Config(ConfigCommand::Check { config }) => config::check(&config),
+        Command::Config(ConfigCommand::Check { config, output }) => config::check(&config, output),
         Command::Config(ConfigCommand::Schema) => {
             say!("{}", crate::config::SCHEMA.trim_end());
             Ok(ExitCode::SUCCESS)
