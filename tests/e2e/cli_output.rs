@@ -185,22 +185,7 @@ fn config_check_approve_reject_and_backup_verify_speak_json_and_take_dash_e() {
     );
 
     // approve: the decided approval, as the API answers it.
-    let child = p
-        .command(&["deploy", "-e", "local", "--output", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut run = None;
-    for _ in 0..300 {
-        let status = p.json(&["status", "-e", "local"]);
-        if let Some(w) = status["waiting"].as_array().and_then(|w| w.first()) {
-            run = Some(w["deployment_id"].as_str().unwrap().to_string());
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let run = run.expect("the run waits at its gate");
+    let (child, run, _) = p.deploy_to_a_gate();
     let decided = p.json(&["approve", &run, "--reason", "looks right"]);
     assert_eq!(decided["decision"], "approved", "{decided}");
     assert_eq!(decided["deployment_id"], run.as_str());
@@ -226,5 +211,6 @@ fn config_check_approve_reject_and_backup_verify_speak_json_and_take_dash_e() {
     assert_eq!(verified["checksum_ok"], true);
     assert!(verified["raw_bytes"].as_u64().unwrap() > 0);
     let status = p.json(&["migrate", "status", "-e", "local"]);
+    assert!(p.json(&["status", "-e", "local"])["live"].is_object());
     assert!(status["current"].is_number(), "{status}");
 }

@@ -111,6 +111,28 @@ command = "test \"$(readlink sites/{{env}}/current)\" = releases/{{release}}"
         })
     }
 
+    /// Starts `deploy --env local --output json` in the background and waits until its run
+    /// asks for a decision; the child, the run's id and the gate.
+    pub(crate) fn deploy_to_a_gate(&self) -> (std::process::Child, String, String) {
+        let mut child = self
+            .command(&["deploy", "--env", "local", "--output", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        for _ in 0..300 {
+            let status = self.json(&["status", "--env", "local"]);
+            if let Some(w) = status["waiting"].as_array().and_then(|w| w.first()) {
+                let run = w["deployment_id"].as_str().unwrap().to_string();
+                return (child, run, w["gate"].as_str().unwrap().to_string());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the run never asked for a decision");
+    }
+
     pub(crate) fn deploy(&self) -> (i32, Value) {
         let out = self.run(&["deploy", "--env", "local", "--output", "json"]);
         let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

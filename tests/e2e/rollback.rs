@@ -188,25 +188,7 @@ fn analysis_table(server: &TestServer) -> String {
 
 /// Runs a deploy in the background, waits until it asks for a decision, makes it.
 fn deploy_and_decide(p: &Project, decision: &str) -> (i32, Value, String) {
-    let child = p
-        .command(&["deploy", "--env", "local", "--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut run = None;
-    for _ in 0..300 {
-        let status = p.json(&["status", "--env", "local"]);
-        if let Some(w) = status["waiting"].as_array().and_then(|w| w.first()) {
-            run = Some((
-                w["deployment_id"].as_str().unwrap().to_string(),
-                w["gate"].as_str().unwrap().to_string(),
-            ));
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (run, gate) = run.expect("the run asked for a decision");
+    let (child, run, gate) = p.deploy_to_a_gate();
     let out = p.run(&[decision, &run, "--reason", "checked the dashboards"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = child.wait_with_output().unwrap();

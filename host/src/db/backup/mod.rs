@@ -92,6 +92,10 @@ pub struct Manifest {
     pub key_id: Option<String>,
     /// When it started (RFC 3339, UTC).
     pub started_at: String,
+    /// When it started, ms since the epoch: orders backups taken within the same second
+    /// (retention keeps the newest). Absent in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
     /// When it finished.
     pub finished_at: String,
     /// Who took it.
@@ -439,7 +443,10 @@ pub async fn create(
 ) -> Result<Manifest, DbError> {
     std::fs::create_dir_all(&settings.dir)
         .map_err(|e| io_err("cannot create", &settings.dir, e))?;
-    let started = time::now_secs();
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let started = started_ms.div_euclid(1000);
     let (backend, server_version, schema_version, schema_fingerprint) = describe(url).await?;
     let id = format!(
         "{}-{}-{}",
@@ -496,6 +503,7 @@ pub async fn create(
             .map(|_| "xchacha20poly1305-stream".to_string()),
         key_id: settings.key.as_ref().map(Key::id),
         started_at: time::rfc3339(started),
+        started_ms: Some(started_ms),
         finished_at: time::rfc3339(time::now_secs()),
         who: who.to_string(),
         why: why.to_string(),
@@ -557,7 +565,7 @@ pub fn list(dir: &Path) -> Result<(Vec<Manifest>, Vec<PathBuf>), DbError> {
             manifests.push(m);
         }
     }
-    manifests.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.id.cmp(&a.id)));
+    manifests.sort_by(newest_first);
     Ok((manifests, partial))
 }
 
@@ -929,6 +937,15 @@ fn is_stale_leftover(path: &Path, newest: i64) -> bool {
     modified <= newest && !being_written(&writer)
 }
 
+/// Newest first; within one second by the millisecond, so retention keeps the backup really
+/// taken last (ids, whose suffix is random, break only a true tie).
+fn newest_first(a: &Manifest, b: &Manifest) -> std::cmp::Ordering {
+    b.started_at
+        .cmp(&a.started_at)
+        .then(b.started_ms.cmp(&a.started_ms))
+        .then(b.id.cmp(&a.id))
+}
+
 /// Which ids the policy keeps (`all` newest first).
 pub fn retained(
     all: &[Manifest],
@@ -985,6 +1002,7 @@ mod tests {
             encryption: None,
             key_id: None,
             started_at: at.into(),
+            started_ms: None,
             finished_at: at.into(),
             who: String::new(),
             why: String::new(),
@@ -1021,6 +1039,35 @@ mod tests {
         assert_eq!(
             retained(&all, r(1, 0, 0), &pinned),
             ["a".to_string(), "d".into()].into()
+        );
+    }
+
+    /// Three backups in one second (a deploy's, then two by hand): the last one taken is the
+    /// newest, whatever the random suffixes of their ids say; retention keeps it.
+    #[test]
+    fn backups_within_one_second_are_ordered_by_the_millisecond() {
+        let at = "2026-11-29T23:08:06Z";
+        let taken = |id: &str, ms: i64| Manifest {
+            started_ms: Some(ms),
+            ..manifest(id, at)
+        };
+        let mut all = vec![
+            taken("z-deploy", 100),
+            taken("a-first", 400),
+            taken("m-second", 700),
+        ];
+        all.sort_by(newest_first);
+        let ids: Vec<&str> = all.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m-second", "a-first", "z-deploy"]);
+        let r = Retention {
+            keep_last: 1,
+            keep_daily: 7,
+            keep_weekly: 4,
+        };
+        let protected: BTreeSet<String> = ["z-deploy".to_string()].into();
+        assert_eq!(
+            retained(&all, r, &protected),
+            ["m-second".to_string(), "z-deploy".into()].into()
         );
     }
 
