@@ -544,7 +544,7 @@ async fn prune_keeps_the_policy_and_pinned_backups() {
     writer.lock().unwrap();
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     drop(leftover("29990101T000000Z-local-next.partial", future));
-    let pruned = backup::prune(&store, s.retention, &pinned).unwrap();
+    let pruned = backup::prune(&store, s.retention, &pinned, false).unwrap();
     assert_eq!(pruned.deleted.len(), 2);
     let mut removed: Vec<String> = pruned
         .leftovers

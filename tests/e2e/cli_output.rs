@@ -214,3 +214,50 @@ fn config_check_approve_reject_and_backup_verify_speak_json_and_take_dash_e() {
     assert!(p.json(&["status", "-e", "local"])["live"].is_object());
     assert!(status["current"].is_number(), "{status}");
 }
+
+#[test]
+fn backup_verify_latest_and_prune_dry_run_that_changes_nothing() {
+    let p = Project::new(
+        "",
+        "\n[environments.local.backup]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\n",
+    );
+    let (code, out) = p.deploy();
+    assert_eq!(code, 0, "{out}");
+    for _ in 0..2 {
+        let out = p.run(&["backup", "create", "-e", "local"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let ids = |p: &Project| -> Vec<String> {
+        p.json(&["backup", "list", "-e", "local"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = ids(&p);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let latest = p.json(&["backup", "verify", "latest", "-e", "local"]);
+    assert_eq!(
+        latest["id"],
+        before[0].as_str(),
+        "latest is the newest listed"
+    );
+    assert_eq!(latest["checksum_ok"], true);
+
+    // The dry run names what would go (the older manual backup: the newest is kept, the
+    // deploy's is pinned by its release) and deletes nothing.
+    let dry = p.json(&["backup", "prune", "-e", "local", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    let would: Vec<String> = serde_json::from_value(dry["deleted"].clone()).unwrap();
+    assert_eq!(would, [before[1].clone()], "{dry}");
+    assert_eq!(ids(&p), before, "a dry run changes nothing");
+
+    let done = p.json(&["backup", "prune", "-e", "local"]);
+    assert_eq!(
+        done["deleted"], dry["deleted"],
+        "the prune does what the dry run said"
+    );
+    assert_eq!(ids(&p), [before[0].clone(), before[2].clone()]);
+}

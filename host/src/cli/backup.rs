@@ -27,7 +27,7 @@ pub enum BackupCommand {
     List(BackupArgs),
     /// Check a backup: checksum, then decrypt and decompress it whole without writing.
     Verify {
-        /// The backup's id.
+        /// The backup's id, or `latest` for the newest.
         id: String,
         /// Common options.
         #[command(flatten)]
@@ -65,8 +65,15 @@ pub enum BackupCommand {
         #[command(flatten)]
         args: BackupArgs,
     },
-    /// Delete backups the retention policy does not keep.
-    Prune(BackupArgs),
+    /// Delete backups the retention policy does not keep (here and off-site).
+    Prune {
+        /// Common options.
+        #[command(flatten)]
+        args: BackupArgs,
+        /// Say what would be deleted, here and off-site, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Options every backup command takes.
@@ -329,7 +336,7 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             say!("exported {} to {} ({})", id, out.display(), human_size(n));
             Ok(ExitCode::SUCCESS)
         }
-        BackupCommand::Prune(args) => {
+        BackupCommand::Prune { args, dry_run } => {
             let t = target(&args.config, &args.env, KeyUse::Read)?;
             // Backups that recorded releases depend on (what their rollback restores) stay.
             let config = crate::config::Config::load(&args.config)?;
@@ -339,38 +346,56 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                 .await?
                 .into_iter()
                 .collect();
-            let pruned = backup::prune(&t.backup.dir, t.backup.retention, &protected)?;
+            let pruned = backup::prune(&t.backup.dir, t.backup.retention, &protected, dry_run)?;
             let deleted = &pruned.deleted;
             // The same retention for the off-site copies: what is no longer kept here goes.
             let mut offsite_deleted = Vec::new();
             if let Some((store, ctx)) = offsite_store(&args.config, &args.env)? {
                 let (kept, _) = backup::list(&t.backup.dir)?;
-                let keep: BTreeSet<String> = kept.into_iter().map(|m| m.id).collect();
-                offsite_deleted = crate::pipeline::offsite::prune(&store, &ctx, &args.env, &keep)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
+                let keep: BTreeSet<String> = kept
+                    .into_iter()
+                    .map(|m| m.id)
+                    .filter(|id| !deleted.contains(id))
+                    .collect();
+                offsite_deleted =
+                    crate::pipeline::offsite::prune(&store, &ctx, &args.env, &keep, dry_run)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
             }
             if args.output == Output::Json {
                 say!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &serde_json::json!({"deleted": deleted, "leftovers_removed": pruned.leftovers, "offsite_deleted": offsite_deleted})
+                        &serde_json::json!({"dry_run": dry_run, "deleted": deleted, "leftovers_removed": pruned.leftovers, "offsite_deleted": offsite_deleted})
                     )?
                 );
             } else {
+                let (deletes, removes) = if dry_run {
+                    ("would delete", "would remove")
+                } else {
+                    ("deleted", "removed")
+                };
                 for id in deleted {
-                    say!("deleted {id}");
+                    say!("{deletes} {id}");
                 }
                 for path in &pruned.leftovers {
-                    say!("removed {} (left by an interrupted backup)", path.display());
+                    say!(
+                        "{removes} {} (left by an interrupted backup)",
+                        path.display()
+                    );
                 }
                 for key in &offsite_deleted {
-                    say!("deleted off-site {key}");
+                    say!("{deletes} off-site {key}");
                 }
                 say!(
-                    "{} backup(s) deleted, {} off-site object(s)",
+                    "{} backup(s) {deletes}, {} off-site object(s){}",
                     deleted.len(),
-                    offsite_deleted.len()
+                    offsite_deleted.len(),
+                    if dry_run {
+                        "; nothing changed (--dry-run)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -172,12 +172,14 @@ pub(crate) async fn fetch(
     Ok(())
 }
 
-/// Deletes the off-site copies of backups not in `keep`; returns the keys deleted.
+/// Deletes the off-site copies of backups not in `keep` (with `dry_run`, only lists them);
+/// returns their keys.
 pub(crate) async fn prune(
     store: &Plugin,
     ctx: &CallContext,
     environment: &str,
     keep: &BTreeSet<String>,
+    dry_run: bool,
 ) -> Result<Vec<String>, OffsiteError> {
     let prefix = format!("{environment}/");
     let mut keys = Vec::new();
@@ -200,7 +202,9 @@ pub(crate) async fn prune(
             .strip_suffix(".backup")
             .or_else(|| name.strip_suffix(".json"))
             .unwrap_or(name);
-        if !keep.contains(id) {
+        if !keep.contains(id) && dry_run {
+            deleted.push(k);
+        } else if !keep.contains(id) {
             store
                 .delete_object(ctx, &k)
                 .await

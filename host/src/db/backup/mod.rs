@@ -572,8 +572,10 @@ pub fn list(dir: &Path) -> Result<(Vec<Manifest>, Vec<PathBuf>), DbError> {
 /// One backup by id.
 pub fn find(dir: &Path, id: &str) -> Result<Manifest, DbError> {
     let (all, _) = list(dir)?;
+    // `latest`: the newest, as `backup list` shows it first.
+    let latest = id == "latest";
     all.into_iter()
-        .find(|m| m.id == id)
+        .find(|m| latest || m.id == id)
         .ok_or_else(|| DbError::Query {
             context: format!("backup {id}"),
             message: format!(
@@ -893,14 +895,17 @@ pub fn prune(
     dir: &Path,
     retention: Retention,
     protected: &BTreeSet<String>,
+    dry_run: bool,
 ) -> Result<Pruned, DbError> {
     let (all, leftovers) = list(dir)?;
     let keep = retained(&all, retention, protected);
     let mut pruned = Pruned::default();
     for m in all.iter().filter(|m| !keep.contains(&m.id)) {
-        let _ = std::fs::remove_file(dir.join(format!("{}.json", m.id)));
-        std::fs::remove_file(m.data_file(dir))
-            .map_err(|e| io_err("cannot delete", &m.data_file(dir), e))?;
+        if !dry_run {
+            let _ = std::fs::remove_file(dir.join(format!("{}.json", m.id)));
+            std::fs::remove_file(m.data_file(dir))
+                .map_err(|e| io_err("cannot delete", &m.data_file(dir), e))?;
+        }
         pruned.deleted.push(m.id.clone());
     }
     let newest = all
@@ -910,7 +915,9 @@ pub fn prune(
         if let Some(newest) = newest
             && is_stale_leftover(&path, newest)
         {
-            std::fs::remove_file(&path).map_err(|e| io_err("cannot delete", &path, e))?;
+            if !dry_run {
+                std::fs::remove_file(&path).map_err(|e| io_err("cannot delete", &path, e))?;
+            }
             pruned.leftovers.push(path);
         }
     }
