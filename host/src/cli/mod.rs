@@ -10,14 +10,14 @@
 /// and the exit code still says how the command ended. Never panics.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        $crate::cli::output::line(std::io::stdout(), &format!($($arg)*));
+        $crate::cli::output::stdout_line(&format!($($arg)*));
     }};
 }
 
 /// Prints a line to stderr (errors, warnings, prompts), ignoring a closed stderr.
 macro_rules! tell {
     ($($arg:tt)*) => {{
-        $crate::cli::output::line(std::io::stderr(), &format!($($arg)*));
+        $crate::cli::output::stderr_line(&format!($($arg)*));
     }};
 }
 

@@ -8,34 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Set once a write to stdout failed: later output is dropped (the reader is gone).
 static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 
-/// Writes one line to `out` (stdout or stderr); a failed write is remembered for stdout and
-/// ignored for stderr, where there is no one left to tell.
-pub(crate) fn line<W: Write + IsStdout>(out: W, text: &str) {
-    if out.is_stdout() && STDOUT_GONE.load(Ordering::Relaxed) {
+/// One line of command output; after a failed write, stdout stays silent.
+pub(crate) fn stdout_line(text: &str) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
         return;
     }
-    let stdout = out.is_stdout();
-    let mut out = out;
-    if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() && stdout {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
         STDOUT_GONE.store(true, Ordering::Relaxed);
         tracing::debug!("stdout is closed: output stops here, the command goes on");
     }
 }
 
-/// Whether a stream is stdout (so a failure there stops later output).
-pub(crate) trait IsStdout {
-    /// Is it?
-    fn is_stdout(&self) -> bool;
-}
-
-impl IsStdout for std::io::Stdout {
-    fn is_stdout(&self) -> bool {
-        true
-    }
-}
-
-impl IsStdout for std::io::Stderr {
-    fn is_stdout(&self) -> bool {
-        false
-    }
+/// One line to stderr; a failure is ignored (there is no one left to tell).
+pub(crate) fn stderr_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }

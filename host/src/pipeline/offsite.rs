@@ -202,15 +202,16 @@ pub(crate) async fn prune(
             .strip_suffix(".backup")
             .or_else(|| name.strip_suffix(".json"))
             .unwrap_or(name);
-        if !keep.contains(id) && dry_run {
-            deleted.push(k);
-        } else if !keep.contains(id) {
+        if keep.contains(id) {
+            continue;
+        }
+        if !dry_run {
             store
                 .delete_object(ctx, &k)
                 .await
                 .map_err(call(format!("deleting off-site {k}")))?;
-            deleted.push(k);
         }
+        deleted.push(k);
     }
     Ok(deleted)
 }

@@ -133,14 +133,7 @@ pub async fn deploy(
                 status: RunStatus::Running,
                 stage: Some("lock".into()),
                 started_at: now_ms(),
-                finished_at: None,
-                error: None,
-                backup_id: None,
-                schema_before: None,
-                schema_after: None,
-                release_id: None,
-                previous_release: None,
-                resumed_from: None,
+                ..Default::default()
             };
             store.insert_deployment(&d).await?;
             store

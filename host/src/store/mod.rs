@@ -225,7 +225,7 @@ impl Store {
     /// The version of its schema: the newest of its migrations applied.
     pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
         let mut conn = self.conn.lock().await;
-        crate::db::migrate::embedded::version(&mut conn, Ledger::STATE)
+        crate::db::migrate::current_version(&mut conn, Ledger::STATE)
             .await
             .map_err(|e| StoreError::Query(e.to_string()))
     }

@@ -276,7 +276,8 @@ async fn describe(url: &str) -> Result<(Backend, String, Option<i64>, String), D
             .scalar(version_sql)
             .await
             .map_err(|e| DbError::query("reading the server version", e))?;
-        let applied = super::migrate::current_version(&mut conn).await?;
+        let applied =
+            super::migrate::current_version(&mut conn, super::migrate::Ledger::APP).await?;
         let fingerprint = Snapshot::take(&mut conn).await?.fingerprint();
         Ok((backend, version, applied, fingerprint))
     }

@@ -1,13 +1,13 @@
 //! Migrations built into the binary: the agent's own state store is versioned with the same
 //! engine as an application's database (each migration in its own transaction, its history
-//! row committed with it, the lock), under its own [`Ledger`], and upgraded when opened.
-//! A history newer than the binary knows is refused, never silently used.
+//! row committed with it, the lock), under its own [`Ledger`](super::Ledger), and upgraded
+//! when opened. A history newer than the binary knows is refused, never silently used.
 
 use std::path::PathBuf;
 
-use super::history::{self, Ledger};
+use super::history;
 use super::source::{Migration, checksum};
-use super::{Settings, apply_all, lock, validate};
+use super::{Settings, apply_all, lock, pending, validate};
 use crate::db::DbError;
 use crate::db::conn::Conn;
 
@@ -71,10 +71,7 @@ pub(crate) async fn upgrade(
                 return Err(UpgradeError::Newer { found, known });
             }
             validate(settings, migrations, &applied)?;
-            let pending: Vec<&Migration> = migrations
-                .iter()
-                .filter(|m| !applied.iter().any(|a| a.version == m.version))
-                .collect();
+            let pending = pending(migrations, &applied, None);
             if pending.is_empty() {
                 return Ok(Vec::new());
             }
@@ -91,14 +88,4 @@ pub(crate) async fn upgrade(
     .await;
     lock::release(conn, key).await;
     result
-}
-
-/// The newest version applied under `ledger` (none without a history). Reads only.
-pub(crate) async fn version(conn: &mut Conn, ledger: Ledger) -> Result<Option<i64>, DbError> {
-    Ok(history::read(conn, ledger)
-        .await?
-        .iter()
-        .filter(|a| a.success)
-        .map(|a| a.version)
-        .max())
 }

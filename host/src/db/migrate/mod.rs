@@ -217,9 +217,31 @@ fn state_of(m: Option<&Migration>, a: Option<&Applied>) -> State {
     }
 }
 
-/// The last successfully applied version on an open connection (none without a history).
-pub(crate) async fn current_version(conn: &mut Conn) -> Result<Option<i64>, DbError> {
-    embedded::version(conn, Ledger::APP).await
+/// The last successfully applied version under `ledger` on an open connection (none without
+/// a history). Reads only.
+pub(crate) async fn current_version(
+    conn: &mut Conn,
+    ledger: Ledger,
+) -> Result<Option<i64>, DbError> {
+    Ok(history::read(conn, ledger)
+        .await?
+        .iter()
+        .filter(|a| a.success)
+        .map(|a| a.version)
+        .max())
+}
+
+/// The migrations of `files` not in the history, up to `target` when there is one, in order.
+fn pending<'m>(
+    files: &'m [Migration],
+    applied: &[Applied],
+    target: Option<i64>,
+) -> Vec<&'m Migration> {
+    files
+        .iter()
+        .filter(|m| !applied.iter().any(|a| a.version == m.version))
+        .filter(|m| target.is_none_or(|t| m.version <= t))
+        .collect()
 }
 
 /// Where every version stands. Reads only; creates nothing.
@@ -355,11 +377,7 @@ async fn run_locked(
         {
             reverted = revert_above(conn, settings, files, &applied, t).await?;
         }
-        let pending: Vec<&Migration> = files
-            .iter()
-            .filter(|m| !applied.iter().any(|a| a.version == m.version))
-            .filter(|m| target.is_none_or(|t| m.version <= t))
-            .collect();
+        let pending = pending(files, &applied, target);
         let owned: Vec<Migration> = pending.iter().map(|m| (*m).clone()).collect();
         let lint = lint_pending(conn.backend(), &owned);
         let blocking = lint.iter().filter(|f| f.blocks()).count();
@@ -371,7 +389,7 @@ async fn run_locked(
         }
         let done = apply_all(conn, settings, &pending, progress).await?;
         let (post, fingerprint) = postchecks(conn).await?;
-        let current = history::read(conn, settings.ledger).await?.iter().filter(|a| a.success).map(|a| a.version).max();
+        let current = current_version(conn, settings.ledger).await?;
         if !done.is_empty() || !reverted.is_empty() {
             // The schema this run left behind, for drift checks and rollbacks later.
             let detail = format!("applied {}, reverted {}; schema fingerprint {fingerprint}", done.len(), reverted.len());
@@ -901,10 +919,8 @@ async fn dry_run_on(
 ) -> Result<DryRun, DbError> {
     let applied = history::read(conn, settings.ledger).await?;
     validate(settings, files, &applied)?;
-    let pending: Vec<Migration> = files
-        .iter()
-        .filter(|m| !applied.iter().any(|a| a.version == m.version))
-        .filter(|m| target.is_none_or(|t| m.version <= t))
+    let pending: Vec<Migration> = pending(files, &applied, target)
+        .into_iter()
         .cloned()
         .collect();
     let lint = lint_pending(conn.backend(), &pending);
