@@ -18,6 +18,7 @@ pub mod db;
 pub mod metrics;
 pub mod pipeline;
 mod random;
+pub mod remote;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;

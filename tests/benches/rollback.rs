@@ -125,7 +125,7 @@ fn main() {
 
     let mut app = Vec::new();
     let mut full = Vec::new();
-    let mut full_steps: Vec<(&'static str, Vec<f64>)> = Vec::new();
+    let mut full_steps: Vec<(String, Vec<f64>)> = Vec::new();
     let mut runbook_app = Vec::new();
     let mut runbook_full = Vec::new();
     let script = repo_root().join("tests/benches/runbook_rollback.py");
@@ -183,7 +183,7 @@ fn main() {
         for s in &out.steps {
             match full_steps.iter_mut().find(|(n, _)| *n == s.name) {
                 Some((_, v)) => v.push(s.duration_ms),
-                None => full_steps.push((s.name, vec![s.duration_ms])),
+                None => full_steps.push((s.name.clone(), vec![s.duration_ms])),
             }
         }
 

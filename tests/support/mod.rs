@@ -10,6 +10,7 @@ pub mod logs;
 pub mod mem;
 pub mod openapi;
 pub mod postgres;
+pub mod pty;
 pub mod s3;
 pub mod slack;
 pub mod standin;

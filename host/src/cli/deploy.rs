@@ -1,18 +1,20 @@
-//! `deploy`, `plan`, `status`, `history`, `releases` and `audit`.
+//! `deploy`, `plan`, `recover`, `rollback`, `approve` and `reject`: on this host, or through
+//! the daemon (`--server`) with the same output.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::Args;
 
+use super::live::{ms, reporter};
+use super::remote::{about_env, follow, refused, seg};
 use super::{EXIT_FAILED, Output};
 use crate::config::Config;
-use crate::pipeline::{
-    self, Agent, EnvironmentStatus, Reporter, Request, StageReport, StageStatus,
-};
-
-use crate::store::{ReleaseStatus, RollbackStatus};
+use crate::pipeline::{self, Agent, PipelineError, Request};
+use crate::remote::Client;
+use crate::server::api::RunView;
+use crate::store::StoreError;
 
 /// What every environment command takes.
 #[derive(Debug, Args)]
@@ -45,114 +47,17 @@ pub struct DeployArgs {
     /// Show what would happen, step by step (the migration dry run included); change nothing.
     #[arg(long)]
     pub dry_run: bool,
-}
-
-/// `deploy-agent audit ...`
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// The newest entries, oldest first.
-    List {
-        /// Only this environment.
-        #[arg(long, short = 'e')]
-        env: Option<String>,
-        /// How many.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// The configuration.
-        #[arg(long, default_value = "agent.toml")]
-        config: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        output: Output,
-    },
-    /// Walks the hash chain: exit 1 if an entry was edited or deleted.
-    Verify {
-        /// The head hash recorded earlier: also detects entries removed from the end.
-        #[arg(long)]
-        expect_head: Option<String>,
-        /// The configuration.
-        #[arg(long, default_value = "agent.toml")]
-        config: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        output: Output,
-    },
+    /// With --server: stream the run live until it ends (without it, the run is queued and
+    /// its id printed). On this host a deploy always shows its progress.
+    #[arg(long)]
+    pub follow: bool,
+    /// When another live agent holds the environment's lock, wait for it instead of failing.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 fn actor() -> String {
     crate::db::migrate::whoami()
-}
-
-fn ms(v: f64) -> String {
-    if v >= 1000.0 {
-        format!("{:.2} s", v / 1000.0)
-    } else {
-        format!("{v:.1} ms")
-    }
-}
-
-/// A run's journal, one line per step.
-fn print_steps(indent: &str, steps: &[crate::store::Step]) {
-    for s in steps {
-        let took = s
-            .finished_at
-            .map_or("unfinished".into(), |f| ms((f - s.started_at) as f64));
-        say!(
-            "{indent}{:<9} {:<8} {:>10}  {}",
-            s.stage,
-            s.status,
-            took,
-            s.detail.as_deref().unwrap_or("")
-        );
-    }
-}
-
-fn time(ms: i64) -> String {
-    crate::time::rfc3339(ms / 1000)
-}
-
-/// The live view: a line per stage as it ends (and, on a terminal, the one running).
-struct Live {
-    tty: bool,
-}
-
-impl Reporter for Live {
-    fn stage(&self, r: &StageReport) {
-        use std::io::Write as _;
-        let name = r.stage.name();
-        if r.status == StageStatus::Started {
-            if self.tty {
-                let mut out = std::io::stdout().lock();
-                let _ = write!(out, "  … {name:<9}");
-                let _ = out.flush();
-            }
-            return;
-        }
-        let mark = match r.status {
-            StageStatus::Done => "✓",
-            StageStatus::Skipped => "-",
-            StageStatus::Failed => "✗",
-            StageStatus::Started => "…",
-        };
-        let clear = if self.tty { "\r\x1b[2K" } else { "" };
-        say!(
-            "{clear}  {mark} {name:<9} {:>9}  {}",
-            ms(r.duration_ms),
-            r.detail
-        );
-    }
-
-    fn note(&self, text: &str) {
-        let clear = if self.tty { "\r\x1b[2K" } else { "" };
-        say!("{clear}  ! {text}");
-    }
-}
-
-struct Silent;
-
-impl Reporter for Silent {
-    fn stage(&self, _: &StageReport) {}
-    fn note(&self, _: &str) {}
 }
 
 fn request(args: &DeployArgs) -> Request {
@@ -166,7 +71,10 @@ fn request(args: &DeployArgs) -> Request {
     }
 }
 
-pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn deploy(args: DeployArgs, remote: Option<Client>) -> anyhow::Result<ExitCode> {
+    if let Some(client) = remote {
+        return deploy_remote(args, client).await;
+    }
     if args.dry_run {
         return plan(args).await;
     }
@@ -182,11 +90,24 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             agent.config.path.display()
         );
     }
-    let live = Live {
-        tty: std::io::stdout().is_terminal(),
+    let view = reporter(json);
+    let reporter = view.as_ref();
+    let outcome = loop {
+        match pipeline::deploy(&agent, &request, reporter).await {
+            Err(PipelineError::Store(StoreError::Locked { .. })) => {
+                let held = locked_by(&agent, &request.environment).await;
+                if !args.wait {
+                    anyhow::bail!(
+                        "environment `{}` is locked: {held}; `deploy --wait` waits for it",
+                        request.environment
+                    );
+                }
+                reporter.note(&format!("waiting for the lock: {held}"));
+                wait_for_lock(&agent, &request.environment).await?;
+            }
+            other => break other?,
+        }
     };
-    let reporter: &dyn Reporter = if json { &Silent } else { &live };
-    let outcome = pipeline::deploy(&agent, &request, reporter).await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
@@ -237,11 +158,9 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
 pub(super) async fn recover(args: EnvArgs, rollback: bool) -> anyhow::Result<ExitCode> {
     let agent = agent_for(&args.config, Some(&args.env)).await?;
     let json = args.output == Output::Json;
-    let live = Live {
-        tty: std::io::stdout().is_terminal(),
-    };
-    let reporter: &dyn Reporter = if json { &Silent } else { &live };
-    let done = pipeline::recover::recover(&agent, &args.env, rollback, &actor(), reporter).await?;
+    let view = reporter(json);
+    let done =
+        pipeline::recover::recover(&agent, &args.env, rollback, &actor(), view.as_ref()).await?;
     let ok = done
         .outcome
         .as_ref()
@@ -329,274 +248,133 @@ pub(super) async fn plan(args: DeployArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Who holds an environment's lock and what it is doing, in words.
+async fn locked_by(agent: &Agent, env: &str) -> String {
+    match pipeline::status::view(agent, env).await {
+        Ok(v) => v.lock.map_or("by another agent".into(), |l| l.describe()),
+        Err(e) => format!("(its holder cannot be read: {e})"),
+    }
+}
+
+/// Waits until the environment's lock is free or its holder is gone.
+async fn wait_for_lock(agent: &Agent, env: &str) -> anyhow::Result<()> {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match agent.store.lock_holder(env).await? {
+            Some(h) if h.is_live() => {}
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// `deploy --server`: queued on the daemon; with `--follow`, streamed to its end.
+async fn deploy_remote(args: DeployArgs, client: Client) -> anyhow::Result<ExitCode> {
+    let env = &args.target.env;
+    if args.dry_run {
+        return Err(super::Usage(
+            "`deploy --dry-run` (and `plan`) runs on the deploy host: it reads the database and the artifact there".into(),
+        )
+        .into());
+    }
+    let body = crate::server::api::TriggerRequest {
+        environment: env.clone(),
+        version: args.version.clone(),
+        artifact: args
+            .artifact
+            .as_ref()
+            .map(|a| a.to_string_lossy().into_owned()),
+        reason: args.reason.clone(),
+    };
+    let queued: RunView = about_env(&client, env, client.post("/v1/deployments", &body).await)?;
+    let json = args.target.output == Output::Json;
+    if !args.follow {
+        if json {
+            say!("{}", serde_json::to_string_pretty(&queued)?);
+        } else {
+            say!(
+                "Queued run {} for {} on {}{}: follow it with `deploy-agent --server {} runs follow {}`",
+                queued.id,
+                env,
+                client.url(),
+                queued
+                    .position
+                    .map(|p| format!(" (place {p} in its queue)"))
+                    .unwrap_or_default(),
+                client.url(),
+                queued.id
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        say!("Deploying to {env} (run {} on {})", queued.id, client.url());
+    }
+    let view = reporter(json);
+    follow(&client, &queued.id, view.as_ref()).await?;
+    let ended = super::remote::ended_run(&client, &queued.id).await?;
+    show_remote_end(&ended, json)
+}
+
+/// A followed run's end, as a local deploy prints it.
+pub(super) fn show_remote_end(v: &RunView, json: bool) -> anyhow::Result<ExitCode> {
+    let ok = v.status == "succeeded";
+    if json {
+        say!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        say!("");
+        match &v.deployment {
+            Some(d) if ok => say!(
+                "{} is live on {}: release {}, schema {}, backup {} (run {}, {})",
+                d.version,
+                d.environment,
+                d.release_id.as_deref().unwrap_or("?"),
+                d.schema_after.as_deref().unwrap_or("none"),
+                d.backup_id.as_deref().unwrap_or("none"),
+                d.id,
+                d.finished_at.map_or("?".into(), |f| format!(
+                    "{} run time",
+                    ms((f - d.started_at) as f64)
+                ))
+            ),
+            Some(d) => {
+                say!(
+                    "Deployment {} of {} to {} FAILED: {}",
+                    d.id,
+                    d.version,
+                    d.environment,
+                    d.error.as_deref().unwrap_or("unknown error")
+                );
+                say!(
+                    "  the journal: deploy-agent history --env {} --id {}",
+                    d.environment,
+                    d.id
+                );
+            }
+            None => say!(
+                "Run {} {}: {}",
+                v.id,
+                v.status,
+                v.queue
+                    .as_ref()
+                    .and_then(|q| q.outcome.as_deref())
+                    .unwrap_or("it did not start")
+            ),
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
 /// The agent for a configuration (checking the environment named, if any, exists).
-async fn agent_for(config: &Path, env: Option<&str>) -> anyhow::Result<Agent> {
+pub(super) async fn agent_for(config: &Path, env: Option<&str>) -> anyhow::Result<Agent> {
     let config = Config::load(config)?;
     if let Some(env) = env {
         super::environment(&config, env)?;
     }
     Ok(Agent::open(config).await?)
-}
-
-pub(super) async fn status(args: EnvArgs) -> anyhow::Result<ExitCode> {
-    let agent = agent_for(&args.config, Some(&args.env)).await?;
-    let store = &agent.store;
-    // A run still journaled as running whose agent is gone is interrupted (its journal says
-    // `running` until it is resumed or rolled back); a rollback or restore in that state
-    // is shown as `interrupted`.
-    let EnvironmentStatus {
-        live,
-        lock,
-        last,
-        last_interrupted,
-        steps,
-        last_rollback,
-        ..
-    } = agent.status(&args.env).await?;
-    if args.output == Output::Json {
-        say!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "environment": args.env, "lock": lock, "live": live, "last": last,
-                "last_interrupted": last_interrupted, "steps": steps,
-                "waiting": store.pending_approvals(Some(&args.env)).await?,
-                "last_rollback": last_rollback,
-            }))?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    say!("Environment {}", args.env);
-    match &live {
-        Some(r) => say!(
-            "  live:  {} (version {}, schema {}, backup {}, since {})",
-            r.id,
-            r.version,
-            r.schema_version.as_deref().unwrap_or("none"),
-            r.backup_id.as_deref().unwrap_or("none"),
-            r.promoted_at.map_or("?".into(), time)
-        ),
-        None => say!("  live:  nothing deployed by this agent yet"),
-    }
-    match &lock {
-        Some(h) if h.expires_at > crate::store::now_ms() => {
-            say!("  lock:  held by {} for run {}", h.owner, h.deployment_id)
-        }
-        Some(h) => say!(
-            "  lock:  expired lease of {} (run {})",
-            h.owner,
-            h.deployment_id
-        ),
-        None => say!("  lock:  free"),
-    }
-    if let Some(r) = &last_rollback {
-        say!(
-            "  rollback: {} {} ({}, {}) {} -> {} by {} at {}: {}",
-            r.id,
-            r.status,
-            r.mode,
-            r.initiator,
-            r.from_release.as_deref().unwrap_or("-"),
-            r.to_release.as_deref().unwrap_or("-"),
-            r.actor,
-            time(r.started_at),
-            r.reason.as_deref().unwrap_or("")
-        );
-        if r.status == RollbackStatus::Interrupted {
-            say!(
-                "         stopped in {}: `deploy-agent recover --env {}` finishes it, `--rollback` undoes it",
-                r.stopped_in(),
-                args.env
-            );
-        }
-    }
-    for a in store.pending_approvals(Some(&args.env)).await? {
-        say!(
-            "  waits: run {} at the {} gate: `deploy-agent approve {} --reason ...`{}",
-            a.deployment_id,
-            a.gate,
-            a.deployment_id,
-            a.expires_at
-                .map(|e| format!(" (expires {})", time(e)))
-                .unwrap_or_default()
-        );
-    }
-    if let Some(d) = &last {
-        say!(
-            "  last:  {} {} {} by {} at {}{}",
-            d.id,
-            d.version,
-            d.status,
-            d.actor,
-            time(d.started_at),
-            d.error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        );
-        print_steps("         ", &steps);
-        if last_interrupted {
-            say!(
-                "         interrupted: its agent is gone; `deploy-agent recover --env {}` {}",
-                args.env,
-                if d.stage.as_deref() == Some(pipeline::recover::ROLLING_BACK) {
-                    "finishes rolling it back"
-                } else {
-                    "resumes it (`--rollback` rolls it back)"
-                }
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) async fn history(
-    args: EnvArgs,
-    limit: usize,
-    id: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let store = agent_for(&args.config, Some(&args.env)).await?.store;
-    let runs = match &id {
-        Some(id) => store.deployment(id).await?.into_iter().collect(),
-        None => store.deployments(&args.env, limit).await?,
-    };
-    if args.output == Output::Json {
-        let mut out = Vec::new();
-        for d in runs {
-            let steps = store.steps(&d.id).await?;
-            out.push(serde_json::json!({ "deployment": d, "steps": steps }));
-        }
-        say!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if runs.is_empty() {
-        say!("No deployments of {} yet.", args.env);
-    }
-    for d in &runs {
-        let took = d
-            .finished_at
-            .map_or("running".into(), |f| ms((f - d.started_at) as f64));
-        say!(
-            "{}  {:<12} {:<11} {:>9}  by {}{}{}",
-            d.id,
-            d.version,
-            d.status,
-            took,
-            d.actor,
-            d.reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default(),
-            d.error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        );
-        if id.is_some() {
-            print_steps("    ", &store.steps(&d.id).await?);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) async fn releases(args: EnvArgs) -> anyhow::Result<ExitCode> {
-    let store = agent_for(&args.config, Some(&args.env)).await?.store;
-    let releases = store.releases(&args.env).await?;
-    if args.output == Output::Json {
-        say!("{}", serde_json::to_string_pretty(&releases)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if releases.is_empty() {
-        say!("No releases of {} yet.", args.env);
-    }
-    for r in &releases {
-        say!(
-            "{} {:<28} {:<12} {:<10} schema {:<6} backup {}",
-            if r.state == ReleaseStatus::Live {
-                "*"
-            } else {
-                " "
-            },
-            r.id,
-            r.version,
-            r.state,
-            r.schema_version.as_deref().unwrap_or("-"),
-            r.backup_id.as_deref().unwrap_or("-")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        AuditCommand::List {
-            env,
-            limit,
-            config,
-            output,
-        } => {
-            let store = agent_for(&config, env.as_deref()).await?.store;
-            let entries = store.audit_entries(env.as_deref(), limit).await?;
-            if output == Output::Json {
-                say!("{}", serde_json::to_string_pretty(&entries)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            for e in &entries {
-                say!(
-                    "{:>5} {} {:<10} {:<18} {:<10} {}{}{}",
-                    e.seq,
-                    time(e.at),
-                    e.actor,
-                    e.action,
-                    e.environment.as_deref().unwrap_or("-"),
-                    e.subject.as_deref().unwrap_or(""),
-                    e.why
-                        .as_deref()
-                        .map(|w| format!(" why: {w}"))
-                        .unwrap_or_default(),
-                    e.detail
-                        .as_deref()
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default(),
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        AuditCommand::Verify {
-            expect_head,
-            config,
-            output,
-        } => {
-            let store = agent_for(&config, None).await?.store;
-            let mut report = store.audit_verify().await?;
-            if let Some(head) = expect_head
-                && head != report.head
-            {
-                report.problems.push(format!(
-                    "the head is {}, not the expected {head}: entries were removed from the end, or the log was replaced",
-                    report.head
-                ));
-            }
-            if output == Output::Json {
-                say!("{}", serde_json::to_string_pretty(&report)?);
-            } else if report.problems.is_empty() {
-                say!(
-                    "audit log intact: {} entries, head {}",
-                    report.entries,
-                    report.head
-                );
-            } else {
-                say!("audit log TAMPERED ({} entries checked):", report.entries);
-                for p in &report.problems {
-                    say!("  {p}");
-                }
-            }
-            Ok(if report.problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            })
-        }
-    }
 }
 
 /// `rollback`.
@@ -645,39 +423,61 @@ pub enum DbStrategyArg {
     Down,
 }
 
-pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
-    use crate::pipeline::rollback::{self as rb, DbStrategy, Mode};
-    let agent = agent_for(&args.target.config, Some(&args.target.env)).await?;
-    let req = rb::RollbackRequest {
-        environment: args.target.env.clone(),
+pub(super) async fn rollback(
+    args: RollbackArgs,
+    remote: Option<Client>,
+) -> anyhow::Result<ExitCode> {
+    use crate::pipeline::rollback::{self as rb, RollbackOutcome, RollbackPlan};
+    let env = &args.target.env;
+    let mode = if args.full {
+        "full"
+    } else if args.db_only {
+        "db"
+    } else {
+        "app"
+    };
+    let strategy = match args.db_strategy {
+        DbStrategyArg::Restore => "restore",
+        DbStrategyArg::Down => "down",
+    };
+    let body = crate::server::api::RollbackBody {
+        mode: Some(mode.into()),
         to: args.to.clone(),
-        mode: if args.full {
-            Mode::Full
-        } else if args.db_only {
-            Mode::Db
-        } else {
-            Mode::App
-        },
         backup: args.backup.clone(),
-        db_strategy: match args.db_strategy {
-            DbStrategyArg::Restore => DbStrategy::Restore,
-            DbStrategyArg::Down => DbStrategy::Down,
-        },
+        db_strategy: Some(strategy.into()),
         reason: args.reason.clone(),
-        actor: actor(),
         force: args.force,
     };
     let json = args.target.output == Output::Json;
-    let plan = rb::plan(&agent, &req).await?;
+    // The plan, here or on the daemon; the same words either way.
+    let (local, plan): (Option<(Agent, rb::RollbackRequest)>, RollbackPlan) = match &remote {
+        Some(c) => {
+            let plan = about_env(
+                c,
+                env,
+                c.post(
+                    &format!("/v1/environments/{}/rollback/plan", seg(env)),
+                    &body,
+                )
+                .await,
+            )?;
+            (None, plan)
+        }
+        None => {
+            let agent = agent_for(&args.target.config, Some(env)).await?;
+            let req = crate::server::api::rollback_request(env, body.clone(), actor())
+                .map_err(|e| super::Usage(e.error))?;
+            let plan = rb::plan(&agent, &req).await?;
+            (Some((agent, req)), plan)
+        }
+    };
     if !json || !args.yes {
-        let mut out = std::io::stderr().lock();
-        use std::io::Write as _;
-        let _ = writeln!(out, "Rollback of {} ({:?}):", plan.environment, plan.mode);
+        tell!("Rollback of {} ({}):", plan.environment, plan.mode.word());
         for s in &plan.steps {
-            let _ = writeln!(out, "  - {s}");
+            tell!("  - {s}");
         }
         if let Some(loss) = &plan.data_loss {
-            let _ = writeln!(out, "  ! {loss}");
+            tell!("  ! {loss}");
         }
     }
     if !plan.refusals.is_empty() {
@@ -687,11 +487,17 @@ pub(super) async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
         args.yes,
         &format!("roll back {} to {}", plan.environment, plan.to.id),
     )?;
-    let live = Live {
-        tty: std::io::stdout().is_terminal(),
+    let outcome: RollbackOutcome = match (&remote, local) {
+        (Some(c), _) => refused(
+            c.post(&format!("/v1/environments/{}/rollback", seg(env)), &body)
+                .await,
+        )?,
+        (None, Some((agent, req))) => {
+            let view = reporter(json);
+            rb::execute(&agent, &req, view.as_ref()).await?
+        }
+        (None, None) => anyhow::bail!("no rollback planned"),
     };
-    let reporter: &dyn Reporter = if json { &Silent } else { &live };
-    let outcome = rb::execute(&agent, &req, reporter).await?;
     if json {
         say!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
@@ -738,20 +544,37 @@ pub struct DecideArgs {
 pub(super) async fn decide(
     args: DecideArgs,
     decision: crate::store::Decision,
+    remote: Option<Client>,
 ) -> anyhow::Result<ExitCode> {
-    let agent = agent_for(&args.config, None).await?;
-    let who = actor();
-    let a = agent
-        .decide(&args.run, decision, &who, &args.reason, None)
-        .await?;
+    let a = match &remote {
+        Some(c) => {
+            let body = crate::server::api::DecisionRequest {
+                reason: args.reason.clone(),
+            };
+            let path = format!("/v1/runs/{}/{}", seg(&args.run), decision.verb());
+            match c.post(&path, &body).await {
+                Err(crate::remote::RemoteError::Refused { status: 404, .. }) => {
+                    return Err(pipeline::DecideError::NotWaiting(args.run.clone()).into());
+                }
+                r => refused(r)?,
+            }
+        }
+        None => {
+            let agent = agent_for(&args.config, None).await?;
+            agent
+                .decide(&args.run, decision, &actor(), &args.reason, None)
+                .await?
+        }
+    };
     if args.output == Output::Json {
         say!("{}", serde_json::to_string_pretty(&a)?);
     } else {
         say!(
-            "run {} ({} gate) {} by {who}",
+            "run {} ({} gate) {} by {}",
             a.deployment_id,
             a.gate,
-            decision.word()
+            decision.word(),
+            a.decided_by.as_deref().unwrap_or("?")
         );
     }
     Ok(ExitCode::SUCCESS)

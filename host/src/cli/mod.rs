@@ -27,9 +27,12 @@ mod backup;
 mod bench;
 mod config;
 mod deploy;
+mod live;
 mod migrate;
 mod plugin;
+mod remote;
 mod serve;
+mod views;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +61,10 @@ pub struct Cli {
     /// Log verbosity: -v for debug, -vv for trace. DEPLOY_AGENT_LOG overrides (tracing filter syntax).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// The daemon to act through, instead of this host.
+    #[command(flatten)]
+    pub server: remote::ServerArgs,
 
     /// What to do.
     #[command(subcommand)]
@@ -119,7 +126,10 @@ pub enum Command {
     Releases(deploy::EnvArgs),
     /// The hash-chained audit log: list, verify.
     #[command(subcommand)]
-    Audit(deploy::AuditCommand),
+    Audit(views::AuditCommand),
+    /// Runs on a daemon (`--server`): follow one live.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -155,6 +165,20 @@ pub enum Command {
     /// Benchmarks that print figures (never pass/fail).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `deploy-agent runs ...`
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Stream a daemon's run live, stage by stage, until it ends (exit 0 when it went live,
+    /// 1 when it failed). Needs --server.
+    Follow {
+        /// The run's id (the deploy prints it; `history` lists them).
+        run: String,
+        /// Output format (JSON: the run at its end).
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 /// `deploy-agent plugin ...`
@@ -244,6 +268,7 @@ pub fn main() -> ExitCode {
             | Command::History { .. }
             | Command::Releases(_)
             | Command::Audit(_)
+            | Command::Runs(_)
     );
     init_logging(cli.verbose, quiet);
     match run(cli) {
@@ -278,10 +303,56 @@ pub(crate) fn environment<'c>(
     config.environment(name).map_err(Usage)
 }
 
+/// The commands that work on this host or through a daemon (`--server`).
+async fn environment_command(
+    command: Command,
+    remote: Option<crate::remote::Client>,
+) -> anyhow::Result<ExitCode> {
+    use crate::store::Decision;
+    match command {
+        Command::Deploy(args) => deploy::deploy(args, remote).await,
+        Command::Status(args) => views::status(args, remote).await,
+        Command::Rollback(args) => deploy::rollback(args, remote).await,
+        Command::Approve(args) => deploy::decide(args, Decision::Approved, remote).await,
+        Command::Reject(args) => deploy::decide(args, Decision::Rejected, remote).await,
+        Command::History { target, limit, id } => views::history(target, limit, id, remote).await,
+        Command::Releases(args) => views::releases(args, remote).await,
+        Command::Audit(command) => views::audit(command, remote).await,
+        Command::Runs(RunsCommand::Follow { run, output }) => {
+            remote::follow_command(remote, &run, output).await
+        }
+        _ => Err(Usage("not an environment command".into()).into()),
+    }
+}
+
+/// Whether a command can act through a daemon.
+fn remote_capable(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Deploy(_)
+            | Command::Status(_)
+            | Command::Rollback(_)
+            | Command::Approve(_)
+            | Command::Reject(_)
+            | Command::History { .. }
+            | Command::Releases(_)
+            | Command::Audit(_)
+            | Command::Runs(_)
+            | Command::Completions { .. }
+    )
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let remote = remote::client(&cli.server)?;
+    if remote.is_some() && !remote_capable(&cli.command) {
+        return Err(Usage(
+            "this command runs on the deploy host only; --server (or DEPLOY_AGENT_SERVER) works with deploy, status, history, releases, approve, reject, rollback, audit and runs follow".into(),
+        )
+        .into());
+    }
     let result = match cli.command {
         Command::Plugin(PluginCommand::Inspect { file, output }) => plugin::inspect(&file, output),
         Command::Plugin(PluginCommand::Check { config, output }) => {
@@ -295,24 +366,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             say!("{}", crate::config::SCHEMA.trim_end());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Deploy(args) => runtime.block_on(deploy::deploy(args)),
         Command::Plan(args) => runtime.block_on(deploy::plan(args)),
-        Command::Status(args) => runtime.block_on(deploy::status(args)),
-        Command::Rollback(args) => runtime.block_on(deploy::rollback(args)),
-        Command::Approve(args) => {
-            runtime.block_on(deploy::decide(args, crate::store::Decision::Approved))
-        }
-        Command::Reject(args) => {
-            runtime.block_on(deploy::decide(args, crate::store::Decision::Rejected))
-        }
         Command::Recover { target, rollback } => {
             runtime.block_on(deploy::recover(target, rollback))
         }
-        Command::History { target, limit, id } => {
-            runtime.block_on(deploy::history(target, limit, id))
-        }
-        Command::Releases(args) => runtime.block_on(deploy::releases(args)),
-        Command::Audit(command) => runtime.block_on(deploy::audit(command)),
+        command @ (Command::Deploy(_)
+        | Command::Status(_)
+        | Command::Rollback(_)
+        | Command::Approve(_)
+        | Command::Reject(_)
+        | Command::History { .. }
+        | Command::Releases(_)
+        | Command::Audit(_)
+        | Command::Runs(_)) => runtime.block_on(environment_command(command, remote)),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut script = Vec::new();

@@ -24,3 +24,14 @@ pub(crate) fn stdout_line(text: &str) {
 pub(crate) fn stderr_line(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
+
+/// Part of a line (a live view's running line, redrawn in place), flushed at once.
+pub(crate) fn stdout_part(text: &str) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if write!(out, "{text}").and_then(|()| out.flush()).is_err() {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+    }
+}

@@ -31,6 +31,7 @@ pub struct Agent {
     plugins: Option<Mutex<HashMap<String, Plugin>>>,
     events: Arc<Bus>,
     runtime: OnceLock<Runtime>,
+    server: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -85,6 +86,7 @@ impl Agent {
             plugins: None,
             events: Arc::new(Bus::default()),
             runtime: OnceLock::new(),
+            server: OnceLock::new(),
         })
     }
 
@@ -103,6 +105,17 @@ impl Agent {
     pub fn keeping_plugins(mut self) -> Agent {
         self.plugins = Some(Mutex::default());
         self
+    }
+
+    /// Records the daemon's URL, once it listens: what a waiting run tells people to pass as
+    /// `--server` to approve it from anywhere.
+    pub fn serving_at(&self, url: String) {
+        let _ = self.server.set(url);
+    }
+
+    /// The daemon's URL, when this agent is a daemon's.
+    pub fn server_url(&self) -> Option<&str> {
+        self.server.get().map(String::as_str)
     }
 
     /// Where the runs' events are published.

@@ -143,6 +143,20 @@ pub async fn run(a: &AnalysisConfig) -> AnalysisResult {
     let mut waited = Duration::ZERO;
     let verdict = loop {
         let m = measure(a).await;
+        super::progress::set(
+            "analysis",
+            format!(
+                "analysis `{}` {}/{}: {}",
+                a.name,
+                measurements.len() + 1,
+                a.count,
+                match &m {
+                    Measurement::Pass { value } => format!("{value} (pass)"),
+                    Measurement::Fail { value } => format!("{value} (fail)"),
+                    Measurement::Inconclusive { reason } => format!("inconclusive: {reason}"),
+                }
+            ),
+        );
         match &m {
             Measurement::Pass { .. } => streak += 1,
             Measurement::Fail { .. } => {

@@ -15,7 +15,7 @@ use crate::config::{CheckConfig, Probe};
 const MAX_BODY: usize = 1 << 20;
 
 /// One check's outcome.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct CheckResult {
     /// The check.
     pub name: String,
@@ -69,8 +69,13 @@ impl Subst {
 /// Runs one check, retrying as configured. `base` is where commands run.
 pub async fn run(check: &CheckConfig, subst: &Subst, base: &Path) -> CheckResult {
     let mut attempts = 0;
+    let tries = check.retries + 1;
     loop {
         attempts += 1;
+        super::progress::set(
+            "check",
+            format!("check `{}` attempt {attempts}/{tries}", check.name),
+        );
         let started = Instant::now();
         let outcome =
             match tokio::time::timeout(check.timeout, probe(&check.probe, subst, base)).await {
@@ -92,6 +97,15 @@ pub async fn run(check: &CheckConfig, subst: &Subst, base: &Path) -> CheckResult
             };
         }
         tracing::debug!(check = check.name, attempts, "check failed, retrying");
+        super::progress::set(
+            "check",
+            format!(
+                "check `{}` attempt {attempts}/{tries} failed ({}); again in {} ms",
+                check.name,
+                outcome.as_ref().err().map_or("", |e| e.0.as_str()),
+                check.interval.as_millis()
+            ),
+        );
         tokio::time::sleep(check.interval).await;
     }
 }

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::runtime::{Event, EventKind};
@@ -18,7 +18,7 @@ use crate::runtime::{Event, EventKind};
 pub const HISTORY: usize = 2048;
 
 /// One published event.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRecord {
     /// Its number in this process (the SSE event id).
     pub seq: u64,
@@ -58,7 +58,7 @@ impl EventRecord {
 
 /// An event's kind, named as in the WIT (`stage-started`): the WIT's own enum is generated
 /// by bindgen, without serde, so the bus carries this one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventType {
     /// A run started.
@@ -77,6 +77,9 @@ pub enum EventType {
     Failed,
     /// A previous release was made live again.
     RolledBack,
+    /// What the running stage is doing (`summary`), with its elapsed time (`duration_ms`):
+    /// the live view's, never sent to notifiers.
+    Progress,
 }
 
 impl EventType {
@@ -91,6 +94,7 @@ impl EventType {
             EventType::Succeeded => "succeeded",
             EventType::Failed => "failed",
             EventType::RolledBack => "rolled-back",
+            EventType::Progress => "progress",
         }
     }
 }
@@ -131,6 +135,32 @@ impl Default for Bus {
 impl Bus {
     /// Publishes an event.
     pub fn publish(&self, e: &Event) {
+        self.push(e.kind.into(), e);
+    }
+
+    /// Publishes a sample of a running stage (never a notifier's).
+    pub(crate) fn progress(
+        &self,
+        p: &super::progress::Publish,
+        sample: &super::progress::Progress,
+    ) {
+        let e = Event {
+            kind: EventKind::StageStarted,
+            environment: p.environment.clone(),
+            deployment_id: p.run.clone(),
+            version: p.version.clone(),
+            actor: p.actor.clone(),
+            stage: Some(sample.stage.name().to_string()),
+            summary: sample.activity.clone(),
+            detail: None,
+            duration_ms: Some(sample.elapsed_ms),
+            links: Vec::new(),
+            at_ms: crate::store::now_ms() as u64,
+        };
+        self.push(EventType::Progress, &e);
+    }
+
+    fn push(&self, kind: EventType, e: &Event) {
         let mut history = self
             .history
             .lock()
@@ -138,7 +168,7 @@ impl Bus {
         // Numbered under the lock, so history and the channel agree on the order.
         let record = Arc::new(EventRecord {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            kind: e.kind.into(),
+            kind,
             environment: e.environment.clone(),
             deployment_id: e.deployment_id.clone(),
             version: e.version.clone(),

@@ -25,6 +25,7 @@ mod journal;
 pub mod notify;
 pub(crate) mod offsite;
 pub mod plan;
+pub mod progress;
 pub mod recover;
 pub mod restore;
 pub mod rollback;
@@ -34,6 +35,7 @@ mod plugins;
 mod run;
 pub mod sequence;
 mod stages;
+pub mod status;
 mod target;
 
 use crate::store::RunStatus;
@@ -94,6 +96,26 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 11] = [
+        Stage::Lock,
+        Stage::Validate,
+        Stage::Backup,
+        Stage::Migrate,
+        Stage::Deploy,
+        Stage::Verify,
+        Stage::Approve,
+        Stage::Promote,
+        Stage::Watch,
+        Stage::Rollback,
+        Stage::Notify,
+    ];
+
+    /// The stage a name names.
+    pub fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     /// Its name.
     pub fn name(self) -> &'static str {
         match self {
@@ -166,6 +188,9 @@ pub trait Reporter: Send + Sync {
     fn stage(&self, report: &StageReport);
     /// A remark worth showing (recovery, lock takeover, waiting).
     fn note(&self, text: &str);
+    /// A sample of the running stage, every [`progress::TICK`] while it runs: its elapsed
+    /// time and what it is doing (a live view redraws its line; a log writes what changed).
+    fn progress(&self, _sample: &progress::Progress) {}
 }
 
 /// A reporter that shows nothing.
@@ -326,6 +351,8 @@ pub fn new_id() -> String {
 /// One run through its stages: what it knows, what it has done, where it reports.
 struct Run<'a> {
     config: &'a Config,
+    /// The daemon's URL when a daemon runs it (what `approve --server` takes).
+    server: Option<String>,
     events: Arc<events::Bus>,
     env: &'a Environment,
     store: Store,

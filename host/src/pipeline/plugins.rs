@@ -94,13 +94,19 @@ pub(crate) struct Plugins {
     pub offsite: Option<Plugin>,
 }
 
-pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, PluginsError> {
+/// The environment's deploy target alone (what `status` asks about drift).
+pub(crate) fn load_target(agent: &Agent, env: &Environment) -> Result<Plugin, PluginsError> {
     let target_cfg = env
         .target
         .as_ref()
         .ok_or_else(|| PluginsError::NoTarget(env.name.clone()))?;
     let runtime = agent.runtime()?;
-    let target = agent_plugin(agent, runtime, &target_cfg.plugin, Some(&target_cfg.config))?;
+    agent_plugin(agent, runtime, &target_cfg.plugin, Some(&target_cfg.config))
+}
+
+pub(crate) fn load_plugins(agent: &Agent, env: &Environment) -> Result<Plugins, PluginsError> {
+    let runtime = agent.runtime()?;
+    let target = load_target(agent, env)?;
     let exports = |p: &Plugin, kind: Kind, role: &'static str| {
         if p.kinds().contains(&kind) {
             Ok(())

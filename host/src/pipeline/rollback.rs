@@ -22,7 +22,7 @@ use crate::store::{AuditEntry, Owner, ReleaseRecord, RollbackRecord, Store, now_
 use crate::store::{ReleaseStatus, RollbackStatus};
 
 /// What to roll back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The app only: the target's earlier release.
@@ -33,8 +33,19 @@ pub enum Mode {
     Full,
 }
 
+impl Mode {
+    /// Its word, as the API takes it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Mode::App => "app",
+            Mode::Db => "db",
+            Mode::Full => "full",
+        }
+    }
+}
+
 /// How the database goes back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DbStrategy {
     /// Restore the backup that holds the release's schema (data written since is lost).
@@ -66,7 +77,7 @@ pub struct RollbackRequest {
 }
 
 /// The backup a restore would use.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BackupChoice {
     /// Its id.
     pub id: String,
@@ -79,7 +90,7 @@ pub struct BackupChoice {
 }
 
 /// What a rollback would do.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RollbackPlan {
     /// The environment.
     pub environment: String,
@@ -104,10 +115,10 @@ pub struct RollbackPlan {
 }
 
 /// One step of an executed rollback.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RollbackStep {
     /// Its name.
-    pub name: &'static str,
+    pub name: String,
     /// How long, ms.
     pub duration_ms: f64,
     /// What it did.
@@ -115,7 +126,7 @@ pub struct RollbackStep {
 }
 
 /// What a rollback did.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RollbackOutcome {
     /// The record, as stored.
     pub record: RollbackRecord,
@@ -364,7 +375,7 @@ pub async fn execute(
     let mut steps: Vec<RollbackStep> = Vec::new();
     let mut step = |name: &'static str, at: Instant, detail: String, _: &dyn Reporter| {
         steps.push(RollbackStep {
-            name,
+            name: name.to_string(),
             duration_ms: at.elapsed().as_secs_f64() * 1e3,
             detail,
         });

@@ -160,6 +160,7 @@ pub async fn deploy(
     );
     let mut run = Run {
         config,
+        server: agent.server_url().map(str::to_string),
         events: agent.events().clone(),
         env,
         store,
@@ -260,6 +261,7 @@ impl Run<'_> {
             .await
             .inspect_err(|e| self.suspended |= matches!(e, StageError::Suspended))?;
         self.d.stage = Some(stage.name().into());
+        progress::started(stage);
         self.reporter.stage(&StageReport {
             stage,
             status: StageStatus::Started,
@@ -286,6 +288,7 @@ impl Run<'_> {
         detail: String,
     ) -> Result<(), StageError> {
         failpoint::hit("after", stage.name());
+        progress::ended();
         let elapsed = step.1.elapsed();
         let word = status.word();
         let report = journal::end(&self.store, &self.d.id, stage, step, status, detail).await?;
@@ -336,19 +339,36 @@ impl Run<'_> {
     }
 
     pub(super) async fn stages_in_order(&mut self) -> Result<(), StageError> {
-        // The order is the environment's, computed once for the run and for `plan`.
+        // The order is the environment's, computed once for the run and for `plan`. Each
+        // stage runs pumped: the live view and the event stream see what it is doing.
+        let reporter = self.reporter;
+        let publish = self.publishing();
         for step in sequence::sequence(self.env) {
-            match step {
-                Step::Approve(gate) => self.approve(sequence::gate_name(gate)).await?,
-                Step::Validate => self.validate().await?,
-                Step::BackupAndMigrate => self.backup_and_migrate().await?,
-                Step::Deploy => self.deploy().await?,
-                Step::Verify => self.verify().await?,
-                Step::Promote => self.promote().await?,
-                Step::Watch => self.watch().await?,
-            }
+            let work = async {
+                match step {
+                    Step::Approve(gate) => self.approve(sequence::gate_name(gate)).await,
+                    Step::Validate => self.validate().await,
+                    Step::BackupAndMigrate => self.backup_and_migrate().await,
+                    Step::Deploy => self.deploy().await,
+                    Step::Verify => self.verify().await,
+                    Step::Promote => self.promote().await,
+                    Step::Watch => self.watch().await,
+                }
+            };
+            progress::pumped(reporter, Some(&publish), work).await?;
         }
         Ok(())
+    }
+
+    /// Who this run's progress events belong to.
+    pub(super) fn publishing(&self) -> progress::Publish {
+        progress::Publish {
+            bus: self.events.clone(),
+            environment: self.env.name.clone(),
+            run: self.d.id.clone(),
+            version: self.d.version.clone(),
+            actor: self.d.actor.clone(),
+        }
     }
 
     pub(super) async fn record(

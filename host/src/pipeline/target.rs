@@ -145,6 +145,7 @@ pub(crate) async fn wait_live(
         };
         if what != last {
             note(&what);
+            progress::set("target", format!("release {id}: {what}"));
             last = what;
         }
         if Instant::now() >= deadline {
@@ -191,8 +192,14 @@ pub(crate) async fn check_rounds(
 ) -> Rounds {
     let mut out = Rounds::default();
     let end = Instant::now() + window;
+    if !window.is_zero() {
+        progress::countdown("window", "watch window", end);
+    }
     loop {
         out.rounds += 1;
+        if !window.is_zero() {
+            progress::set("round", format!("round {}", out.rounds));
+        }
         let results = checks::run_all(list.iter(), subst, base).await;
         for r in &results {
             if r.attempts > 1 {

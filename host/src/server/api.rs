@@ -25,7 +25,7 @@ use crate::store::{
 };
 
 /// `POST /v1/deployments`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerRequest {
     /// The environment.
@@ -39,7 +39,7 @@ pub struct TriggerRequest {
 }
 
 /// A run: queued, running or ended.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RunView {
     /// Its id.
     pub id: String,
@@ -237,7 +237,7 @@ pub(super) async fn cancel_run(
 }
 
 /// `approve` / `reject`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionRequest {
     /// Why: recorded in the audit log.
@@ -324,7 +324,7 @@ pub(super) async fn decide(
 }
 
 /// An environment at a glance.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentView {
     /// Its name.
     pub name: String,
@@ -439,7 +439,7 @@ pub(super) async fn env_releases(
 }
 
 /// `POST /v1/environments/{env}/rollback`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     /// `app` (default), `db` or `full`.
@@ -480,7 +480,36 @@ pub(super) async fn rollback(
 ) -> ApiResult<Json<RollbackOutcome>> {
     let caller = state.caller(&headers)?;
     state.known_env(&caller, Role::Deploy, &env)?;
-    let r = body(b)?;
+    let req = rollback_request(&env, body(b)?, caller.actor())?;
+    let slot = state
+        .queue
+        .slot(&env)
+        .ok_or_else(|| ApiError::not_found("environment"))?;
+    // A run that just ended releases the environment within moments; one still going does not.
+    let Ok(_busy) = tokio::time::timeout(std::time::Duration::from_secs(3), slot.busy.lock()).await
+    else {
+        let current = slot
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_default();
+        return Err(ApiError::conflict(format!(
+            "run {current} is in progress in {env}: reject it (POST /v1/runs/{current}/reject) or wait for it, then roll back"
+        )));
+    };
+    let outcome = rb::execute(&state.agent, &req, &Quiet)
+        .await
+        .map_err(|e| ApiError::conflict(format!("rollback refused: {e}")))?;
+    Ok(Json(outcome))
+}
+
+/// The rollback a request body asks for, or 400.
+pub fn rollback_request(
+    env: &str,
+    r: RollbackBody,
+    actor: String,
+) -> ApiResult<rb::RollbackRequest> {
     if r.reason.trim().is_empty() {
         return Err(ApiError::bad_request("a reason is required"));
     }
@@ -503,37 +532,16 @@ pub(super) async fn rollback(
             )));
         }
     };
-    let slot = state
-        .queue
-        .slot(&env)
-        .ok_or_else(|| ApiError::not_found("environment"))?;
-    // A run that just ended releases the environment within moments; one still going does not.
-    let Ok(_busy) = tokio::time::timeout(std::time::Duration::from_secs(3), slot.busy.lock()).await
-    else {
-        let current = slot
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .unwrap_or_default();
-        return Err(ApiError::conflict(format!(
-            "run {current} is in progress in {env}: reject it (POST /v1/runs/{current}/reject) or wait for it, then roll back"
-        )));
-    };
-    let req = rb::RollbackRequest {
-        environment: env.clone(),
+    Ok(rb::RollbackRequest {
+        environment: env.to_string(),
         to: r.to,
         mode,
         backup: r.backup,
         db_strategy,
         reason: r.reason,
-        actor: caller.actor(),
+        actor,
         force: r.force,
-    };
-    let outcome = rb::execute(&state.agent, &req, &Quiet)
-        .await
-        .map_err(|e| ApiError::conflict(format!("rollback refused: {e}")))?;
-    Ok(Json(outcome))
+    })
 }
 
 /// `?environment=&limit=`.

@@ -20,6 +20,7 @@ pub mod state;
 pub mod stream;
 pub mod submit;
 pub mod systemd;
+pub mod views;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -103,6 +104,7 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
     })?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{local}");
+    agent.serving_at(format!("{scheme}://{local}"));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let queue = Arc::new(Queue::new(agent.clone(), stop_rx.clone()));

@@ -10,7 +10,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::{api, stream, webhook};
+use super::{api, stream, views, webhook};
 use crate::metrics::{self, Family};
 
 /// The OpenAPI document of this API.
@@ -41,7 +41,8 @@ impl utoipa::Modify for Security {
     paths(
         api::trigger, api::get_run, api::cancel_run, api::approve, api::reject,
         stream::run_events, api::environments, api::env_runs, api::env_releases, api::rollback,
-        stream::env_events, api::audit_log, api::healthz, api::readyz, api::metrics_text,
+        stream::env_events, api::audit_log, views::env_status, views::env_history,
+        views::rollback_plan, views::audit_verify, api::healthz, api::readyz, api::metrics_text,
         openapi_json, webhook::github
     ),
     modifiers(&Security)
@@ -60,6 +61,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/environments/{env}/runs", get(api::env_runs))
         .route("/v1/environments/{env}/releases", get(api::env_releases))
         .route("/v1/environments/{env}/rollback", post(api::rollback))
+        .route(
+            "/v1/environments/{env}/rollback/plan",
+            post(views::rollback_plan),
+        )
+        .route("/v1/environments/{env}/status", get(views::env_status))
+        .route("/v1/environments/{env}/history", get(views::env_history))
+        .route("/v1/audit/verify", get(views::audit_verify))
         .route("/v1/environments/{env}/events", get(stream::env_events))
         .route("/v1/audit", get(api::audit_log))
         .route("/v1/webhooks/github", post(webhook::github))

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::{Row, Store, StoreError, now_ms};
 
 /// A gate's request and, once made, its decision.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Approval {
     /// The run.
     pub deployment_id: String,
@@ -42,6 +42,14 @@ impl Decision {
         match self {
             Decision::Approved => "approved",
             Decision::Rejected => "rejected",
+        }
+    }
+
+    /// The command and the API's verb: `approve` or `reject`.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Decision::Approved => "approve",
+            Decision::Rejected => "reject",
         }
     }
 }

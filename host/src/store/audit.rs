@@ -32,7 +32,7 @@ pub struct AuditEntry {
 }
 
 /// An entry as stored.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Position in the chain, from 1.
     pub seq: i64,
@@ -59,7 +59,7 @@ pub struct AuditRecord {
 }
 
 /// What `audit verify` found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditReport {
     /// Entries checked.
     pub entries: usize,
@@ -67,6 +67,21 @@ pub struct AuditReport {
     pub head: String,
     /// Problems, oldest first; empty when the chain is intact.
     pub problems: Vec<String>,
+}
+
+impl AuditReport {
+    /// Adds a problem when the head is not the one recorded earlier (entries removed from
+    /// the end, or the log replaced).
+    pub fn expect_head(&mut self, expected: Option<&str>) {
+        if let Some(head) = expected
+            && head != self.head
+        {
+            self.problems.push(format!(
+                "the head is {}, not the expected {head}: entries were removed from the end, or the log was replaced",
+                self.head
+            ));
+        }
+    }
 }
 
 impl AuditRecord {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError, now_ms};
 
@@ -65,12 +65,15 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Who holds an environment.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LockHolder {
     /// The owner.
     pub owner: String,
     /// Its run.
     pub deployment_id: String,
+    /// When it took the lock, ms since the epoch.
+    #[serde(default)]
+    pub acquired_at: i64,
     /// When the lease ends, ms since the epoch.
     pub expires_at: i64,
 }
@@ -134,7 +137,7 @@ impl Store {
     pub async fn lock_holder(&self, environment: &str) -> Result<Option<LockHolder>, StoreError> {
         let rows = self
             .rows(
-                "SELECT owner, deployment_id, expires_at FROM locks WHERE environment = $1",
+                "SELECT owner, deployment_id, acquired_at, expires_at FROM locks WHERE environment = $1",
                 &[environment.into()],
             )
             .await?;
@@ -144,6 +147,7 @@ impl Store {
                 Ok(LockHolder {
                     owner: r.s()?,
                     deployment_id: r.s()?,
+                    acquired_at: r.i()?,
                     expires_at: r.i()?,
                 })
             })
@@ -187,6 +191,7 @@ impl Store {
             let h = holder.unwrap_or(LockHolder {
                 owner: "another agent".into(),
                 deployment_id: "?".into(),
+                acquired_at: now,
                 expires_at: now,
             });
             return Err(StoreError::Locked {

@@ -25,7 +25,7 @@ pub use lease::{Lease, LockHolder, Owner, hostname, interrupted};
 pub use queue::QueueItem;
 pub use releases::ReleaseRecord;
 pub use rollbacks::RollbackRecord;
-pub use runs::{Deployment, DeploymentField, Step};
+pub use runs::{Deployment, DeploymentField, RunJournal, Step};
 pub use status::{QueueState, ReleaseStatus, RollbackStatus, RunStatus};
 
 use crate::db::Backend;

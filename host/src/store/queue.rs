@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{QueueState, Row, Store, StoreError, now_ms};
 
 /// One queued run.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct QueueItem {
     /// The id the run has (and will have in the journal).
     pub id: String,

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::{ReleaseStatus, Row, Store, StoreError, now_ms};
 
 /// A release as recorded.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReleaseRecord {
     /// The environment.
     pub environment: String,

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::{RollbackStatus, Store, StoreError, now_ms};
 
 /// One rollback.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, Default, utoipa::ToSchema)]
 pub struct RollbackRecord {
     /// Its id.
     pub id: String,

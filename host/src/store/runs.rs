@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::{Row, RunStatus, Store, StoreError, now_ms};
 
 /// A deployment run as recorded.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Deployment {
     /// The run id (time-sortable).
     pub id: String,
@@ -50,7 +50,7 @@ pub struct Deployment {
 }
 
 /// One journaled step.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Step {
     /// Order within the run.
     pub seq: i64,
@@ -91,6 +91,15 @@ fn deployment(mut r: Row) -> Result<Deployment, StoreError> {
         previous_release: r.o()?,
         resumed_from: r.o()?,
     })
+}
+
+/// A run with its journaled steps: one entry of `history`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct RunJournal {
+    /// The run.
+    pub deployment: Deployment,
+    /// Its steps.
+    pub steps: Vec<Step>,
 }
 
 impl Store {
@@ -261,6 +270,21 @@ impl Store {
     }
 
     /// A run's journal, in order.
+    /// An environment's newest runs with their journals (`history`).
+    pub async fn history(
+        &self,
+        environment: &str,
+        limit: usize,
+    ) -> Result<Vec<RunJournal>, StoreError> {
+        let mut out = Vec::new();
+        for deployment in self.deployments(environment, limit).await? {
+            let steps = self.steps(&deployment.id).await?;
+            out.push(RunJournal { deployment, steps });
+        }
+        Ok(out)
+    }
+
+    /// A run's journaled steps, in order.
     pub async fn steps(&self, deployment: &str) -> Result<Vec<Step>, StoreError> {
         let rows = self
             .rows(

@@ -262,7 +262,12 @@ impl DeployTarget for Local {
 
     fn status(ctx: &Context, release_id: &str) -> Result<ReleaseStatus, PluginError> {
         let layout = Layout::new(ctx)?;
-        let state = if layout.meta(release_id).is_some() {
+        // A release is there when its files are, not only its record: a deleted directory
+        // is a release gone (what `status` reports as drift).
+        let files = layout.releases().join(release_id).is_dir();
+        let state = if layout.meta(release_id).is_some() && !files {
+            ReleaseState::Failed(format!("the files of `{release_id}` are gone"))
+        } else if layout.meta(release_id).is_some() {
             if layout.live().as_deref() == Some(release_id) {
                 ReleaseState::Live
             } else {

@@ -32,8 +32,14 @@ impl Run<'_> {
             .request_approval(&self.d.id, gate, &self.env.name, expires_at)
             .await?;
         if request.decision.is_none() {
+            // From anywhere when a daemon runs it: the same command with its --server.
+            let server = self
+                .server
+                .as_deref()
+                .map(|url| format!("--server {url} "))
+                .unwrap_or_default();
             let how = format!(
-                "waiting for a decision on {question}: `deploy-agent approve {id} --reason ...` or `deploy-agent reject {id} --reason ...`",
+                "waiting for a decision on {question}: `deploy-agent {server}approve {id} --reason ...` or `deploy-agent {server}reject {id} --reason ...`",
                 id = self.d.id
             );
             self.reporter.note(&how);
@@ -44,6 +50,16 @@ impl Run<'_> {
                 Some(how),
                 None,
             );
+        }
+        progress::set(
+            "gate",
+            format!(
+                "waiting for a decision at the {gate} gate (run {})",
+                self.d.id
+            ),
+        );
+        if let Some(d) = expires {
+            progress::countdown("expiry", "expires", Instant::now() + d);
         }
         loop {
             let a = self

@@ -75,12 +75,14 @@ impl Run<'_> {
                 "before deployment {} ({} pending migration(s))",
                 self.d.id, pending
             );
+            let written = Arc::new(AtomicU64::new(0));
+            progress::bytes("backup", "written", written.clone());
             let manifest = match backup::create(
                 &settings.url,
                 &backup_settings,
                 &self.d.actor,
                 &why,
-                Arc::new(AtomicU64::new(0)),
+                written,
             )
             .await
             {
@@ -112,6 +114,10 @@ impl Run<'_> {
             if let Some(store) = &self.plugins.offsite {
                 self.reporter
                     .note(&format!("copying {} to `{}`", manifest.id, store.name()));
+                progress::set(
+                    "backup",
+                    format!("copying {} off-site to `{}`", manifest.id, store.name()),
+                );
                 match offsite::upload(store, &self.ctx, &self.env.backup.dir, &manifest).await {
                     Ok(key) => {
                         self.audit(
@@ -148,7 +154,18 @@ impl Run<'_> {
                 )
                 .await;
         }
-        let report = match migrate::run(&settings, None, &|_, _, _| {}).await {
+        let shown = |i: usize, n: usize, m: &migrate::Migration| {
+            progress::set(
+                "migrate",
+                format!(
+                    "migration {} of {n}: {} {}",
+                    i + 1,
+                    m.version,
+                    m.description
+                ),
+            );
+        };
+        let report = match migrate::run(&settings, None, &shown).await {
             Ok(r) => r,
             Err(e) => return Err(self.fail(Stage::Migrate, step, e.into()).await),
         };

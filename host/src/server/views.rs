@@ -1,0 +1,133 @@
+//! The read views the remote CLI prints exactly as the host's CLI does: an environment's
+//! status (with drift), its history with journals, what a rollback would do, and the audit
+//! log's verification.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::api::{Limit, RollbackBody, rollback_request};
+use super::error::{ApiError, ApiResult, body};
+use super::state::AppState;
+use crate::config::Role;
+use crate::pipeline::rollback::{self as rb, RollbackPlan};
+use crate::pipeline::status::{self, StatusView};
+use crate::store::{AuditReport, RunJournal};
+
+/// An environment's status: live release, lock and what its holder is doing, the last run
+/// with its journal, waiting approvals, the last rollback, and drift (what the target says
+/// serves, next to what the store recorded).
+#[utoipa::path(
+    get, path = "/v1/environments/{env}/status", tag = "environments",
+    params(("env" = String, Path, description = "The environment")),
+    responses(
+        (status = 200, description = "Its status", body = StatusView),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn env_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult<Json<StatusView>> {
+    let caller = state.caller(&headers)?;
+    state.known_env(&caller, Role::Read, &env)?;
+    Ok(Json(status::view(&state.agent, &env).await?))
+}
+
+/// An environment's runs with their journals, newest first (`deploy-agent history`).
+#[utoipa::path(
+    get, path = "/v1/environments/{env}/history", tag = "environments",
+    params(("env" = String, Path, description = "The environment"), Limit),
+    responses(
+        (status = 200, description = "Runs with their steps", body = [RunJournal]),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn env_history(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    Query(q): Query<Limit>,
+) -> ApiResult<Json<Vec<RunJournal>>> {
+    let caller = state.caller(&headers)?;
+    state.known_env(&caller, Role::Read, &env)?;
+    let limit = q.limit.unwrap_or(20).min(500);
+    Ok(Json(state.agent.store.history(&env, limit).await?))
+}
+
+/// What a rollback would do (releases, backup and its age, what is lost, refusals); changes
+/// nothing. The body is the rollback's.
+#[utoipa::path(
+    post, path = "/v1/environments/{env}/rollback/plan", tag = "environments",
+    params(("env" = String, Path, description = "The environment")),
+    request_body = RollbackBody,
+    responses(
+        (status = 200, description = "The plan (`refusals` empty when it can go ahead)", body = RollbackPlan),
+        (status = 400, description = "Bad request", body = ApiError),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+        (status = 409, description = "Nothing to roll back to", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn rollback_plan(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    b: Result<Json<RollbackBody>, JsonRejection>,
+) -> ApiResult<Json<RollbackPlan>> {
+    let caller = state.caller(&headers)?;
+    state.known_env(&caller, Role::Deploy, &env)?;
+    let req = rollback_request(&env, body(b)?, caller.actor())?;
+    let plan = rb::plan(&state.agent, &req)
+        .await
+        .map_err(|e| ApiError::conflict(format!("rollback refused: {e}")))?;
+    Ok(Json(plan))
+}
+
+/// `?expect_head=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyQuery {
+    /// The head hash recorded earlier: also detects entries removed from the end.
+    pub expect_head: Option<String>,
+}
+
+/// Walks the audit log's hash chain (`problems` empty when intact).
+#[utoipa::path(
+    get, path = "/v1/audit/verify", tag = "audit",
+    params(VerifyQuery),
+    responses(
+        (status = 200, description = "What the walk found", body = AuditReport),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "A token limited to some environments", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn audit_verify(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<VerifyQuery>,
+) -> ApiResult<Json<AuditReport>> {
+    let caller = state.caller(&headers)?;
+    caller.require(Role::Read)?;
+    if caller.limited() {
+        return Err(ApiError::forbidden());
+    }
+    let mut report = state.agent.store.audit_verify().await?;
+    report.expect_head(q.expect_head.as_deref());
+    Ok(Json(report))
+}
