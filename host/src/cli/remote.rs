@@ -58,15 +58,7 @@ pub(super) fn client(args: &ServerArgs) -> anyhow::Result<Option<Client>> {
 
 /// A path segment, percent-encoded.
 pub(super) fn seg(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::pipeline::analysis::encode(text)
 }
 
 /// A call about an environment: the daemon's 404 is an unknown environment, a usage error

@@ -60,7 +60,7 @@ pub struct AnalysisResult {
 }
 
 /// Percent-encodes a query-string value (RFC 3986 unreserved characters stay).
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
