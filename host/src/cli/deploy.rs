@@ -122,31 +122,11 @@ pub(super) async fn deploy(args: DeployArgs, remote: Option<Client>) -> anyhow::
             say!("  notifier: {n}");
         }
         say!("");
-        if outcome.succeeded() {
-            say!(
-                "{} is live on {}: release {}, schema {}, backup {} (run {}, {} agent time)",
-                d.version,
-                d.environment,
-                d.release_id.as_deref().unwrap_or("?"),
-                d.schema_after.as_deref().unwrap_or("none"),
-                d.backup_id.as_deref().unwrap_or("none"),
-                d.id,
-                ms(outcome.total_ms)
-            );
-        } else {
-            say!(
-                "Deployment {} of {} to {} FAILED: {}",
-                d.id,
-                d.version,
-                d.environment,
-                d.error.as_deref().unwrap_or("unknown error")
-            );
-            say!(
-                "  the journal: deploy-agent history --env {} --id {}",
-                d.environment,
-                d.id
-            );
-        }
+        show_end(
+            d,
+            outcome.succeeded(),
+            &format!("{} agent time", ms(outcome.total_ms)),
+        );
     }
     Ok(if outcome.succeeded() {
         ExitCode::SUCCESS
@@ -323,33 +303,13 @@ pub(super) fn show_remote_end(v: &RunView, json: bool) -> anyhow::Result<ExitCod
     } else {
         say!("");
         match &v.deployment {
-            Some(d) if ok => say!(
-                "{} is live on {}: release {}, schema {}, backup {} (run {}, {})",
-                d.version,
-                d.environment,
-                d.release_id.as_deref().unwrap_or("?"),
-                d.schema_after.as_deref().unwrap_or("none"),
-                d.backup_id.as_deref().unwrap_or("none"),
-                d.id,
-                d.finished_at.map_or("?".into(), |f| format!(
-                    "{} run time",
-                    ms((f - d.started_at) as f64)
-                ))
+            Some(d) => show_end(
+                d,
+                ok,
+                &d.finished_at.map_or("?".into(), |f| {
+                    format!("{} run time", ms((f - d.started_at) as f64))
+                }),
             ),
-            Some(d) => {
-                say!(
-                    "Deployment {} of {} to {} FAILED: {}",
-                    d.id,
-                    d.version,
-                    d.environment,
-                    d.error.as_deref().unwrap_or("unknown error")
-                );
-                say!(
-                    "  the journal: deploy-agent history --env {} --id {}",
-                    d.environment,
-                    d.id
-                );
-            }
             None => say!(
                 "Run {} {}: {}",
                 v.id,
@@ -366,6 +326,35 @@ pub(super) fn show_remote_end(v: &RunView, json: bool) -> anyhow::Result<ExitCod
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// A run's last line: live, or failed with where to read its journal. `took` is the time
+/// shown (`412.0 ms agent time`).
+fn show_end(d: &crate::store::Deployment, live: bool, took: &str) {
+    if live {
+        say!(
+            "{} is live on {}: release {}, schema {}, backup {} (run {}, {took})",
+            d.version,
+            d.environment,
+            d.release_id.as_deref().unwrap_or("?"),
+            d.schema_after.as_deref().unwrap_or("none"),
+            d.backup_id.as_deref().unwrap_or("none"),
+            d.id,
+        );
+    } else {
+        say!(
+            "Deployment {} of {} to {} FAILED: {}",
+            d.id,
+            d.version,
+            d.environment,
+            d.error.as_deref().unwrap_or("unknown error")
+        );
+        say!(
+            "  the journal: deploy-agent history --env {} --id {}",
+            d.environment,
+            d.id
+        );
+    }
 }
 
 /// The agent for a configuration (checking the environment named, if any, exists).

@@ -338,7 +338,6 @@ fn remote_capable(command: &Command) -> bool {
             | Command::Releases(_)
             | Command::Audit(_)
             | Command::Runs(_)
-            | Command::Completions { .. }
     )
 }
 
@@ -347,7 +346,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let remote = remote::client(&cli.server)?;
-    if remote.is_some() && !remote_capable(&cli.command) {
+    if remote.is_some()
+        && !remote_capable(&cli.command)
+        && !matches!(cli.command, Command::Completions { .. })
+    {
         return Err(Usage(
             "this command runs on the deploy host only; --server (or DEPLOY_AGENT_SERVER) works with deploy, status, history, releases, approve, reject, rollback, audit and runs follow".into(),
         )
@@ -370,15 +372,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Recover { target, rollback } => {
             runtime.block_on(deploy::recover(target, rollback))
         }
-        command @ (Command::Deploy(_)
-        | Command::Status(_)
-        | Command::Rollback(_)
-        | Command::Approve(_)
-        | Command::Reject(_)
-        | Command::History { .. }
-        | Command::Releases(_)
-        | Command::Audit(_)
-        | Command::Runs(_)) => runtime.block_on(environment_command(command, remote)),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut script = Vec::new();
@@ -393,6 +386,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {
             runtime.block_on(bench::plugins(&plugin, iterations))
         }
+        // The rest work on this host or through a daemon.
+        command => runtime.block_on(environment_command(command, remote)),
     };
     // The command is done (a daemon's grace period is over): file-system work still on the
     // blocking pool (a huge artifact's digest, say) is abandoned rather than waited for, so
