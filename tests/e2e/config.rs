@@ -138,3 +138,77 @@ fn secret_references_resolve_from_files_and_env_without_leaking() {
         "secret in Debug output"
     );
 }
+
+#[test]
+fn a_mistake_inherited_through_extends_is_one_error_at_its_source_naming_the_chain() {
+    let text = format!(
+        r#"[plugins.echo]
+path = {echo:?}
+
+[environments.base]
+validate = {{ plugins = ["nope"] }}
+
+[environments.a-child]
+extends = "base"
+
+[environments.grandchild]
+extends = "a-child"
+"#,
+        echo = fixtures::ECHO
+    );
+    let errors = parse(&text).unwrap_err();
+    let rendered = errors.to_string();
+    assert_eq!(errors.0.len(), 1, "{rendered}");
+    let e = &errors.0[0];
+    assert_eq!(e.line, 5, "reported at the source: {rendered}");
+    assert!(
+        e.message.contains("`nope` is not a configured plugin"),
+        "{rendered}"
+    );
+    assert_eq!(
+        e.inherited_by,
+        ["a-child → base", "grandchild → a-child → base"],
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("inherited by: a-child → base; grandchild → a-child → base"),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn a_missing_plugin_file_is_one_error_not_a_cascade_of_unconfigured_plugins() {
+    let text = r#"[plugins.local]
+path = "missing/local.wasm"
+
+[plugins.slack]
+path = "missing/slack.wasm"
+
+[environments.base]
+target = { plugin = "local" }
+notifiers = ["slack"]
+validate = { plugins = ["local"] }
+
+[environments.staging]
+extends = "base"
+"#;
+    let errors = parse(text).unwrap_err();
+    let rendered = errors.to_string();
+    assert_eq!(errors.0.len(), 2, "{rendered}");
+    assert!(
+        errors
+            .0
+            .iter()
+            .all(|e| e.message.contains("does not exist")),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("not a configured plugin"), "{rendered}");
+}
+
+#[test]
+fn decoding_errors_name_no_rust_types() {
+    let errors = parse("[environments.x]\nartifact = \"site\"\n").unwrap_err();
+    let rendered = errors.to_string();
+    assert!(rendered.contains("expected a table"), "{rendered}");
+    assert!(!rendered.contains("Raw"), "{rendered}");
+}

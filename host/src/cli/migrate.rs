@@ -13,13 +13,13 @@ pub enum MigrateCommand {
     /// Where every version stands: applied, pending, changed, missing, failed.
     Status(MigrateArgs),
     /// Apply pending migrations (up to --target), or revert down to --target.
-    Run(MigrateArgs),
+    Run(ToVersion),
     /// Execute pending migrations in a transaction, report what changes, roll back.
-    DryRun(MigrateArgs),
+    DryRun(ToVersion),
     /// Lint migrations for destructive and locking changes (squawk rules).
     Lint(MigrateArgs),
     /// Revert the last migration, or down to --target, with stored down SQL.
-    Revert(MigrateArgs),
+    Revert(ToVersion),
     /// Accept a changed or failed migration as applied, on purpose (recorded).
     Accept {
         /// The version.
@@ -42,12 +42,20 @@ pub struct MigrateArgs {
     /// The configuration.
     #[arg(long, default_value = "agent.toml")]
     pub config: std::path::PathBuf,
-    /// Migrate up or down to this version.
-    #[arg(long)]
-    pub target: Option<i64>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
+}
+
+/// The options of a command that moves the schema: the common ones and where to stop.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ToVersion {
+    /// Common options.
+    #[command(flatten)]
+    pub args: MigrateArgs,
+    /// Migrate up or down to this version.
+    #[arg(long)]
+    pub target: Option<i64>,
 }
 
 fn settings(config_path: &Path, env: &str) -> anyhow::Result<Settings> {
@@ -69,9 +77,9 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                 json(&status)?;
             } else {
                 say!(
-                    "{} ({:?}), migrations in {}",
+                    "{} ({}), migrations in {}",
                     redact_url(&s.url),
-                    status.backend,
+                    status.backend.name(),
                     s.dir.display()
                 );
                 for v in &status.versions {
@@ -106,10 +114,10 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        MigrateCommand::Run(a) => {
+        MigrateCommand::Run(ToVersion { args: a, target }) => {
             let s = settings(&a.config, &a.env)?;
             let bar = progress_bar();
-            let report = migrate::run(&s, a.target, &|i, n, m| {
+            let report = migrate::run(&s, target, &|i, n, m| {
                 if let Some(bar) = &bar {
                     bar.set_length(n as u64);
                     bar.set_position(i as u64);
@@ -172,9 +180,9 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        MigrateCommand::DryRun(a) => {
+        MigrateCommand::DryRun(ToVersion { args: a, target }) => {
             let s = settings(&a.config, &a.env)?;
-            let dry = migrate::dry_run(&s, a.target).await?;
+            let dry = migrate::dry_run(&s, target).await?;
             if a.output == Output::Json {
                 json(&dry)?;
             } else {
@@ -292,9 +300,9 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        MigrateCommand::Revert(a) => {
+        MigrateCommand::Revert(ToVersion { args: a, target }) => {
             let s = settings(&a.config, &a.env)?;
-            let reverted = migrate::revert(&s, a.target).await?;
+            let reverted = migrate::revert(&s, target).await?;
             if a.output == Output::Json {
                 json(&reverted)?;
             } else if reverted.is_empty() {
@@ -313,9 +321,15 @@ pub(super) async fn run(command: MigrateCommand) -> anyhow::Result<ExitCode> {
         } => {
             let s = settings(&args.config, &args.env)?;
             migrate::accept(&s, version, &reason).await?;
-            say!(
-                "migration {version} accepted with its current checksum (recorded with your reason)"
-            );
+            if args.output == Output::Json {
+                json(
+                    &serde_json::json!({ "version": version, "accepted": true, "reason": reason }),
+                )?;
+            } else {
+                say!(
+                    "migration {version} accepted with its current checksum (recorded with your reason)"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -262,6 +262,29 @@ pub enum Probe {
 /// Resolves `extends` chains: the child wins field by field, section by section. Linear in
 /// the number of environments: each is merged once, onto its parent's already resolved
 /// settings (merging is associative, so this equals walking the whole chain each time).
+/// `name` and its ancestors through `extends`, nearest first (stops at a missing name or a
+/// cycle, which `resolve_extends` reports).
+pub(super) fn extends_chain(
+    raw: &BTreeMap<Spanned<String>, Spanned<raw::RawEnvironment>>,
+    name: &str,
+) -> Vec<String> {
+    let by_name: BTreeMap<&str, &raw::RawEnvironment> = raw
+        .iter()
+        .map(|(k, e)| (k.get_ref().as_str(), e.get_ref()))
+        .collect();
+    let mut chain = vec![name.to_string()];
+    let mut at = name;
+    while let Some(parent) = by_name.get(at).and_then(|e| e.extends.as_ref()) {
+        let parent = parent.get_ref().as_str();
+        if chain.iter().any(|c| c == parent) || !by_name.contains_key(parent) {
+            break;
+        }
+        chain.push(parent.to_string());
+        at = parent;
+    }
+    chain
+}
+
 pub(super) fn resolve_extends(
     v: &mut Validator<'_>,
     raw: &BTreeMap<Spanned<String>, Spanned<raw::RawEnvironment>>,
@@ -416,8 +439,14 @@ impl Validator<'_> {
             .and_then(|d| self.database(name, d.get_ref()));
         let backup = self.backup(name.get_ref(), env.backup.as_ref(), state_dir);
         let plugin_ref = |this: &mut Self, p: &Spanned<String>, role: &str| {
-            if !plugins.contains_key(p.get_ref()) {
-                let known: Vec<&str> = plugins.keys().map(String::as_str).collect();
+            // A declared plugin with its own error was reported there; not again here.
+            if !plugins.contains_key(p.get_ref()) && !this.broken_plugins.contains(p.get_ref()) {
+                let mut known: Vec<&str> = plugins
+                    .keys()
+                    .chain(this.broken_plugins.iter())
+                    .map(String::as_str)
+                    .collect();
+                known.sort_unstable();
                 this.error(
                     p,
                     format!("{role} `{}` is not a configured plugin", p.get_ref()),

@@ -19,6 +19,10 @@ pub struct ConfigError {
     pub hint: Option<String>,
     /// The offending line of the file, for display.
     pub source_line: String,
+    /// Environments that inherit the mistake through `extends`, each as its chain
+    /// (`production → staging → base`): the same error, reported once at its source.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inherited_by: Vec<String>,
 }
 
 /// The 1-based line and column (in characters) of a byte offset in `text`: how every error
@@ -48,6 +52,7 @@ impl ConfigError {
             message: message.into(),
             hint: None,
             source_line,
+            inherited_by: Vec::new(),
         }
     }
 
@@ -60,6 +65,7 @@ impl ConfigError {
             message: message.into(),
             hint: None,
             source_line: String::new(),
+            inherited_by: Vec::new(),
         }
     }
 
@@ -91,6 +97,9 @@ impl std::fmt::Display for ConfigError {
                 "",
                 " ".repeat(self.column.saturating_sub(1))
             )?;
+        }
+        if !self.inherited_by.is_empty() {
+            write!(f, "\n  inherited by: {}", self.inherited_by.join("; "))?;
         }
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;

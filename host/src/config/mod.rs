@@ -274,7 +274,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let message = e.message().trim().to_string();
+            let message = plain_serde_message(e.message().trim());
             let mut err = ConfigError::at(path, text, span, message.clone());
             if message.contains("unknown field") {
                 err = err.hint(
@@ -289,6 +289,7 @@ impl Config {
             base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             errors: Vec::new(),
             warnings: Vec::new(),
+            broken_plugins: Default::default(),
         };
         let state_dir = match &raw.agent.state_dir {
             Some(s) => v.base.join(s.get_ref()),
@@ -297,14 +298,30 @@ impl Config {
         let state_url = raw.agent.state_url.as_ref().map(|u| v.url(u));
         let mut plugins = BTreeMap::new();
         for (name, plugin) in &raw.plugins {
-            if let Some(p) = v.plugin(name, plugin) {
-                plugins.insert(name.get_ref().clone(), p);
+            match v.plugin(name, plugin) {
+                Some(p) => {
+                    plugins.insert(name.get_ref().clone(), p);
+                }
+                None => {
+                    v.broken_plugins.insert(name.get_ref().clone());
+                }
             }
         }
         let mut environments = BTreeMap::new();
         let resolved = environment::resolve_extends(&mut v, &raw.environments);
-        for (name, (spanned, env)) in &resolved {
-            if let Some(e) = v.environment(spanned, env, &state_dir, &plugins) {
+        // Parents before children, so an inherited mistake is reported at its source once and
+        // each environment that inherits it is named on that one report.
+        let mut order: Vec<(&String, Vec<String>)> = resolved
+            .keys()
+            .map(|name| (name, environment::extends_chain(&raw.environments, name)))
+            .collect();
+        order.sort_by_key(|(name, chain)| (chain.len(), *name));
+        for (name, chain) in order {
+            let (spanned, env) = &resolved[name];
+            let before = v.errors.len();
+            let e = v.environment(spanned, env, &state_dir, &plugins);
+            v.fold_inherited(before, &chain);
+            if let Some(e) = e {
                 environments.insert(name.clone(), e);
             }
         }
@@ -396,12 +413,32 @@ impl Config {
     }
 }
 
+/// A TOML decoding message without the Rust type names serde puts in it (`expected struct
+/// RawArtifact` reads `expected a table`).
+fn plain_serde_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("struct Raw") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "struct Raw".len()..];
+        let end = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        out.push_str("a table (`[section]` or `{ key = value }`)");
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out.replace("expected a map", "expected a table")
+}
+
 struct Validator<'a> {
     file: &'a Path,
     text: &'a str,
     base: PathBuf,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
+    /// Plugins declared with an error of their own: a reference to one is not a second error.
+    broken_plugins: std::collections::BTreeSet<String>,
 }
 
 fn valid_plugin_name(name: &str) -> bool {
@@ -422,6 +459,22 @@ const SECRET_LOOKING: [&str; 6] = [
 ];
 
 impl Validator<'_> {
+    /// Folds the errors found since `before` for the environment whose `extends` chain is
+    /// `chain` (itself first) into identical earlier reports: the same mistake inherited from a
+    /// parent is one error, at its source, naming every environment that inherits it.
+    fn fold_inherited(&mut self, before: usize, chain: &[String]) {
+        let new = self.errors.split_off(before);
+        for e in new {
+            let same = self.errors[..before]
+                .iter_mut()
+                .find(|o| (o.line, o.column, &o.message) == (e.line, e.column, &e.message));
+            match same {
+                Some(original) if chain.len() > 1 => original.inherited_by.push(chain.join(" → ")),
+                _ => self.errors.push(e),
+            }
+        }
+    }
+
     fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>, hint: &str) {
         let mut e = ConfigError::at(self.file, self.text, at.span(), message);
         if !hint.is_empty() {

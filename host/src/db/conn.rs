@@ -18,6 +18,16 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// The engine's name as people write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "PostgreSQL",
+            Backend::Sqlite => "SQLite",
+        }
+    }
+}
+
 /// A live connection.
 pub(crate) enum Conn {
     Pg(PgConnection),
