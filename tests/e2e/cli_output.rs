@@ -151,12 +151,120 @@ hosts = ["hooks.example.com"]
     );
     let out = p.run(&["deploy", "--env", "local"]);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a configuration error, refused before the run: {err}"
+    );
     assert!(
-        err.contains("DA_TEST_NO_SUCH_ECHO_TOKEN is not set"),
+        err.contains("plugin `echo`, secret `token`: environment variable DA_TEST_NO_SUCH_ECHO_TOKEN is not set"),
         "{err}"
     );
     assert!(p.current().is_none(), "nothing went live");
+}
+
+#[test]
+fn secret_and_env_var_errors_name_file_line_and_chain_exit_2_and_plan_lists_them() {
+    // production → staging → local; the database URL is written once, in staging.
+    let p = Project::new(
+        "",
+        r#"
+[environments.staging]
+extends = "local"
+[environments.staging.database]
+url = "${env:DA_TEST_NO_SUCH_DATABASE_URL}"
+migrations = "migrations"
+[environments.production]
+extends = "staging"
+[environments.production.validate]
+required_env = ["DA_TEST_NO_SUCH_REQUIRED"]
+"#,
+    );
+    let toml = std::fs::read_to_string(p.path("agent.toml")).unwrap();
+    let line_of = |needle: &str| toml.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let url_line = line_of("DA_TEST_NO_SUCH_DATABASE_URL");
+    let chain = "environment: production → staging → local";
+    for args in [
+        &["migrate", "status", "-e", "production"][..],
+        &["backup", "create", "-e", "production"],
+        &["deploy", "-e", "production"],
+        &["rollback", "-e", "production", "--yes", "--reason", "r"],
+    ] {
+        let out = p.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing printed before");
+        assert!(
+            err.contains(&format!(
+                "agent.toml:{url_line}:7: database URL: environment variable DA_TEST_NO_SUCH_DATABASE_URL is not set"
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(chain), "{args:?}: {err}");
+        assert!(
+            err.contains("hint: set DA_TEST_NO_SUCH_DATABASE_URL in the agent's environment"),
+            "{args:?}: {err}"
+        );
+    }
+    // Only what the command reads: `migrate` does not ask for required_env, `deploy` does.
+    let err = stderr(&p.run(&["migrate", "status", "-e", "production"]));
+    assert!(!err.contains("DA_TEST_NO_SUCH_REQUIRED"), "{err}");
+    let err = stderr(&p.run(&["deploy", "-e", "production"]));
+    assert!(
+        err.contains(&format!(
+            "agent.toml:{}:",
+            line_of("DA_TEST_NO_SUCH_REQUIRED")
+        )) && err.contains(
+            "validate.required_env: environment variable DA_TEST_NO_SUCH_REQUIRED is not set"
+        ),
+        "{err}"
+    );
+    // Nothing ran, so nothing was recorded.
+    let history = p.json(&["history", "--env", "production"]);
+    assert_eq!(history, serde_json::json!([]), "{history}");
+
+    // `plan` does not abort: the same problems are findings, with the place and the chain.
+    let out = p.run(&["plan", "-e", "production", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["blocked"], true, "{plan}");
+    let findings = plan["findings"].as_array().unwrap();
+    let db = findings
+        .iter()
+        .find(|f| f["code"] == "database-url")
+        .unwrap_or_else(|| panic!("{plan}"));
+    let message = db["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("agent.toml:{url_line}: database URL:"))
+            && message.contains("(environment production → staging → local)"),
+        "{message}"
+    );
+    assert!(
+        db["hint"]
+            .as_str()
+            .unwrap()
+            .contains("set DA_TEST_NO_SUCH_DATABASE_URL")
+    );
+    assert!(
+        findings.iter().any(|f| f["code"] == "env-missing"),
+        "{plan}"
+    );
+    let migrate = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "migrate")
+        .unwrap();
+    assert!(
+        migrate["action"]
+            .as_str()
+            .unwrap()
+            .contains("database URL cannot be read"),
+        "{plan}"
+    );
+    // The staging environment has the same URL problem, reported for its own chain.
+    let err = stderr(&p.run(&["migrate", "status", "-e", "staging"]));
+    assert!(err.contains("environment: staging → local"), "{err}");
 }
 
 #[test]

@@ -115,11 +115,13 @@ fn secret_references_resolve_from_files_and_env_without_leaking() {
     assert_eq!(format!("{value:?}"), "[redacted]");
     let missing = SecretSource::File(dir.path().join("nope"))
         .resolve()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(missing.contains("cannot read secret file"), "{missing}");
     let unset = SecretSource::Env("DEPLOY_AGENT_TEST_SURELY_UNSET".into())
         .resolve()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         unset,
         "environment variable DEPLOY_AGENT_TEST_SURELY_UNSET is not set"

@@ -96,7 +96,7 @@ struct Target {
 }
 
 fn target(config: &Path, env: &str, purpose: KeyUse) -> anyhow::Result<Target> {
-    let (env, db) = super::environment_database(config, env)?;
+    let (env, db) = super::environment_database(config, env, crate::config::Need::Backups)?;
     Ok(Target {
         url: db.url().map_err(anyhow::Error::msg)?,
         backup: env

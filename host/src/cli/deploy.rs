@@ -10,7 +10,7 @@ use clap::Args;
 use super::live::{ms, reporter};
 use super::remote::{about_env, follow, refused, seg};
 use super::{EXIT_FAILED, Output};
-use crate::config::Config;
+use crate::config::{Config, Need};
 use crate::pipeline::{self, Agent, PipelineError, Request};
 use crate::remote::Client;
 use crate::server::api::RunView;
@@ -78,9 +78,7 @@ pub(super) async fn deploy(args: DeployArgs, remote: Option<Client>) -> anyhow::
     if args.dry_run {
         return plan(args).await;
     }
-    let config = Config::load(&args.target.config)?;
-    super::environment(&config, &args.target.env)?;
-    let agent = Agent::open(config).await?;
+    let agent = agent_needing(&args.target.config, &args.target.env, Need::Everything).await?;
     let request = request(&args);
     let json = args.target.output == Output::Json;
     if !json {
@@ -136,7 +134,7 @@ pub(super) async fn deploy(args: DeployArgs, remote: Option<Client>) -> anyhow::
 }
 
 pub(super) async fn recover(args: EnvArgs, rollback: bool) -> anyhow::Result<ExitCode> {
-    let agent = agent_for(&args.config, Some(&args.env)).await?;
+    let agent = agent_needing(&args.config, &args.env, Need::Everything).await?;
     let json = args.output == Output::Json;
     let view = reporter(json);
     let done =
@@ -358,6 +356,14 @@ fn show_end(d: &crate::store::Deployment, live: bool, took: &str) {
 }
 
 /// The agent for a configuration (checking the environment named, if any, exists).
+/// The agent, once the environment is known and every reference it reads for `need` can be
+/// read (otherwise exit 2, before anything is printed).
+async fn agent_needing(config: &Path, env: &str, need: Need) -> anyhow::Result<Agent> {
+    let config = Config::load(config)?;
+    super::environment_needing(&config, env, need)?;
+    Ok(Agent::open(config).await?)
+}
+
 pub(super) async fn agent_for(config: &Path, env: Option<&str>) -> anyhow::Result<Agent> {
     let config = Config::load(config)?;
     if let Some(env) = env {
@@ -453,7 +459,7 @@ pub(super) async fn rollback(
             (None, plan)
         }
         None => {
-            let agent = agent_for(&args.target.config, Some(env)).await?;
+            let agent = agent_needing(&args.target.config, env, Need::Everything).await?;
             let req = crate::server::api::rollback_request(env, body.clone(), actor())
                 .map_err(|e| super::Usage(e.error))?;
             let plan = rb::plan(&agent, &req).await?;

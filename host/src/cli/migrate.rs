@@ -59,7 +59,7 @@ pub struct ToVersion {
 }
 
 fn settings(config_path: &Path, env: &str) -> anyhow::Result<Settings> {
-    let (env, db) = super::environment_database(config_path, env)?;
+    let (env, db) = super::environment_database(config_path, env, crate::config::Need::Database)?;
     db.settings(env.strict).map_err(anyhow::Error::msg)
 }
 

@@ -303,6 +303,18 @@ pub(crate) fn environment<'c>(
     config.environment(name).map_err(Usage)
 }
 
+/// The environment a command names, once every reference it reads for `need` can be read:
+/// otherwise the errors, at the lines that write them (exit 2).
+pub(crate) fn environment_needing<'c>(
+    config: &'c crate::config::Config,
+    name: &str,
+    need: crate::config::Need,
+) -> anyhow::Result<&'c crate::config::Environment> {
+    let env = environment(config, name)?;
+    config.require(env, need)?;
+    Ok(env)
+}
+
 /// The commands that work on this host or through a daemon (`--server`).
 async fn environment_command(
     command: Command,
@@ -419,9 +431,10 @@ fn init_logging(verbose: u8, quiet: bool) {
 pub(crate) fn environment_database(
     config: &std::path::Path,
     env: &str,
+    need: crate::config::Need,
 ) -> anyhow::Result<(crate::config::Environment, crate::config::DatabaseConfig)> {
     let config = crate::config::Config::load(config)?;
-    let env = environment(&config, env)?.clone();
+    let env = environment_needing(&config, env, need)?.clone();
     let db = env.database.clone().ok_or_else(|| {
         anyhow::anyhow!(
             "environment `{}` has no database: add [environments.{}.database] to {}",

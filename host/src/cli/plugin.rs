@@ -116,7 +116,7 @@ pub(super) async fn check(config_path: &Path, output: Output) -> anyhow::Result<
                 .iter()
                 .map(|(n, s)| {
                     let hosts: Vec<String> = s.hosts.iter().map(ToString::to_string).collect();
-                    format!("{n} from {} -> {}", s.source, hosts.join(", "))
+                    format!("{n} from {} -> {}", s.reference, hosts.join(", "))
                 })
                 .collect(),
             memory_mib: p.policy.memory_bytes >> 20,

@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::raw::{self, Merge};
 use super::{
-    BackupConfig, ConfigError, DEFAULT_ZSTD_LEVEL, DatabaseConfig, SecretSource, UrlSource,
-    Validator, valid_plugin_name,
+    BackupConfig, ConfigError, DEFAULT_ZSTD_LEVEL, DatabaseConfig, SecretRef, SecretSource, Site,
+    UrlSource, Validator, valid_plugin_name,
 };
 
 /// One environment (`local`, `staging`, `production`, ...).
@@ -43,6 +43,27 @@ pub struct Environment {
     pub approval: Option<ApprovalConfig>,
     /// Metric analysis during the watch window.
     pub analysis: Vec<AnalysisConfig>,
+}
+
+impl Environment {
+    /// The plugins it uses (target, validators, off-site backup store, notifiers), sorted.
+    pub fn plugins_used(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.target.iter().map(|t| t.plugin.clone()).collect();
+        names.extend(self.validate.plugins.iter().cloned());
+        names.extend(self.backup.offsite.iter().cloned());
+        names.extend(self.notifiers.iter().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Whether it uses `plugin` only to notify: then the plugin's problems never block.
+    pub fn only_notifies(&self, plugin: &str) -> bool {
+        self.notifiers.iter().any(|n| n == plugin)
+            && self.target.as_ref().is_none_or(|t| t.plugin != plugin)
+            && !self.validate.plugins.iter().any(|p| p == plugin)
+            && self.backup.offsite.as_deref() != Some(plugin)
+    }
 }
 
 /// What a release that fails its watch (checks or analysis) after promotion gets.
@@ -129,9 +150,18 @@ pub struct ValidateConfig {
     /// Validator plugins, by name.
     pub plugins: Vec<String>,
     /// Environment variables the agent's process must have.
-    pub required_env: Vec<String>,
+    pub required_env: Vec<RequiredEnv>,
     /// Minimum length of every secret this environment uses (0: unchecked).
     pub min_secret_length: usize,
+}
+
+/// An environment variable the agent's process must have, and where agent.toml asks for it.
+#[derive(Debug, Clone)]
+pub struct RequiredEnv {
+    /// The variable.
+    pub name: String,
+    /// Where `required_env` lists it.
+    pub site: Site,
 }
 
 /// Stage then promote, or promote at once.
@@ -259,9 +289,6 @@ pub enum Probe {
     },
 }
 
-/// Resolves `extends` chains: the child wins field by field, section by section. Linear in
-/// the number of environments: each is merged once, onto its parent's already resolved
-/// settings (merging is associative, so this equals walking the whole chain each time).
 /// `name` and its ancestors through `extends`, nearest first (stops at a missing name or a
 /// cycle, which `resolve_extends` reports).
 pub(super) fn extends_chain(
@@ -285,6 +312,9 @@ pub(super) fn extends_chain(
     chain
 }
 
+/// Resolves `extends` chains: the child wins field by field, section by section. Linear in
+/// the number of environments: each is merged once, onto its parent's already resolved
+/// settings (merging is associative, so this equals walking the whole chain each time).
 pub(super) fn resolve_extends(
     v: &mut Validator<'_>,
     raw: &BTreeMap<Spanned<String>, Spanned<raw::RawEnvironment>>,
@@ -540,7 +570,10 @@ impl Validator<'_> {
                             "",
                         );
                     }
-                    out.required_env.push(e.get_ref().clone());
+                    out.required_env.push(RequiredEnv {
+                        name: e.get_ref().clone(),
+                        site: Site::at(self.file, self.text, e.span()),
+                    });
                 }
                 out.min_secret_length = val.min_secret_length.as_ref().map_or(0, |m| *m.get_ref());
                 out
@@ -924,7 +957,10 @@ impl Validator<'_> {
     pub(super) fn url(&mut self, url_spanned: &Spanned<String>) -> UrlSource {
         let url_text = url_spanned.get_ref().trim();
         match SecretSource::parse(url_text) {
-            Some(source) => UrlSource::Secret(source),
+            Some(source) => UrlSource::Secret(SecretRef {
+                source,
+                site: Site::at(self.file, self.text, url_spanned.span()),
+            }),
             None => {
                 if crate::db::backend_of(url_text).is_none() {
                     self.error(url_spanned, format!("`{url_text}` is not a database URL"), "use `sqlite:path/to/app.db`, `postgres://user@host/db`, or a reference such as `${env:DATABASE_URL}`");
@@ -968,7 +1004,10 @@ impl Validator<'_> {
             };
         };
         let key = raw.key.as_ref().and_then(|k| match SecretSource::parse(k.get_ref()) {
-            Some(s) => Some(s),
+            Some(source) => Some(SecretRef {
+                source,
+                site: Site::at(self.file, self.text, k.span()),
+            }),
             None => {
                 self.error(k, "the backup key must be a reference, not a value", "write `key = \"${file:/etc/deploy-agent/backup.key}\"` (32 bytes, hex or base64); secret values never go in agent.toml");
                 None

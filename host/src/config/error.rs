@@ -23,6 +23,10 @@ pub struct ConfigError {
     /// (`production → staging → base`): the same error, reported once at its source.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub inherited_by: Vec<String>,
+    /// For a setting read on behalf of one environment: its chain through `extends`
+    /// (`production → staging → base`), the one it was read for first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 /// The 1-based line and column (in characters) of a byte offset in `text`: how every error
@@ -53,6 +57,7 @@ impl ConfigError {
             hint: None,
             source_line,
             inherited_by: Vec::new(),
+            environment: None,
         }
     }
 
@@ -66,6 +71,7 @@ impl ConfigError {
             hint: None,
             source_line: String::new(),
             inherited_by: Vec::new(),
+            environment: None,
         }
     }
 
@@ -97,6 +103,9 @@ impl std::fmt::Display for ConfigError {
                 "",
                 " ".repeat(self.column.saturating_sub(1))
             )?;
+        }
+        if let Some(chain) = &self.environment {
+            write!(f, "\n  environment: {chain}")?;
         }
         if !self.inherited_by.is_empty() {
             write!(f, "\n  inherited by: {}", self.inherited_by.join("; "))?;

@@ -16,6 +16,7 @@
 mod environment;
 mod error;
 mod raw;
+mod references;
 mod server;
 
 use std::collections::BTreeMap;
@@ -26,17 +27,18 @@ use toml::Spanned;
 
 pub use environment::{
     AnalysisConfig, ApprovalConfig, ArtifactConfig, BackupWhen, CheckConfig, CheckStage,
-    DeploySettings, Environment, Gate, OnInterrupt, Probe, RollbackPolicy, Strategy, TargetConfig,
-    ValidateConfig,
+    DeploySettings, Environment, Gate, OnInterrupt, Probe, RequiredEnv, RollbackPolicy, Strategy,
+    TargetConfig, ValidateConfig,
 };
 pub(crate) use error::line_col;
 pub use error::{ConfigError, ConfigErrors};
 
+pub use references::{Need, ReadError, Referrer, SecretRef, SecretSource, Site, Unresolved};
 pub use server::{GithubConfig, GithubRoute, Role, ServerConfig, TlsFiles, TokenConfig};
 
 use crate::runtime::PluginSpec;
 use crate::runtime::policy::{DirGrant, HostPattern, MAX_MEMORY_MIB, Policy};
-use crate::runtime::secrets::{self, Secret, SecretValue, Secrets, Sigv4Scope};
+use crate::runtime::secrets::{self, Secret, Secrets, Sigv4Scope};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -69,7 +71,7 @@ pub struct BackupConfig {
     /// The directory.
     pub dir: PathBuf,
     /// The encryption key's source, if backups are encrypted.
-    pub key: Option<SecretSource>,
+    pub key: Option<SecretRef>,
     /// zstd level.
     pub zstd_level: i32,
     /// zstd worker threads (0: one per core).
@@ -146,7 +148,7 @@ pub enum UrlSource {
     /// A URL without a password (`sqlite:` paths already made absolute).
     Plain(String),
     /// `${env:…}` or `${file:…}`.
-    Secret(SecretSource),
+    Secret(SecretRef),
 }
 
 impl UrlSource {
@@ -154,7 +156,10 @@ impl UrlSource {
     pub fn resolve(&self) -> Result<String, String> {
         match self {
             UrlSource::Plain(u) => Ok(u.clone()),
-            UrlSource::Secret(s) => s.resolve().map(|v| v.expose().to_string()),
+            UrlSource::Secret(s) => s
+                .resolve()
+                .map(|v| v.expose().to_string())
+                .map_err(|e| format!("{}: {e}", s.site.describe())),
         }
     }
 }
@@ -196,66 +201,12 @@ pub struct PluginConfig {
 /// A granted secret: where its value comes from and where it may go.
 #[derive(Debug, Clone)]
 pub struct SecretConfig {
-    /// Where the value comes from.
-    pub source: SecretSource,
+    /// Where the value comes from, and where agent.toml says so.
+    pub reference: SecretRef,
     /// The hosts it may be sent to.
     pub hosts: Vec<HostPattern>,
     /// For an AWS secret access key: what it may sign for (and then it signs only that).
     pub sigv4: Option<Sigv4Scope>,
-}
-
-/// Where a secret's value comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// An environment variable of the agent's process.
-    Env(String),
-    /// A file (a systemd credential, a mounted Kubernetes secret...); trailing newline trimmed.
-    File(PathBuf),
-}
-
-impl SecretSource {
-    /// Parses `${env:NAME}` or `${file:PATH}`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let inner = text.trim().strip_prefix("${")?.strip_suffix('}')?;
-        if let Some(name) = inner.strip_prefix("env:") {
-            let ok =
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            return ok.then(|| SecretSource::Env(name.to_string()));
-        }
-        let path = inner.strip_prefix("file:")?;
-        (!path.is_empty()).then(|| SecretSource::File(PathBuf::from(path)))
-    }
-
-    /// Reads the value now. The error names the source, never a value.
-    pub fn resolve(&self) -> Result<SecretValue, String> {
-        match self {
-            SecretSource::Env(name) => match std::env::var(name) {
-                Ok(v) if !v.is_empty() => Ok(SecretValue::new(v)),
-                Ok(_) => Err(format!("environment variable {name} is empty")),
-                Err(_) => Err(format!("environment variable {name} is not set")),
-            },
-            SecretSource::File(path) => match std::fs::read_to_string(path) {
-                Ok(v) => {
-                    let v = v.trim_end_matches(['\n', '\r']).to_string();
-                    if v.is_empty() {
-                        Err(format!("secret file {} is empty", path.display()))
-                    } else {
-                        Ok(SecretValue::new(v))
-                    }
-                }
-                Err(e) => Err(format!("cannot read secret file {}: {e}", path.display())),
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for SecretSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretSource::Env(n) => write!(f, "${{env:{n}}}"),
-            SecretSource::File(p) => write!(f, "${{file:{}}}", p.display()),
-        }
-    }
 }
 
 impl Config {
@@ -381,10 +332,12 @@ impl Config {
             .ok_or_else(|| format!("no plugin named `{name}` in {}", self.path.display()))?;
         let mut secrets = Secrets::default();
         for (secret, cfg) in &plugin.secrets {
-            let value = cfg
-                .source
-                .resolve()
-                .map_err(|e| format!("plugin `{name}`, secret `{secret}`: {e}"))?;
+            let value = cfg.reference.resolve().map_err(|e| {
+                format!(
+                    "{}: plugin `{name}`, secret `{secret}`: {e}",
+                    cfg.reference.site.describe()
+                )
+            })?;
             secrets.insert(
                 secret.clone(),
                 Secret {
@@ -593,7 +546,10 @@ impl Validator<'_> {
             secrets.insert(
                 sname.get_ref().clone(),
                 SecretConfig {
-                    source,
+                    reference: SecretRef {
+                        source,
+                        site: Site::at(self.file, self.text, s.from.span()),
+                    },
                     hosts,
                     sigv4,
                 },

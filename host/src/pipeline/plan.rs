@@ -54,7 +54,34 @@ fn probe_text(p: &Probe) -> String {
 /// Builds the plan.
 pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineError> {
     let config = &*agent.config;
-    let (env, plugins, artifact_path, artifact) = prepare(agent, request).await?;
+    let (env, plugins, artifact_path, artifact) = match prepare(agent, request).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // A setting that cannot be read (a plugin's secret, say) is a finding, where
+            // agent.toml writes it, not an aborted plan.
+            let env = config
+                .environment(&request.environment)
+                .map_err(PipelineError::Setup)?;
+            let findings = validate::references(config, env);
+            if findings.iter().all(|f| !f.blocks(env.strict)) {
+                return Err(e);
+            }
+            return Ok(Plan {
+                environment: env.name.clone(),
+                version: request.version.clone().unwrap_or_default(),
+                digest: None,
+                steps: vec![PlanStep {
+                    stage: Stage::Validate,
+                    action: "cannot plan further: settings the deployment reads cannot be read"
+                        .into(),
+                    details: vec![],
+                }],
+                findings,
+                dry_run: None,
+                blocked: true,
+            });
+        }
+    };
     let store = open_store(config).await?;
     let mut steps = Vec::new();
     let mut blocked = false;
@@ -119,7 +146,7 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
     });
 
     let mut dry_run = None;
-    match &env.database {
+    match env.database.as_ref().map(|db| db.settings(env.strict)) {
         None => {
             for stage in [Stage::Backup, Stage::Migrate] {
                 steps.push(PlanStep {
@@ -129,8 +156,18 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
                 });
             }
         }
-        Some(db) => {
-            let settings = db.settings(env.strict).map_err(PipelineError::Setup)?;
+        Some(Err(_)) => {
+            // The URL cannot be read: a finding above says where it is written.
+            blocked = true;
+            for stage in [Stage::Backup, Stage::Migrate] {
+                steps.push(PlanStep {
+                    stage,
+                    action: "cannot plan: the database URL cannot be read (see findings)".into(),
+                    details: vec![],
+                });
+            }
+        }
+        Some(Ok(settings)) => {
             let status = migrate::status(&settings).await.ok();
             let pending: Vec<String> = status
                 .iter()

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::{Config, Environment};
+use crate::config::{Config, Environment, Need, Referrer};
 use crate::db::migrate;
 use crate::runtime::{Artifact, CallContext, Plugin, Severity};
 
@@ -66,14 +66,29 @@ fn severity(s: Severity) -> &'static str {
     }
 }
 
-/// The plugins an environment uses.
-pub fn plugins_used(env: &Environment) -> Vec<String> {
-    let mut names: Vec<String> = env.target.iter().map(|t| t.plugin.clone()).collect();
-    names.extend(env.validate.plugins.iter().cloned());
-    names.extend(env.notifiers.iter().cloned());
-    names.sort();
-    names.dedup();
-    names
+/// Every reference a deployment reads (database URL, backup key, plugin secrets,
+/// `required_env`) that cannot be read now, as findings at the line agent.toml writes it:
+/// the same words `deploy` refuses with before a run starts. A notifier's are advisory.
+pub fn references(config: &Config, env: &Environment) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for u in config.unresolved(env, Need::Everything) {
+        let source = match u.referrer {
+            Referrer::RequiredEnv => ("builtin:env", "env-missing"),
+            Referrer::Database => ("builtin:database", "database-url"),
+            Referrer::BackupKey | Referrer::PluginSecret => {
+                ("builtin:secrets", "secret-unavailable")
+            }
+        };
+        let e = &u.error;
+        let mut message = format!("{}:{}: {}", e.file.display(), e.line, e.message);
+        if let Some(chain) = &e.environment {
+            message.push_str(&format!(" (environment {chain})"));
+        }
+        let mut f = Finding::new(source.0, "error", source.1, message);
+        f.hint = e.hint.clone();
+        out.push(if u.advisory { f.advisory() } else { f });
+    }
+    out
 }
 
 /// Runs every validator. `artifact_path` is the host path (for the built-in check);
@@ -87,47 +102,30 @@ pub async fn run(
     ctx: &CallContext,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
-    for var in &env.validate.required_env {
-        if std::env::var(var).map_or(true, |v| v.is_empty()) {
-            out.push(
-                Finding::new(
-                    "builtin:env",
-                    "error",
-                    "env-missing",
-                    format!("environment variable {var} is not set"),
-                )
-                .hint(
-                    "set it in the agent's environment (systemd: Environment= or EnvironmentFile=)",
-                ),
-            );
-        }
-    }
-    for name in plugins_used(env) {
-        let Some(plugin) = config.plugins.get(&name) else {
-            continue;
-        };
-        // A plugin the environment uses only to notify: its problems never block.
-        let only_notifies = env.notifiers.contains(&name)
-            && env.target.as_ref().is_none_or(|t| t.plugin != name)
-            && !env.validate.plugins.contains(&name)
-            && env.backup.offsite.as_ref() != Some(&name);
-        let about = |f: Finding| if only_notifies { f.advisory() } else { f };
-        for (secret, cfg) in &plugin.secrets {
-            match cfg.source.resolve() {
-                Err(e) => out.push(about(
-                    Finding::new("builtin:secrets", "error", "secret-unavailable", format!("plugin `{name}`, secret `{secret}`: {e}"))
-                        .hint(format!("provide {}", cfg.source)),
-                )),
-                Ok(value) if value.expose().len() < env.validate.min_secret_length => out.push(about(
-                    Finding::new("builtin:secrets", "error", "secret-too-short", format!(
+    out.extend(references(config, env));
+    if env.validate.min_secret_length > 0 {
+        for name in env.plugins_used() {
+            let Some(plugin) = config.plugins.get(&name) else {
+                continue;
+            };
+            for (secret, cfg) in &plugin.secrets {
+                let Ok(value) = cfg.reference.resolve() else {
+                    continue;
+                };
+                if value.expose().chars().count() < env.validate.min_secret_length {
+                    let f = Finding::new("builtin:secrets", "error", "secret-too-short", format!(
                         "plugin `{name}`, secret `{secret}` ({}) is {} characters, shorter than min_secret_length = {}",
-                        cfg.source,
+                        cfg.reference,
                         value.expose().chars().count(),
                         env.validate.min_secret_length
                     ))
-                    .hint("a truncated or placeholder secret: check where it comes from"),
-                )),
-                Ok(_) => {}
+                    .hint("a truncated or placeholder secret: check where it comes from");
+                    out.push(if env.only_notifies(&name) {
+                        f.advisory()
+                    } else {
+                        f
+                    });
+                }
             }
         }
     }
@@ -188,12 +186,9 @@ pub async fn run(
 }
 
 async fn database(db: &crate::config::DatabaseConfig, strict: bool, out: &mut Vec<Finding>) {
-    let settings = match db.settings(strict) {
-        Ok(s) => s,
-        Err(e) => {
-            out.push(Finding::new("builtin:database", "error", "database-url", e));
-            return;
-        }
+    // A URL that cannot be read was reported above, where agent.toml writes it.
+    let Ok(settings) = db.settings(strict) else {
+        return;
     };
     let status = match migrate::status(&settings).await {
         Ok(s) => s,
