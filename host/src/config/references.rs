@@ -225,15 +225,11 @@ impl Config {
                 });
             }
         };
-        if let Some(db) = &env.database {
-            if let super::UrlSource::Secret(r) = &db.url {
-                check(r, Referrer::Database, "database URL".into(), false);
-            }
+        if let Some(super::UrlSource::Secret(r)) = env.database.as_ref().map(|db| &db.url) {
+            check(r, Referrer::Database, "database URL".into(), false);
         }
-        if need != Need::Database {
-            if let Some(key) = &env.backup.key {
-                check(key, Referrer::BackupKey, "backup key".into(), false);
-            }
+        if let Some(key) = env.backup.key.as_ref().filter(|_| need != Need::Database) {
+            check(key, Referrer::BackupKey, "backup key".into(), false);
         }
         if need == Need::Everything {
             for name in env.plugins_used() {
