@@ -81,6 +81,88 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
+/// `2026-11-21T15:04:05.123Z`: milliseconds since the epoch, as every JSON answer writes a
+/// time (the store keeps integers; the wire and the console read one format).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let base = rfc3339(secs);
+    format!("{}.{:03}Z", &base[..19], ms.rem_euclid(1000))
+}
+
+/// Parses RFC 3339 in UTC, with or without fractional seconds (milliseconds kept), into
+/// milliseconds since the epoch.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let (whole, frac) = match text.strip_suffix('Z')?.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (text.strip_suffix('Z')?, ""),
+    };
+    if !frac.chars().all(|c| c.is_ascii_digit()) || frac.len() > 9 {
+        return None;
+    }
+    let secs = parse_rfc3339(&format!("{whole}Z"))?;
+    let ms = format!("{frac:0<3}")[..3].parse::<i64>().ok()?;
+    Some(secs * 1000 + ms)
+}
+
+/// Serde for a time kept as milliseconds since the epoch and written as RFC 3339:
+/// `#[serde(with = "crate::time::json")]`. Reads either RFC 3339 or (from an older agent's
+/// answer) the integer.
+pub mod json {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// A time in a JSON answer: RFC 3339, or an older agent's integer milliseconds.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Wire {
+        Text(String),
+        Millis(i64),
+    }
+
+    impl Wire {
+        pub(super) fn millis<E: serde::de::Error>(self) -> Result<i64, E> {
+            match self {
+                Wire::Millis(ms) => Ok(ms),
+                Wire::Text(t) => super::parse_rfc3339_ms(&t)
+                    .ok_or_else(|| E::custom(format!("`{t}` is not an RFC 3339 UTC time"))),
+            }
+        }
+    }
+
+    /// Writes RFC 3339.
+    pub fn serialize<S: Serializer, T: Copy + TryInto<i64>>(
+        ms: &T,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339_ms((*ms).try_into().unwrap_or(i64::MAX)))
+    }
+
+    /// Reads RFC 3339 (or integer milliseconds).
+    pub fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<T, D::Error> {
+        let ms = Wire::deserialize(d)?.millis()?;
+        T::try_from(ms).map_err(|_| serde::de::Error::custom("a time before 1970"))
+    }
+}
+
+/// [`json`] for an optional time (`null` when absent).
+pub mod json_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes RFC 3339, or `null`.
+    pub fn serialize<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => s.serialize_str(&super::rfc3339_ms(*ms)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads RFC 3339 (or integer milliseconds), or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<super::json::Wire>::deserialize(d)?
+            .map(super::json::Wire::millis)
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +188,38 @@ mod tests {
                 .as_deref(),
             Some("2000-02-29T23:59:59Z")
         );
+    }
+
+    #[test]
+    fn milliseconds_round_trip_through_rfc3339_and_json() {
+        let ms = 1_795_273_445_123;
+        assert_eq!(rfc3339_ms(ms), "2026-11-21T15:04:05.123Z");
+        assert_eq!(parse_rfc3339_ms("2026-11-21T15:04:05.123Z"), Some(ms));
+        assert_eq!(parse_rfc3339_ms("2026-11-21T15:04:05Z"), Some(ms - 123));
+        assert_eq!(parse_rfc3339_ms("2026-11-21T15:04:05.1Z"), Some(ms - 23));
+        for bad in ["2026-11-21T15:04:05.12a3Z", "2026-11-21T15:04:05+01:00", ""] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct T {
+            #[serde(with = "super::json")]
+            at: i64,
+            #[serde(with = "super::json_opt")]
+            done: Option<i64>,
+        }
+        let t = T { at: ms, done: None };
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(text, r#"{"at":"2026-11-21T15:04:05.123Z","done":null}"#);
+        assert_eq!(serde_json::from_str::<T>(&text).unwrap(), t);
+        // An older agent's answer: integers.
+        let old: T = serde_json::from_str(&format!(r#"{{"at":{ms},"done":{ms}}}"#)).unwrap();
+        assert_eq!(
+            old,
+            T {
+                at: ms,
+                done: Some(ms)
+            }
+        );
+        assert!(serde_json::from_str::<T>(r#"{"at":"yesterday","done":null}"#).is_err());
     }
 }

@@ -369,3 +369,73 @@ fn backup_verify_latest_and_prune_dry_run_that_changes_nothing() {
     );
     assert_eq!(ids(&p), [before[0].clone(), before[2].clone()]);
 }
+
+/// Every time field in `value`, by key, with its JSON type: `at`, `*_at`, `installed_on`.
+fn times(value: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                if k == "at" || k.ends_with("_at") || k == "installed_on" {
+                    out.push((k.clone(), v.clone()));
+                }
+                times(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| times(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_time_in_json_is_rfc3339_and_one_field_has_one_type_across_commands() {
+    let p = Project::new("", "");
+    let (code, deploy) = p.deploy();
+    assert_eq!(code, 0, "{deploy}");
+    assert_eq!(
+        p.run(&["backup", "create", "-e", "local"]).status.code(),
+        Some(0)
+    );
+    let answers = [
+        ("deploy", deploy),
+        ("history", p.json(&["history", "-e", "local"])),
+        ("releases", p.json(&["releases", "-e", "local"])),
+        ("status", p.json(&["status", "-e", "local"])),
+        ("audit list", p.json(&["audit", "list"])),
+        ("backup list", p.json(&["backup", "list", "-e", "local"])),
+        (
+            "migrate status",
+            p.json(&["migrate", "status", "-e", "local"]),
+        ),
+    ];
+    // Backup manifests (files kept with the backups, read by older agents too) write whole
+    // seconds; the store's times carry milliseconds. Both are RFC 3339 strings.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut count = 0;
+    for (command, answer) in &answers {
+        let mut found = Vec::new();
+        times(answer, &mut found);
+        for (key, v) in found {
+            if v.is_null() {
+                continue;
+            }
+            count += 1;
+            let text = v
+                .as_str()
+                .unwrap_or_else(|| panic!("{command}: `{key}` is {v}, not a string"));
+            let ms = deploy_agent::time::parse_rfc3339_ms(text)
+                .unwrap_or_else(|| panic!("{command}: `{key}` = {text} is not RFC 3339"));
+            assert!(ms > 1_700_000_000_000, "{command}: `{key}` = {text}");
+            seen.insert(key);
+        }
+    }
+    for key in [
+        "started_at",
+        "finished_at",
+        "created_at",
+        "at",
+        "installed_on",
+    ] {
+        assert!(seen.contains(key), "no `{key}` seen: {seen:?}");
+    }
+    assert!(count > 10, "{count} times checked");
+}

@@ -165,7 +165,11 @@ fn a_held_lock_says_who_since_when_and_doing_what_and_deploy_wait_waits_for_it()
     let s: Value = p.json(&["status", "--env", "local"]);
     assert_eq!(s["lock"]["live"], true, "{s}");
     assert_eq!(s["lock"]["run"]["id"], run.as_str());
-    assert!(s["lock"]["acquired_at"].as_i64().unwrap() > 1_700_000_000_000);
+    let since = s["lock"]["acquired_at"].as_str().unwrap_or_default();
+    assert!(
+        deploy_agent::time::parse_rfc3339_ms(since).is_some_and(|t| t > 1_700_000_000_000),
+        "{s}"
+    );
 
     // `--wait` waits for the holder, then deploys.
     let waiting = p

@@ -42,7 +42,9 @@ pub struct EventRecord {
     pub duration_ms: Option<u64>,
     /// Labelled links (the release's URL...).
     pub links: Vec<(String, String)>,
-    /// When, ms since the epoch.
+    /// When, ms since the epoch (`at` on the wire, in RFC 3339 like every time in JSON).
+    #[serde(rename = "at", with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub at_ms: u64,
 }
 

@@ -14,14 +14,20 @@ pub struct Approval {
     /// The environment.
     pub environment: String,
     /// Asked, ms since the epoch.
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub requested_at: i64,
     /// Expires, ms since the epoch.
+    #[serde(default, with = "crate::time::json_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<i64>,
     /// `approved` or `rejected`, once decided.
     pub decision: Option<String>,
     /// Who decided.
     pub decided_by: Option<String>,
     /// When, ms since the epoch.
+    #[serde(default, with = "crate::time::json_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub decided_at: Option<i64>,
     /// Why, as they said.
     pub reason: Option<String>,

@@ -37,6 +37,8 @@ pub struct AuditRecord {
     /// Position in the chain, from 1.
     pub seq: i64,
     /// When, ms since the epoch.
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     /// Who.
     pub actor: String,

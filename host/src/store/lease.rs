@@ -73,8 +73,12 @@ pub struct LockHolder {
     pub deployment_id: String,
     /// When it took the lock, ms since the epoch.
     #[serde(default)]
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub acquired_at: i64,
     /// When the lease ends, ms since the epoch.
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: i64,
 }
 

@@ -27,10 +27,16 @@ pub struct QueueItem {
     /// Where it stands.
     pub state: QueueState,
     /// When it was queued, ms since the epoch.
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub enqueued_at: i64,
     /// When it started.
+    #[serde(default, with = "crate::time::json_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<i64>,
     /// When it ended.
+    #[serde(default, with = "crate::time::json_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     /// How it ended (the run's status, or why it could not start).
     pub outcome: Option<String>,

@@ -26,8 +26,12 @@ pub struct ReleaseRecord {
     /// Where it stands.
     pub state: ReleaseStatus,
     /// Created, ms since the epoch.
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// Promoted, ms since the epoch.
+    #[serde(default, with = "crate::time::json_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub promoted_at: Option<i64>,
 }
 

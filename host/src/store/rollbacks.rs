@@ -32,8 +32,12 @@ pub struct RollbackRecord {
     /// What happened, stage by stage.
     pub detail: Option<String>,
     /// Start, ms since the epoch.
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: i64,
     /// End, ms since the epoch.
+    #[serde(default, with = "crate::time::json_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
 }
 

@@ -30,8 +30,12 @@ pub struct Deployment {
     /// The stage it is in, or stopped in.
     pub stage: Option<String>,
     /// Start, ms since the epoch.
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: i64,
     /// End, ms since the epoch.
+    #[serde(default, with = "crate::time::json_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     /// The failure.
     pub error: Option<String>,
@@ -59,8 +63,12 @@ pub struct Step {
     /// `started`, `done`, `failed`, `skipped`.
     pub status: String,
     /// Start, ms since the epoch.
+    #[serde(with = "crate::time::json")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: i64,
     /// End, ms since the epoch.
+    #[serde(default, with = "crate::time::json_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     /// What it did or why it failed.
     pub detail: Option<String>,

@@ -12,7 +12,7 @@ pub struct Applied {
     pub version: i64,
     /// The description sqlx recorded.
     pub description: String,
-    /// When, as the database printed it.
+    /// When, in RFC 3339 (UTC, milliseconds), as every time in JSON.
     pub installed_on: String,
     /// Whether it completed.
     pub success: bool,
@@ -144,9 +144,9 @@ pub(crate) async fn read(conn: &mut Conn, ledger: Ledger) -> Result<Vec<Applied>
         return Ok(Vec::new());
     }
     let sql = match conn.backend() {
-        Backend::Postgres => format!("SELECT m.version::text, m.description, m.installed_on::text, m.success::text, encode(m.checksum, 'hex'), m.execution_time::text, d.down_sql
+        Backend::Postgres => format!("SELECT m.version::text, m.description, to_char(m.installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), m.success::text, encode(m.checksum, 'hex'), m.execution_time::text, d.down_sql
               FROM {applied} m LEFT JOIN {extra} d ON d.version = m.version ORDER BY m.version"),
-        Backend::Sqlite => format!("SELECT CAST(m.version AS TEXT), m.description, CAST(m.installed_on AS TEXT), CAST(m.success AS TEXT), hex(m.checksum), CAST(m.execution_time AS TEXT), d.down_sql
+        Backend::Sqlite => format!("SELECT CAST(m.version AS TEXT), m.description, strftime('%Y-%m-%dT%H:%M:%fZ', m.installed_on), CAST(m.success AS TEXT), hex(m.checksum), CAST(m.execution_time AS TEXT), d.down_sql
               FROM {applied} m LEFT JOIN {extra} d ON d.version = m.version ORDER BY m.version"),
     };
     if !table_exists(conn, extra).await? {
