@@ -439,3 +439,89 @@ fn every_time_in_json_is_rfc3339_and_one_field_has_one_type_across_commands() {
     }
     assert!(count > 10, "{count} times checked");
 }
+
+/// What the completion script gets back when bash asks to complete `words` (the last one
+/// being typed), run from the project's directory.
+fn candidates(p: &Project, words: &[&str]) -> Vec<String> {
+    let mut cmd = p.command(&["--", "deploy-agent"]);
+    cmd.args(words)
+        .env("COMPLETE", "bash")
+        .env("_CLAP_IFS", "\n")
+        .env("_CLAP_COMPLETE_INDEX", words.len().to_string());
+    let out = cmd.output().expect("runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn shell_completion_offers_the_environments_and_releases_that_exist() {
+    let p = Project::new(
+        "",
+        "\n[environments.staging]\nextends = \"local\"\n[environments.production]\nextends = \"staging\"\n",
+    );
+    // The script bash sources registers a function that calls this binary back.
+    let script = p.run(&["completions", "bash"]);
+    let script = String::from_utf8_lossy(&script.stdout).into_owned();
+    let bash = Command::new("bash")
+        .args(["-c", &format!("{script}\ncomplete -p deploy-agent")])
+        .output()
+        .expect("bash runs");
+    assert!(
+        String::from_utf8_lossy(&bash.stdout)
+            .contains("-F _clap_complete_deploy_agent deploy-agent"),
+        "{}{}",
+        String::from_utf8_lossy(&bash.stdout),
+        String::from_utf8_lossy(&bash.stderr)
+    );
+
+    // Environments, from agent.toml, for every command's -e/--env.
+    assert_eq!(
+        candidates(&p, &["deploy", "--env", ""]),
+        ["local", "production", "staging"]
+    );
+    assert_eq!(
+        candidates(&p, &["migrate", "status", "-e", "pr"]),
+        ["production"]
+    );
+    assert_eq!(
+        candidates(&p, &["backup", "list", "--env", "st"]),
+        ["staging"]
+    );
+    // The --config on the line being completed is the one read.
+    std::fs::copy(p.path("agent.toml"), p.path("other.toml")).unwrap();
+    std::fs::remove_file(p.path("agent.toml")).unwrap();
+    assert!(candidates(&p, &["status", "-e", ""]).is_empty());
+    assert_eq!(
+        candidates(&p, &["status", "--config", "other.toml", "-e", "l"]),
+        ["local"]
+    );
+    std::fs::rename(p.path("other.toml"), p.path("agent.toml")).unwrap();
+
+    // No release yet, and completing did not create a state store.
+    assert!(candidates(&p, &["rollback", "-e", "local", "--to", ""]).is_empty());
+    assert!(!p.path("state/state.db").exists(), "completion only reads");
+
+    // Two releases: both offered, by id, for the environment typed.
+    assert_eq!(p.deploy().0, 0);
+    std::fs::write(p.path("site/index.html"), "<h1>v2</h1>").unwrap();
+    assert_eq!(p.deploy().0, 0);
+    let releases: Vec<String> = p
+        .json(&["releases", "-e", "local"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(releases.len(), 2);
+    let offered = candidates(&p, &["rollback", "-e", "local", "--to", ""]);
+    assert_eq!(offered, releases, "newest first, as `releases` lists them");
+    assert!(candidates(&p, &["rollback", "-e", "staging", "--to", ""]).is_empty());
+    let one = &releases[1][..releases[1].len() - 1];
+    assert_eq!(
+        candidates(&p, &["rollback", "-e", "local", "--to", one]),
+        [releases[1].clone()]
+    );
+}

@@ -80,7 +80,7 @@ pub enum BackupCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackupArgs {
     /// The environment (a section of agent.toml).
-    #[arg(long, short = 'e')]
+    #[arg(long, short = 'e', add = clap_complete::engine::ArgValueCompleter::new(super::complete::environments))]
     pub env: String,
     /// The configuration.
     #[arg(long, default_value = "agent.toml")]

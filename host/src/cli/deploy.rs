@@ -20,7 +20,7 @@ use crate::store::StoreError;
 #[derive(Debug, Args)]
 pub struct EnvArgs {
     /// The environment (a section of agent.toml).
-    #[arg(long, short = 'e')]
+    #[arg(long, short = 'e', add = clap_complete::engine::ArgValueCompleter::new(super::complete::environments))]
     pub env: String,
     /// The configuration.
     #[arg(long, default_value = "agent.toml")]
@@ -378,7 +378,7 @@ pub struct RollbackArgs {
     #[command(flatten)]
     pub target: EnvArgs,
     /// The release to return to (default: the one before the live one).
-    #[arg(long, conflicts_with = "latest")]
+    #[arg(long, conflicts_with = "latest", add = clap_complete::engine::ArgValueCompleter::new(super::complete::releases))]
     pub to: Option<String>,
     /// Return to the release before the live one (the default, spelled out).
     #[arg(long)]

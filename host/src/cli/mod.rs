@@ -25,6 +25,7 @@ pub(crate) mod output;
 
 mod backup;
 mod bench;
+mod complete;
 mod config;
 mod deploy;
 mod live;
@@ -130,7 +131,9 @@ pub enum Command {
     /// Runs on a daemon (`--server`): follow one live.
     #[command(subcommand)]
     Runs(RunsCommand),
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) that offers
+    /// the environments of agent.toml and the releases in the state store as you type:
+    /// `source <(deploy-agent completions bash)` in ~/.bashrc.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -252,6 +255,7 @@ pub enum BenchCommand {
 
 /// Parses arguments, runs, and returns the exit code.
 pub fn main() -> ExitCode {
+    complete::answer_if_asked();
     let cli = Cli::parse();
     // Benchmarks measure the runtime, not the terminal; the pipeline commands show their own
     // live view. Only warnings unless asked (-v).
@@ -385,10 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(deploy::recover(target, rollback))
         }
         Command::Completions { shell } => {
-            use clap::CommandFactory as _;
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "deploy-agent", &mut script);
-            say!("{}", String::from_utf8_lossy(&script).trim_end());
+            say!("{}", complete::script(shell)?.trim_end());
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config, listen } => runtime.block_on(serve::serve(&config, listen)),

@@ -21,7 +21,7 @@ pub enum TokenCommand {
         #[arg(long, value_parser = ["read", "deploy", "approve", "admin"])]
         role: String,
         /// Limit it to these environments (repeat the flag); default: all.
-        #[arg(long = "env", short = 'e')]
+        #[arg(long = "env", short = 'e', add = clap_complete::engine::ArgValueCompleter::new(super::complete::environments))]
         environments: Vec<String>,
     },
 }

@@ -23,7 +23,7 @@ pub enum AuditCommand {
     /// The newest entries, oldest first.
     List {
         /// Only this environment.
-        #[arg(long, short = 'e')]
+        #[arg(long, short = 'e', add = clap_complete::engine::ArgValueCompleter::new(super::complete::environments))]
         env: Option<String>,
         /// How many.
         #[arg(long, default_value_t = 50)]
