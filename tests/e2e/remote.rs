@@ -257,6 +257,14 @@ async fn remote_approve_and_rollback_are_audited_with_the_tokens_name() {
     );
     assert!(out.status.success(), "{}\n{}", text(&out), stderr(&out));
     assert!(text(&out).contains("succeeded"), "{}", text(&out));
+    // The rollback's live view came over the environment's event stream, as a local
+    // rollback shows it: its stage, ended, with what is live.
+    let live = text(&out);
+    assert!(
+        live.lines()
+            .any(|l| l.trim_start().starts_with("✓ rollback") && l.contains("is live")),
+        "{live}"
+    );
     let audit = r.p.json(&["audit", "list", "-e", "gated"]);
     let by = |action: &str| -> Vec<String> {
         audit

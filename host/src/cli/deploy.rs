@@ -11,7 +11,7 @@ use super::live::{ms, reporter};
 use super::remote::{about_env, follow, refused, seg};
 use super::{EXIT_FAILED, Output};
 use crate::config::{Config, Need};
-use crate::pipeline::{self, Agent, PipelineError, Request};
+use crate::pipeline::{self, Agent, PipelineError, Request, Stage};
 use crate::remote::Client;
 use crate::server::api::RunView;
 use crate::store::StoreError;
@@ -293,6 +293,17 @@ async fn deploy_remote(args: DeployArgs, client: Client) -> anyhow::Result<ExitC
     show_remote_end(&ended, json)
 }
 
+/// A journaled run's agent time, as a local deploy counts it: from start to end, less the
+/// time its approval gates waited for people.
+fn agent_ms(started: i64, finished: i64, steps: &[crate::store::Step]) -> f64 {
+    let waited: i64 = steps
+        .iter()
+        .filter(|s| s.stage == "approve")
+        .filter_map(|s| Some(s.finished_at? - s.started_at))
+        .sum();
+    (finished - started - waited).max(0) as f64
+}
+
 /// A followed run's end, as a local deploy prints it.
 pub(super) fn show_remote_end(v: &RunView, json: bool) -> anyhow::Result<ExitCode> {
     let ok = v.status == "succeeded";
@@ -305,7 +316,7 @@ pub(super) fn show_remote_end(v: &RunView, json: bool) -> anyhow::Result<ExitCod
                 d,
                 ok,
                 &d.finished_at.map_or("?".into(), |f| {
-                    format!("{} run time", ms((f - d.started_at) as f64))
+                    format!("{} agent time", ms(agent_ms(d.started_at, f, &v.steps)))
                 }),
             ),
             None => say!(
@@ -483,10 +494,12 @@ pub(super) async fn rollback(
         &format!("roll back {} to {}", plan.environment, plan.to.id),
     )?;
     let outcome: RollbackOutcome = match (&remote, local) {
-        (Some(c), _) => refused(
-            c.post(&format!("/v1/environments/{}/rollback", seg(env)), &body)
-                .await,
-        )?,
+        (Some(c), _) => {
+            let view = reporter(json);
+            let path = format!("/v1/environments/{}/rollback", seg(env));
+            let post = c.post(&path, &body);
+            refused(super::remote::show_while(c, env, Stage::Rollback, view.as_ref(), post).await?)?
+        }
         (None, Some((agent, req))) => {
             let view = reporter(json);
             rb::execute(&agent, &req, view.as_ref()).await?

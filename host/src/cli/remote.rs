@@ -97,6 +97,79 @@ fn stage_status(e: &EventRecord) -> StageStatus {
     }
 }
 
+/// Turns a stream of events into live-view calls; between events the running stage's clock
+/// goes on.
+#[derive(Default)]
+struct Renderer {
+    /// The running stage, as last heard.
+    running: Option<(Progress, Instant)>,
+}
+
+impl Renderer {
+    /// The view's clock, between events.
+    fn tick(&self, view: &dyn Reporter) {
+        if let Some((p, at)) = &self.running {
+            view.progress(&Progress {
+                elapsed_ms: p.elapsed_ms + at.elapsed().as_millis() as u64,
+                ..p.clone()
+            });
+        }
+    }
+
+    /// One event.
+    fn show(&mut self, e: &EventRecord, view: &dyn Reporter) {
+        let stage = e.stage.as_deref().and_then(Stage::parse);
+        match (e.kind, stage) {
+            (EventType::StageStarted, Some(stage)) => {
+                view.stage(&StageReport {
+                    stage,
+                    status: StageStatus::Started,
+                    duration_ms: 0.0,
+                    detail: String::new(),
+                });
+                self.running = Some((
+                    Progress {
+                        stage,
+                        elapsed_ms: 0,
+                        activity: String::new(),
+                    },
+                    Instant::now(),
+                ));
+            }
+            (EventType::StageSucceeded | EventType::StageFailed, Some(stage)) => {
+                self.running = None;
+                view.stage(&StageReport {
+                    stage,
+                    status: stage_status(e),
+                    duration_ms: e.duration_ms.unwrap_or(0) as f64,
+                    detail: e.detail.clone().unwrap_or_default(),
+                });
+            }
+            (EventType::Progress, Some(stage)) => {
+                let p = Progress {
+                    stage,
+                    elapsed_ms: e.duration_ms.unwrap_or(0),
+                    activity: e.summary.clone(),
+                };
+                view.progress(&p);
+                self.running = Some((p, Instant::now()));
+            }
+            (EventType::ApprovalRequested, _) => {
+                view.note(e.detail.as_deref().unwrap_or(&e.summary));
+            }
+            (EventType::RolledBack, _) if !e.is_final() => view.note(&e.summary),
+            _ => {}
+        }
+    }
+}
+
+/// A clock for [`Renderer::tick`].
+fn ticker() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Streams a run's events into the live view until its last event (or the stream's end);
 /// the last event, if the run ended.
 pub(super) async fn follow(
@@ -109,68 +182,66 @@ pub(super) async fn follow(
             .events(&format!("/v1/runs/{}/events", seg(run)))
             .await,
     )?;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The running stage, as last heard: the view's clock goes on between events.
-    let mut running: Option<(Progress, Instant)> = None;
+    let mut tick = ticker();
+    let mut renderer = Renderer::default();
     loop {
         let e = tokio::select! {
             e = events.next() => e?,
             _ = tick.tick() => {
-                if let Some((p, at)) = &running {
-                    view.progress(&Progress {
-                        elapsed_ms: p.elapsed_ms + at.elapsed().as_millis() as u64,
-                        ..p.clone()
-                    });
-                }
+                renderer.tick(view);
                 continue;
             }
         };
         let Some(e) = e else { return Ok(None) };
-        let stage = e.stage.as_deref().and_then(Stage::parse);
-        match (e.kind, stage) {
-            (EventType::StageStarted, Some(stage)) => {
-                view.stage(&StageReport {
-                    stage,
-                    status: StageStatus::Started,
-                    duration_ms: 0.0,
-                    detail: String::new(),
-                });
-                running = Some((
-                    Progress {
-                        stage,
-                        elapsed_ms: 0,
-                        activity: String::new(),
-                    },
-                    Instant::now(),
-                ));
-            }
-            (EventType::StageSucceeded | EventType::StageFailed, Some(stage)) => {
-                running = None;
-                view.stage(&StageReport {
-                    stage,
-                    status: stage_status(&e),
-                    duration_ms: e.duration_ms.unwrap_or(0) as f64,
-                    detail: e.detail.clone().unwrap_or_default(),
-                });
-            }
-            (EventType::Progress, Some(stage)) => {
-                let p = Progress {
-                    stage,
-                    elapsed_ms: e.duration_ms.unwrap_or(0),
-                    activity: e.summary.clone(),
-                };
-                view.progress(&p);
-                running = Some((p, Instant::now()));
-            }
-            (EventType::ApprovalRequested, _) => {
-                view.note(e.detail.as_deref().unwrap_or(&e.summary));
-            }
-            (EventType::RolledBack, _) if !e.is_final() => view.note(&e.summary),
-            _ => {}
-        }
+        renderer.show(&e, view);
         if e.is_final() {
             return Ok(Some(e));
+        }
+    }
+}
+
+/// Runs `work` (a request the daemon answers when an operation ends: a rollback) while
+/// showing, live, the environment's events of the one operation that starts a `stage` in
+/// the meantime; `work`'s answer.
+pub(super) async fn show_while<T>(
+    client: &Client,
+    env: &str,
+    stage: Stage,
+    view: &dyn Reporter,
+    work: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
+    // Subscribed first: nothing the operation says is missed.
+    let mut events = refused(
+        client
+            .events(&format!("/v1/environments/{}/events", seg(env)))
+            .await,
+    )?;
+    let mut work = std::pin::pin!(work);
+    let mut tick = ticker();
+    let mut renderer = Renderer::default();
+    // The operation followed: the first that starts `stage` (the environment is locked
+    // for it, so no other starts one meanwhile).
+    let mut followed: Option<String> = None;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            e = events.next(), if open => match e {
+                Ok(Some(e)) => {
+                    if followed.is_none()
+                        && e.kind == EventType::StageStarted
+                        && e.stage.as_deref() == Some(stage.name())
+                    {
+                        followed = Some(e.deployment_id.clone());
+                    }
+                    if followed.as_deref() == Some(e.deployment_id.as_str()) {
+                        renderer.show(&e, view);
+                    }
+                }
+                // The stream ended or broke: the answer still comes.
+                _ => open = false,
+            },
+            _ = tick.tick() => renderer.tick(view),
         }
     }
 }

@@ -14,7 +14,10 @@ use serde::Serialize;
 use super::Agent;
 use super::checks::CheckResult;
 use super::notify::{self, Notifications};
-use super::{PipelineError, Reporter, StageError, load_plugins, new_id, open_store};
+use super::{
+    PipelineError, Reporter, Stage, StageError, StageReport, StageStatus, load_plugins, new_id,
+    open_store, progress,
+};
 use crate::config::Environment;
 use crate::db::{backup, migrate};
 use crate::runtime::{CallContext, EventKind};
@@ -359,6 +362,40 @@ fn age(s: i64) -> String {
     }
 }
 
+/// Tells `reporter` and the bus that the rollback stage started or ended.
+fn stage_event(
+    p: &progress::Publish,
+    reporter: &dyn Reporter,
+    status: StageStatus,
+    duration_ms: f64,
+    detail: String,
+) {
+    let (kind, word) = match status {
+        StageStatus::Started => (EventKind::StageStarted, "started"),
+        StageStatus::Failed => (EventKind::StageFailed, "failed"),
+        _ => (EventKind::StageSucceeded, "done"),
+    };
+    p.bus.publish(&crate::runtime::Event {
+        kind,
+        environment: p.environment.clone(),
+        deployment_id: p.run.clone(),
+        version: p.version.clone(),
+        actor: p.actor.clone(),
+        stage: Some(Stage::Rollback.name().to_string()),
+        summary: format!("rollback {word}"),
+        detail: (!detail.is_empty()).then(|| detail.clone()),
+        duration_ms: (status != StageStatus::Started).then_some(duration_ms as u64),
+        links: Vec::new(),
+        at_ms: now_ms() as u64,
+    });
+    reporter.stage(&StageReport {
+        stage: Stage::Rollback,
+        status,
+        duration_ms,
+        detail,
+    });
+}
+
 /// Carries out a plan made by [`plan`] (re-checked under the lock).
 pub async fn execute(
     agent: &Agent,
@@ -424,18 +461,41 @@ pub async fn execute(
     store.save_rollback(&record).await?;
     // Loaded once: the target for the app, the notifiers for the announcement.
     let plugins = load_plugins(agent, env).map_err(std::sync::Arc::new);
-    let result = run_steps(
-        agent,
-        &plugins,
-        env,
-        &store,
-        req,
-        &plan,
-        &mut record,
-        &mut step,
-        reporter,
-    )
+    // The live view, here and for anyone following the environment's events: one
+    // `rollback` stage, saying which step it is on and how long it has taken.
+    let publish = progress::Publish {
+        bus: agent.events().clone(),
+        environment: env.name.clone(),
+        run: id.clone(),
+        version: plan.to.version.clone(),
+        actor: req.actor.clone(),
+    };
+    let stage_at = Instant::now();
+    stage_event(&publish, reporter, StageStatus::Started, 0.0, String::new());
+    let result = progress::pumped(reporter, Some(&publish), async {
+        progress::started(Stage::Rollback);
+        let result = run_steps(
+            agent,
+            &plugins,
+            env,
+            &store,
+            req,
+            &plan,
+            &mut record,
+            &mut step,
+            reporter,
+        )
+        .await;
+        progress::ended();
+        result
+    })
     .await;
+    let (status, detail) = match &result {
+        Ok(_) => (StageStatus::Done, format!("{} is live", plan.to.id)),
+        Err(e) => (StageStatus::Failed, e.to_string()),
+    };
+    let took = stage_at.elapsed().as_secs_f64() * 1e3;
+    stage_event(&publish, reporter, status, took, detail);
     let (checks, waited) = match result {
         Ok(c) => c,
         Err(e) => {
@@ -540,6 +600,10 @@ async fn run_steps(
             .as_ref()
             .filter(|f| f.created_at > to.created_at)
             .map(|f| (f.id.as_str(), ReleaseStatus::RolledBack));
+        progress::set(
+            "rollback",
+            format!("making {} live on `{}`", to.id, plugins.target.name()),
+        );
         let live = super::switch_back(store, &plugins.target, &ctx, env, &to.id, left).await?;
         step("app", at, format!("{live} is live"), reporter);
     }
@@ -563,12 +627,14 @@ async fn run_steps(
                 .map_err(StageError::Config)?;
             // Recorded before the restore starts: an interrupted rollback is then finished
             // or undone from what the record says (see `restore`).
+            progress::set("rollback", "taking a safety snapshot of the database");
             let safety = super::restore::safety_backup(env, record, &settings.url, &bs).await?;
             store.save_rollback(record).await?;
             step("snapshot", at, safety, reporter);
             let at = Instant::now();
             if let Some(choice) = &plan.backup {
                 let m = backup::find(&bs.dir, &choice.id)?;
+                progress::set("rollback", format!("restoring backup {}", choice.id));
                 backup::restore(&m, &bs.dir, bs.key.as_ref(), &settings.url).await?;
                 step(
                     "restore",
@@ -583,6 +649,7 @@ async fn run_steps(
                     reporter,
                 );
             } else {
+                progress::set("rollback", "reverting migrations");
                 let reverted = migrate::revert(&settings, Some(want.unwrap_or(0))).await?;
                 step(
                     "down",
@@ -598,6 +665,7 @@ async fn run_steps(
         }
     }
     let at = Instant::now();
+    progress::set("rollback", format!("checking {}", to.id));
     let rounds = super::verify_release(config, env, &to.id, to.url.clone()).await;
     let detail = match &rounds.failed {
         None => format!("{} check(s) passed on {}", env.checks.len(), to.id),
