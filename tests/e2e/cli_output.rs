@@ -206,19 +206,10 @@ required_env = ["DA_TEST_NO_SUCH_REQUIRED"]
             "{args:?}: {err}"
         );
     }
-    // Only what the command reads: `migrate` does not ask for required_env, `deploy` does.
-    let err = stderr(&p.run(&["migrate", "status", "-e", "production"]));
-    assert!(!err.contains("DA_TEST_NO_SUCH_REQUIRED"), "{err}");
+    // `required_env` is the validate stage's check (a blocked run with its findings), so
+    // the refusal is about the database alone; `plan` below lists both.
     let err = stderr(&p.run(&["deploy", "-e", "production"]));
-    assert!(
-        err.contains(&format!(
-            "agent.toml:{}:",
-            line_of("DA_TEST_NO_SUCH_REQUIRED")
-        )) && err.contains(
-            "validate.required_env: environment variable DA_TEST_NO_SUCH_REQUIRED is not set"
-        ),
-        "{err}"
-    );
+    assert!(!err.contains("DA_TEST_NO_SUCH_REQUIRED"), "{err}");
     // Nothing ran, so nothing was recorded.
     let history = p.json(&["history", "--env", "production"]);
     assert_eq!(history, serde_json::json!([]), "{history}");

@@ -260,11 +260,13 @@ impl Config {
     }
 
     /// The references `env` needs for `need` that cannot be read, as errors (exit 2); the
-    /// advisory ones (a notifier's) are logged as warnings and let through.
+    /// advisory ones (a notifier's) are logged as warnings and let through. `required_env`
+    /// is the validate stage's own check: a recorded, blocked run with its findings.
     pub fn require(&self, env: &Environment, need: Need) -> Result<(), super::ConfigErrors> {
         let (advisory, fatal): (Vec<_>, Vec<_>) = self
             .unresolved(env, need)
             .into_iter()
+            .filter(|u| u.referrer != Referrer::RequiredEnv)
             .partition(|u| u.advisory);
         for u in advisory {
             tracing::warn!("{}; notifications through it will fail", u.error);
