@@ -1,11 +1,13 @@
 # One set of commands for people and CI. `make help` lists them.
-.PHONY: help setup test-tools plugins deploy-local test lint fmt docs bench-plugins bench-db bench-pipeline bench-rollback bench-s3 bench-daemon ci
+.PHONY: help setup test-tools browser-tools screenshots plugins deploy-local test lint fmt docs bench-plugins bench-db bench-pipeline bench-rollback bench-s3 bench-daemon bench-console ci
 
 CARGO ?= cargo
 
 help:
 	@echo "make setup          install the wasm32-wasip2 target (rustup does not auto-install it here)"
 	@echo "make test-tools     install s3s-fs, boto3 and componentize-py for the tests, once, under target/tools (make test does)"
+	@echo "make browser-tools  install Debian's Chromium (apt, as root) and Playwright (npm ci, tests/browser) for the console's browser test (make test does)"
+	@echo "make screenshots    run the console's browser test and copy its screenshots into docs/console/ (the README shows them)"
 	@echo "make plugins        build every plugin for wasm32-wasip2 (release, size-optimised)"
 	@echo "make deploy-local   the main job: deploy the example app to the local environment (SQLite, local target)"
 	@echo "make test           the whole test suite (builds the plugins once, then runs every test)"
@@ -17,6 +19,7 @@ help:
 	@echo "make bench-rollback emergency rollback: --app-only and --full (100 MB SQLite), next to the runbook script"
 	@echo "make bench-s3       a 1 GiB backup to a local S3 server: the S3 plugin next to aws s3 cp"
 	@echo "make bench-daemon   the daemon: 500 triggers across 50 environments (throughput, p99) and idle memory with 4 plugins"
+	@echo "make bench-console  the console's board with 50 environments and 1,000 runs: server time, page weight, Chromium's first render, next to the JSON API"
 	@echo "make ci             what .ci/run runs: lint, then test"
 
 # Test tools, installed once under target/tools: s3s-fs (a local S3 server that verifies
@@ -33,13 +36,25 @@ test-tools:
 	test -x $(TOOLS)/venv/bin/aws || $(TOOLS)/venv/bin/pip install --quiet 'boto3>=1.34,<2' 'awscli>=1.32,<2'
 	test -x $(TOOLS)/venv/bin/componentize-py || $(TOOLS)/venv/bin/pip install --quiet 'componentize-py==0.25.1'
 
+# The console's browser test drives Debian's Chromium with Playwright (playwright-core: no
+# browser download, which this network refuses).
+browser-tools:
+	test -x /usr/bin/chromium || { test "$$(id -u)" = 0 || { echo "the browser test needs Debian's chromium: apt-get install chromium, as root" >&2; exit 1; }; \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }
+	test -d tests/browser/node_modules/playwright-core || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+screenshots: setup test-tools browser-tools
+	$(CARGO) test -p deploy-agent-tests --test e2e the_console_in_a_browser
+	mkdir -p docs/console
+	cp target/console-shots/board.png target/console-shots/run.png target/console-shots/board-phone.png docs/console/
+
 plugins: setup
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2 --workspace
 
 deploy-local: plugins
 	$(CARGO) run -p deploy-agent -- deploy --env local
 
-test: setup test-tools
+test: setup test-tools browser-tools
 	$(CARGO) test --workspace
 
 lint: setup
@@ -74,5 +89,8 @@ bench-s3: setup test-tools
 
 bench-daemon: setup
 	$(CARGO) bench -p deploy-agent-tests --bench daemon
+
+bench-console: setup browser-tools
+	$(CARGO) bench -p deploy-agent-tests --bench console
 
 ci: lint test

@@ -88,6 +88,34 @@ mod layering {
                 sources.insert(name, code);
             }
         }
+        // A module directory (`console/`) is one node: its `mod.rs` names siblings as
+        // `super::X`, its own children name them as `crate::server::X`.
+        let mut dirs = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).expect("reads src/server") {
+            let path = entry.expect("entry").path();
+            if path.join("mod.rs").is_file() {
+                let name = path
+                    .file_name()
+                    .expect("a name")
+                    .to_string_lossy()
+                    .into_owned();
+                let mut code = String::new();
+                for f in std::fs::read_dir(&path).expect("reads a module directory") {
+                    let f = f.expect("entry").path();
+                    if f.extension().is_some_and(|e| e == "rs") {
+                        let text = std::fs::read_to_string(&f).expect("reads a source file");
+                        let text = text.split("#[cfg(test)]").next().unwrap_or("");
+                        if f.file_name().is_some_and(|n| n == "mod.rs") {
+                            code.push_str(text);
+                        } else {
+                            code.push_str(&text.replace("super::", "self::"));
+                        }
+                    }
+                }
+                dirs.insert(name, code.replace("crate::server::", "super::"));
+            }
+        }
+        sources.extend(dirs);
         let mut edges: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for (name, code) in &sources {
             let out = edges.entry(name).or_default();

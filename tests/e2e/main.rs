@@ -6,6 +6,7 @@ mod backup;
 mod cli;
 mod cli_output;
 mod config;
+mod console;
 mod daemon;
 mod daemon_artifacts;
 mod leaks;

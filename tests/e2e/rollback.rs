@@ -144,7 +144,7 @@ async fn analysis_passes_fails_and_is_inconclusive_against_a_prometheus_stand_in
         ))
     };
     let healthy = TestServer::start(Behaviour::Respond(200, sample("0.002"))).await;
-    let r = analysis::run(&analysis_for(&healthy, 3)).await;
+    let r = analysis::run(&analysis_for(&healthy, 3), None).await;
     assert_eq!(r.verdict, Verdict::Successful, "{}", r.detail);
     assert_eq!(r.measurements.len(), 3);
     let seen = healthy.seen();
@@ -158,7 +158,7 @@ async fn analysis_passes_fails_and_is_inconclusive_against_a_prometheus_stand_in
 
     // Two failures exceed failure_limit = 1; the evidence names the values.
     let failing = TestServer::start(Behaviour::Respond(200, sample("0.2"))).await;
-    let r = analysis::run(&analysis_for(&failing, 5)).await;
+    let r = analysis::run(&analysis_for(&failing, 5), None).await;
     assert_eq!(r.verdict, Verdict::Failed);
     assert_eq!(r.measurements.len(), 2, "stops at the limit");
     assert!(r.detail.contains("0.2 (fail), 0.2 (fail)"), "{}", r.detail);
@@ -166,7 +166,7 @@ async fn analysis_passes_fails_and_is_inconclusive_against_a_prometheus_stand_in
 
     // No data is not a pass.
     let empty = TestServer::start(Behaviour::Respond(200, prometheus_body("[]"))).await;
-    let r = analysis::run(&analysis_for(&empty, 3)).await;
+    let r = analysis::run(&analysis_for(&empty, 3), None).await;
     assert_eq!(r.verdict, Verdict::Inconclusive);
     assert!(r.detail.contains("no data"), "{}", r.detail);
     let error = TestServer::start(Behaviour::Respond(
@@ -174,7 +174,7 @@ async fn analysis_passes_fails_and_is_inconclusive_against_a_prometheus_stand_in
         r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#.into(),
     ))
     .await;
-    let r = analysis::run(&analysis_for(&error, 3)).await;
+    let r = analysis::run(&analysis_for(&error, 3), None).await;
     assert_eq!(r.verdict, Verdict::Inconclusive);
     assert!(r.detail.contains("bad_data parse error"), "{}", r.detail);
 }
@@ -274,6 +274,32 @@ async fn an_inconclusive_analysis_pauses_for_a_decision() {
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(gate, "analysis");
     assert_eq!(v["analyses"][0]["verdict"], "inconclusive");
+    // Each measurement and check result is the run's evidence, as taken (the console's chart).
+    let store = deploy_agent::store::Store::open_dir(&p.path("state"))
+        .await
+        .unwrap();
+    let evidence = store
+        .evidence(v["deployment"]["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let measured: Vec<_> = evidence.iter().filter(|e| e.kind == "analysis").collect();
+    assert!(!measured.is_empty(), "{evidence:?}");
+    assert!(
+        measured.iter().all(|e| e.name == "errors"
+            && e.outcome == "inconclusive"
+            && e.value.is_none()
+            && e.max == Some(0.01)
+            && e.stage == "watch"),
+        "{measured:?}"
+    );
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e.kind == "check" && e.outcome == "pass" && e.stage == "verify"),
+        "{evidence:?}"
+    );
+    assert!(evidence.windows(2).all(|w| w[0].seq < w[1].seq));
+    drop(store);
 
     // Rejecting an inconclusive analysis after promotion rolls back.
     std::fs::write(p.path("site/index.html"), "<h1>v2</h1>").unwrap();
@@ -292,8 +318,22 @@ async fn an_inconclusive_analysis_pauses_for_a_decision() {
     ))
     .await;
     let p = Project::new("", &analysis_table(&failing));
-    let (code, _) = p.deploy();
+    let (code, v) = p.deploy();
     assert_eq!(code, 1, "the first release has nothing to return to");
+    let store = deploy_agent::store::Store::open_dir(&p.path("state"))
+        .await
+        .unwrap();
+    let evidence = store
+        .evidence(v["deployment"]["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    let values: Vec<(Option<f64>, &str)> = evidence
+        .iter()
+        .filter(|e| e.kind == "analysis")
+        .map(|e| (e.value, e.outcome.as_str()))
+        .collect();
+    // The first failure ends it (failure_limit 0): one measurement, its value, a fail.
+    assert_eq!(values, [(Some(0.5), "fail")]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

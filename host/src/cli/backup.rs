@@ -224,6 +224,20 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             let (dir, key) = (t.backup.dir.clone(), t.backup.key.clone());
             let v = tokio::task::spawn_blocking(move || backup::verify(&m, &dir, key.as_ref()))
                 .await??;
+            // Recorded, so the console (and the audit log) can say when it was last verified.
+            let agent =
+                crate::pipeline::Agent::open(crate::config::Config::load(&args.config)?).await?;
+            agent
+                .store
+                .audit(crate::store::AuditEntry {
+                    actor: crate::db::migrate::whoami(),
+                    action: "backup.verified".into(),
+                    environment: Some(args.env.clone()),
+                    subject: Some(v.id.clone()),
+                    why: None,
+                    detail: Some(format!("checksum ok, {} decoded", human_size(v.raw_bytes))),
+                })
+                .await?;
             if args.output == Output::Json {
                 say!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::AnalysisConfig;
+use crate::store::{NewEvidence, Store};
 
 /// One measurement.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -136,8 +137,9 @@ fn bounds(a: &AnalysisConfig) -> String {
     }
 }
 
-/// Runs an analysis to its verdict.
-pub async fn run(a: &AnalysisConfig) -> AnalysisResult {
+/// Runs an analysis to its verdict, recording each measurement as the run's evidence
+/// (`record`: the store and the run) as it is taken.
+pub async fn run(a: &AnalysisConfig, record: Option<(&Store, &str)>) -> AnalysisResult {
     let mut measurements = Vec::new();
     let (mut failures, mut inconclusive, mut streak) = (0u32, 0u32, 0u32);
     let mut waited = Duration::ZERO;
@@ -157,6 +159,28 @@ pub async fn run(a: &AnalysisConfig) -> AnalysisResult {
                 }
             ),
         );
+        if let Some((store, run)) = record {
+            let (outcome, value, detail) = match &m {
+                Measurement::Pass { value } => ("pass", Some(*value), None),
+                Measurement::Fail { value } => ("fail", Some(*value), None),
+                Measurement::Inconclusive { reason } => {
+                    ("inconclusive", None, Some(reason.as_str()))
+                }
+            };
+            let e = NewEvidence {
+                stage: "watch",
+                kind: "analysis",
+                name: &a.name,
+                outcome,
+                value,
+                min: a.min,
+                max: a.max,
+                detail,
+            };
+            if let Err(e) = store.record_evidence(run, e).await {
+                tracing::warn!("recording analysis `{}`'s measurement: {e}", a.name);
+            }
+        }
         match &m {
             Measurement::Pass { .. } => streak += 1,
             Measurement::Fail { .. } => {

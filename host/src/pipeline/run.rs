@@ -315,6 +315,24 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Records a stage's check results as the run's evidence (logged if the store refuses:
+    /// evidence never fails a run).
+    pub(super) async fn record_checks(&self, stage: Stage, results: &[CheckResult]) {
+        for c in results {
+            let e = crate::store::NewEvidence {
+                stage: stage.name(),
+                kind: "check",
+                name: &c.name,
+                outcome: if c.passed { "pass" } else { "fail" },
+                detail: Some(&c.detail),
+                ..Default::default()
+            };
+            if let Err(e) = self.store.record_evidence(&self.d.id, e).await {
+                tracing::warn!(run = self.d.id, "recording check `{}`: {e}", c.name);
+            }
+        }
+    }
+
     /// The checks of this run that failed so far: a failed stage's evidence.
     pub(super) fn failed_checks(&self) -> Vec<CheckResult> {
         self.checks.iter().filter(|c| !c.passed).cloned().collect()

@@ -20,7 +20,7 @@ use crate::pipeline::rollback::{self as rb, DbStrategy, Mode, RollbackOutcome};
 use crate::pipeline::{DecideError, Quiet};
 use crate::store::QueueState;
 use crate::store::{
-    Approval, AuditRecord, Decision, Deployment, LockHolder, QueueItem, ReleaseRecord,
+    Approval, AuditRecord, Decision, Deployment, Evidence, LockHolder, QueueItem, ReleaseRecord,
     RollbackRecord, Step,
 };
 
@@ -58,6 +58,9 @@ pub struct RunView {
     pub steps: Vec<Step>,
     /// Approval gates waiting for a decision.
     pub waiting: Vec<Approval>,
+    /// Its checks' results and analyses' measurements, in the order they were taken.
+    #[serde(default)]
+    pub evidence: Vec<Evidence>,
 }
 
 pub(super) async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
@@ -71,6 +74,7 @@ pub(super) async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<Run
         return Ok(None);
     };
     let steps = state.agent.store.steps(id).await?;
+    let evidence = state.agent.store.evidence(id).await?;
     let waiting = state
         .agent
         .store
@@ -105,6 +109,7 @@ pub(super) async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<Run
         deployment,
         steps,
         waiting,
+        evidence,
     }))
 }
 
@@ -481,9 +486,19 @@ pub(super) async fn rollback(
     let caller = state.caller(&headers)?;
     state.known_env(&caller, Role::Deploy, &env)?;
     let req = rollback_request(&env, body(b)?, caller.actor())?;
+    Ok(Json(rollback_now(&state, &env, &req).await?))
+}
+
+/// Runs a rollback once the environment is free (a run that just ended releases it within
+/// moments; one still going is a conflict): the API's and the console's.
+pub(super) async fn rollback_now(
+    state: &AppState,
+    env: &str,
+    req: &rb::RollbackRequest,
+) -> ApiResult<RollbackOutcome> {
     let slot = state
         .queue
-        .slot(&env)
+        .slot(env)
         .ok_or_else(|| ApiError::not_found("environment"))?;
     // A run that just ended releases the environment within moments; one still going does not.
     let Ok(_busy) = tokio::time::timeout(std::time::Duration::from_secs(3), slot.busy.lock()).await
@@ -498,10 +513,10 @@ pub(super) async fn rollback(
             "run {current} is in progress in {env}: reject it (POST /v1/runs/{current}/reject) or wait for it, then roll back"
         )));
     };
-    let outcome = rb::execute(&state.agent, &req, &Quiet)
+    let outcome = rb::execute(&state.agent, req, &Quiet)
         .await
         .map_err(|e| ApiError::conflict(format!("rollback refused: {e}")))?;
-    Ok(Json(outcome))
+    Ok(outcome)
 }
 
 /// The rollback a request body asks for, or 400.

@@ -19,7 +19,17 @@ pub struct Caller<'a> {
     token: &'a TokenConfig,
 }
 
-impl Caller<'_> {
+impl<'a> Caller<'a> {
+    /// The caller a declared token is (a console session's).
+    pub fn of(token: &'a TokenConfig) -> Caller<'a> {
+        Caller { token }
+    }
+
+    /// The token's name.
+    pub fn name(&self) -> &'a str {
+        &self.token.name
+    }
+
     /// The audit log's actor.
     pub fn actor(&self) -> String {
         format!("token:{}", self.token.name)

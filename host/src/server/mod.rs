@@ -13,9 +13,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod queue;
 pub mod routes;
+pub mod session;
 pub mod state;
 pub mod stream;
 pub mod submit;
@@ -115,6 +117,7 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
         stopping: AtomicBool::new(false),
         github_secret,
         shutdown: stop_rx.clone(),
+        console: session::Sessions::default(),
     });
     let app = routes::router(state.clone());
 

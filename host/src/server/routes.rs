@@ -75,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics_text))
+        .merge(super::console::routes())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn(count_requests))
         .with_state(state)

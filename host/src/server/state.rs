@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::auth::{self, Caller};
 use super::error::{ApiError, ApiResult};
 use super::queue::Queue;
+use super::session::Sessions;
 use crate::config::Role;
 use crate::pipeline::Agent;
 use crate::runtime::secrets::SecretValue;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub github_secret: Option<SecretValue>,
     /// Turns `true` at shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// The web console's signed-in sessions.
+    pub console: Sessions,
 }
 
 impl AppState {

@@ -130,7 +130,7 @@ fn sse_event(e: &EventRecord) -> SseEvent {
         .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"))
 }
 
-fn sse<F>(
+pub(super) fn sse<F>(
     past: Vec<Arc<EventRecord>>,
     rx: tokio::sync::broadcast::Receiver<Arc<EventRecord>>,
     filter: F,

@@ -7,6 +7,7 @@
 
 mod approvals;
 mod audit;
+mod evidence;
 mod lease;
 mod queue;
 mod releases;
@@ -21,6 +22,7 @@ use tokio::sync::Mutex;
 
 pub use approvals::{Approval, Decision};
 pub use audit::{AuditEntry, AuditRecord, AuditReport};
+pub use evidence::{Evidence, NewEvidence};
 pub use lease::{Lease, LockHolder, Owner, hostname, interrupted};
 pub use queue::QueueItem;
 pub use releases::ReleaseRecord;
@@ -98,6 +100,11 @@ fn migrations() -> Vec<Migration> {
             2,
             "lookup indexes",
             include_str!("schema/0002_lookup_indexes.sql"),
+        ),
+        Migration::embedded(
+            3,
+            "run evidence",
+            include_str!("schema/0003_run_evidence.sql"),
         ),
     ]
 }

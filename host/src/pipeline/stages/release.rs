@@ -162,6 +162,7 @@ impl Run<'_> {
         )
         .await;
         self.waited += rounds.waited;
+        self.record_checks(Stage::Verify, &rounds.results).await;
         self.checks.extend(rounds.results);
         if let Some(summary) = rounds.failed {
             let evidence = self.failed_checks();

@@ -36,15 +36,17 @@ impl Run<'_> {
                 check_rounds(&list, &subst, &base, window).await
             }
         };
+        let (store, run_id) = (self.store.clone(), self.d.id.clone());
         let analyses_fut = async {
             let mut out = Vec::new();
             for a in &analyses {
-                out.push(analysis::run(a).await);
+                out.push(analysis::run(a, Some((&store, &run_id))).await);
             }
             out
         };
         let (rounds, results) = tokio::join!(checks_fut, analyses_fut);
         self.waited += rounds.waited.max(results.iter().map(|r| r.waited).sum());
+        self.record_checks(Stage::Watch, &rounds.results).await;
         self.checks.extend(rounds.results);
         let mut evidence: Option<String> = rounds.failed;
         for r in &results {
