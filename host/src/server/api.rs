@@ -305,7 +305,23 @@ pub(super) async fn decide(
     let caller = state.caller(&headers)?;
     caller.require(Role::Approve)?;
     let d = body(b)?;
-    if d.reason.trim().is_empty() {
+    Ok(Json(
+        decide_as(&state, &caller, &id, decision, &d.reason, "the API").await?,
+    ))
+}
+
+/// Decides a waiting run as `caller` (the API's and the console's): a reason is required, and
+/// a run the caller may not see is not found.
+pub(super) async fn decide_as(
+    state: &AppState,
+    caller: &super::auth::Caller<'_>,
+    id: &str,
+    decision: Decision,
+    reason: &str,
+    via: &str,
+) -> ApiResult<Approval> {
+    caller.require(Role::Approve)?;
+    if reason.trim().is_empty() {
         return Err(ApiError::bad_request("a reason is required"));
     }
     let waiting = state
@@ -317,15 +333,14 @@ pub(super) async fn decide(
         .find(|a| a.deployment_id == id && caller.covers(&a.environment))
         .ok_or_else(|| ApiError::not_found("run waiting for a decision"))?;
     caller.require_env(Role::Approve, &waiting.environment)?;
-    let a = state
+    state
         .agent
-        .decide(&id, decision, &caller.actor(), &d.reason, Some("the API"))
+        .decide(id, decision, &caller.actor(), reason.trim(), Some(via))
         .await
         .map_err(|e| match e {
             DecideError::NotWaiting(_) => ApiError::conflict(e.to_string()),
             DecideError::Store(e) => e.into(),
-        })?;
-    Ok(Json(a))
+        })
 }
 
 /// An environment at a glance.

@@ -8,9 +8,8 @@ use serde::Deserialize;
 
 use super::page::{csrf_field, esc, took, url};
 use crate::config::Role;
-use crate::pipeline::DecideError;
 use crate::pipeline::rollback as rb;
-use crate::server::api::{RollbackBody, rollback_now, rollback_request};
+use crate::server::api::{RollbackBody, decide_as, rollback_now, rollback_request};
 use crate::server::error::{ApiError, ApiResult};
 use crate::server::session::SignedIn;
 use crate::server::state::AppState;
@@ -34,7 +33,6 @@ pub async fn decide(
     id: &str,
     f: &DecideForm,
 ) -> ApiResult<()> {
-    who.caller.require(Role::Approve)?;
     let decision = match f.decision.as_str() {
         "approve" => Decision::Approved,
         "reject" => Decision::Rejected,
@@ -44,33 +42,7 @@ pub async fn decide(
             )));
         }
     };
-    if f.reason.trim().is_empty() {
-        return Err(ApiError::bad_request("a reason is required"));
-    }
-    let waiting = state
-        .agent
-        .store
-        .pending_approvals(None)
-        .await?
-        .into_iter()
-        .find(|a| a.deployment_id == id && who.caller.covers(&a.environment))
-        .ok_or_else(|| ApiError::not_found("run waiting for a decision"))?;
-    who.caller
-        .require_env(Role::Approve, &waiting.environment)?;
-    state
-        .agent
-        .decide(
-            id,
-            decision,
-            &who.caller.actor(),
-            f.reason.trim(),
-            Some("the console"),
-        )
-        .await
-        .map_err(|e| match e {
-            DecideError::NotWaiting(_) => ApiError::conflict(e.to_string()),
-            DecideError::Store(e) => e.into(),
-        })?;
+    decide_as(state, &who.caller, id, decision, &f.reason, "the console").await?;
     Ok(())
 }
 

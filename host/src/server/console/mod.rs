@@ -265,34 +265,30 @@ async fn cancel(
 }
 
 async fn rollback_plan(
-    State(state): State<Arc<AppState>>,
+    state: State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(env): Path<String>,
-    Form(f): Form<actions::RollbackForm>,
+    env: Path<String>,
+    f: Form<actions::RollbackForm>,
 ) -> Response {
-    let Some(who) = signed_in(&state, &headers) else {
-        return no_session();
-    };
-    if let Some(r) = csrf_refusal(&who, f.csrf.as_deref()) {
-        return r;
-    }
-    match actions::plan(&state, &who, &env, &f).await {
-        Ok(main) => Page {
-            title: format!("Rollback of {env}"),
-            who: Some(&who),
-            main,
-            live: None,
-        }
-        .render(false),
-        Err(e) => failed(e),
-    }
+    rollback_step(state, headers, env, f, false).await
 }
 
 async fn rollback(
+    state: State<Arc<AppState>>,
+    headers: HeaderMap,
+    env: Path<String>,
+    f: Form<actions::RollbackForm>,
+) -> Response {
+    rollback_step(state, headers, env, f, true).await
+}
+
+/// The rollback's plan (`confirmed`: false) or, once confirmed, the rollback itself.
+async fn rollback_step(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(env): Path<String>,
     Form(f): Form<actions::RollbackForm>,
+    confirmed: bool,
 ) -> Response {
     let Some(who) = signed_in(&state, &headers) else {
         return no_session();
@@ -300,7 +296,12 @@ async fn rollback(
     if let Some(r) = csrf_refusal(&who, f.csrf.as_deref()) {
         return r;
     }
-    match actions::rollback(&state, &who, &env, &f).await {
+    let main = if confirmed {
+        actions::rollback(&state, &who, &env, &f).await
+    } else {
+        actions::plan(&state, &who, &env, &f).await
+    };
+    match main {
         Ok(main) => Page {
             title: format!("Rollback of {env}"),
             who: Some(&who),
