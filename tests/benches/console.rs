@@ -88,7 +88,11 @@ async fn main() {
     );
     let dir = tempfile::tempdir().unwrap();
     let token = daemon::load_project(dir.path(), ENVS);
-    let d = Daemon::start(dir.path(), &[("DEPLOY_AGENT_LOG", "warn")]).await;
+    let d = Daemon::start(
+        dir.path(),
+        &[("DEPLOY_AGENT_LOG", "warn,deploy_agent::server=info")],
+    )
+    .await;
     let r = daemon::load(&d, &token, ENVS, PER_ENV, 8, Duration::from_secs(1800)).await;
     println!(
         "state: {} runs across {ENVS} environments, made through the daemon in {}",
