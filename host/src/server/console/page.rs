@@ -122,7 +122,7 @@ impl Page<'_> {
             .unwrap_or_default();
         let _ = write!(
             out,
-            "<main id=\"main\"{live} aria-live=\"polite\">{}</main></body></html>",
+            "<main id=\"main\"{live}>{}</main></body></html>",
             self.main
         );
         html(StatusCode::OK, out)
