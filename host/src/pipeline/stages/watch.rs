@@ -36,11 +36,11 @@ impl Run<'_> {
                 check_rounds(&list, &subst, &base, window).await
             }
         };
-        let (store, run_id) = (self.store.clone(), self.d.id.clone());
+        let (store, run_id) = (&self.store, self.d.id.as_str());
         let analyses_fut = async {
             let mut out = Vec::new();
             for a in &analyses {
-                out.push(analysis::run(a, Some((&store, &run_id))).await);
+                out.push(analysis::run(a, Some((store, run_id))).await);
             }
             out
         };

@@ -152,8 +152,7 @@ pub async fn main(state: &AppState, who: &SignedIn<'_>, id: &str) -> ApiResult<(
         .and_then(|_| resumed_at(&view.steps));
     out.push_str(&svg::timeline(&view.steps, now_ms(), resumed));
 
-    let evidence = state.agent.store.evidence(id).await?;
-    evidence_section(&mut out, &evidence);
+    evidence_section(&mut out, &view.evidence);
 
     out.push_str("<h2>Notifications</h2>");
     let sent: Vec<_> = events
