@@ -30,6 +30,11 @@ impl<'a> Caller<'a> {
         &self.token.name
     }
 
+    /// The declared token it is.
+    pub fn token(&self) -> &'a TokenConfig {
+        self.token
+    }
+
     /// The audit log's actor.
     pub fn actor(&self) -> String {
         format!("token:{}", self.token.name)
@@ -90,6 +95,21 @@ pub fn authenticate<'a>(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(ApiError::unauthorized)?;
+    authenticate_token(tokens, presented).inspect_err(|_| {
+        tracing::warn!("API call with an unknown token refused");
+    })
+}
+
+/// Authenticates a presented token (a bearer header's, or the console's sign-in form's)
+/// against the declared tokens: its declared entry, or `unauthorized`.
+pub fn authenticate_token<'a>(
+    tokens: &'a [TokenConfig],
+    presented: &str,
+) -> Result<Caller<'a>, ApiError> {
+    let presented = presented.trim();
+    if presented.is_empty() {
+        return Err(ApiError::unauthorized());
+    }
     let digest = hash(presented);
     let mut found: Option<&TokenConfig> = None;
     for t in tokens {
@@ -97,11 +117,9 @@ pub fn authenticate<'a>(
             found = Some(t);
         }
     }
-    let t = found.ok_or_else(|| {
-        tracing::warn!("API call with an unknown token refused");
-        ApiError::unauthorized()
-    })?;
-    Ok(Caller { token: t })
+    found
+        .map(|token| Caller { token })
+        .ok_or_else(ApiError::unauthorized)
 }
 
 #[cfg(test)]
