@@ -88,7 +88,9 @@ impl Sessions {
     /// when no declared token matches.
     pub fn sign_in(&self, tokens: &[TokenConfig], token: &str) -> Option<String> {
         let caller = auth::authenticate_token(tokens, token).ok()?;
-        let index = tokens.iter().position(|t| std::ptr::eq(t, caller.token()))?;
+        let index = tokens
+            .iter()
+            .position(|t| std::ptr::eq(t, caller.token()))?;
         let id = crate::random::hex(32);
         let mut all = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();

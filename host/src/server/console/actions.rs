@@ -88,7 +88,14 @@ pub struct RollbackForm {
 }
 
 impl RollbackForm {
-    fn request(&self, env: &str, who: &SignedIn<'_>) -> ApiResult<rb::RollbackRequest> {
+    /// The rollback it asks for, in an environment the session may deploy to.
+    fn request(
+        &self,
+        state: &AppState,
+        env: &str,
+        who: &SignedIn<'_>,
+    ) -> ApiResult<rb::RollbackRequest> {
+        state.known_env(&who.caller, Role::Deploy, env)?;
         rollback_request(
             env,
             RollbackBody {
@@ -111,8 +118,7 @@ pub async fn plan(
     env: &str,
     f: &RollbackForm,
 ) -> ApiResult<String> {
-    state.known_env(&who.caller, Role::Deploy, env)?;
-    let req = f.request(env, who)?;
+    let req = f.request(state, env, who)?;
     let plan = rb::plan(&state.agent, &req)
         .await
         .map_err(|e| ApiError::conflict(format!("rollback refused: {e}")))?;
@@ -165,8 +171,7 @@ pub async fn rollback(
     env: &str,
     f: &RollbackForm,
 ) -> ApiResult<String> {
-    state.known_env(&who.caller, Role::Deploy, env)?;
-    let req = f.request(env, who)?;
+    let req = f.request(state, env, who)?;
     let outcome = rollback_now(state, env, &req).await?;
     let mut out = format!(
         "<h1>Rollback {} {}</h1><ul class=\"plan\">",

@@ -37,7 +37,7 @@ use axum::routing::{get, post};
 use futures_util::Stream;
 use serde::Deserialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiResult};
 use super::session::{COOKIE, LIFETIME, LOGIN_COOKIE, SignedIn, cookie, same, set_cookie};
 use super::state::AppState;
 use page::{Page, esc, refusal};
@@ -120,6 +120,26 @@ fn failed(e: ApiError) -> Response {
     refusal(e.status(), &e.error, hint)
 }
 
+/// A signed-in page: its title and `<main>` in the frame (`live`: the feed that refreshes
+/// it), or the error as a page.
+fn show(
+    who: &SignedIn<'_>,
+    page: ApiResult<(String, String)>,
+    live: Option<String>,
+    fragment: bool,
+) -> Response {
+    match page {
+        Ok((title, main)) => Page {
+            title,
+            who: Some(who),
+            main,
+            live,
+        }
+        .render(fragment),
+        Err(e) => failed(e),
+    }
+}
+
 /// The refusal of a form without the session's CSRF token (`None`: it carries it).
 fn csrf_refusal(who: &SignedIn<'_>, presented: Option<&str>) -> Option<Response> {
     match presented {
@@ -148,16 +168,14 @@ async fn board(
     let Some(who) = signed_in(&state, &headers) else {
         return to_login("/");
     };
-    match board::main(&state, &who).await {
-        Ok(main) => Page {
-            title: "Board".into(),
-            who: Some(&who),
-            main,
-            live: Some("/console/events".into()),
-        }
-        .render(v.fragment()),
-        Err(e) => failed(e),
-    }
+    let main = board::main(&state, &who).await;
+    let live = "/console/events".to_string();
+    show(
+        &who,
+        main.map(|m| ("Board".into(), m)),
+        Some(live),
+        v.fragment(),
+    )
 }
 
 async fn run(
@@ -169,16 +187,9 @@ async fn run(
     let Some(who) = signed_in(&state, &headers) else {
         return to_login(&format!("/runs/{id}"));
     };
-    match run_page::main(&state, &who, &id).await {
-        Ok((title, main)) => Page {
-            title,
-            who: Some(&who),
-            main,
-            live: Some(format!("/console/events?run={}", page::url(&id))),
-        }
-        .render(v.fragment()),
-        Err(e) => failed(e),
-    }
+    let main = run_page::main(&state, &who, &id).await;
+    let live = format!("/console/events?run={}", page::url(&id));
+    show(&who, main, Some(live), v.fragment())
 }
 
 async fn environment(
@@ -190,16 +201,14 @@ async fn environment(
     let Some(who) = signed_in(&state, &headers) else {
         return to_login(&format!("/environments/{env}"));
     };
-    match env_page::main(&state, &who, &env, v.outcome.as_deref()).await {
-        Ok(main) => Page {
-            title: env.clone(),
-            who: Some(&who),
-            main,
-            live: Some(format!("/console/events?env={}", page::url(&env))),
-        }
-        .render(v.fragment()),
-        Err(e) => failed(e),
-    }
+    let main = env_page::main(&state, &who, &env, v.outcome.as_deref()).await;
+    let live = format!("/console/events?env={}", page::url(&env));
+    show(
+        &who,
+        main.map(|m| (env.clone(), m)),
+        Some(live),
+        v.fragment(),
+    )
 }
 
 async fn audit(
@@ -210,16 +219,13 @@ async fn audit(
     let Some(who) = signed_in(&state, &headers) else {
         return to_login("/audit");
     };
-    match audit_page::main(&state, &who, v.env.as_deref()).await {
-        Ok(main) => Page {
-            title: "Audit log".into(),
-            who: Some(&who),
-            main,
-            live: None,
-        }
-        .render(v.fragment()),
-        Err(e) => failed(e),
-    }
+    let main = audit_page::main(&state, &who, v.env.as_deref()).await;
+    show(
+        &who,
+        main.map(|m| ("Audit log".into(), m)),
+        None,
+        v.fragment(),
+    )
 }
 
 async fn decide(
@@ -301,16 +307,12 @@ async fn rollback_step(
     } else {
         actions::plan(&state, &who, &env, &f).await
     };
-    match main {
-        Ok(main) => Page {
-            title: format!("Rollback of {env}"),
-            who: Some(&who),
-            main,
-            live: None,
-        }
-        .render(false),
-        Err(e) => failed(e),
-    }
+    show(
+        &who,
+        main.map(|m| (format!("Rollback of {env}"), m)),
+        None,
+        false,
+    )
 }
 
 /// `?next=`.
