@@ -28,29 +28,7 @@ async fn the_console_in_a_browser_watches_approves_rolls_back_and_refuses() {
         token_entry("local-only", "admin", Some(&["local"])),
     ];
     let entries: Vec<&str> = tokens.iter().map(|(_, e)| e.as_str()).collect();
-    let tables = format!(
-        r#"
-[environments.gated]
-extends = "local"
-[environments.gated.target]
-config = {{ root = "/srv/gated" }}
-[environments.gated.database]
-url = "sqlite:gated.db"
-migrations = "migrations"
-[environments.gated.approval]
-before = "promote"
-
-[server]
-grace_period_ms = 20000
-
-{}"#,
-        entries.join("\n")
-    );
-    let p = Project::new("", &tables);
-    p.edit_config(
-        "lock_lease_ms = 60000",
-        "lock_lease_ms = 60000\nwatch_ms = 1000",
-    );
+    let p = Project::gated(&entries, 1000);
     for (version, body) in [("v1", "<h1>v1</h1>"), ("v2", "<h1>v2</h1>")] {
         std::fs::write(p.path("site/index.html"), body).unwrap();
         let out = p.run(&["deploy", "--env", "local", "--version", version]);

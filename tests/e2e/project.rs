@@ -68,6 +68,36 @@ command = "test \"$(readlink sites/{{env}}/current)\" = releases/{{release}}"
         Project { dir }
     }
 
+    /// A project whose `gated` environment (extends `local`) waits for approval before
+    /// promote, with a daemon's `[server]` declaring `token_entries`, and a watch window of
+    /// `watch_ms`.
+    pub(crate) fn gated(token_entries: &[&str], watch_ms: u64) -> Project {
+        let tables = format!(
+            r#"
+[environments.gated]
+extends = "local"
+[environments.gated.target]
+config = {{ root = "/srv/gated" }}
+[environments.gated.database]
+url = "sqlite:gated.db"
+migrations = "migrations"
+[environments.gated.approval]
+before = "promote"
+
+[server]
+grace_period_ms = 20000
+
+{}"#,
+            token_entries.join("\n")
+        );
+        let p = Project::new("", &tables);
+        p.edit_config(
+            "lock_lease_ms = 60000",
+            &format!("lock_lease_ms = 60000\nwatch_ms = {watch_ms}"),
+        );
+        p
+    }
+
     /// Points the environment's database at `$DA_TEST_APP_URL` (a PostgreSQL database the
     /// test passes to each command) instead of the SQLite file.
     pub(crate) fn database_from_env(&self) {

@@ -23,30 +23,7 @@ fn remote_project() -> Remote {
     let (deployer, d) = token_entry("deployer", "deploy", None);
     let (approver, a) = token_entry("approver", "approve", None);
     let (reader, r) = token_entry("reader", "read", None);
-    let tables = format!(
-        r#"
-[environments.gated]
-extends = "local"
-[environments.gated.target]
-config = {{ root = "/srv/gated" }}
-[environments.gated.database]
-url = "sqlite:gated.db"
-migrations = "migrations"
-[environments.gated.approval]
-before = "promote"
-
-[server]
-grace_period_ms = 20000
-
-{d}
-{a}
-{r}"#
-    );
-    let p = Project::new("", &tables);
-    p.edit_config(
-        "lock_lease_ms = 60000",
-        "lock_lease_ms = 60000\nwatch_ms = 1500",
-    );
+    let p = Project::gated(&[&d, &a, &r], 1500);
     Remote {
         p,
         deployer,

@@ -186,6 +186,17 @@ fn analysis_table(server: &TestServer) -> String {
     )
 }
 
+/// The evidence the state store recorded for the run a deploy's JSON names.
+async fn evidence_of(p: &Project, v: &Value) -> Vec<deploy_agent::store::Evidence> {
+    let store = deploy_agent::store::Store::open_dir(&p.path("state"))
+        .await
+        .unwrap();
+    store
+        .evidence(v["deployment"]["id"].as_str().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Runs a deploy in the background, waits until it asks for a decision, makes it.
 fn deploy_and_decide(p: &Project, decision: &str) -> (i32, Value, String) {
     let (child, run, gate) = p.deploy_to_a_gate();
@@ -275,13 +286,7 @@ async fn an_inconclusive_analysis_pauses_for_a_decision() {
     assert_eq!(gate, "analysis");
     assert_eq!(v["analyses"][0]["verdict"], "inconclusive");
     // Each measurement and check result is the run's evidence, as taken (the console's chart).
-    let store = deploy_agent::store::Store::open_dir(&p.path("state"))
-        .await
-        .unwrap();
-    let evidence = store
-        .evidence(v["deployment"]["id"].as_str().unwrap())
-        .await
-        .unwrap();
+    let evidence = evidence_of(&p, &v).await;
     let measured: Vec<_> = evidence.iter().filter(|e| e.kind == "analysis").collect();
     assert!(!measured.is_empty(), "{evidence:?}");
     assert!(
@@ -299,7 +304,6 @@ async fn an_inconclusive_analysis_pauses_for_a_decision() {
         "{evidence:?}"
     );
     assert!(evidence.windows(2).all(|w| w[0].seq < w[1].seq));
-    drop(store);
 
     // Rejecting an inconclusive analysis after promotion rolls back.
     std::fs::write(p.path("site/index.html"), "<h1>v2</h1>").unwrap();
@@ -320,13 +324,7 @@ async fn an_inconclusive_analysis_pauses_for_a_decision() {
     let p = Project::new("", &analysis_table(&failing));
     let (code, v) = p.deploy();
     assert_eq!(code, 1, "the first release has nothing to return to");
-    let store = deploy_agent::store::Store::open_dir(&p.path("state"))
-        .await
-        .unwrap();
-    let evidence = store
-        .evidence(v["deployment"]["id"].as_str().unwrap())
-        .await
-        .unwrap();
+    let evidence = evidence_of(&p, &v).await;
     let values: Vec<(Option<f64>, &str)> = evidence
         .iter()
         .filter(|e| e.kind == "analysis")
