@@ -9,6 +9,7 @@ mod config;
 mod console;
 mod daemon;
 mod daemon_artifacts;
+mod fleet;
 mod leaks;
 mod live_view;
 mod migrate;

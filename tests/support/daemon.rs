@@ -48,9 +48,24 @@ impl Daemon {
 
     /// As [`Daemon::start`], trusting `ca_pem` for HTTPS.
     pub async fn start_with(dir: &Path, env: &[(&str, &str)], ca_pem: Option<&str>) -> Daemon {
+        Daemon::launch(dir, env, &[], ca_pem).await
+    }
+
+    /// As [`Daemon::start`], with more arguments to `serve` (`--host-name web-1`).
+    pub async fn start_args(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        Daemon::launch(dir, env, args, None).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+        ca_pem: Option<&str>,
+    ) -> Daemon {
         let mut cmd = Command::new(bin());
         cmd.current_dir(dir)
             .args(["serve", "--config", "agent.toml", "--listen", "127.0.0.1:0"])
+            .args(args)
             .env("DEPLOY_AGENT_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -768,7 +783,7 @@ pub async fn load(
 
 impl Client {
     /// A call's JSON answer (`null` when it failed or was not JSON).
-    async fn json(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
+    pub async fn json(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
         match self.request(method, path, Some(token), body).await {
             Ok(r) => serde_json::from_slice(&r.body).unwrap_or(Value::Null),
             Err(_) => Value::Null,

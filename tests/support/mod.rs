@@ -4,6 +4,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod daemon;
+pub mod fleet;
 pub mod http;
 pub mod kubernetes;
 pub mod logs;

@@ -28,6 +28,7 @@ mod bench;
 mod complete;
 mod config;
 mod deploy;
+mod fleet;
 mod live;
 mod migrate;
 mod plugin;
@@ -131,6 +132,17 @@ pub enum Command {
     /// Runs on a daemon (`--server`): follow one live.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// The agents (daemons) sharing this state store: name, health (alive, dead when its
+    /// heartbeat is older than its lease, stopped), host, pid, version, last heartbeat, API
+    /// and the environments each serves.
+    Agents {
+        /// The configuration (its state store).
+        #[arg(long, default_value = "agent.toml")]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) that offers
     /// the environments of agent.toml and the releases in the state store as you type:
     /// `source <(deploy-agent completions bash)` in ~/.bashrc.
@@ -161,6 +173,11 @@ pub enum Command {
         /// IP:PORT to listen on (default: [server] listen, else 127.0.0.1:8470).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// The name this agent goes by in the fleet, its runs and its locks (default:
+        /// [server] host_name, else the host's name). Agents sharing a PostgreSQL state need
+        /// distinct names; a second daemon under a live agent's name is refused.
+        #[arg(long)]
+        host_name: Option<String>,
     },
     /// API tokens for the daemon.
     #[command(subcommand)]
@@ -273,6 +290,7 @@ pub fn main() -> ExitCode {
             | Command::Releases(_)
             | Command::Audit(_)
             | Command::Runs(_)
+            | Command::Agents { .. }
     );
     init_logging(cli.verbose, quiet);
     match run(cli) {
@@ -337,6 +355,7 @@ async fn environment_command(
         Command::Runs(RunsCommand::Follow { run, output }) => {
             remote::follow_command(remote, &run, output).await
         }
+        Command::Agents { config, output } => fleet::agents(&config, output, remote).await,
         _ => Err(Usage("not an environment command".into()).into()),
     }
 }
@@ -354,6 +373,7 @@ fn remote_capable(command: &Command) -> bool {
             | Command::Releases(_)
             | Command::Audit(_)
             | Command::Runs(_)
+            | Command::Agents { .. }
     )
 }
 
@@ -367,7 +387,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         && !matches!(cli.command, Command::Completions { .. })
     {
         return Err(Usage(
-            "this command runs on the deploy host only; --server (or DEPLOY_AGENT_SERVER) works with deploy, status, history, releases, approve, reject, rollback, audit and runs follow".into(),
+            "this command runs on the deploy host only; --server (or DEPLOY_AGENT_SERVER) works with deploy, status, history, releases, approve, reject, rollback, audit, agents and runs follow".into(),
         )
         .into());
     }
@@ -392,7 +412,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             say!("{}", complete::script(shell)?.trim_end());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { config, listen } => runtime.block_on(serve::serve(&config, listen)),
+        Command::Serve {
+            config,
+            listen,
+            host_name,
+        } => runtime.block_on(serve::serve(&config, listen, host_name.as_deref())),
         Command::Token(command) => serve::token(command),
         Command::Migrate(command) => runtime.block_on(migrate::run(command)),
         Command::Backup(command) => runtime.block_on(backup::run(command)),

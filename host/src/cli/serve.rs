@@ -26,12 +26,16 @@ pub enum TokenCommand {
     },
 }
 
-pub(super) async fn serve(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+pub(super) async fn serve(
+    config: &Path,
+    listen: Option<SocketAddr>,
+    host_name: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    crate::server::serve(config, listen).await?;
+    crate::server::serve(config, listen, host_name).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,6 +23,8 @@ pub(super) struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub tls: Option<Spanned<RawTls>>,
     pub grace_period_ms: Option<Spanned<u64>>,
+    pub host_name: Option<Spanned<String>>,
+    pub heartbeat_ms: Option<Spanned<u64>>,
     #[serde(default)]
     pub tokens: Vec<Spanned<RawToken>>,
     pub github: Option<Spanned<RawGithub>>,

@@ -23,6 +23,11 @@ pub struct ServerConfig {
     pub tokens: Vec<TokenConfig>,
     /// GitHub push webhooks.
     pub github: Option<GithubConfig>,
+    /// The name this agent registers under in the fleet (default: the host's name).
+    pub host_name: Option<String>,
+    /// The agent's lease: it heartbeats every third of it, and an agent silent for longer is
+    /// dead and its runs are taken over.
+    pub heartbeat: Duration,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +38,8 @@ impl Default for ServerConfig {
             grace_period: Duration::from_secs(30),
             tokens: Vec::new(),
             github: None,
+            host_name: None,
+            heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -162,6 +169,31 @@ impl Validator<'_> {
         }
         if let Some(g) = &r.grace_period_ms {
             out.grace_period = Duration::from_millis(*g.get_ref());
+        }
+        if let Some(n) = &r.host_name {
+            let name = n.get_ref();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                self.error(
+                    n,
+                    format!("`{name}` is not a host name"),
+                    "letters, digits, `-`, `_` and `.`, e.g. \"web-1\"; it names this agent in `deploy-agent agents` and the audit log",
+                );
+            }
+            out.host_name = Some(name.clone());
+        }
+        if let Some(h) = &r.heartbeat_ms {
+            if *h.get_ref() < 300 {
+                self.error(
+                    h,
+                    "a heartbeat lease under 300 ms cannot be kept",
+                    "agents heartbeat every third of it; 15000 (the default) suits most fleets",
+                );
+            }
+            out.heartbeat = Duration::from_millis((*h.get_ref()).max(300));
         }
         let mut names = std::collections::BTreeSet::new();
         for t in &r.tokens {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Agent;
 use super::sequence::{Interrupted, Step, sequence};
 use super::validate::{self, Finding};
-use super::{PipelineError, Request, Stage, open_store, prepare};
+use super::{PipelineError, Request, Stage, prepare};
 use crate::config::{BackupWhen, CheckStage, Probe, Strategy};
 use crate::db::migrate;
 use crate::runtime::CallContext;
@@ -82,7 +82,7 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
             });
         }
     };
-    let store = open_store(config).await?;
+    let store = agent.store.clone();
     let mut steps = Vec::new();
     let mut blocked = false;
 

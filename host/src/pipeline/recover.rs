@@ -10,7 +10,6 @@ use serde::Serialize;
 use super::Agent;
 use super::{
     Outcome, PipelineError, Recovery, RecoveryAction, Reporter, Request, StageError, load_plugins,
-    open_store,
 };
 use crate::config::{Environment, OnInterrupt};
 use crate::db::{backup, migrate};
@@ -174,7 +173,7 @@ pub async fn recover(
     let env = config
         .environment(environment)
         .map_err(PipelineError::Setup)?;
-    let store = open_store(config).await?;
+    let store = agent.store.clone();
     // Rollbacks and restores cut short first: finished, or undone with `--rollback`.
     let mut recovered =
         super::restore::settle_unfinished(agent, env, &store, rollback, actor, reporter).await?;
@@ -246,24 +245,45 @@ pub async fn recover(
 }
 
 /// The request that resumes an interrupted run: the same version and artifact, refused when
-/// the artifact changed since (the run would not be the same release).
+/// the artifact changed since (the run would not be the same release). A run another agent
+/// started (taken over in a fleet) resumes from this agent's own copy of the artifact, the
+/// environment's configured one, when it has the digest the run recorded: the other host's
+/// path is not this host's to read.
 pub fn resume_request(
     env: &Environment,
     run: &Deployment,
     actor: &str,
 ) -> Result<Request, PipelineError> {
-    let artifact = run.artifact.as_ref().map(std::path::PathBuf::from);
-    if let (Some(path), Some(recorded)) = (&artifact, &run.digest) {
-        let now = super::digest(path).map(|d| format!("sha256:{d}")).ok();
-        if now.as_deref() != Some(recorded.as_str()) {
-            return Err(PipelineError::Setup(format!(
-                "cannot resume run {}: its artifact {} changed since (or is gone); roll it back with `deploy-agent recover --env {} --rollback`",
-                run.id,
-                path.display(),
-                env.name
-            )));
-        }
+    let recorded_path = run.artifact.as_ref().map(std::path::PathBuf::from);
+    let mut candidates = Vec::new();
+    if run.host != crate::store::hostname()
+        && let Some(own) = &env.artifact.path
+    {
+        candidates.push(own.clone());
     }
+    candidates.extend(recorded_path.clone());
+    let artifact = match &run.digest {
+        Some(recorded) => {
+            let matching = candidates.iter().find(|path| {
+                super::digest(path)
+                    .map(|d| format!("sha256:{d}"))
+                    .is_ok_and(|now| now == *recorded)
+            });
+            match (matching, &recorded_path) {
+                (Some(path), _) => Some(path.clone()),
+                (None, None) => None,
+                (None, Some(path)) => {
+                    return Err(PipelineError::Setup(format!(
+                        "cannot resume run {}: its artifact {} changed since (or is gone); roll it back with `deploy-agent recover --env {} --rollback`",
+                        run.id,
+                        path.display(),
+                        env.name
+                    )));
+                }
+            }
+        }
+        None => recorded_path,
+    };
     Ok(Request {
         environment: env.name.clone(),
         version: Some(run.version.clone()),

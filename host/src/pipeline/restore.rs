@@ -15,8 +15,7 @@ use std::sync::atomic::AtomicU64;
 
 use super::Agent;
 use super::{
-    PipelineError, Recovery, RecoveryAction, Reporter, StageError, load_plugins, open_store,
-    switch_back,
+    PipelineError, Recovery, RecoveryAction, Reporter, StageError, load_plugins, switch_back,
 };
 use crate::config::{Environment, KeyUse};
 use crate::db::{backup, migrate};
@@ -50,7 +49,7 @@ pub async fn restore(
     let env = config
         .environment(&req.environment)
         .map_err(PipelineError::Setup)?;
-    let store = open_store(config).await?;
+    let store = agent.store.clone();
     let mut record = RollbackRecord {
         id: super::new_id(),
         environment: env.name.clone(),

@@ -16,7 +16,7 @@ use super::checks::CheckResult;
 use super::notify::{self, Notifications};
 use super::{
     PipelineError, Reporter, Stage, StageError, StageReport, StageStatus, load_plugins, new_id,
-    open_store, progress,
+    progress,
 };
 use crate::config::Environment;
 use crate::db::{backup, migrate};
@@ -162,7 +162,7 @@ pub async fn plan(agent: &Agent, req: &RollbackRequest) -> Result<RollbackPlan, 
     let env = config
         .environment(&req.environment)
         .map_err(PipelineError::Setup)?;
-    let store = open_store(config).await?;
+    let store = agent.store.clone();
     plan_with(env, &store, req).await
 }
 
@@ -407,7 +407,7 @@ pub async fn execute(
     let env = config
         .environment(&req.environment)
         .map_err(PipelineError::Setup)?;
-    let store = open_store(config).await?;
+    let store = agent.store.clone();
     let id = new_id();
     let mut steps: Vec<RollbackStep> = Vec::new();
     let mut step = |name: &'static str, at: Instant, detail: String, _: &dyn Reporter| {

@@ -17,7 +17,7 @@ pub async fn deploy(
     let started = Instant::now();
     let config = &*agent.config;
     let (env, plugins, artifact_path, artifact) = prepare(agent, request).await?;
-    let store = open_store(config).await?;
+    let store = agent.store.clone();
     let owner = Owner::this_process();
     let id = request.id.clone().unwrap_or_else(new_id);
 

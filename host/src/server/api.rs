@@ -163,9 +163,24 @@ pub(super) async fn trigger(
         "api",
     )
     .await?;
-    let view = run_view(&state, &item.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("run"))?;
+    // The answer is the item as queued: it has no journal yet, so no more reads are needed
+    // than its place in line (a worker may take it the next moment; GET /v1/runs/{id} follows).
+    let position = state
+        .agent
+        .store
+        .queue_position(&item.environment, item.seq)
+        .await?;
+    let view = RunView {
+        id: item.id.clone(),
+        environment: item.environment.clone(),
+        status: "queued".into(),
+        position: (position > 0).then_some(position),
+        queue: Some(item),
+        deployment: None,
+        steps: Vec::new(),
+        waiting: Vec::new(),
+        evidence: Vec::new(),
+    };
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 

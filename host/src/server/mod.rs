@@ -15,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod console;
 pub mod error;
+pub mod fleet;
 pub mod queue;
 pub mod routes;
 pub mod session;
@@ -54,6 +55,9 @@ pub enum ServeError {
     /// An environment's plugins could not be loaded.
     #[error(transparent)]
     Plugins(#[from] pipeline::PluginsError),
+    /// This daemon cannot join the fleet.
+    #[error(transparent)]
+    Fleet(#[from] fleet::FleetError),
     /// The listener failed.
     #[error("{what}: {source}")]
     Io {
@@ -64,10 +68,17 @@ pub enum ServeError {
     },
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), ServeError> {
+/// Runs the daemon until SIGTERM or SIGINT, as agent `host_name` (default: `[server]
+/// host_name`, else the host's name).
+pub async fn serve(
+    config: Config,
+    listen: Option<SocketAddr>,
+    host_name: Option<&str>,
+) -> Result<(), ServeError> {
+    let name = fleet::name_this_host(host_name, config.server.host_name.as_deref());
     // The daemon's configuration is fixed while it runs: its agent keeps the plugins loaded.
     let agent = Arc::new(Agent::open(config).await?.keeping_plugins());
+    let sole = fleet::sole(&agent).await?;
     let config = agent.config.clone();
     let addr = listen.unwrap_or(config.server.listen);
     let github_secret = match &config.server.github {
@@ -107,9 +118,12 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{local}");
     agent.serving_at(format!("{scheme}://{local}"));
+    let membership =
+        fleet::join(&agent, name.clone(), &format!("{scheme}://{local}"), sole).await?;
+    let shared = store.backend().await == crate::db::Backend::Postgres;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let queue = Arc::new(Queue::new(agent.clone(), stop_rx.clone()));
+    let queue = Arc::new(Queue::new(agent.clone(), stop_rx.clone(), name, shared));
     let state = Arc::new(AppState {
         agent: agent.clone(),
         queue: queue.clone(),
@@ -228,6 +242,7 @@ pub async fn serve(config: Config, listen: Option<SocketAddr>) -> Result<(), Ser
             grace.as_secs()
         );
     }
+    membership.leave().await;
     if tokio::time::timeout_at(deadline, graceful.shutdown())
         .await
         .is_err()

@@ -2,10 +2,13 @@
 //! the queue in the state store.
 //!
 //! A trigger is written to the store's `queue` table (with the run id it will have) before the
-//! API answers, so a restart loses none. Each environment has one worker task that takes its
-//! items in order. An item is marked `running` before its run starts and `done` after it ends;
-//! an item found `running` on start belongs to a run the last daemon did not finish (it was
-//! killed, or suspended it at shutdown), and the worker resumes that run first.
+//! API answers, so a restart loses none. Each environment has one worker task per agent that
+//! claims its items in order ([`crate::store::Store::claim`]: one statement, so of several
+//! agents sharing a PostgreSQL store exactly one gets each item, and none starts an item while
+//! an older one of the environment is still running). An item is claimed `running` before its
+//! run starts and marked `done` after it ends. An item left `running` by an agent that died (its
+//! heartbeat lapsed, its process is gone) or stopped is taken over by a worker serving the
+//! environment, and its run resumed from the journal (or rolled back) under the same id.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::OnInterrupt;
 use crate::pipeline::{self, Agent, Quiet, RecoveryAction, Request, recover};
-use crate::store::{QueueItem, StoreError};
+use crate::store::{Claim, Claimant, Owner, QueueItem, StoreError};
 use crate::store::{QueueState, RunStatus};
 
 /// The queue and its workers.
@@ -24,6 +27,11 @@ pub struct Queue {
     agent: Arc<Agent>,
     envs: HashMap<String, Arc<EnvSlot>>,
     stop: watch::Receiver<bool>,
+    /// This agent's name in the fleet and its process.
+    name: String,
+    instance: Owner,
+    /// How often to look for work other agents queued or left behind (a shared store).
+    poll: Option<Duration>,
 }
 
 /// One environment's worker state.
@@ -37,18 +45,35 @@ pub struct EnvSlot {
 }
 
 /// How long to wait before trying again when another agent holds the environment's lock.
-const LOCKED_RETRY: Duration = Duration::from_secs(2);
+const LOCKED_RETRY: Duration = Duration::from_millis(500);
+
+/// How often a worker on a shared (PostgreSQL) store looks for work queued through another
+/// agent, or left behind by a dead one.
+const POLL: Duration = Duration::from_secs(1);
 
 impl Queue {
-    /// The queue for the agent's environments; call [`Queue::start`] to run it.
-    pub fn new(agent: Arc<Agent>, stop: watch::Receiver<bool>) -> Queue {
+    /// The queue for the agent's environments, claiming work as agent `name`; call
+    /// [`Queue::start`] to run it.
+    pub fn new(
+        agent: Arc<Agent>,
+        stop: watch::Receiver<bool>,
+        name: String,
+        shared: bool,
+    ) -> Queue {
         let envs = agent
             .config
             .environments
             .keys()
             .map(|e| (e.clone(), Arc::new(EnvSlot::default())))
             .collect();
-        Queue { agent, envs, stop }
+        Queue {
+            agent,
+            envs,
+            stop,
+            name,
+            instance: crate::store::this_process().clone(),
+            poll: shared.then_some(POLL),
+        }
     }
 
     /// An environment's slot.
@@ -90,39 +115,59 @@ impl Queue {
             if self.stopping() {
                 return;
             }
-            let next = match self.agent.store.pending(environment).await {
-                Ok(items) => items.into_iter().next(),
+            let who = Claimant {
+                name: &self.name,
+                instance: &self.instance,
+            };
+            let claimed = match self.agent.store.claim(environment, &who).await {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(environment, "the queue cannot be read: {e}");
-                    tokio::time::sleep(LOCKED_RETRY).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(LOCKED_RETRY) => {}
+                        _ = stop.changed() => {}
+                    }
                     continue;
                 }
             };
-            match next {
-                Some(item) => {
-                    let guard = slot.busy.lock().await;
-                    *slot
-                        .current
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(item.id.clone());
-                    let retry = self.run(&item).await;
-                    *slot
-                        .current
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-                    drop(guard);
-                    if retry {
-                        tokio::select! {
-                            _ = tokio::time::sleep(LOCKED_RETRY) => {}
-                            _ = stop.changed() => {}
-                        }
-                    }
+            let Some(claim) = claimed else {
+                let poll = self.poll.unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    _ = slot.wake.notified() => {}
+                    _ = stop.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
                 }
-                None => {
-                    tokio::select! {
-                        _ = slot.wake.notified() => {}
-                        _ = stop.changed() => {}
-                    }
+                continue;
+            };
+            let item = match claim {
+                Claim::Next(item) => item,
+                Claim::TakenOver { item, from, why } => {
+                    super::fleet::announce_takeover(
+                        &self.agent,
+                        &self.name,
+                        &item,
+                        from.as_deref(),
+                        &why,
+                    )
+                    .await;
+                    item
+                }
+            };
+            let guard = slot.busy.lock().await;
+            *slot
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(item.id.clone());
+            let retry = self.run(&item).await;
+            *slot
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            drop(guard);
+            if retry {
+                tokio::select! {
+                    _ = tokio::time::sleep(LOCKED_RETRY) => {}
+                    _ = stop.changed() => {}
                 }
             }
         }
@@ -156,16 +201,21 @@ impl Queue {
         let request = match self.request_for(env, item).await {
             Ok(Some(r)) => r,
             Ok(None) => return false,
+            // The dead agent's environment lock has not expired yet: its lease will.
+            Err(pipeline::PipelineError::Store(StoreError::Locked { holder, .. })) => {
+                tracing::info!(
+                    run = item.id,
+                    holder,
+                    "the environment is still locked; waiting"
+                );
+                return true;
+            }
             Err(e) => {
                 tracing::error!(run = item.id, "cannot start: {e}");
                 self.finished(item, &format!("error: {e}")).await;
                 return false;
             }
         };
-        if let Err(e) = self.agent.store.queue_started(&item.id).await {
-            tracing::error!(run = item.id, "the queue cannot be written: {e}");
-            return true;
-        }
         tracing::info!(run = item.id, environment = item.environment, "run starts");
         match pipeline::deploy(&self.agent, &request, &Quiet).await {
             Ok(outcome) if outcome.deployment.status == RunStatus::Suspended => {

@@ -65,6 +65,8 @@ pub async fn submit(
             started_at: None,
             finished_at: None,
             outcome: None,
+            claimed_by: None,
+            claimed_instance: None,
         })
         .await?;
     state

@@ -17,7 +17,7 @@ use super::state::AppState;
 use crate::config::Role;
 use crate::pipeline::rollback::{self as rb, RollbackPlan};
 use crate::pipeline::status::{self, StatusView};
-use crate::store::{AuditReport, RunJournal};
+use crate::store::{AgentRecord, AuditReport, RunJournal};
 
 /// An environment's status: live release, lock and what its holder is doing, the last run
 /// with its journal, waiting approvals, the last rollback, and drift (what the target says
@@ -130,4 +130,31 @@ pub(super) async fn audit_verify(
     let mut report = state.agent.store.audit_verify().await?;
     report.expect_head(q.expect_head.as_deref());
     Ok(Json(report))
+}
+
+/// The agents sharing this daemon's state store, with their health (`deploy-agent agents`).
+/// A token limited to some environments sees the agents serving them, and only those
+/// environments of each.
+#[utoipa::path(
+    get, path = "/v1/agents", tag = "fleet",
+    responses(
+        (status = 200, description = "The fleet, by name", body = [AgentRecord]),
+        (status = 401, description = "No valid token", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn agents(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<AgentRecord>>> {
+    let caller = state.caller(&headers)?;
+    caller.require(Role::Read)?;
+    let mut agents = state.agent.store.agents().await?;
+    if caller.limited() {
+        for a in &mut agents {
+            a.environments.retain(|e| caller.covers(e));
+        }
+        agents.retain(|a| !a.environments.is_empty());
+    }
+    Ok(Json(agents))
 }

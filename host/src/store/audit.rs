@@ -14,6 +14,11 @@ use super::{Row, Store, StoreError, now_ms};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// A column that would not decode, as the transaction's error.
+fn decode(e: StoreError) -> sqlx::Error {
+    sqlx::Error::Decode(e.to_string().into())
+}
+
 /// What to record.
 #[derive(Debug, Clone, Default)]
 pub struct AuditEntry {
@@ -121,16 +126,29 @@ impl AuditRecord {
 }
 
 impl Store {
-    /// Appends an entry. Concurrent writers (several agents on one PostgreSQL store) cannot
-    /// fork the chain: `seq` is the primary key, so the loser of a race retries on the new head.
+    /// Appends an entry. Concurrent writers (the runs of one daemon, several agents on one
+    /// PostgreSQL store) cannot fork the chain: the head is read and the entry written in one
+    /// transaction that holds the table's write lock (`BEGIN IMMEDIATE` on SQLite, `LOCK
+    /// TABLE ... IN EXCLUSIVE MODE` on PostgreSQL, which still lets readers in), so appenders
+    /// queue instead of racing; `seq` being the primary key refuses a fork regardless.
     pub async fn audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-        let mut last_error = String::new();
-        for _ in 0..20 {
-            let head = self
-                .rows("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])
+        let lock = match self.pool.backend() {
+            crate::db::Backend::Postgres => Some("LOCK TABLE audit IN EXCLUSIVE MODE"),
+            crate::db::Backend::Sqlite => None,
+        };
+        let mut conn = self.conn().await?;
+        super::transaction(&mut conn, async |conn| {
+            if let Some(lock) = lock {
+                conn.exec(lock).await?;
+            }
+            let head = conn
+                .fetch("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])
                 .await?;
             let (seq, prev_hash) = match head.into_iter().next() {
-                Some(mut r) => (r.i()? + 1, r.s()?),
+                Some(row) => {
+                    let mut r = Row { row, at: 0 };
+                    (r.i().map_err(decode)? + 1, r.s().map_err(decode)?)
+                }
                 None => (1, GENESIS.to_string()),
             };
             let mut record = AuditRecord {
@@ -147,32 +165,27 @@ impl Store {
                 hash: String::new(),
             };
             record.hash = record.compute_hash();
-            let appended = self
-                .exec(
-                    "INSERT INTO audit (seq, at, actor, action, environment, subject, host, why, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    &[
-                        record.seq.into(),
-                        record.at.into(),
-                        (&record.actor).into(),
-                        (&record.action).into(),
-                        record.environment.as_deref().into(),
-                        record.subject.as_deref().into(),
-                        (&record.host).into(),
-                        record.why.as_deref().into(),
-                        record.detail.as_deref().into(),
-                        (&record.prev_hash).into(),
-                        (&record.hash).into(),
-                    ],
-                )
-                .await;
-            match appended {
-                Ok(_) => return Ok(record),
-                Err(e) => last_error = e.to_string(),
-            }
-        }
-        Err(StoreError::Query(format!(
-            "cannot append to the audit log: {last_error}"
-        )))
+            conn.execute(
+                "INSERT INTO audit (seq, at, actor, action, environment, subject, host, why, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    record.seq.into(),
+                    record.at.into(),
+                    (&record.actor).into(),
+                    (&record.action).into(),
+                    record.environment.as_deref().into(),
+                    record.subject.as_deref().into(),
+                    (&record.host).into(),
+                    record.why.as_deref().into(),
+                    record.detail.as_deref().into(),
+                    (&record.prev_hash).into(),
+                    (&record.hash).into(),
+                ],
+            )
+            .await?;
+            Ok(record)
+        })
+        .await
+        .map_err(|e| StoreError::Query(format!("cannot append to the audit log: {e}")))
     }
 
     /// Entries, oldest first; filtered by environment when given; the newest `limit`.

@@ -46,8 +46,26 @@ impl Owner {
     }
 }
 
-/// The host's name.
+static HOST_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static THIS_PROCESS: std::sync::OnceLock<Owner> = std::sync::OnceLock::new();
+
+/// Names this host for the rest of the process (the daemon's `--host-name`, for several
+/// agents on one machine standing for several hosts); call before anything is journaled.
+/// `false` when a name was already set.
+pub fn set_host_name(name: &str) -> bool {
+    HOST_NAME.set(name.to_string()).is_ok()
+}
+
+/// This process as an owner, computed once.
+pub(crate) fn this_process() -> &'static Owner {
+    THIS_PROCESS.get_or_init(Owner::this_process)
+}
+
+/// The host's name: the one set by [`set_host_name`], else the kernel's.
 pub fn hostname() -> String {
+    if let Some(name) = HOST_NAME.get() {
+        return name.clone();
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

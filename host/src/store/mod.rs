@@ -5,10 +5,12 @@
 //! PostgreSQL when several agents share one fleet (`state_url = "${env:STATE_DATABASE_URL}"`).
 //! The SQL is the same on both: text and 64-bit integer columns, `ON CONFLICT` upserts.
 
+mod agents;
 mod approvals;
 mod audit;
 mod evidence;
 mod lease;
+mod pool;
 mod queue;
 mod releases;
 mod rollbacks;
@@ -18,13 +20,13 @@ mod status;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
-
+pub use agents::{AgentRecord, Registration};
 pub use approvals::{Approval, Decision};
 pub use audit::{AuditEntry, AuditRecord, AuditReport};
 pub use evidence::{Evidence, NewEvidence};
-pub use lease::{Lease, LockHolder, Owner, hostname, interrupted};
-pub use queue::QueueItem;
+pub(crate) use lease::this_process;
+pub use lease::{Lease, LockHolder, Owner, hostname, interrupted, set_host_name};
+pub use queue::{Claim, Claimant, QueueItem};
 pub use releases::ReleaseRecord;
 pub use rollbacks::RollbackRecord;
 pub use runs::{Deployment, DeploymentField, RunJournal, Step};
@@ -75,6 +77,19 @@ pub enum StoreError {
         /// Seconds left on the lease.
         expires_in_s: i64,
     },
+    /// A live agent already runs under this name.
+    #[error(
+        "agent `{name}` is already running ({holder}, since {}); stop it first, or give this one another name with `--host-name`",
+        crate::time::rfc3339_ms(*since)
+    )]
+    AgentTaken {
+        /// The name.
+        name: String,
+        /// Its process.
+        holder: String,
+        /// When it started, ms since the epoch.
+        since: i64,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -106,13 +121,14 @@ fn migrations() -> Vec<Migration> {
             "run evidence",
             include_str!("schema/0003_run_evidence.sql"),
         ),
+        Migration::embedded(4, "fleet", include_str!("schema/0004_fleet.sql")),
     ]
 }
 
-/// The state store. Cheap to clone; one connection, shared.
+/// The state store. Cheap to clone; its connections are shared ([`pool`]).
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Conn>>,
+    pool: Arc<pool::Pool>,
     location: String,
 }
 
@@ -219,9 +235,14 @@ impl Store {
             }
         }
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            pool: Arc::new(pool::Pool::new(url, conn)),
             location,
         })
+    }
+
+    /// The database file, for a SQLite store.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        self.pool.sqlite_file()
     }
 
     /// Answers when the store does (the daemon's watchdog).
@@ -231,7 +252,7 @@ impl Store {
 
     /// The version of its schema: the newest of its migrations applied.
     pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
-        let mut conn = self.conn.lock().await;
+        let mut conn = self.conn().await?;
         crate::db::migrate::current_version(&mut conn, Ledger::STATE)
             .await
             .map_err(|e| StoreError::Query(e.to_string()))
@@ -249,32 +270,93 @@ impl Store {
 
     /// The backend.
     pub async fn backend(&self) -> Backend {
-        self.conn.lock().await.backend()
+        self.pool.backend()
+    }
+
+    /// A connection of the pool, for several statements on one session.
+    async fn conn(&self) -> Result<pool::Pooled, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Query(e.to_string()))
     }
 
     /// One statement, its values bound (never spliced into the SQL text).
     async fn exec(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
-        Ok(self.conn.lock().await.execute(sql, args).await?)
+        let mut conn = self.conn().await?;
+        let done = conn.execute(sql, args).await;
+        done.map_err(|e| {
+            conn.note(&e);
+            e.into()
+        })
     }
 
     /// One query, its values bound; the rows, to read in order.
     async fn rows(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
-        let rows = self.conn.lock().await.fetch(sql, args).await?;
+        let mut conn = self.conn().await?;
+        let rows = conn.fetch(sql, args).await.map_err(|e| {
+            conn.note(&e);
+            StoreError::from(e)
+        })?;
         Ok(rows.into_iter().map(|row| Row { row, at: 0 }).collect())
     }
 
-    /// Statements that must all happen or none: in one transaction, on the one connection.
+    /// Statements that must all happen or none: in one transaction, on one connection.
     async fn exec_all(&self, statements: &[(&str, &[Arg<'_>])]) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().await;
-        conn.exec("BEGIN").await?;
-        for (sql, args) in statements {
-            if let Err(e) = conn.execute(sql, args).await {
-                let _ = conn.exec("ROLLBACK").await;
-                return Err(e.into());
+        let mut conn = self.conn().await?;
+        transaction(&mut conn, async |conn| {
+            for (sql, args) in statements {
+                conn.execute(sql, args).await?;
             }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Runs `body` between `BEGIN` and `COMMIT` on `conn`, or rolls back when it fails. A future
+/// dropped half-way leaves the connection marked, and the pool closes it.
+///
+/// On SQLite the transaction takes the write lock when it begins (`BEGIN IMMEDIATE`): a
+/// deferred one that reads and then writes cannot wait for another writer (SQLite answers
+/// `SQLITE_BUSY_SNAPSHOT` at once, whatever the busy timeout), an immediate one waits.
+async fn transaction<T>(
+    conn: &mut pool::Pooled,
+    body: impl AsyncFnOnce(&mut Conn) -> Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    let begin = match conn.backend() {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN",
+    };
+    // Marked before the `BEGIN` is sent: a future dropped while it is in flight may leave
+    // it begun.
+    conn.in_transaction = true;
+    if let Err(e) = conn.exec(begin).await {
+        conn.in_transaction = false;
+        conn.note(&e);
+        return Err(e.into());
+    }
+    match body(conn).await {
+        Ok(v) => match conn.exec("COMMIT").await {
+            Ok(_) => {
+                conn.in_transaction = false;
+                Ok(v)
+            }
+            Err(e) => {
+                conn.note(&e);
+                if conn.exec("ROLLBACK").await.is_ok() {
+                    conn.in_transaction = false;
+                }
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            conn.note(&e);
+            if conn.exec("ROLLBACK").await.is_ok() {
+                conn.in_transaction = false;
+            }
+            Err(e.into())
         }
-        conn.exec("COMMIT").await?;
-        Ok(())
     }
 }
 

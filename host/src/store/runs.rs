@@ -72,6 +72,9 @@ pub struct Step {
     pub finished_at: Option<i64>,
     /// What it did or why it failed.
     pub detail: Option<String>,
+    /// The agent process that ran it (`host:pid:start`).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 const DEPLOYMENT_COLUMNS: &str = "id, environment, version, artifact, digest, actor, reason, host, owner, status, stage, started_at, finished_at, error, backup_id, schema_before, schema_after, release_id, previous_release, resumed_from";
@@ -223,42 +226,34 @@ impl Store {
 
     /// Journals the start of a step; returns its sequence number.
     pub async fn step_started(&self, deployment: &str, stage: &str) -> Result<i64, StoreError> {
-        // One connection, held: the next number cannot be taken twice.
-        let mut conn = self.conn.lock().await;
-        let next = conn
-            .fetch(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE deployment_id = $1",
-                &[deployment.into()],
-            )
-            .await?;
-        let seq = next
-            .into_iter()
-            .next()
-            .map(|row| Row { row, at: 0 }.i())
-            .transpose()?
-            .unwrap_or(1);
-        conn.exec("BEGIN").await?;
-        let journaled = async {
+        // One transaction on one connection: the next number cannot be taken twice by this
+        // agent, and the primary key refuses it to another.
+        let owner = super::lease::this_process();
+        let mut conn = self.conn().await?;
+        super::transaction(&mut conn, async |conn| {
+            let next = conn
+                .fetch(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE deployment_id = $1",
+                    &[deployment.into()],
+                )
+                .await?;
+            let seq = match next.into_iter().next() {
+                Some(row) => Row { row, at: 0 }.i().map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+                None => 1,
+            };
             conn.execute(
-                "INSERT INTO steps (deployment_id, seq, stage, status, started_at) VALUES ($1, $2, $3, 'started', $4)",
-                &[deployment.into(), seq.into(), stage.into(), now_ms().into()],
+                "INSERT INTO steps (deployment_id, seq, stage, status, started_at, owner) VALUES ($1, $2, $3, 'started', $4, $5)",
+                &[deployment.into(), seq.into(), stage.into(), now_ms().into(), owner.0.as_str().into()],
             )
             .await?;
             conn.execute(
                 "UPDATE deployments SET stage = $1 WHERE id = $2",
                 &[stage.into(), deployment.into()],
             )
-            .await
-        }
-        .await;
-        match journaled {
-            Ok(_) => conn.exec("COMMIT").await?,
-            Err(e) => {
-                let _ = conn.exec("ROLLBACK").await;
-                return Err(e.into());
-            }
-        };
-        Ok(seq)
+            .await?;
+            Ok(seq)
+        })
+        .await
     }
 
     /// Journals the end of a step.
@@ -296,7 +291,7 @@ impl Store {
     pub async fn steps(&self, deployment: &str) -> Result<Vec<Step>, StoreError> {
         let rows = self
             .rows(
-                "SELECT seq, stage, status, started_at, finished_at, detail FROM steps WHERE deployment_id = $1 ORDER BY seq",
+                "SELECT seq, stage, status, started_at, finished_at, detail, owner FROM steps WHERE deployment_id = $1 ORDER BY seq",
                 &[deployment.into()],
             )
             .await?;
@@ -309,6 +304,7 @@ impl Store {
                     started_at: r.i()?,
                     finished_at: r.oi()?,
                     detail: r.o()?,
+                    owner: r.o()?,
                 })
             })
             .collect()

@@ -67,6 +67,9 @@ pub async fn main(state: &AppState, who: &SignedIn<'_>) -> ApiResult<String> {
                     None => stage,
                 })
             );
+            if let Some(agent) = &p.claimed_by {
+                let _ = write!(run, " <small class=\"agent\">on {}</small>", esc(agent));
+            }
         }
         let queued = pending
             .iter()
@@ -131,11 +134,51 @@ pub async fn main(state: &AppState, who: &SignedIn<'_>) -> ApiResult<String> {
             u = url(name),
         );
     }
+    let agents = agents_section(state, who).await?;
     Ok(format!(
         "<h1>Board</h1><p class=\"sub\">{} environment(s) · updates live</p>\
          <table class=\"board\"><thead><tr><th scope=\"col\">Environment</th><th scope=\"col\">Live release</th>\
          <th scope=\"col\">Schema</th><th scope=\"col\">Age</th><th scope=\"col\">Deployed by</th><th scope=\"col\">Run</th>\
-         <th scope=\"col\">Last checks</th><th scope=\"col\">Lock</th></tr></thead><tbody>{rows}</tbody></table>",
+         <th scope=\"col\">Last checks</th><th scope=\"col\">Lock</th></tr></thead><tbody>{rows}</tbody></table>{agents}",
         names.len()
+    ))
+}
+
+/// The agents sharing the state store (those serving an environment the token may see), alive
+/// or dead by their heartbeat.
+async fn agents_section(state: &AppState, who: &SignedIn<'_>) -> ApiResult<String> {
+    let now = crate::store::now_ms();
+    let mut rows = String::new();
+    for a in state.agent.store.agents().await? {
+        let envs: Vec<&str> = a
+            .environments
+            .iter()
+            .filter(|e| who.caller.covers(e))
+            .map(String::as_str)
+            .collect();
+        if envs.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            rows,
+            "<tr data-agent=\"{n}\"><th scope=\"row\">{n}</th><td data-label=\"Health\">{}</td>\
+             <td data-label=\"Host\">{} <small>pid {}</small></td><td data-label=\"Heartbeat\">{:.1} s ago</td>\
+             <td data-label=\"Version\">{}</td><td data-label=\"Environments\">{}</td></tr>",
+            badge(&a.health),
+            esc(&a.host),
+            a.pid,
+            (now - a.heartbeat_at) as f64 / 1e3,
+            esc(&a.version),
+            esc(&envs.join(", ")),
+            n = esc(&a.name),
+        );
+    }
+    if rows.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!(
+        "<h2>Agents</h2><table class=\"agents\"><thead><tr><th scope=\"col\">Agent</th><th scope=\"col\">Health</th>\
+         <th scope=\"col\">Host</th><th scope=\"col\">Heartbeat</th><th scope=\"col\">Version</th>\
+         <th scope=\"col\">Environments</th></tr></thead><tbody>{rows}</tbody></table>"
     ))
 }

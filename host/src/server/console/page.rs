@@ -55,10 +55,9 @@ pub fn took(ms: i64) -> String {
 /// An outcome as a badge: its word, never its colour alone.
 pub fn badge(word: &str) -> String {
     let class = match word {
-        "succeeded" | "done" | "live" | "pass" | "approved" | "intact" | "passed" => "ok",
-        "failed" | "fail" | "rolled_back" | "rejected" | "error" | "interrupted" | "broken" => {
-            "bad"
-        }
+        "succeeded" | "done" | "live" | "pass" | "approved" | "intact" | "passed" | "alive" => "ok",
+        "failed" | "fail" | "rolled_back" | "rejected" | "error" | "interrupted" | "broken"
+        | "dead" => "bad",
         "running" | "started" | "queued" | "waiting" | "inconclusive" => "busy",
         _ => "idle",
     };

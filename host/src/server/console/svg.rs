@@ -191,6 +191,7 @@ mod tests {
             started_at: from,
             finished_at: to,
             detail: None,
+            owner: None,
         }
     }
 
