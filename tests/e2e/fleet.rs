@@ -193,18 +193,7 @@ async fn a_fleet_runs_each_run_once_in_order_and_survivors_take_over_a_killed_ag
         );
     }
     // The CLI on any of the hosts lists the fleet, alive again.
-    let out = std::process::Command::new(bin())
-        .current_dir(&dirs[0])
-        .args(["agents", "--output", "json"])
-        .env("DA_FLEET_STATE", &url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = agents(&dirs[0], &[("DA_FLEET_STATE", &url)]);
     let alive = listed
         .as_array()
         .unwrap()
@@ -235,31 +224,34 @@ async fn a_second_daemon_on_one_sqlite_state_is_refused_naming_the_first() {
             && stderr.contains(" since 20"),
         "{stderr}"
     );
-    let agents = |dir: &std::path::Path| -> Value {
-        let out = std::process::Command::new(bin())
-            .current_dir(dir)
-            .args(["agents", "--output", "json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let listed = agents(dir.path());
+    let listed = agents(dir.path(), &[]);
     assert_eq!(listed[0]["health"], "alive", "{listed}");
     assert_eq!(listed[0]["pid"], first.pid(), "{listed}");
 
     first.signal("KILL");
-    let listed = agents(dir.path());
+    let listed = agents(dir.path(), &[]);
     assert_eq!(listed[0]["health"], "dead", "{listed}");
     let again = Daemon::start(dir.path(), &[]).await;
-    let listed = agents(dir.path());
+    let listed = agents(dir.path(), &[]);
     assert_eq!(
         (&listed[0]["health"], &listed[0]["pid"]),
         (&Value::from("alive"), &Value::from(again.pid())),
         "{listed}"
     );
+}
+
+/// `deploy-agent agents --output json` in `dir`, with `env`.
+fn agents(dir: &std::path::Path, env: &[(&str, &str)]) -> Value {
+    let out = std::process::Command::new(bin())
+        .current_dir(dir)
+        .args(["agents", "--output", "json"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -618,8 +618,19 @@ state_dir = "state"
         local_table = crate::local_plugin_table()
     );
     for e in 0..envs {
-        toml.push_str(&format!(
-            r#"
+        toml.push_str(&local_environment(e));
+    }
+    toml.push_str("\n[server]\n");
+    toml.push_str(&entry);
+    std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
+    token
+}
+
+/// Environment `eNN` on the local target (site root `/srv/eNN`, artifact `site`), its
+/// `[environments.eNN.deploy]` table open last for more settings.
+pub fn local_environment(e: usize) -> String {
+    format!(
+        r#"
 [environments.e{e:02}]
 [environments.e{e:02}.target]
 plugin = "local"
@@ -629,12 +640,7 @@ path = "site"
 [environments.e{e:02}.deploy]
 poll_interval_ms = 10
 "#
-        ));
-    }
-    toml.push_str("\n[server]\n");
-    toml.push_str(&entry);
-    std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
-    token
+    )
 }
 
 /// What [`load`] measured and found.

@@ -41,17 +41,9 @@ pub fn project(dir: &Path, name: &str, sites: &Path, envs: usize, check_ms: u64)
         } else {
             ""
         };
+        toml.push_str(&crate::daemon::local_environment(e));
         toml.push_str(&format!(
-            r#"
-[environments.e{e:02}]
-[environments.e{e:02}.target]
-plugin = "local"
-config = {{ root = "/srv/e{e:02}", keep = 3 }}
-[environments.e{e:02}.artifact]
-path = "site"
-[environments.e{e:02}.deploy]
-poll_interval_ms = 10
-lock_lease_ms = {LOCK_LEASE_MS}
+            r#"lock_lease_ms = {LOCK_LEASE_MS}
 {interrupt}[[environments.e{e:02}.checks]]
 name = "hold"
 command = "sleep {}"

@@ -10,14 +10,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::lease::hostname;
-use super::{Row, Store, StoreError, now_ms};
+use super::{Row, Store, StoreError, decode, now_ms};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// A column that would not decode, as the transaction's error.
-fn decode(e: StoreError) -> sqlx::Error {
-    sqlx::Error::Decode(e.to_string().into())
-}
 
 /// What to record.
 #[derive(Debug, Clone, Default)]

@@ -314,6 +314,11 @@ impl Store {
     }
 }
 
+/// A column that would not decode, as an error inside a [`transaction`]'s body.
+fn decode(e: StoreError) -> sqlx::Error {
+    sqlx::Error::Decode(e.to_string().into())
+}
+
 /// Runs `body` between `BEGIN` and `COMMIT` on `conn`, or rolls back when it fails. A future
 /// dropped half-way leaves the connection marked, and the pool closes it.
 ///

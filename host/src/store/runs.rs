@@ -238,7 +238,7 @@ impl Store {
                 )
                 .await?;
             let seq = match next.into_iter().next() {
-                Some(row) => Row { row, at: 0 }.i().map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+                Some(row) => Row { row, at: 0 }.i().map_err(super::decode)?,
                 None => 1,
             };
             conn.execute(
