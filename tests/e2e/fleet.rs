@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use deploy_agent_tests::daemon::{Daemon, load_project};
-use deploy_agent_tests::fleet::{self, HEARTBEAT_MS, LOCK_LEASE_MS};
+use deploy_agent_tests::fleet::{self, HEARTBEAT_MS};
 use deploy_agent_tests::{bin, postgres};
 use serde_json::Value;
 
@@ -14,6 +14,8 @@ const AGENTS: [&str; 3] = ["web-1", "web-2", "web-3"];
 const ENVS: usize = 30;
 const PER_ENV: usize = 10;
 const KILLS: usize = 3;
+/// How long each run holds in its verify check: long enough that three kills land on work.
+const CHECK_MS: u64 = 600;
 
 /// A small xorshift: the kill schedule is random, and its seed printed to replay a failure.
 struct Rng(u64);
@@ -36,6 +38,20 @@ fn pending(pg: &postgres::Cluster, db: &str) -> i64 {
     .expect("a count")
 }
 
+/// The indexes in [`AGENTS`] of the agents with a run claimed and running.
+fn busy_agents(pg: &postgres::Cluster, db: &str) -> Vec<usize> {
+    let running = pg.psql(
+        db,
+        "SELECT DISTINCT claimed_by FROM queue WHERE state = 'running'",
+    );
+    AGENTS
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| running.lines().any(|l| l == **n))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Three daemons (distinct `--host-name`s and state directories, one PostgreSQL state), 300
 /// triggers across 30 environments sent through all three, one daemon SIGKILLed at random
 /// moments and restarted, three times. Then from the journal, the queue and the audit log:
@@ -53,7 +69,7 @@ async fn a_fleet_runs_each_run_once_in_order_and_survivors_take_over_a_killed_ag
     let mut dirs = Vec::new();
     for name in AGENTS {
         let dir = root.path().join(name);
-        token = fleet::project(&dir, name, &sites, ENVS, 250);
+        token = fleet::project(&dir, name, &sites, ENVS, CHECK_MS);
         dirs.push(dir);
     }
     let mut daemons = Vec::new();
@@ -116,7 +132,13 @@ async fn a_fleet_runs_each_run_once_in_order_and_survivors_take_over_a_killed_ag
             break;
         }
         tokio::time::sleep(Duration::from_millis(200 + rng.below(1500))).await;
-        let victim = rng.below(AGENTS.len() as u64) as usize;
+        // The victim is picked at random among the agents running something at that moment:
+        // a kill between two runs would prove nothing about takeovers.
+        let busy = busy_agents(pg, &db);
+        if busy.is_empty() {
+            continue;
+        }
+        let victim = busy[rng.below(busy.len() as u64) as usize];
         let name = AGENTS[victim];
         let mut d = daemons[victim].take().unwrap();
         d.signal("KILL");
@@ -149,9 +171,33 @@ async fn a_fleet_runs_each_run_once_in_order_and_survivors_take_over_a_killed_ag
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // The survivors take over (the dead agent's locks expire after their lease) before it
-        // comes back.
-        tokio::time::sleep(Duration::from_millis(LOCK_LEASE_MS + 2500)).await;
+        // The survivors take over every run it had in flight (once its locks' lease lapses)
+        // before it comes back.
+        let started = Instant::now();
+        loop {
+            let taken: Vec<String> = pg
+                .psql(
+                    &db,
+                    &format!("SELECT subject FROM audit WHERE action = 'run.taken-over' AND actor <> 'agent:{name}'"),
+                )
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let waiting: Vec<&String> = interrupted
+                .iter()
+                .filter(|(run, by)| *by == name && !taken.contains(run))
+                .map(|(run, _)| run)
+                .collect();
+            if waiting.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} run(s) of the killed {name} not taken over: {waiting:?}",
+                waiting.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         daemons[victim] = Some(fleet::start(&dirs[victim], name, &url).await);
     }
     assert!(
