@@ -214,3 +214,62 @@ fn decoding_errors_name_no_rust_types() {
     assert!(rendered.contains("expected a table"), "{rendered}");
     assert!(!rendered.contains("Raw"), "{rendered}");
 }
+
+/// An environment that spans hosts: each mistake at its line with a hint; a good one parses
+/// into its batches.
+#[test]
+fn hosts_need_a_shared_state_and_a_per_host_target_and_batches_parse() {
+    let env = |agent: &str, target_extra: &str, rollout: &str| {
+        format!(
+            "{agent}[plugins.local]\npath = {:?}\n\n[environments.web]\nhosts = [\"web-1\", \"web-2\", \"web-3\"]\n{rollout}[environments.web.target]\nplugin = \"local\"\n{target_extra}",
+            fixtures::LOCAL
+        )
+    };
+    let shared = "[agent]\nstate_url = \"postgres://u@db/state\"\n\n";
+    // SQLite state, a platform-style target: two errors at `hosts`.
+    let errors = parse(&env("", "", "")).unwrap_err();
+    let text = errors.to_string();
+    assert_eq!(errors.0.len(), 2, "{text}");
+    assert!(errors.0.iter().all(|e| e.line == 5), "{text}");
+    assert!(
+        text.contains("needs a state store its hosts share"),
+        "{text}"
+    );
+    assert!(text.contains("hint: set `[agent] state_url`"), "{text}");
+    assert!(text.contains("mark it `per_host = true`"), "{text}");
+    // A bad batch, an unknown policy, a host twice.
+    let bad = env(
+        shared,
+        "per_host = true\n",
+        "[environments.web.rollout]\nbatch = \"120%\"\non_failure = \"shrug\"\n",
+    )
+    .replace("\"web-3\"]", "\"web-1\"]");
+    let errors = parse(&bad).unwrap_err();
+    let text = errors.to_string();
+    assert_eq!(errors.0.len(), 3, "{text}");
+    assert!(text.contains("host `web-1` is listed twice"), "{text}");
+    assert!(
+        text.contains("`120%` is not a share of the hosts"),
+        "{text}"
+    );
+    assert!(text.contains("unknown `on_failure` `shrug`"), "{text}");
+    // A good one.
+    let good = env(
+        shared,
+        "per_host = true\n",
+        "[environments.web.rollout]\nbatch = \"50%\"\nwait_ms = 1000\nmax_failures = 1\n",
+    );
+    let config = parse(&good).expect("valid");
+    let r = config.environments["web"]
+        .rollout
+        .as_ref()
+        .expect("a rollout");
+    assert_eq!(
+        r.batches(),
+        vec![
+            vec!["web-1".to_string(), "web-2".to_string()],
+            vec!["web-3".to_string()]
+        ]
+    );
+    assert_eq!((r.max_failures, r.wait.as_millis()), (1, 1000));
+}

@@ -10,6 +10,7 @@ mod console;
 mod daemon;
 mod daemon_artifacts;
 mod fleet;
+mod hosts;
 mod leaks;
 mod live_view;
 mod migrate;

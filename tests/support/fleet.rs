@@ -275,3 +275,58 @@ impl Journal {
         problems
     }
 }
+
+/// Writes host `name`'s project in `dir` for one environment, `web`, that spans `hosts` in
+/// batches of one: its own site root (`dir/srv`, the local target's `/srv`), its own copy of
+/// the artifact, and a verify check that fails on the host while `dir/fail` exists. The state
+/// store is `${env:DA_FLEET_STATE}`. Returns the admin token.
+pub fn hosts_project(dir: &Path, name: &str, hosts: &[&str]) -> String {
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).expect("site");
+    std::fs::create_dir_all(dir.join("srv")).expect("srv");
+    std::fs::write(site.join("index.html"), "<h1>web</h1>").expect("index");
+    let (token, entry) = token_entry("fleet", "admin", None);
+    let toml = format!(
+        r#"[agent]
+state_dir = "state"
+state_url = "${{env:DA_FLEET_STATE}}"
+
+[plugins.local]
+path = {local:?}
+[plugins.local.policy]
+dirs = [{{ path = "srv", guest = "/srv", rw = true }}, {{ path = "site", guest = "/artifact" }}]
+
+[environments.web]
+hosts = {hosts:?}
+[environments.web.rollout]
+batch = 1
+[environments.web.target]
+plugin = "local"
+per_host = true
+config = {{ root = "/srv/web", keep = 5 }}
+[environments.web.artifact]
+path = "site"
+[environments.web.deploy]
+poll_interval_ms = 10
+lock_lease_ms = {LOCK_LEASE_MS}
+[[environments.web.checks]]
+name = "healthy-here"
+command = "test ! -e fail"
+
+[server]
+host_name = "{name}"
+heartbeat_ms = {HEARTBEAT_MS}
+grace_period_ms = 2000
+{entry}"#,
+        local = crate::fixtures::LOCAL,
+    );
+    std::fs::write(dir.join("agent.toml"), toml).expect("agent.toml");
+    token
+}
+
+/// The release live on the host whose project is in `dir` (its `current` link), if any.
+pub fn live_on(dir: &Path) -> Option<String> {
+    std::fs::read_link(dir.join("srv/web/current"))
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+}

@@ -1,4 +1,5 @@
-//! `agents`: the fleet sharing this state store, with each agent's health.
+//! `agents`: the fleet sharing this state store, with each agent's health; `abort`: stop a
+//! run waiting on a host.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -59,6 +60,47 @@ pub(super) async fn agents(
         tell!(
             "dead (heartbeat older than its lease): {}; their runs are taken over by an agent serving the same environments",
             dead.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `abort RUN --reason`: asks a running run to stop. A rollout waiting on a host whose agent
+/// is down stops at its next look and rolls back the hosts it did.
+pub(super) async fn abort(args: super::deploy::DecideArgs) -> anyhow::Result<ExitCode> {
+    let store = agent_for(&args.config, None).await?.store;
+    let Some(run) = store.deployment(&args.run).await? else {
+        return Err(super::Usage(format!("no run `{}` in the state store", args.run)).into());
+    };
+    let who = crate::db::migrate::whoami();
+    let why = format!("by {who}: {}", args.reason);
+    if !store.request_abort(&run.id, &why).await? {
+        return Err(super::Usage(format!(
+            "run {} is not running (it is {}): nothing to abort",
+            run.id, run.status
+        ))
+        .into());
+    }
+    store
+        .audit(crate::store::AuditEntry {
+            actor: who,
+            action: "run.abort-requested".into(),
+            environment: Some(run.environment.clone()),
+            subject: Some(run.id.clone()),
+            why: Some(args.reason.clone()),
+            detail: None,
+        })
+        .await?;
+    if args.output == Output::Json {
+        say!(
+            "{}",
+            serde_json::json!({"run": run.id, "abort_requested": why})
+        );
+    } else {
+        say!(
+            "Asked run {} on {} to stop ({why}); a rollout waiting on a host stops at its next look and rolls back the hosts it did.",
+            run.id,
+            run.environment
         );
     }
     Ok(ExitCode::SUCCESS)

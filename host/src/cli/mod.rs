@@ -108,6 +108,10 @@ pub enum Command {
     Rollback(deploy::RollbackArgs),
     /// Approve a run waiting at an approval gate (or an inconclusive analysis).
     Approve(deploy::DecideArgs),
+    /// Ask a running run to stop: a rollout across hosts waiting on a host whose agent is down
+    /// stops at its next look and rolls back the hosts it did (on the deploy host, against the
+    /// shared state store).
+    Abort(deploy::DecideArgs),
     /// Reject a run waiting at an approval gate: it stops (after promotion: it is rolled back).
     Reject(deploy::DecideArgs),
     /// The environment's live release, lock and last run with its journal.
@@ -284,6 +288,7 @@ pub fn main() -> ExitCode {
             | Command::Recover { .. }
             | Command::Rollback(_)
             | Command::Approve(_)
+            | Command::Abort(_)
             | Command::Reject(_)
             | Command::Status(_)
             | Command::History { .. }
@@ -348,6 +353,7 @@ async fn environment_command(
         Command::Status(args) => views::status(args, remote).await,
         Command::Rollback(args) => deploy::rollback(args, remote).await,
         Command::Approve(args) => deploy::decide(args, Decision::Approved, remote).await,
+        Command::Abort(args) => fleet::abort(args).await,
         Command::Reject(args) => deploy::decide(args, Decision::Rejected, remote).await,
         Command::History { target, limit, id } => views::history(target, limit, id, remote).await,
         Command::Releases(args) => views::releases(args, remote).await,

@@ -110,6 +110,15 @@ fn show_status(v: &StatusView) {
         None => say!("  live:  nothing deployed by this agent yet"),
     }
     say!("  target: {}", v.drift.describe());
+    for h in &v.hosts {
+        say!(
+            "  host {}: {} ({}), by run {}",
+            h.host,
+            h.version,
+            h.release_id,
+            h.run_id
+        );
+    }
     match &v.lock {
         Some(l) => say!("  lock:  {}", l.describe()),
         None => say!("  lock:  free"),

@@ -43,6 +43,8 @@ pub struct Environment {
     pub approval: Option<ApprovalConfig>,
     /// Metric analysis during the watch window.
     pub analysis: Vec<AnalysisConfig>,
+    /// The hosts it spans and how a run rolls out across them, if it spans hosts.
+    pub rollout: Option<super::Rollout>,
 }
 
 impl Environment {
@@ -430,7 +432,7 @@ fn cycle_errors(
     }
 }
 
-fn ms(
+pub(super) fn ms(
     v: &mut Validator<'_>,
     value: &Option<Spanned<u64>>,
     default: Duration,
@@ -454,8 +456,10 @@ impl Validator<'_> {
         env: &raw::RawEnvironment,
         state_dir: &Path,
         plugins: &BTreeMap<String, super::PluginConfig>,
+        shared: bool,
     ) -> Option<Environment> {
         let before = self.errors.len();
+        let rollout = self.rollout(env, shared);
         if !valid_plugin_name(name.get_ref()) {
             self.error(
                 name,
@@ -699,6 +703,7 @@ impl Validator<'_> {
             rollback,
             approval,
             analysis,
+            rollout,
             name: name.get_ref().clone(),
             extends: env.extends.as_ref().map(|e| e.get_ref().clone()),
             strict: env.strict.unwrap_or(false),

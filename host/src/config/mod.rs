@@ -17,6 +17,7 @@ mod environment;
 mod error;
 mod raw;
 mod references;
+mod rollout;
 mod server;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ pub(crate) use error::line_col;
 pub use error::{ConfigError, ConfigErrors};
 
 pub use references::{Need, ReadError, Referrer, SecretRef, SecretSource, Site, Unresolved};
+pub use rollout::{Batch, OnHostFailure, Rollout};
 pub use server::{GithubConfig, GithubRoute, Role, ServerConfig, TlsFiles, TokenConfig};
 
 use crate::runtime::PluginSpec;
@@ -270,7 +272,7 @@ impl Config {
         for (name, chain) in order {
             let (spanned, env) = &resolved[name];
             let before = v.errors.len();
-            let e = v.environment(spanned, env, &state_dir, &plugins);
+            let e = v.environment(spanned, env, &state_dir, &plugins, state_url.is_some());
             v.fold_inherited(before, &chain);
             if let Some(e) = e {
                 environments.insert(name.clone(), e);

@@ -80,6 +80,25 @@ pub(super) struct RawEnvironment {
     pub rollback: Option<Spanned<RawRollback>>,
     pub approval: Option<Spanned<RawApproval>>,
     pub analysis: Option<Vec<Spanned<RawAnalysis>>>,
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub rollout: Option<Spanned<RawRollout>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRollout {
+    pub batch: Option<Spanned<RawBatch>>,
+    pub wait_ms: Option<Spanned<u64>>,
+    pub max_failures: Option<u64>,
+    pub on_failure: Option<Spanned<String>>,
+}
+
+/// `batch = 1` or `batch = "33%"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawBatch {
+    Hosts(u64),
+    Percent(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +135,7 @@ pub(super) struct RawAnalysis {
 pub(super) struct RawTarget {
     pub plugin: Option<Spanned<String>>,
     pub config: Option<toml::Table>,
+    pub per_host: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +217,17 @@ impl Merge for RawEnvironment {
         nested(&mut self.rollback, &p.rollback);
         nested(&mut self.approval, &p.approval);
         take(&mut self.analysis, &p.analysis);
+        take(&mut self.hosts, &p.hosts);
+        nested(&mut self.rollout, &p.rollout);
+    }
+}
+
+impl Merge for RawRollout {
+    fn merge(&mut self, p: &Self) {
+        take(&mut self.batch, &p.batch);
+        take(&mut self.wait_ms, &p.wait_ms);
+        take(&mut self.max_failures, &p.max_failures);
+        take(&mut self.on_failure, &p.on_failure);
     }
 }
 
@@ -221,6 +252,7 @@ impl Merge for RawTarget {
             _ => true,
         };
         take(&mut self.plugin, &p.plugin);
+        take(&mut self.per_host, &p.per_host);
         // Config is the parent's, overridden key by key, unless the plugin changed.
         if same_plugin && let Some(parent) = &p.config {
             let mut merged = parent.clone();

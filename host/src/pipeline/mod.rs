@@ -21,6 +21,7 @@ pub mod checks;
 mod error;
 pub mod events;
 mod failpoint;
+pub mod host_work;
 mod journal;
 pub mod notify;
 pub(crate) mod offsite;
@@ -87,6 +88,8 @@ pub enum Stage {
     Approve,
     /// Make it live.
     Promote,
+    /// Deploy, verify and promote host by host, in batches (an environment that spans hosts).
+    Rollout,
     /// Checks against the live release.
     Watch,
     /// Make the previous release live again (a failed watch, policy `auto`).
@@ -97,7 +100,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 11] = [
+    pub const ALL: [Stage; 12] = [
         Stage::Lock,
         Stage::Validate,
         Stage::Backup,
@@ -106,6 +109,7 @@ impl Stage {
         Stage::Verify,
         Stage::Approve,
         Stage::Promote,
+        Stage::Rollout,
         Stage::Watch,
         Stage::Rollback,
         Stage::Notify,
@@ -127,6 +131,7 @@ impl Stage {
             Stage::Verify => "verify",
             Stage::Approve => "approve",
             Stage::Promote => "promote",
+            Stage::Rollout => "rollout",
             Stage::Watch => "watch",
             Stage::Rollback => "rollback",
             Stage::Notify => "notify",

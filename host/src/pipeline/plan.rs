@@ -9,9 +9,40 @@ use super::Agent;
 use super::sequence::{Interrupted, Step, sequence};
 use super::validate::{self, Finding};
 use super::{PipelineError, Request, Stage, prepare};
-use crate::config::{BackupWhen, CheckStage, Probe, Strategy};
+use crate::config::{BackupWhen, CheckStage, Environment, Probe, Strategy};
 use crate::db::migrate;
 use crate::runtime::CallContext;
+
+/// The rollout across hosts: its batches and what stops it.
+fn rollout_step(env: &Environment) -> PlanStep {
+    let r = env.rollout.as_ref();
+    let batches = r.map(crate::config::Rollout::batches).unwrap_or_default();
+    let mut details: Vec<String> = batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("batch {}: {}", i + 1, b.join(", ")))
+        .collect();
+    if let Some(r) = r {
+        details.push(format!(
+            "each host's agent stages, verifies and promotes on its host; {} s between batches; stops after {} failed host(s), then {}",
+            r.wait.as_secs(),
+            r.max_failures + 1,
+            match r.on_failure {
+                crate::config::OnHostFailure::Rollback => "rolls back the hosts done",
+                crate::config::OnHostFailure::Keep => "keeps the hosts done (status shows the drift)",
+            }
+        ));
+    }
+    PlanStep {
+        stage: Stage::Rollout,
+        action: format!(
+            "roll out to {} host(s) in {} batch(es)",
+            r.map_or(0, |r| r.hosts.len()),
+            batches.len()
+        ),
+        details,
+    }
+}
 
 /// One step of the plan.
 #[derive(Debug, Clone, Serialize)]
@@ -363,6 +394,7 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
             Step::Deploy => ordered.extend(of(&[Stage::Deploy])),
             Step::Verify => ordered.push(verify.clone()),
             Step::Promote => ordered.push(promote.clone()),
+            Step::Rollout => ordered.push(rollout_step(env)),
             Step::Watch => ordered.push(watch.clone()),
         }
     }

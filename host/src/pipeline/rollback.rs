@@ -172,6 +172,14 @@ async fn plan_with(
     req: &RollbackRequest,
 ) -> Result<RollbackPlan, PipelineError> {
     let setup = PipelineError::Setup;
+    if env.rollout.is_some() && req.mode != Mode::Db {
+        // The app lives on each host, behind each host's own agent: one agent's rollback
+        // would switch its own host and leave the others.
+        return Err(setup(format!(
+            "{} spans hosts: an app rollback goes host by host, as a run: deploy the earlier version again (`deploy-agent deploy --env {} --version ...`), or `--db-only` for the database",
+            env.name, env.name
+        )));
+    }
     let releases = store.releases(&env.name).await?;
     let from = releases
         .iter()

@@ -370,6 +370,7 @@ impl Run<'_> {
                     Step::Deploy => self.deploy().await,
                     Step::Verify => self.verify().await,
                     Step::Promote => self.promote().await,
+                    Step::Rollout => self.rollout().await,
                     Step::Watch => self.watch().await,
                 }
             };

@@ -22,6 +22,8 @@ pub enum Step {
     Verify,
     /// Make the release live.
     Promote,
+    /// Deploy, verify and promote on each host, in batches (an environment that spans hosts).
+    Rollout,
     /// The watch checks and analyses.
     Watch,
 }
@@ -36,6 +38,7 @@ impl Step {
             Step::Deploy => &[Stage::Deploy],
             Step::Verify => &[Stage::Verify],
             Step::Promote => &[Stage::Promote],
+            Step::Rollout => &[Stage::Rollout],
             Step::Watch => &[Stage::Watch],
         }
     }
@@ -51,6 +54,14 @@ pub fn sequence(env: &Environment) -> Vec<Step> {
     }
     steps.extend([Step::Validate, Step::BackupAndMigrate, Step::Deploy]);
     let approve = (gate == Some(Gate::Promote)).then_some(Step::Approve(Gate::Promote));
+    if env.rollout.is_some() {
+        // Each host deploys, verifies and promotes in its turn: a promote gate opens the
+        // rollout.
+        steps.pop();
+        steps.extend(approve);
+        steps.extend([Step::Rollout, Step::Watch]);
+        return steps;
+    }
     match env.deploy.strategy {
         Strategy::Staged => {
             steps.push(Step::Verify);

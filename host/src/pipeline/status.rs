@@ -8,7 +8,7 @@ use super::Agent;
 use super::plugins::load_target;
 use crate::runtime::{CallContext, ReleaseState};
 use crate::store::{
-    Approval, Deployment, LockHolder, ReleaseRecord, RollbackRecord, Step, StoreError,
+    Approval, Deployment, HostRelease, LockHolder, ReleaseRecord, RollbackRecord, Step, StoreError,
 };
 
 /// The live release as the target sees it, next to what the store recorded.
@@ -47,6 +47,15 @@ pub enum Drift {
         /// Why.
         error: String,
     },
+    /// An environment that spans hosts whose hosts do not all serve the recorded release (a
+    /// rollout that stopped part-way and kept its hosts, a host whose rollback waits for its
+    /// agent).
+    HostsDiffer {
+        /// The recorded release, if any.
+        release: Option<String>,
+        /// Each host's live release, `-` where none is recorded.
+        hosts: std::collections::BTreeMap<String, String>,
+    },
     /// Nothing recorded and nothing serving, or no target to ask.
     Nothing,
 }
@@ -79,6 +88,15 @@ impl Drift {
                 format!("DRIFT: the target serves {serving}, which this agent never recorded live")
             }
             Drift::Unreachable { error } => format!("UNKNOWN: the target cannot be asked: {error}"),
+            Drift::HostsDiffer { release, hosts } => format!(
+                "DRIFT: the hosts serve different releases (recorded live: {}): {}",
+                release.as_deref().unwrap_or("none"),
+                hosts
+                    .iter()
+                    .map(|(h, r)| format!("{h} {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Drift::Nothing => "nothing recorded, nothing serving".into(),
         }
     }
@@ -140,6 +158,43 @@ pub struct StatusView {
     pub waiting: Vec<Approval>,
     /// The newest rollback or restore.
     pub last_rollback: Option<RollbackRecord>,
+    /// What each host serves, in an environment that spans hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostRelease>,
+}
+
+/// Drift across the hosts of an environment that spans hosts: every host should serve the
+/// recorded release.
+fn hosts_drift(listed: &[String], recorded: &[HostRelease], live: Option<&ReleaseRecord>) -> Drift {
+    let hosts: std::collections::BTreeMap<String, String> = listed
+        .iter()
+        .map(|h| {
+            let r = recorded
+                .iter()
+                .find(|r| &r.host == h)
+                .map_or("-".to_string(), |r| {
+                    format!("{} ({})", r.version, r.release_id)
+                });
+            (h.clone(), r)
+        })
+        .collect();
+    let same = listed.iter().all(|h| {
+        recorded
+            .iter()
+            .find(|r| &r.host == h)
+            .map(|r| r.release_id.as_str())
+            == live.map(|l| l.id.as_str())
+    });
+    match (same, live) {
+        (true, Some(l)) => Drift::InSync {
+            release: l.id.clone(),
+        },
+        (true, None) => Drift::Nothing,
+        (false, _) => Drift::HostsDiffer {
+            release: live.map(|l| l.id.clone()),
+            hosts,
+        },
+    }
 }
 
 /// Asks the target what serves, against the recorded live release.
@@ -211,8 +266,21 @@ pub async fn view(agent: &Agent, environment: &str) -> Result<StatusView, StoreE
             })
         }
     };
-    let drift = drift(agent, environment, s.live.as_ref()).await;
+    let listed = agent
+        .config
+        .environment(environment)
+        .ok()
+        .and_then(|e| e.rollout.as_ref())
+        .map(|r| r.hosts.clone());
+    let (drift, hosts) = match listed {
+        Some(listed) => {
+            let recorded = agent.store.host_releases(environment).await?;
+            (hosts_drift(&listed, &recorded, s.live.as_ref()), recorded)
+        }
+        None => (drift(agent, environment, s.live.as_ref()).await, Vec::new()),
+    };
     Ok(StatusView {
+        hosts,
         environment: environment.to_string(),
         lock,
         live: s.live,

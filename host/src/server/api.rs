@@ -61,6 +61,10 @@ pub struct RunView {
     /// Its checks' results and analyses' measurements, in the order they were taken.
     #[serde(default)]
     pub evidence: Vec<Evidence>,
+    /// Each host's part, in an environment that spans hosts: rolled out, failed, rolled
+    /// back, or waiting (and why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<crate::store::HostStep>,
 }
 
 pub(super) async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
@@ -110,6 +114,7 @@ pub(super) async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<Run
         steps,
         waiting,
         evidence,
+        hosts: state.agent.store.host_steps(id).await?,
     }))
 }
 
@@ -180,6 +185,7 @@ pub(super) async fn trigger(
         steps: Vec::new(),
         waiting: Vec::new(),
         evidence: Vec::new(),
+        hosts: Vec::new(),
     };
     Ok((StatusCode::ACCEPTED, Json(view)))
 }

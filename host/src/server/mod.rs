@@ -16,6 +16,7 @@ pub mod auth;
 pub mod console;
 pub mod error;
 pub mod fleet;
+pub mod hosts;
 pub mod queue;
 pub mod routes;
 pub mod session;
@@ -149,7 +150,12 @@ pub async fn serve(
         "plugins loaded in {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
-    let workers = queue.start();
+    let mut workers = queue.start();
+    workers.extend(hosts::start(
+        agent.clone(),
+        membership.name.clone(),
+        stop_rx.clone(),
+    ));
     state.ready.store(true, Ordering::Relaxed);
     systemd::notify(&format!("READY=1\nSTATUS=serving on {scheme}://{local}"));
     if let Some(every) = systemd::watchdog_interval() {

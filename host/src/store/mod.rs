@@ -9,6 +9,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod evidence;
+mod hosts;
 mod lease;
 mod pool;
 mod queue;
@@ -24,13 +25,14 @@ pub use agents::{AgentRecord, Registration};
 pub use approvals::{Approval, Decision};
 pub use audit::{AuditEntry, AuditRecord, AuditReport};
 pub use evidence::{Evidence, NewEvidence};
+pub use hosts::{HostRelease, HostStep};
 pub(crate) use lease::this_process;
 pub use lease::{Lease, LockHolder, Owner, hostname, interrupted, set_host_name};
 pub use queue::{Claim, Claimant, QueueItem};
 pub use releases::ReleaseRecord;
 pub use rollbacks::RollbackRecord;
 pub use runs::{Deployment, DeploymentField, RunJournal, Step};
-pub use status::{QueueState, ReleaseStatus, RollbackStatus, RunStatus};
+pub use status::{HostAction, HostState, QueueState, ReleaseStatus, RollbackStatus, RunStatus};
 
 use crate::db::Backend;
 use crate::db::conn::{Arg, Conn, DbRow};
@@ -122,6 +124,7 @@ fn migrations() -> Vec<Migration> {
             include_str!("schema/0003_run_evidence.sql"),
         ),
         Migration::embedded(4, "fleet", include_str!("schema/0004_fleet.sql")),
+        Migration::embedded(5, "hosts", include_str!("schema/0005_hosts.sql")),
     ]
 }
 

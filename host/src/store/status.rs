@@ -102,6 +102,30 @@ words! {
 }
 
 words! {
+    /// What a host's agent does for a run of an environment that spans hosts.
+    HostAction {
+        /// Stage the release on the host, verify it there, make it live there.
+        Rollout = "rollout",
+        /// Make the release the host had before live again.
+        Rollback = "rollback",
+    }
+}
+
+words! {
+    /// Where a host's part of a run stands.
+    HostState {
+        /// Written by the coordinating agent; the host's agent has not taken it yet.
+        Queued = "queued",
+        /// The host's agent is on it.
+        Running = "running",
+        /// Done on the host.
+        Done = "done",
+        /// It failed on the host; the detail says why.
+        Failed = "failed",
+    }
+}
+
+words! {
     /// Where an emergency rollback or a restore stands.
     RollbackStatus {
         default Running;

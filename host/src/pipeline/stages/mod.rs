@@ -3,5 +3,6 @@
 mod gate;
 mod migrate;
 mod release;
+mod rollout;
 mod validate;
 mod watch;

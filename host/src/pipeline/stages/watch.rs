@@ -107,6 +107,9 @@ impl Run<'_> {
         &mut self,
         evidence: &str,
     ) -> Result<String, StageError> {
+        if self.env.rollout.is_some() {
+            return self.roll_back_hosts(evidence).await;
+        }
         let step = self.begin(Stage::Rollback).await?;
         let started = now_ms();
         let Some(previous) = self.d.previous_release.clone() else {

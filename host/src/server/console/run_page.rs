@@ -175,6 +175,9 @@ pub async fn main(state: &AppState, who: &SignedIn<'_>, id: &str) -> ApiResult<(
         out.push_str("</ol>");
     }
 
+    if !view.hosts.is_empty() {
+        hosts_section(&mut out, &view.hosts);
+    }
     out.push_str("<h2>Journal</h2>");
     if view.steps.is_empty() {
         out.push_str("<p>Nothing journaled yet.</p>");
@@ -196,6 +199,28 @@ pub async fn main(state: &AppState, who: &SignedIn<'_>, id: &str) -> ApiResult<(
         out.push_str("</tbody></table>");
     }
     Ok((title, out))
+}
+
+/// Each host's part of a run of an environment that spans hosts.
+fn hosts_section(out: &mut String, hosts: &[crate::store::HostStep]) {
+    out.push_str("<h2>Hosts</h2><table class=\"checks hosts\"><thead><tr><th scope=\"col\">Host</th><th scope=\"col\">Batch</th><th scope=\"col\">Action</th><th scope=\"col\">State</th><th scope=\"col\">Took</th><th scope=\"col\">Detail</th></tr></thead><tbody>");
+    for h in hosts {
+        let _ = write!(
+            out,
+            "<tr data-host=\"{host}\"><td>{host}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            h.batch + 1,
+            h.action,
+            badge(h.state.as_str()),
+            match (h.started_at, h.finished_at) {
+                (Some(s), Some(f)) => took(f - s),
+                (Some(_), None) => "…".into(),
+                _ => String::new(),
+            },
+            esc(h.detail.as_deref().unwrap_or("")),
+            host = esc(&h.host),
+        );
+    }
+    out.push_str("</tbody></table>");
 }
 
 fn evidence_section(out: &mut String, evidence: &[Evidence]) {
