@@ -208,67 +208,73 @@ async fn an_environment_spanning_hosts_rolls_out_host_by_host_and_back_when_one_
     );
     std::fs::remove_file(f.dirs[1].join("fail")).unwrap();
 
-    // 3. web-3's agent is down: its batch blocks, visibly. Then the coordinator itself is
-    // killed; a survivor takes the run over and goes on from the rows; web-3 returns and the
-    // rollout ends.
-    f.kill(2).await;
+    // 3. A host's agent is killed mid-rollout (the last host that is not coordinating): its
+    // batch blocks, visibly. Then the coordinator itself is killed; the third agent takes the
+    // run over and goes on from the rows; both come back and the rollout ends.
     let third = f.trigger("v003").await;
-    let run = f
-        .until(&third, "blocked on web-3", |r| {
-            host_row(r, "web-3", "rollout").is_some_and(|(_, d)| d.contains("blocked"))
-        })
-        .await;
-    let (_, detail) = host_row(&run, "web-3", "rollout").unwrap();
-    assert!(
-        detail.contains("web-3") && detail.contains("dead"),
-        "{detail}"
-    );
-    assert_eq!(f.live()[..2], [Some(third.clone()), Some(third.clone())]);
-    let coordinator = pg.psql(
-        &db,
-        &format!("SELECT claimed_by FROM queue WHERE id = '{third}'"),
-    );
-    let c = HOSTS
-        .iter()
-        .position(|h| *h == coordinator)
-        .expect("a host coordinates");
-    f.kill(c).await;
-    let survivor = HOSTS[(0..2).find(|i| *i != c).unwrap()];
+    let claimed = |pg: &postgres::Cluster| {
+        pg.psql(
+            &db,
+            &format!("SELECT COALESCE(claimed_by, '') FROM queue WHERE id = '{third}'"),
+        )
+    };
     let started = Instant::now();
-    while pg.psql(
-        &db,
-        &format!("SELECT claimed_by FROM queue WHERE id = '{third}'"),
-    ) != survivor
-    {
+    let c = loop {
+        if let Some(c) = HOSTS.iter().position(|h| *h == claimed(pg)) {
+            break c;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "no takeover by {survivor}"
+            "run {third} never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let v = if c == 2 { 1 } else { 2 };
+    let survivor = 3 - c - v;
+    f.until(&third, "done on web-1", |r| {
+        host_row(r, "web-1", "rollout").is_some_and(|(s, _)| s == "done")
+    })
+    .await;
+    f.kill(v).await;
+    let run = f
+        .until(&third, "blocked on the killed host", |r| {
+            host_row(r, HOSTS[v], "rollout").is_some_and(|(_, d)| d.contains("blocked"))
+        })
+        .await;
+    let (_, detail) = host_row(&run, HOSTS[v], "rollout").unwrap();
+    assert!(
+        detail.contains(HOSTS[v]) && detail.contains("dead"),
+        "{detail}"
+    );
+    assert_eq!(run["status"], "running", "{run:#}");
+    for (i, live) in f.live().iter().enumerate().take(v) {
+        assert_eq!(
+            live.as_deref(),
+            Some(third.as_str()),
+            "{} before the block",
+            HOSTS[i]
+        );
+    }
+    f.kill(c).await;
+    let started = Instant::now();
+    while claimed(pg) != HOSTS[survivor] {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no takeover by {}",
+            HOSTS[survivor]
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    f.start(2).await;
+    f.start(c).await;
+    f.start(v).await;
     let run = f.ended(&third).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
-    assert_eq!(
-        f.live()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != c)
-            .map(|(_, l)| l.clone())
-            .collect::<Vec<_>>(),
-        vec![Some(third.clone()); 2]
-    );
-    assert_eq!(
-        f.live()[c],
-        Some(third.clone()),
-        "the killed coordinator's host kept its release"
-    );
+    assert_eq!(f.live(), vec![Some(third.clone()); 3], "{run:#}");
     let takeovers = pg.psql(
         &db,
         &format!("SELECT actor FROM audit WHERE action = 'run.taken-over' AND subject = '{third}'"),
     );
-    assert_eq!(takeovers, format!("agent:{survivor}"));
-    f.start(c).await;
+    assert_eq!(takeovers, format!("agent:{}", HOSTS[survivor]));
 
     // 4. An abort ends a blocked rollout; the hosts done go back.
     f.kill(2).await;
