@@ -64,7 +64,10 @@ async fn main() {
         }
         let d = Daemon::start(
             dir.path(),
-            &[("DA_FLEET_STATE", &url), ("DEPLOY_AGENT_LOG", "warn")],
+            &[
+                ("DA_FLEET_STATE", &url),
+                ("DEPLOY_AGENT_LOG", "warn,deploy_agent::server=info"),
+            ],
         )
         .await;
         let r = daemon::load(&d, &token, 50, 10, 8, Duration::from_secs(600)).await;
