@@ -7,20 +7,7 @@ impl Run<'_> {
     pub(in crate::pipeline) async fn deploy(&mut self) -> Result<(), StageError> {
         let step = self.begin(Stage::Deploy).await?;
         let target = self.plugins.target.clone();
-        if self.d.previous_release.is_none() {
-            let live = self
-                .store
-                .releases(&self.env.name)
-                .await?
-                .into_iter()
-                .find(|r| r.state == ReleaseStatus::Live)
-                .map(|r| r.id);
-            if let Some(live) = &live {
-                self.record(DeploymentField::PreviousRelease, Some(live))
-                    .await?;
-            }
-            self.d.previous_release = live;
-        }
+        self.note_previous_release().await?;
         let release_id = match self.d.release_id.clone() {
             Some(id) => id,
             None => {
@@ -125,6 +112,26 @@ impl Run<'_> {
             format!("release {release_id} ready{url}"),
         )
         .await
+    }
+
+    /// Records the release live before this run (what a rollback goes back to), once.
+    pub(in crate::pipeline) async fn note_previous_release(&mut self) -> Result<(), StageError> {
+        if self.d.previous_release.is_some() {
+            return Ok(());
+        }
+        let live = self
+            .store
+            .releases(&self.env.name)
+            .await?
+            .into_iter()
+            .find(|r| r.state == ReleaseStatus::Live)
+            .map(|r| r.id);
+        if let Some(live) = &live {
+            self.record(DeploymentField::PreviousRelease, Some(live))
+                .await?;
+        }
+        self.d.previous_release = live;
+        Ok(())
     }
 
     pub(in crate::pipeline) fn subst(&self) -> Subst {

@@ -35,20 +35,7 @@ impl Run<'_> {
     }
 
     async fn roll_out(&mut self, r: &Rollout) -> Result<String, StageError> {
-        if self.d.previous_release.is_none() {
-            let live = self
-                .store
-                .releases(&self.env.name)
-                .await?
-                .into_iter()
-                .find(|x| x.state == ReleaseStatus::Live)
-                .map(|x| x.id);
-            if let Some(live) = &live {
-                self.record(DeploymentField::PreviousRelease, Some(live))
-                    .await?;
-            }
-            self.d.previous_release = live;
-        }
+        self.note_previous_release().await?;
         let batches = r.batches();
         let mut failed = Vec::new();
         for (i, hosts) in batches.iter().enumerate() {
