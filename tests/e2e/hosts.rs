@@ -3,7 +3,7 @@
 //! agent doing its host's part. A host that fails its check stops the rollout and the hosts
 //! done go back; a host whose agent is down blocks its batch with the reason shown; a
 //! coordinator that dies is replaced by a survivor that goes on from the store's rows; an
-//! operator's abort ends a blocked rollout.
+//! operator's abort (`deploy-agent abort`, `POST /v1/runs/{id}/abort`) ends a blocked rollout.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -290,6 +290,19 @@ async fn an_environment_spanning_hosts_rolls_out_host_by_host_and_back_when_one_
     );
     assert!(out.contains("Asked run"), "{out}");
     let run = f.ended(&fourth).await;
+    // It is over: the API says so.
+    let again = f
+        .any()
+        .request(
+            "POST",
+            &format!("/v1/runs/{fourth}/abort"),
+            Some(&f.token),
+            Some(&json!({"reason": "again"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert!(again.text().contains("only a running run can be aborted"));
     assert_eq!(run["status"], "failed", "{run:#}");
     let error = run["deployment"]["error"].as_str().unwrap_or_default();
     assert!(error.contains("web-3 is being rebuilt"), "{error}");

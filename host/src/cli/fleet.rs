@@ -67,7 +67,30 @@ pub(super) async fn agents(
 
 /// `abort RUN --reason`: asks a running run to stop. A rollout waiting on a host whose agent
 /// is down stops at its next look and rolls back the hosts it did.
-pub(super) async fn abort(args: super::deploy::DecideArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn abort(
+    args: super::deploy::DecideArgs,
+    remote: Option<Client>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(c) = &remote {
+        let body = serde_json::json!({ "reason": args.reason });
+        let answer: serde_json::Value = refused(
+            c.post(
+                &format!("/v1/runs/{}/abort", super::remote::seg(&args.run)),
+                &body,
+            )
+            .await,
+        )?;
+        if args.output == Output::Json {
+            say!("{answer}");
+        } else {
+            say!(
+                "Asked run {} to stop ({}); a rollout waiting on a host stops at its next look and rolls back the hosts it did.",
+                args.run,
+                answer["abort_requested"].as_str().unwrap_or_default()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = agent_for(&args.config, None).await?.store;
     let Some(run) = store.deployment(&args.run).await? else {
         return Err(super::Usage(format!("no run `{}` in the state store", args.run)).into());

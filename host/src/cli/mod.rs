@@ -109,8 +109,8 @@ pub enum Command {
     /// Approve a run waiting at an approval gate (or an inconclusive analysis).
     Approve(deploy::DecideArgs),
     /// Ask a running run to stop: a rollout across hosts waiting on a host whose agent is down
-    /// stops at its next look and rolls back the hosts it did (on the deploy host, against the
-    /// shared state store).
+    /// stops at its next look and rolls back the hosts it did (on the deploy host, or through a
+    /// daemon with --server).
     Abort(deploy::DecideArgs),
     /// Reject a run waiting at an approval gate: it stops (after promotion: it is rolled back).
     Reject(deploy::DecideArgs),
@@ -353,7 +353,7 @@ async fn environment_command(
         Command::Status(args) => views::status(args, remote).await,
         Command::Rollback(args) => deploy::rollback(args, remote).await,
         Command::Approve(args) => deploy::decide(args, Decision::Approved, remote).await,
-        Command::Abort(args) => fleet::abort(args).await,
+        Command::Abort(args) => fleet::abort(args, remote).await,
         Command::Reject(args) => deploy::decide(args, Decision::Rejected, remote).await,
         Command::History { target, limit, id } => views::history(target, limit, id, remote).await,
         Command::Releases(args) => views::releases(args, remote).await,
@@ -374,6 +374,7 @@ fn remote_capable(command: &Command) -> bool {
             | Command::Status(_)
             | Command::Rollback(_)
             | Command::Approve(_)
+            | Command::Abort(_)
             | Command::Reject(_)
             | Command::History { .. }
             | Command::Releases(_)
@@ -393,7 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         && !matches!(cli.command, Command::Completions { .. })
     {
         return Err(Usage(
-            "this command runs on the deploy host only; --server (or DEPLOY_AGENT_SERVER) works with deploy, status, history, releases, approve, reject, rollback, audit, agents and runs follow".into(),
+            "this command runs on the deploy host only; --server (or DEPLOY_AGENT_SERVER) works with deploy, status, history, releases, approve, reject, abort, rollback, audit, agents and runs follow".into(),
         )
         .into());
     }

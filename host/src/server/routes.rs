@@ -39,7 +39,7 @@ impl utoipa::Modify for Security {
         description = "The deploy agent's daemon: trigger deployments, follow them live, approve, roll back, read the audit log. Bearer tokens from agent.toml [[server.tokens]]."
     ),
     paths(
-        api::trigger, api::get_run, api::cancel_run, api::approve, api::reject,
+        api::trigger, api::get_run, api::cancel_run, api::approve, api::reject, views::abort_run,
         stream::run_events, api::environments, api::env_runs, api::env_releases, api::rollback,
         stream::env_events, api::audit_log, views::env_status, views::env_history,
         views::rollback_plan, views::audit_verify, views::agents, api::healthz, api::readyz, api::metrics_text,
@@ -56,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}", get(api::get_run).delete(api::cancel_run))
         .route("/v1/runs/{id}/approve", post(api::approve))
         .route("/v1/runs/{id}/reject", post(api::reject))
+        .route("/v1/runs/{id}/abort", post(views::abort_run))
         .route("/v1/runs/{id}/events", get(stream::run_events))
         .route("/v1/environments", get(api::environments))
         .route("/v1/environments/{env}/runs", get(api::env_runs))

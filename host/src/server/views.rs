@@ -158,3 +158,69 @@ pub(super) async fn agents(
     }
     Ok(Json(agents))
 }
+
+/// What `POST /v1/runs/{id}/abort` answers.
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AbortAnswer {
+    /// The run.
+    pub run: String,
+    /// Who asked, and why, as recorded.
+    pub abort_requested: String,
+}
+
+/// Ask a running run to stop: a rollout across hosts waiting on a host whose agent is down
+/// stops at its next look and rolls back the hosts it did.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/abort", tag = "runs",
+    params(("id" = String, Path, description = "The running run")),
+    request_body = super::api::DecisionRequest,
+    responses(
+        (status = 200, description = "Asked", body = AbortAnswer),
+        (status = 400, description = "Bad request", body = ApiError),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "The token may not deploy there", body = ApiError),
+        (status = 404, description = "No such run", body = ApiError),
+        (status = 409, description = "It is not running", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn abort_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    b: Result<Json<super::api::DecisionRequest>, JsonRejection>,
+) -> ApiResult<Json<AbortAnswer>> {
+    let caller = state.caller(&headers)?;
+    let d = body(b)?;
+    let run = state
+        .agent
+        .store
+        .deployment(&id)
+        .await?
+        .filter(|r| caller.covers(&r.environment))
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    caller.require_env(Role::Deploy, &run.environment)?;
+    if d.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("a reason is required"));
+    }
+    let why = format!("by {}: {}", caller.actor(), d.reason);
+    if !state.agent.store.request_abort(&id, &why).await? {
+        return Err(ApiError::conflict(format!(
+            "run {id} is {}: only a running run can be aborted",
+            run.status
+        )));
+    }
+    state
+        .audit(
+            &caller.actor(),
+            "run.abort-requested",
+            &run.environment,
+            &id,
+            Some(&d.reason),
+        )
+        .await;
+    Ok(Json(AbortAnswer {
+        run: id,
+        abort_requested: why,
+    }))
+}
