@@ -61,9 +61,11 @@ async fn roll_out(agent: &Agent, step: &mut HostStep) -> Result<String, StageErr
     let staged = retrying("deploy", || target.deploy(&ctx, &artifact)).await?;
     let id = staged.release_id.clone();
     step.release_id = Some(id.clone());
-    let url = wait_ready(target, &ctx, &id, &env.deploy)
-        .await?
-        .or(staged.url);
+    let (url, _) = wait_ready(target, &ctx, &id, &env.deploy, |what| {
+        tracing::info!(release = id, "staging: {what}")
+    })
+    .await?;
+    let url = url.or(staged.url);
     let list: Vec<_> = env
         .checks
         .iter()
@@ -131,37 +133,4 @@ async fn roll_back(agent: &Agent, step: &HostStep) -> Result<String, StageError>
         .set_host_release(&env.name, &step.host, &live, &version, &step.run_id)
         .await?;
     Ok(format!("{live} live again"))
-}
-
-/// Polls the target until the staged release `id` is ready; its URL, if it reported one.
-async fn wait_ready(
-    target: &Plugin,
-    ctx: &CallContext,
-    id: &str,
-    settings: &crate::config::DeploySettings,
-) -> Result<Option<String>, StageError> {
-    let deadline = Instant::now() + settings.timeout;
-    loop {
-        match target.status(ctx, id).await {
-            Ok(s) => match s.state {
-                ReleaseState::Ready | ReleaseState::Live => return Ok(s.url),
-                ReleaseState::Failed(why) => {
-                    return Err(StageError::Release(format!("release {id} failed: {why}")));
-                }
-                ReleaseState::Canceled => {
-                    return Err(StageError::Release(format!("release {id} was cancelled")));
-                }
-                ReleaseState::InProgress(_) | ReleaseState::Pending => {}
-            },
-            Err(e) if e.retry_after().is_some() => {}
-            Err(e) => return Err(e.into()),
-        }
-        if Instant::now() >= deadline {
-            return Err(StageError::Release(format!(
-                "release {id} was not ready after {} s (timeout_ms)",
-                settings.timeout.as_secs()
-            )));
-        }
-        tokio::time::sleep(settings.poll_interval).await;
-    }
 }

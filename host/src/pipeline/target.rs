@@ -109,6 +109,59 @@ where
     }
 }
 
+/// Polls the target until the staged release `id` is ready (or live), on the environment's
+/// poll interval and timeout; `note` hears each new state. Returns the URL the target last
+/// reported, if any, and the time spent waiting.
+pub(crate) async fn wait_ready(
+    target: &Plugin,
+    ctx: &CallContext,
+    id: &str,
+    settings: &crate::config::DeploySettings,
+    note: impl Fn(&str),
+) -> Result<(Option<String>, Duration), StageError> {
+    let deadline = Instant::now() + settings.timeout;
+    let mut waited = Duration::ZERO;
+    let mut url = None;
+    let mut last = String::new();
+    loop {
+        match target.status(ctx, id).await {
+            Ok(s) => {
+                if s.url.is_some() {
+                    url = s.url;
+                }
+                match s.state {
+                    ReleaseState::Ready | ReleaseState::Live => return Ok((url, waited)),
+                    ReleaseState::Failed(why) => {
+                        return Err(StageError::Release(format!("release {id} failed: {why}")));
+                    }
+                    ReleaseState::Canceled => {
+                        return Err(StageError::Release(format!("release {id} was cancelled")));
+                    }
+                    ReleaseState::InProgress(what) => {
+                        if what != last {
+                            note(&what);
+                            last = what;
+                        }
+                    }
+                    ReleaseState::Pending => {}
+                }
+            }
+            Err(e) if e.retry_after().is_some() => {
+                tracing::info!("status of {id}: {e}; polling again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            return Err(StageError::Release(format!(
+                "release {id} was not ready after {} s (timeout_ms)",
+                settings.timeout.as_secs()
+            )));
+        }
+        waited += settings.poll_interval;
+        tokio::time::sleep(settings.poll_interval).await;
+    }
+}
+
 /// Polls the target until it reports `id` live, on the environment's poll interval and
 /// timeout: a platform may accept a promotion or rollback and finish it later (Vercel answers
 /// 202 behind a rolling release; Kubernetes rolls the pods). `note` hears each new state.

@@ -38,67 +38,19 @@ impl Run<'_> {
             }
         };
         // Poll until ready, on the host's schedule.
-        let deadline = Instant::now() + self.env.deploy.timeout;
-        let mut last = String::new();
-        loop {
-            match target.status(&self.ctx, &release_id).await {
-                Ok(s) => {
-                    if s.url.is_some() {
-                        self.staged_url = s.url.clone();
-                    }
-                    match s.state {
-                        ReleaseState::Ready | ReleaseState::Live => break,
-                        ReleaseState::Failed(why) => {
-                            return Err(self
-                                .fail(
-                                    Stage::Deploy,
-                                    step,
-                                    StageError::Release(format!(
-                                        "release {release_id} failed: {why}"
-                                    )),
-                                )
-                                .await);
-                        }
-                        ReleaseState::Canceled => {
-                            return Err(self
-                                .fail(
-                                    Stage::Deploy,
-                                    step,
-                                    StageError::Release(format!(
-                                        "release {release_id} was cancelled"
-                                    )),
-                                )
-                                .await);
-                        }
-                        ReleaseState::InProgress(what) => {
-                            if what != last {
-                                self.reporter.note(&format!("{release_id}: {what}"));
-                                last = what;
-                            }
-                        }
-                        ReleaseState::Pending => {}
-                    }
+        let reporter = self.reporter;
+        match wait_ready(&target, &self.ctx, &release_id, &self.env.deploy, |what| {
+            reporter.note(&format!("{release_id}: {what}"))
+        })
+        .await
+        {
+            Ok((url, waited)) => {
+                if url.is_some() {
+                    self.staged_url = url;
                 }
-                Err(e) if e.retry_after().is_some() => {
-                    tracing::info!("status of {release_id}: {e}; polling again");
-                }
-                Err(e) => return Err(self.fail(Stage::Deploy, step, e.into()).await),
+                self.waited += waited;
             }
-            if Instant::now() >= deadline {
-                let t = self.env.deploy.timeout.as_secs();
-                return Err(self
-                    .fail(
-                        Stage::Deploy,
-                        step,
-                        StageError::Release(format!(
-                            "release {release_id} was not ready after {t} s (timeout_ms)"
-                        )),
-                    )
-                    .await);
-            }
-            let wait = self.env.deploy.poll_interval;
-            self.waited += wait;
-            tokio::time::sleep(wait).await;
+            Err(e) => return Err(self.fail(Stage::Deploy, step, e).await),
         }
         let url = self
             .staged_url

@@ -269,9 +269,9 @@ impl Run<'_> {
             if abortable && let Some(why) = self.store.abort_requested(&self.d.id).await? {
                 return Err(StageError::Refused(format!("aborted: {why}")));
             }
+            let agents = self.store.agents().await?;
             for s in &open {
-                let agent = self.store.agent(&s.host).await?;
-                let down = match &agent {
+                let down = match agents.iter().find(|a| a.name == s.host) {
                     None => Some("has never joined the fleet".to_string()),
                     Some(a) if !a.is_alive() => Some(format!(
                         "is {} (last heartbeat {} s ago)",
