@@ -35,6 +35,8 @@ pub enum Family {
     HttpRequests,
     /// Webhook deliveries, by source and outcome.
     Webhooks,
+    /// The share of traffic (percent) a canary release receives, by environment and release.
+    TrafficWeight,
 }
 
 impl Family {
@@ -84,6 +86,11 @@ impl Family {
                 "deploy_agent_webhooks_total",
                 "counter",
                 "Webhook deliveries, by source and outcome.",
+            ),
+            Family::TrafficWeight => (
+                "deploy_agent_traffic_weight",
+                "gauge",
+                "Percent of requests the release being rolled out receives, by environment and release (0 once aborted).",
             ),
         }
     }

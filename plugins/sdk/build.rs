@@ -7,22 +7,23 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-const KINDS: [(&str, &str); 4] = [
+const KINDS: [(&str, &str); 5] = [
     ("notifier", "notifier-plugin"),
     ("validator", "validator-plugin"),
     ("deploy_target", "deploy-target-plugin"),
     ("backup_store", "backup-store-plugin"),
+    ("traffic", "traffic-plugin"),
 ];
 
 /// Interfaces the plugin's bindings take from the SDK's own bindings instead of generating them.
 const SHARED: [(&str, &str); 9] = [
     (
-        "deploy-agent:plugin/types@0.1.0",
+        "deploy-agent:plugin/types@0.1.1",
         "deploy_agent::plugin::types",
     ),
-    ("deploy-agent:plugin/log@0.1.0", "deploy_agent::plugin::log"),
+    ("deploy-agent:plugin/log@0.1.1", "deploy_agent::plugin::log"),
     (
-        "deploy-agent:plugin/secrets@0.1.0",
+        "deploy-agent:plugin/secrets@0.1.1",
         "deploy_agent::plugin::secrets",
     ),
     ("wasi:http/types@0.2.12", "wasi::http::types"),
@@ -71,13 +72,13 @@ fn main() {
     }
 
     let mut arms = String::new();
-    for mask in 1u32..16 {
-        let chosen: Vec<usize> = (0..4).filter(|i| mask & (1 << i) != 0).collect();
+    for mask in 1u32..32 {
+        let chosen: Vec<usize> = (0..5).filter(|i| mask & (1 << i) != 0).collect();
         for order in permutations(&chosen) {
             let pattern: Vec<&str> = order.iter().map(|&i| KINDS[i].0).collect();
             let mut world = String::from("package deploy-agent:exported; world plugin {");
             for &i in &chosen {
-                let _ = write!(world, " include deploy-agent:plugin/{}@0.1.0;", KINDS[i].1);
+                let _ = write!(world, " include deploy-agent:plugin/{}@0.1.1;", KINDS[i].1);
             }
             world.push_str(" }");
             let _ = writeln!(
@@ -90,7 +91,7 @@ fn main() {
         }
     }
     let src = format!(
-        "/// Generates the plugin's export bindings for the kinds it names (internal; use `export!`).\n#[doc(hidden)]\n#[macro_export]\nmacro_rules! __bindgen {{\n{arms}    ($($other:tt)*) => {{ compile_error!(concat!(\"unknown plugin kind in export!: `\", stringify!($($other)*), \"`; expected notifier, validator, deploy_target or backup_store, each at most once\")); }};\n}}\n"
+        "/// Generates the plugin's export bindings for the kinds it names (internal; use `export!`).\n#[doc(hidden)]\n#[macro_export]\nmacro_rules! __bindgen {{\n{arms}    ($($other:tt)*) => {{ compile_error!(concat!(\"unknown plugin kind in export!: `\", stringify!($($other)*), \"`; expected notifier, validator, deploy_target, backup_store or traffic, each at most once\")); }};\n}}\n"
     );
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("bindgen_macro.rs");
     if let Err(e) = std::fs::write(&out, src) {

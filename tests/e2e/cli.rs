@@ -33,14 +33,14 @@ fn plugin_inspect_json_lists_kinds_and_digest() {
     assert_eq!(code, 0, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["kinds"], serde_json::json!(["notifier", "validator"]));
-    assert_eq!(v["package_versions"], serde_json::json!(["0.1.0"]));
+    assert_eq!(v["package_versions"], serde_json::json!(["0.1.1"]));
     assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
     assert!(
         v["imports"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i == "deploy-agent:plugin/log@0.1.0")
+            .any(|i| i == "deploy-agent:plugin/log@0.1.1")
     );
 }
 

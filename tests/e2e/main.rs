@@ -22,3 +22,4 @@ mod restore_kill;
 mod rollback;
 mod sandbox;
 mod store_upgrade;
+mod wit_compat;

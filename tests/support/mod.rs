@@ -55,6 +55,12 @@ pub mod fixtures {
     pub const LEGACY_ECHO: &str =
         concat!(env!("CARGO_MANIFEST_DIR"), "/legacy/echo-2026-11-29.wasm");
     pub const LEGACY_S3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/legacy/s3-2026-11-29.wasm");
+    /// The first-party local and Vercel targets built on 2026-12-07 against package 0.1.0,
+    /// before 0.1.1 added the `traffic` interface: they must keep loading and deploying.
+    pub const LEGACY_LOCAL: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/legacy/local-2026-12-07.wasm");
+    pub const LEGACY_VERCEL: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/legacy/vercel-2026-12-07.wasm");
     /// A deploy target with the mistakes the conformance kit must catch.
     pub const SLOPPY_TARGET: &str = env!("PLUGIN_FIXTURE_SLOPPY_TARGET");
 }

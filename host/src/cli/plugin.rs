@@ -385,7 +385,7 @@ pub(super) fn new(args: &NewArgs) -> anyhow::Result<ExitCode> {
         .collect();
     say!("  {}", shown.join(", "));
     if files.iter().any(|f| f.starts_with(dir.join("wit"))) {
-        say!("  wit/ (the deploy-agent:plugin@0.1.0 package it builds against)");
+        say!("  wit/ (the deploy-agent:plugin@0.1.1 package it builds against)");
     }
     say!("\nnext:");
     say!("  cd {}", dir.display());

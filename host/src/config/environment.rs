@@ -166,14 +166,27 @@ pub struct RequiredEnv {
     pub site: Site,
 }
 
-/// Stage then promote, or promote at once.
+/// How a release takes over from the live one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Deploy, verify the staged release, then promote it (two-phase; the default).
     Staged,
     /// Deploy and promote, then verify the live release (for targets without previews).
     Direct,
+    /// Stage beside the live release, verify it on its preview address, switch all traffic
+    /// at once, keep the old one for `scale_down_delay_ms` (and the watch), then retire it.
+    BlueGreen,
+    /// Stage, verify, then shift traffic to it in `steps`, with the analysis at each; then
+    /// promote it and retire the old one as blue-green does.
+    Canary,
+}
+
+impl Strategy {
+    /// Whether the old release is kept after the switch and retired once the watch passes.
+    pub fn retires(self) -> bool {
+        matches!(self, Strategy::BlueGreen | Strategy::Canary)
+    }
 }
 
 /// When a deployment backs up the database.
@@ -205,6 +218,10 @@ pub struct DeploySettings {
     pub watch: Duration,
     /// What the next start does with a run that was interrupted.
     pub on_interrupt: OnInterrupt,
+    /// A canary's steps (empty for other strategies).
+    pub steps: Vec<super::CanaryStep>,
+    /// Blue-green and canary: how long the old release is kept after the switch.
+    pub scale_down_delay: Duration,
 }
 
 /// What happens to a run found interrupted (the agent died mid-run).
@@ -229,6 +246,8 @@ impl Default for DeploySettings {
             lock_lease: Duration::from_secs(60),
             watch: Duration::ZERO,
             on_interrupt: OnInterrupt::Resume,
+            steps: Vec::new(),
+            scale_down_delay: super::DEFAULT_SCALE_DOWN_DELAY,
         }
     }
 }
@@ -595,6 +614,17 @@ impl Validator<'_> {
             notifiers.push(n.get_ref().clone());
         }
         let deploy = self.deploy(env.deploy.as_ref().map(Spanned::get_ref));
+        if let (Some(raw), Some(t)) = (env.deploy.as_ref(), target.as_ref())
+            && let Some(plugin) = plugins.get(&t.plugin)
+        {
+            self.strategy_fits_target(
+                raw.get_ref(),
+                deploy.strategy,
+                &t.plugin,
+                &plugin.path,
+                env.hosts.is_some(),
+            );
+        }
         let mut checks = Vec::new();
         for c in env.checks.iter().flatten() {
             if let Some(check) = self.check(c.get_ref()) {
@@ -726,8 +756,10 @@ impl Validator<'_> {
             Some(s) => match s.get_ref().as_str() {
                 "staged" => Strategy::Staged,
                 "direct" => Strategy::Direct,
+                "blue-green" => Strategy::BlueGreen,
+                "canary" => Strategy::Canary,
                 other => {
-                    self.error(s, format!("unknown strategy `{other}`"), "use `staged` (deploy, verify, promote) or `direct` (deploy and promote, then verify)");
+                    self.error(s, format!("unknown strategy `{other}`"), "use `staged` (deploy, verify, promote), `direct` (deploy and promote, then verify), `blue-green` (switch at once, keep the old release for a while) or `canary` (shift traffic in `steps`)");
                     d.strategy
                 }
             },
@@ -761,10 +793,19 @@ impl Validator<'_> {
                 }
             },
         };
+        let steps = self.canary_steps(raw, strategy);
         DeploySettings {
             strategy,
             backup,
             on_interrupt,
+            steps,
+            scale_down_delay: ms(
+                self,
+                &raw.scale_down_delay_ms,
+                d.scale_down_delay,
+                "scale_down_delay_ms",
+                (0, 86_400_000),
+            ),
             poll_interval: ms(
                 self,
                 &raw.poll_interval_ms,

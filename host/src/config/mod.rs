@@ -18,6 +18,7 @@ mod error;
 mod raw;
 mod references;
 mod rollout;
+mod traffic;
 mod server;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ pub use error::{ConfigError, ConfigErrors};
 
 pub use references::{Need, ReadError, Referrer, SecretRef, SecretSource, Site, Unresolved};
 pub use rollout::{Batch, OnHostFailure, Rollout};
+pub use traffic::{CanaryStep, DEFAULT_SCALE_DOWN_DELAY, Pause};
 pub use server::{GithubConfig, GithubRoute, Role, ServerConfig, TlsFiles, TokenConfig};
 
 use crate::runtime::PluginSpec;

@@ -164,6 +164,16 @@ pub(super) struct RawDeploy {
     pub lock_lease_ms: Option<Spanned<u64>>,
     pub watch_ms: Option<Spanned<u64>>,
     pub on_interrupt: Option<Spanned<String>>,
+    pub steps: Option<Spanned<Vec<Spanned<RawStep>>>>,
+    pub scale_down_delay_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStep {
+    pub weight: Spanned<i64>,
+    pub pause_ms: Option<Spanned<u64>>,
+    pub pause: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +297,8 @@ impl Merge for RawDeploy {
         take(&mut self.lock_lease_ms, &p.lock_lease_ms);
         take(&mut self.watch_ms, &p.watch_ms);
         take(&mut self.on_interrupt, &p.on_interrupt);
+        take(&mut self.steps, &p.steps);
+        take(&mut self.scale_down_delay_ms, &p.scale_down_delay_ms);
     }
 }
 

@@ -190,6 +190,10 @@ pub async fn run(options: &Options) -> Result<Report, KitError> {
         Kind::Notifier => notifier::run(&mut kit).await,
         Kind::Validator => validator::run(&mut kit).await,
         Kind::BackupStore => store::run(&mut kit).await,
+        Kind::Traffic => kit.fail(
+            "traffic scenario",
+            "this kit has no traffic scenario yet; test the plugin as a deploy-target",
+        ),
     }
     let upstream = options.upstream.is_some() || script.upstream.is_some();
     kit.sandbox_checks(upstream);

@@ -138,8 +138,8 @@ fn bounds(a: &AnalysisConfig) -> String {
 }
 
 /// Runs an analysis to its verdict, recording each measurement as the run's evidence
-/// (`record`: the store and the run) as it is taken.
-pub async fn run(a: &AnalysisConfig, record: Option<(&Store, &str)>) -> AnalysisResult {
+/// (`record`: the store, the run and the stage) as it is taken.
+pub async fn run(a: &AnalysisConfig, record: Option<(&Store, &str, &str)>) -> AnalysisResult {
     let mut measurements = Vec::new();
     let (mut failures, mut inconclusive, mut streak) = (0u32, 0u32, 0u32);
     let mut waited = Duration::ZERO;
@@ -159,7 +159,7 @@ pub async fn run(a: &AnalysisConfig, record: Option<(&Store, &str)>) -> Analysis
                 }
             ),
         );
-        if let Some((store, run)) = record {
+        if let Some((store, run, stage)) = record {
             let (outcome, value, detail) = match &m {
                 Measurement::Pass { value } => ("pass", Some(*value), None),
                 Measurement::Fail { value } => ("fail", Some(*value), None),
@@ -168,7 +168,7 @@ pub async fn run(a: &AnalysisConfig, record: Option<(&Store, &str)>) -> Analysis
                 }
             };
             let e = NewEvidence {
-                stage: "watch",
+                stage,
                 kind: "analysis",
                 name: &a.name,
                 outcome,

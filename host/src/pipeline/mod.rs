@@ -86,12 +86,17 @@ pub enum Stage {
     Verify,
     /// Wait for a person's approval.
     Approve,
+    /// Shift traffic to the staged release in the canary's steps, with analysis at each.
+    Shift,
     /// Make it live.
     Promote,
     /// Deploy, verify and promote host by host, in batches (an environment that spans hosts).
     Rollout,
     /// Checks against the live release.
     Watch,
+    /// Retire the release that was live before (blue-green, canary), once the watch passed
+    /// and the scale-down delay is over.
+    Retire,
     /// Make the previous release live again (a failed watch, policy `auto`).
     Rollback,
     /// Deliver the notifications.
@@ -100,7 +105,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 12] = [
+    pub const ALL: [Stage; 14] = [
         Stage::Lock,
         Stage::Validate,
         Stage::Backup,
@@ -108,9 +113,11 @@ impl Stage {
         Stage::Deploy,
         Stage::Verify,
         Stage::Approve,
+        Stage::Shift,
         Stage::Promote,
         Stage::Rollout,
         Stage::Watch,
+        Stage::Retire,
         Stage::Rollback,
         Stage::Notify,
     ];
@@ -130,9 +137,11 @@ impl Stage {
             Stage::Deploy => "deploy",
             Stage::Verify => "verify",
             Stage::Approve => "approve",
+            Stage::Shift => "shift",
             Stage::Promote => "promote",
             Stage::Rollout => "rollout",
             Stage::Watch => "watch",
+            Stage::Retire => "retire",
             Stage::Rollback => "rollback",
             Stage::Notify => "notify",
         }

@@ -151,6 +151,7 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
         artifact_path.as_deref(),
         &artifact,
         &plugins.validators,
+        &plugins.target,
         &ctx,
     )
     .await;
@@ -328,7 +329,7 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
         stage: Stage::Verify,
         action: if checks_of(CheckStage::Verify).is_empty() {
             "skip: no verify checks".into()
-        } else if env.deploy.strategy == Strategy::Staged {
+        } else if env.deploy.strategy != Strategy::Direct {
             "check the staged release".into()
         } else {
             "check the live release (strategy = \"direct\")".into()
@@ -337,7 +338,17 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
     };
     let promote = PlanStep {
         stage: Stage::Promote,
-        action: format!("make it live on `{}`", plugins.target.name()),
+        action: match env.deploy.strategy {
+            Strategy::BlueGreen => format!(
+                "switch all traffic to it at once on `{}` (blue-green)",
+                plugins.target.name()
+            ),
+            Strategy::Canary => format!(
+                "make it the stable release on `{}` (it has all the traffic)",
+                plugins.target.name()
+            ),
+            _ => format!("make it live on `{}`", plugins.target.name()),
+        },
         details: vec![],
     };
     let approve = env.approval.as_ref().map(|a| PlanStep {
@@ -393,9 +404,11 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
             Step::BackupAndMigrate => ordered.extend(of(&[Stage::Backup, Stage::Migrate])),
             Step::Deploy => ordered.extend(of(&[Stage::Deploy])),
             Step::Verify => ordered.push(verify.clone()),
+            Step::Shift => ordered.push(shift_step(env, plugins.target.name())),
             Step::Promote => ordered.push(promote.clone()),
             Step::Rollout => ordered.push(rollout_step(env)),
             Step::Watch => ordered.push(watch.clone()),
+            Step::Retire => ordered.push(retire_step(env)),
         }
     }
     let mut steps = ordered;
@@ -417,4 +430,52 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
         dry_run,
         blocked,
     })
+}
+
+/// The canary's steps, as `plan` shows them.
+fn shift_step(env: &Environment, target: &str) -> PlanStep {
+    use crate::config::Pause;
+    let n = env.deploy.steps.len();
+    PlanStep {
+        stage: Stage::Shift,
+        action: format!(
+            "shift traffic to it on `{target}` in {n} step(s): {}; a failed step sends all traffic back to the stable release",
+            env.deploy
+                .steps
+                .iter()
+                .map(|s| format!("{} %", s.weight))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ),
+        details: env
+            .deploy
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let pause = match &s.pause {
+                    Pause::None => "then the next step".to_string(),
+                    Pause::For(d) => format!(
+                        "hold {} s with the watch checks and {} analysis",
+                        d.as_secs(),
+                        env.analysis.len()
+                    ),
+                    Pause::Approval => "wait for `deploy-agent approve RUN`".to_string(),
+                };
+                format!("step {}: {} % of traffic, {pause}", i + 1, s.weight)
+            })
+            .collect(),
+    }
+}
+
+/// Retiring the old release after a blue-green or canary switch.
+fn retire_step(env: &Environment) -> PlanStep {
+    PlanStep {
+        stage: Stage::Retire,
+        action: format!(
+            "retire the release live before, {} s after the switch and once the watch passed",
+            env.deploy.scale_down_delay.as_secs()
+        ),
+        details: vec![],
+    }
 }

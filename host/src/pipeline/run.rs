@@ -369,9 +369,11 @@ impl Run<'_> {
                     Step::BackupAndMigrate => self.backup_and_migrate().await,
                     Step::Deploy => self.deploy().await,
                     Step::Verify => self.verify().await,
+                    Step::Shift => self.shift().await,
                     Step::Promote => self.promote().await,
                     Step::Rollout => self.rollout().await,
                     Step::Watch => self.watch().await,
+                    Step::Retire => self.retire().await,
                 }
             };
             progress::pumped(reporter, Some(&publish), work).await?;

@@ -20,12 +20,16 @@ pub enum Step {
     Deploy,
     /// The verify checks.
     Verify,
+    /// Shift traffic to the staged release in steps (canary).
+    Shift,
     /// Make the release live.
     Promote,
     /// Deploy, verify and promote on each host, in batches (an environment that spans hosts).
     Rollout,
     /// The watch checks and analyses.
     Watch,
+    /// Retire the release live before, after the scale-down delay (blue-green, canary).
+    Retire,
 }
 
 impl Step {
@@ -37,9 +41,11 @@ impl Step {
             Step::BackupAndMigrate => &[Stage::Backup, Stage::Migrate],
             Step::Deploy => &[Stage::Deploy],
             Step::Verify => &[Stage::Verify],
+            Step::Shift => &[Stage::Shift],
             Step::Promote => &[Stage::Promote],
             Step::Rollout => &[Stage::Rollout],
             Step::Watch => &[Stage::Watch],
+            Step::Retire => &[Stage::Retire],
         }
     }
 }
@@ -63,10 +69,15 @@ pub fn sequence(env: &Environment) -> Vec<Step> {
         return steps;
     }
     match env.deploy.strategy {
-        Strategy::Staged => {
+        Strategy::Staged | Strategy::BlueGreen => {
             steps.push(Step::Verify);
             steps.extend(approve);
             steps.push(Step::Promote);
+        }
+        Strategy::Canary => {
+            steps.push(Step::Verify);
+            steps.extend(approve);
+            steps.extend([Step::Shift, Step::Promote]);
         }
         Strategy::Direct => {
             steps.extend(approve);
@@ -74,6 +85,9 @@ pub fn sequence(env: &Environment) -> Vec<Step> {
         }
     }
     steps.push(Step::Watch);
+    if env.deploy.strategy.retires() {
+        steps.push(Step::Retire);
+    }
     steps
 }
 
@@ -164,6 +178,26 @@ mod tests {
         assert_eq!(
             sequence(&env("approval = { before = \"start\" }"))[0],
             Approve(Gate::Start)
+        );
+        assert_eq!(
+            sequence(&env("deploy = { strategy = \"blue-green\" }")),
+            [Validate, BackupAndMigrate, Deploy, Verify, Promote, Watch, Retire]
+        );
+        assert_eq!(
+            sequence(&env(
+                "deploy = { strategy = \"canary\", steps = [{ weight = 20 }, { weight = 100 }] }\napproval = { before = \"promote\" }"
+            )),
+            [
+                Validate,
+                BackupAndMigrate,
+                Deploy,
+                Verify,
+                Approve(Gate::Promote),
+                Shift,
+                Promote,
+                Watch,
+                Retire
+            ]
         );
     }
 

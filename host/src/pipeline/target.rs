@@ -212,6 +212,44 @@ pub(crate) async fn wait_live(
     }
 }
 
+/// Polls the target's `traffic.weight` until `id` has `weight` percent of traffic and the
+/// platform reports it taken effect, on the environment's poll interval and timeout. `note`
+/// hears each new state. Returns the time spent waiting.
+pub(crate) async fn wait_weight(
+    target: &Plugin,
+    ctx: &CallContext,
+    id: &str,
+    weight: u8,
+    settings: &crate::config::DeploySettings,
+    note: impl Fn(&str),
+) -> Result<Duration, StageError> {
+    let deadline = Instant::now() + settings.timeout;
+    let mut waited = Duration::ZERO;
+    let mut last = String::new();
+    loop {
+        let what = match target.weight(ctx, id).await {
+            Ok(t) if t.weight == weight && t.taken_effect => return Ok(waited),
+            Ok(t) if t.weight == weight => format!("{weight} % set, not yet in effect: {}", t.detail),
+            Ok(t) => format!("{} % of traffic, waiting for {weight} %: {}", t.weight, t.detail),
+            Err(e) if e.retry_after().is_some() => e.to_string(),
+            Err(e) => return Err(e.into()),
+        };
+        if what != last {
+            note(&what);
+            progress::set("target", format!("release {id}: {what}"));
+            last = what;
+        }
+        if Instant::now() >= deadline {
+            let t = settings.timeout.as_secs();
+            return Err(StageError::Release(format!(
+                "release {id}'s traffic did not reach {weight} % within {t} s (timeout_ms); last: {last}"
+            )));
+        }
+        waited += settings.poll_interval;
+        tokio::time::sleep(settings.poll_interval).await;
+    }
+}
+
 /// Checks a release that serves again (after a rollback) with every check of the environment.
 pub(crate) async fn verify_release(
     config: &Config,

@@ -99,10 +99,12 @@ pub async fn run(
     artifact_path: Option<&Path>,
     artifact: &Artifact,
     validators: &[Plugin],
+    target: &Plugin,
     ctx: &CallContext,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     out.extend(references(config, env));
+    out.extend(strategy(env, target, ctx).await);
     if env.validate.min_secret_length > 0 {
         for name in env.plugins_used() {
             let Some(plugin) = config.plugins.get(&name) else {
@@ -183,6 +185,61 @@ pub async fn run(
         }
     }
     out
+}
+
+/// Whether the target can carry out the environment's strategy with its settings: a target
+/// that exports `traffic` says which it can; one that does not stages then switches, which is
+/// blue-green (and `config check` already refused a canary on it).
+async fn strategy(env: &Environment, target: &Plugin, ctx: &CallContext) -> Option<Finding> {
+    use crate::config::Strategy;
+    use crate::runtime::{Kind, Strategy as Can};
+    let wanted = match env.deploy.strategy {
+        Strategy::BlueGreen => Can::BlueGreen,
+        Strategy::Canary => Can::Canary,
+        Strategy::Staged | Strategy::Direct => return None,
+    };
+    let word = |s: Can| match s {
+        Can::BlueGreen => "blue-green",
+        Can::Canary => "canary",
+    };
+    if !target.kinds().contains(&Kind::Traffic) {
+        return (wanted == Can::Canary).then(|| {
+            Finding::new(
+                "builtin:strategy",
+                "error",
+                "strategy-unsupported",
+                format!("the `{}` target does not shift traffic, so it cannot run a canary", target.name()),
+            )
+            .hint("use `strategy = \"blue-green\"`")
+        });
+    }
+    match target.strategies(ctx).await {
+        Ok(can) if can.contains(&wanted) => None,
+        Ok(can) => Some(
+            Finding::new(
+                "builtin:strategy",
+                "error",
+                "strategy-unsupported",
+                format!(
+                    "the `{}` target cannot run `strategy = \"{}\"` with its settings (it can: {})",
+                    target.name(),
+                    word(wanted),
+                    if can.is_empty() {
+                        "neither blue-green nor canary; it replaces the live release in place".to_string()
+                    } else {
+                        can.into_iter().map(word).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            )
+            .hint("configure the target for it (for kubernetes: `services`, and `route` for a canary), or change `strategy`"),
+        ),
+        Err(e) => Some(Finding::new(
+            "builtin:strategy",
+            "error",
+            "strategy-unknown",
+            format!("asking `{}` which strategies it supports: {e}", target.name()),
+        )),
+    }
 }
 
 async fn database(db: &crate::config::DatabaseConfig, strict: bool, out: &mut Vec<Finding>) {

@@ -19,6 +19,8 @@ wasmtime::component::bindgen!({
 
 pub use self::deploy_agent::plugin::types::{
     Artifact, CallContext, Event, EventKind, Finding, ObjectInfo, ObjectPage, PluginError, Release,
-    ReleaseState, ReleaseStatus, Retryable, Severity, Staged,
+    ReleaseState, ReleaseStatus, Retryable, Severity, Staged, Strategy, TrafficStatus,
 };
-pub use self::exports::deploy_agent::plugin::{backup_store, deploy_target, notifier, validator};
+pub use self::exports::deploy_agent::plugin::{
+    backup_store, deploy_target, notifier, traffic, validator,
+};

@@ -43,7 +43,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 pub use bindings::{
     Artifact, Event, EventKind, Finding, ObjectInfo, ObjectPage, PluginError, Release,
-    ReleaseState, ReleaseStatus, Retryable, Severity, Staged,
+    ReleaseState, ReleaseStatus, Retryable, Severity, Staged, Strategy, TrafficStatus,
 };
 pub use cache::LoadSource;
 pub use engine::EPOCH_TICK;

@@ -18,7 +18,7 @@ use wasmtime_wasi_http::FieldMapError;
 use super::Runtime;
 use super::bindings::{
     self, Artifact, Event, Finding, ObjectInfo, ObjectPage, PluginError, Release, ReleaseStatus,
-    Staged, backup_store, deploy_target, notifier, validator,
+    Staged, Strategy, TrafficStatus, backup_store, deploy_target, notifier, traffic, validator,
 };
 use super::cache::LoadSource;
 use super::error::{CallError, LoadError};
@@ -71,6 +71,8 @@ pub enum Kind {
     Notifier,
     /// Exports `backup-store`.
     BackupStore,
+    /// Exports `traffic` (0.1.1).
+    Traffic,
 }
 
 impl Kind {
@@ -81,6 +83,7 @@ impl Kind {
             Kind::DeployTarget => "deploy-target",
             Kind::Notifier => "notifier",
             Kind::BackupStore => "backup-store",
+            Kind::Traffic => "traffic",
         }
     }
 }
@@ -139,6 +142,7 @@ struct Inner {
     deploy_target: Option<deploy_target::GuestIndices>,
     notifier: Option<notifier::GuestIndices>,
     backup_store: Option<backup_store::GuestIndices>,
+    traffic: Option<traffic::GuestIndices>,
     calls: AtomicU64,
 }
 
@@ -200,14 +204,16 @@ pub(super) fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Plugin, LoadEr
     let deploy_target = deploy_target::GuestIndices::new(&pre).ok();
     let notifier = notifier::GuestIndices::new(&pre).ok();
     let backup_store = backup_store::GuestIndices::new(&pre).ok();
+    let traffic = traffic::GuestIndices::new(&pre).ok();
     if validator.is_none()
         && deploy_target.is_none()
         && notifier.is_none()
         && backup_store.is_none()
+        && traffic.is_none()
     {
         return Err(LoadError::Link {
             plugin: name,
-            reason: "it exports none of the deploy-agent:plugin@0.1.0 interfaces (validator, deploy-target, notifier, backup-store); was it built against this WIT package?".into(),
+            reason: "it exports none of the deploy-agent:plugin@0.1 interfaces (validator, deploy-target, notifier, backup-store, traffic); was it built against this WIT package?".into(),
         });
     }
     for dir in &spec.policy.dirs {
@@ -251,6 +257,7 @@ pub(super) fn load(runtime: &Runtime, spec: PluginSpec) -> Result<Plugin, LoadEr
             deploy_target,
             notifier,
             backup_store,
+            traffic,
             calls: AtomicU64::new(0),
         }),
     })
@@ -305,6 +312,9 @@ impl Plugin {
         }
         if i.backup_store.is_some() {
             kinds.push(Kind::BackupStore);
+        }
+        if i.traffic.is_some() {
+            kinds.push(Kind::Traffic);
         }
         kinds
     }
@@ -428,6 +438,89 @@ impl Plugin {
             Box::pin(async move {
                 let guest = idx.load(&mut *store, &instance)?;
                 guest.call_list_releases(&mut *store, &wctx).await
+            })
+        })
+        .await
+    }
+
+    fn traffic(&self) -> Result<&traffic::GuestIndices, CallError> {
+        self.inner
+            .traffic
+            .as_ref()
+            .ok_or_else(|| self.not_exported(Kind::Traffic))
+    }
+
+    /// `traffic.strategies`: what the target can do with its settings. A target that does not
+    /// export `traffic` stages then promotes, which is blue-green; callers decide that.
+    pub async fn strategies(&self, ctx: &CallContext) -> Result<Vec<Strategy>, CallError> {
+        let idx = self.traffic()?.clone();
+        self.call(ctx, "strategies", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                guest.call_strategies(&mut *store, &wctx).await
+            })
+        })
+        .await
+    }
+
+    /// `traffic.set-weight`.
+    pub async fn set_weight(
+        &self,
+        ctx: &CallContext,
+        release_id: &str,
+        weight: u8,
+    ) -> Result<(), CallError> {
+        let (idx, release_id) = (self.traffic()?.clone(), release_id.to_string());
+        self.call(ctx, "set-weight", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                guest
+                    .call_set_weight(&mut *store, &wctx, &release_id, weight)
+                    .await
+            })
+        })
+        .await
+    }
+
+    /// `traffic.weight`.
+    pub async fn weight(
+        &self,
+        ctx: &CallContext,
+        release_id: &str,
+    ) -> Result<TrafficStatus, CallError> {
+        let (idx, release_id) = (self.traffic()?.clone(), release_id.to_string());
+        self.call(ctx, "weight", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                guest.call_weight(&mut *store, &wctx, &release_id).await
+            })
+        })
+        .await
+    }
+
+    /// `traffic.abort`.
+    pub async fn abort_traffic(
+        &self,
+        ctx: &CallContext,
+        release_id: &str,
+    ) -> Result<(), CallError> {
+        let (idx, release_id) = (self.traffic()?.clone(), release_id.to_string());
+        self.call(ctx, "abort", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                guest.call_abort(&mut *store, &wctx, &release_id).await
+            })
+        })
+        .await
+    }
+
+    /// `traffic.retire`.
+    pub async fn retire(&self, ctx: &CallContext, release_id: &str) -> Result<(), CallError> {
+        let (idx, release_id) = (self.traffic()?.clone(), release_id.to_string());
+        self.call(ctx, "retire", move |store, instance, wctx| {
+            Box::pin(async move {
+                let guest = idx.load(&mut *store, &instance)?;
+                guest.call_retire(&mut *store, &wctx, &release_id).await
             })
         })
         .await

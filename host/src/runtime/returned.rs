@@ -3,7 +3,8 @@
 
 use super::bindings::deploy_agent::plugin::log::Level;
 use super::bindings::{
-    self, Finding, ObjectInfo, ObjectPage, PluginError, Release, ReleaseStatus, Staged,
+    self, Finding, ObjectInfo, ObjectPage, PluginError, Release, ReleaseStatus, Staged, Strategy,
+    TrafficStatus,
 };
 
 /// The longest text of a plugin's kept for people or the state store: an error, a finding,
@@ -129,5 +130,18 @@ impl ReturnSize for ReleaseStatus {
 impl ReturnSize for Release {
     fn return_size(&self) -> usize {
         self.id.len() + self.version.return_size() + self.url.return_size() + 9
+    }
+}
+impl ReturnSize for Strategy {
+    fn return_size(&self) -> usize {
+        1
+    }
+}
+impl ReturnSize for TrafficStatus {
+    fn return_size(&self) -> usize {
+        self.detail.len() + 2
+    }
+    fn texts_mut(&mut self) -> Vec<&mut String> {
+        vec![&mut self.detail]
     }
 }

@@ -65,7 +65,7 @@ pub(super) fn rust(kind: Kind, sdk: &str) -> Vec<(String, String)> {
             include_str!("templates/rust/validator.rs"),
             include_str!("templates/rust/validator.standin.toml"),
         ),
-        Kind::DeployTarget => (
+        Kind::DeployTarget | Kind::Traffic => (
             include_str!("templates/rust/deploy-target.rs"),
             include_str!("templates/rust/deploy-target.standin.toml"),
         ),
@@ -130,7 +130,7 @@ pub(super) fn python(kind: Kind) -> Vec<(String, String)> {
 /// The kind's own contract clauses, for the README.
 pub(super) fn contract(kind: Kind) -> &'static str {
     match kind {
-        Kind::DeployTarget => {
+        Kind::DeployTarget | Kind::Traffic => {
             ", terminal states, promote twice, rollback to the previous release, list-releases"
         }
         Kind::Validator => ", well-formed findings, the same findings twice",
@@ -144,7 +144,7 @@ pub(super) fn contract(kind: Kind) -> &'static str {
 /// The kind's config table in the README's agent.toml example.
 pub(super) fn config(kind: Kind) -> &'static str {
     match kind {
-        Kind::DeployTarget => "api = \"https://api.example.com\"\napp = \"web\"",
+        Kind::DeployTarget | Kind::Traffic => "api = \"https://api.example.com\"\napp = \"web\"",
         Kind::Validator => "api = \"https://api.example.com\"\nproject = \"web\"",
         Kind::Notifier => "url = \"https://api.example.com/hooks/deploys\"",
         Kind::BackupStore => "api = \"https://api.example.com\"\nbucket = \"backups\"",

@@ -17,6 +17,7 @@ mod releases;
 mod rollbacks;
 mod runs;
 mod status;
+mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use releases::ReleaseRecord;
 pub use rollbacks::RollbackRecord;
 pub use runs::{Deployment, DeploymentField, RunJournal, Step};
 pub use status::{HostAction, HostState, QueueState, ReleaseStatus, RollbackStatus, RunStatus};
+pub use traffic::{TrafficPhase, TrafficStep};
 
 use crate::db::Backend;
 use crate::db::conn::{Arg, Conn, DbRow};
@@ -125,6 +127,7 @@ fn migrations() -> Vec<Migration> {
         ),
         Migration::embedded(4, "fleet", include_str!("schema/0004_fleet.sql")),
         Migration::embedded(5, "hosts", include_str!("schema/0005_hosts.sql")),
+        Migration::embedded(6, "traffic", include_str!("schema/0006_traffic.sql")),
     ]
 }
 

@@ -47,7 +47,7 @@ mod traits;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        inline: "package deploy-agent:sdk; world sdk { include deploy-agent:plugin/imports@0.1.0; import deploy-agent:plugin/types@0.1.0; import wasi:io/streams@0.2.12; import wasi:filesystem/preopens@0.2.12; }",
+        inline: "package deploy-agent:sdk; world sdk { include deploy-agent:plugin/imports@0.1.1; import deploy-agent:plugin/types@0.1.1; import wasi:io/streams@0.2.12; import wasi:filesystem/preopens@0.2.12; }",
         world: "deploy-agent:sdk/sdk",
         generate_all,
     });
@@ -55,12 +55,12 @@ pub mod bindings {
 
 pub use bindings::deploy_agent::plugin::types::{
     Artifact, CallContext, Event, EventKind, Finding, ObjectInfo, ObjectPage, PluginError, Release,
-    ReleaseState, ReleaseStatus, Retryable, Severity, Staged,
+    ReleaseState, ReleaseStatus, Retryable, Severity, Staged, Strategy, TrafficStatus,
 };
 pub use bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 pub use context::{Context, SecretRef, WebhookScheme};
 pub use error::{finding, invalid_config, rejected, retryable, unauthorized};
-pub use traits::{BackupStore, DeployTarget, Notifier, Validator, previous_release};
+pub use traits::{BackupStore, DeployTarget, Notifier, Traffic, Validator, previous_release};
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
@@ -73,7 +73,8 @@ pub mod prelude {
     pub use crate::{
         Artifact, BackupStore, Context, DeployTarget, Event, EventKind, Finding, Notifier,
         ObjectInfo, ObjectPage, PluginError, Release, ReleaseState, ReleaseStatus, SecretRef,
-        Severity, Staged, Validator, WebhookScheme, export, previous_release,
+        Severity, Staged, Strategy, Traffic, TrafficStatus, Validator, WebhookScheme, export,
+        previous_release,
     };
     pub use crate::{finding, invalid_config, rejected, retryable, unauthorized};
 }
@@ -84,7 +85,8 @@ include!(concat!(env!("OUT_DIR"), "/bindgen_macro.rs"));
 ///
 /// `export!(MyPlugin: notifier)`, or several kinds at once:
 /// `export!(Vercel: deploy_target, validator)`. The kinds are `notifier`, `validator`,
-/// `deploy_target` and `backup_store`; `MyPlugin` must implement the matching traits.
+/// `deploy_target`, `backup_store` and `traffic`; `MyPlugin` must implement the matching
+/// traits.
 ///
 /// The generated glue also compiles natively, so `cargo clippy` and `cargo test` check a
 /// plugin crate on the host (native calls to host imports such as HTTP are unavailable there;
@@ -172,6 +174,38 @@ macro_rules! __glue {
                 ctx: $crate::CallContext,
             ) -> Result<Vec<$crate::Release>, $crate::PluginError> {
                 <__Plugin as $crate::DeployTarget>::list_releases(&$crate::Context::from_call(ctx)?)
+            }
+        }
+    };
+    (traffic) => {
+        impl self::exports::deploy_agent::plugin::traffic::Guest for __Plugin {
+            fn strategies(
+                ctx: $crate::CallContext,
+            ) -> Result<Vec<$crate::Strategy>, $crate::PluginError> {
+                <__Plugin as $crate::Traffic>::strategies(&$crate::Context::from_call(ctx)?)
+            }
+            fn set_weight(
+                ctx: $crate::CallContext,
+                release_id: String,
+                weight: u8,
+            ) -> Result<(), $crate::PluginError> {
+                <__Plugin as $crate::Traffic>::set_weight(
+                    &$crate::Context::from_call(ctx)?,
+                    &release_id,
+                    weight,
+                )
+            }
+            fn weight(
+                ctx: $crate::CallContext,
+                release_id: String,
+            ) -> Result<$crate::TrafficStatus, $crate::PluginError> {
+                <__Plugin as $crate::Traffic>::weight(&$crate::Context::from_call(ctx)?, &release_id)
+            }
+            fn abort(ctx: $crate::CallContext, release_id: String) -> Result<(), $crate::PluginError> {
+                <__Plugin as $crate::Traffic>::abort(&$crate::Context::from_call(ctx)?, &release_id)
+            }
+            fn retire(ctx: $crate::CallContext, release_id: String) -> Result<(), $crate::PluginError> {
+                <__Plugin as $crate::Traffic>::retire(&$crate::Context::from_call(ctx)?, &release_id)
             }
         }
     };

@@ -3,7 +3,7 @@
 
 use crate::{
     Artifact, Context, Event, Finding, InputStream, ObjectInfo, ObjectPage, OutputStream,
-    PluginError, Release, ReleaseStatus, Staged, rejected,
+    PluginError, Release, ReleaseStatus, Staged, Strategy, TrafficStatus, rejected,
 };
 
 /// Tells people what a deployment is doing.
@@ -78,4 +78,30 @@ pub trait BackupStore {
 
     /// Delete an object; a missing object is not an error.
     fn delete(ctx: &Context, key: &str) -> Result<(), PluginError>;
+}
+
+/// Shifts traffic between a staged release and the stable one (exported beside
+/// [`DeployTarget`] by targets that can route a share of requests to each).
+///
+/// As with `deploy`, never sleep or poll: set what was asked and return; the host polls
+/// [`Traffic::weight`] until the change has taken effect.
+pub trait Traffic {
+    /// The strategies the target can carry out with its settings.
+    fn strategies(ctx: &Context) -> Result<Vec<Strategy>, PluginError>;
+
+    /// Send `weight` percent (0 to 100) of requests to `release_id`, the rest to the stable
+    /// release. Setting the weight it already has is a no-op.
+    fn set_weight(ctx: &Context, release_id: &str, weight: u8) -> Result<(), PluginError>;
+
+    /// The weight the release has now, and whether the platform applies it yet.
+    fn weight(ctx: &Context, release_id: &str) -> Result<TrafficStatus, PluginError>;
+
+    /// All traffic back to the stable release; a no-op when the release has none.
+    fn abort(ctx: &Context, release_id: &str) -> Result<(), PluginError>;
+
+    /// Scale an old release that takes no traffic down; refuse the live one.
+    fn retire(ctx: &Context, release_id: &str) -> Result<(), PluginError> {
+        let _ = (ctx, release_id);
+        Ok(())
+    }
 }

@@ -4,5 +4,6 @@ mod gate;
 mod migrate;
 mod release;
 mod rollout;
+mod shift;
 mod validate;
 mod watch;

@@ -11,6 +11,7 @@ impl Run<'_> {
             self.artifact_path.as_deref(),
             &self.artifact,
             &self.plugins.validators,
+            &self.plugins.target,
             &self.ctx,
         )
         .await;

@@ -3,50 +3,46 @@
 use crate::pipeline::*;
 use crate::store::{ReleaseStatus, RollbackStatus};
 
+/// What [`Run::observe`] found.
+pub(in crate::pipeline) struct Observed {
+    /// How many rounds of checks ran.
+    pub rounds: u32,
+    /// `Err(summary)`: a check or an analysis failed (or an inconclusive one was rejected).
+    pub verdict: Result<(), String>,
+}
+
 impl Run<'_> {
-    /// Watch checks for the window and every analysis, side by side. A failure is recorded
-    /// as `watch_failed` (the evidence) for the rollback policy.
-    pub(in crate::pipeline) async fn watch(&mut self) -> Result<(), StageError> {
-        let step = self.begin(Stage::Watch).await?;
-        let list: Vec<_> = self
-            .env
-            .checks
-            .iter()
-            .filter(|c| c.stage == CheckStage::Watch)
-            .cloned()
-            .collect();
-        let analyses = self.env.analysis.clone();
-        if list.is_empty() && analyses.is_empty() {
-            return self
-                .end(
-                    Stage::Watch,
-                    step,
-                    StageStatus::Skipped,
-                    "no watch checks or analysis".into(),
-                )
-                .await;
-        }
+    /// Runs `checks` in rounds for `window` and every analysis of the environment, side by
+    /// side, recording their evidence under `stage`; an inconclusive analysis waits for a
+    /// person's decision at `gate`.
+    pub(in crate::pipeline) async fn observe(
+        &mut self,
+        stage: Stage,
+        list: &[crate::config::CheckConfig],
+        window: Duration,
+        gate: &str,
+    ) -> Result<Observed, StageError> {
         let subst = self.subst();
         let base = self.config.base_dir();
-        let window = self.env.deploy.watch;
+        let analyses = self.env.analysis.clone();
         let checks_fut = async {
             if list.is_empty() {
                 Rounds::default()
             } else {
-                check_rounds(&list, &subst, &base, window).await
+                check_rounds(list, &subst, &base, window).await
             }
         };
         let (store, run_id) = (&self.store, self.d.id.as_str());
         let analyses_fut = async {
             let mut out = Vec::new();
             for a in &analyses {
-                out.push(analysis::run(a, Some((store, run_id))).await);
+                out.push(analysis::run(a, Some((store, run_id, stage.name()))).await);
             }
             out
         };
         let (rounds, results) = tokio::join!(checks_fut, analyses_fut);
         self.waited += rounds.waited.max(results.iter().map(|r| r.waited).sum());
-        self.record_checks(Stage::Watch, &rounds.results).await;
+        self.record_checks(stage, &rounds.results).await;
         self.checks.extend(rounds.results);
         let mut evidence: Option<String> = rounds.failed;
         for r in &results {
@@ -69,11 +65,40 @@ impl Run<'_> {
                 .map(|r| r.detail.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
-            if let Err(e) = self.wait_for_decision("analysis", &question, None).await {
+            if let Err(e) = self.wait_for_decision(gate, &question, None).await {
                 evidence = Some(format!("{question}; {e}"));
             }
         }
-        if let Some(summary) = evidence {
+        Ok(Observed {
+            rounds: rounds.rounds,
+            verdict: evidence.map_or(Ok(()), Err),
+        })
+    }
+
+    /// Watch checks for the window and every analysis, side by side. A failure is recorded
+    /// as `watch_failed` (the evidence) for the rollback policy.
+    pub(in crate::pipeline) async fn watch(&mut self) -> Result<(), StageError> {
+        let step = self.begin(Stage::Watch).await?;
+        let list: Vec<_> = self
+            .env
+            .checks
+            .iter()
+            .filter(|c| c.stage == CheckStage::Watch)
+            .cloned()
+            .collect();
+        if list.is_empty() && self.env.analysis.is_empty() {
+            return self
+                .end(
+                    Stage::Watch,
+                    step,
+                    StageStatus::Skipped,
+                    "no watch checks or analysis".into(),
+                )
+                .await;
+        }
+        let window = self.env.deploy.watch;
+        let observed = self.observe(Stage::Watch, &list, window, "analysis").await?;
+        if let Err(summary) = observed.verdict {
             self.watch_failed = Some(summary.clone());
             let evidence = self.failed_checks();
             return Err(self
@@ -87,15 +112,15 @@ impl Run<'_> {
         let detail = format!(
             "{} check(s){}{} passed",
             list.len(),
-            if rounds.rounds > 1 {
-                format!(" x {} rounds", rounds.rounds)
+            if observed.rounds > 1 {
+                format!(" x {} rounds", observed.rounds)
             } else {
                 String::new()
             },
-            if analyses.is_empty() {
+            if self.env.analysis.is_empty() {
                 String::new()
             } else {
-                format!(", {} analysis", analyses.len())
+                format!(", {} analysis", self.env.analysis.len())
             }
         );
         self.end(Stage::Watch, step, StageStatus::Done, detail)
