@@ -16,6 +16,7 @@ mod live_view;
 mod migrate;
 mod pipeline;
 mod platforms;
+mod progressive;
 mod project;
 mod remote;
 mod restore_kill;

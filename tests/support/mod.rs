@@ -3,6 +3,7 @@
 //! scriptable behaviour, and the `deploy-agent` binary.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cluster;
 pub mod daemon;
 pub mod fleet;
 pub mod http;

@@ -13,7 +13,7 @@ use std::path::Path;
 use serde_json::Value;
 
 /// The sha256 of each vendored document, as `tests/specs/SOURCES.md` records it.
-const DIGESTS: [(&str, &str); 3] = [
+const DIGESTS: [(&str, &str); 4] = [
     (
         "vercel-openapi.json",
         "431b79d1a11a566bd15b695eeb70af2409446c222679a01f9a8dcf90bc8f69a7",
@@ -25,6 +25,10 @@ const DIGESTS: [(&str, &str); 3] = [
     (
         "slack_web_openapi_v2.json",
         "742a5c977180a829df8767cf57bc417d99b3713583aee83741efb9c08ca731e7",
+    ),
+    (
+        "gateway-api-v1.6.1-httproutes.yaml",
+        "a424a0d6c953b162e71d1d97bb7e75012d8f1ac264e7274f2763d1b96ab39852",
     ),
 ];
 
@@ -89,6 +93,39 @@ impl Spec {
             swagger2,
             closed_objects,
         }
+    }
+
+    /// Adds a CustomResourceDefinition's resource at `path` (a namespaced item path), as the
+    /// API server serves a CRD: GET, PUT, and PATCH with the patch types it accepts for custom
+    /// resources (JSON patch, merge patch, apply; not strategic merge). `crd` is one of the
+    /// vendored YAML documents; `version` the served version whose schema counts.
+    pub fn add_crd(&mut self, path: &str, crd: &str, version: &str) {
+        let text = vendored(crd);
+        let doc: Value = serde_yaml::from_slice(&text).expect("the CRD is YAML");
+        let schema = doc["spec"]["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == version)
+            .map(|v| v["schema"]["openAPIV3Schema"].clone())
+            .unwrap_or_else(|| panic!("{crd} has no version {version}"));
+        let ok = serde_json::json!({"200": {"description": "OK", "schema": schema}});
+        let body = |required: bool| serde_json::json!([{"in": "body", "name": "body", "required": required, "schema": schema}]);
+        self.add_operation(path, "get", serde_json::json!({"responses": ok}));
+        self.add_operation(
+            path,
+            "put",
+            serde_json::json!({"consumes": ["application/json"], "parameters": body(true), "responses": ok}),
+        );
+        self.add_operation(
+            path,
+            "patch",
+            serde_json::json!({
+                "consumes": ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"],
+                "parameters": [{"in": "body", "name": "body", "required": true, "schema": {"type": "object"}}],
+                "responses": ok,
+            }),
+        );
     }
 
     /// A document served by the program under test (the daemon's own).
@@ -598,6 +635,16 @@ impl Spec {
             Some("array") => match value.as_array() {
                 None => out.push(format!("{at}: expected an array, got {value}")),
                 Some(items) => {
+                    if let Some(max) = schema["maxItems"].as_u64()
+                        && items.len() as u64 > max
+                    {
+                        out.push(format!("{at}: more than {max} items"));
+                    }
+                    if let Some(min) = schema["minItems"].as_u64()
+                        && (items.len() as u64) < min
+                    {
+                        out.push(format!("{at}: fewer than {min} items"));
+                    }
                     for (i, v) in items.iter().enumerate() {
                         self.validate(&schema["items"], v, &format!("{at}[{i}]"), partial, out);
                     }
@@ -615,6 +662,19 @@ impl Spec {
             },
             Some("integer") if !(value.is_i64() || value.is_u64()) => {
                 out.push(format!("{at}: expected an integer, got {value}"))
+            }
+            Some("integer") => {
+                let n = value.as_f64().unwrap_or(0.0);
+                if let Some(min) = schema["minimum"].as_f64()
+                    && n < min
+                {
+                    out.push(format!("{at}: {value} is below the minimum {min}"));
+                }
+                if let Some(max) = schema["maximum"].as_f64()
+                    && n > max
+                {
+                    out.push(format!("{at}: {value} is above the maximum {max}"));
+                }
             }
             Some("number") if !value.is_number() => {
                 out.push(format!("{at}: expected a number, got {value}"))

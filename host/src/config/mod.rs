@@ -18,8 +18,8 @@ mod error;
 mod raw;
 mod references;
 mod rollout;
-mod traffic;
 mod server;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,8 +37,8 @@ pub use error::{ConfigError, ConfigErrors};
 
 pub use references::{Need, ReadError, Referrer, SecretRef, SecretSource, Site, Unresolved};
 pub use rollout::{Batch, OnHostFailure, Rollout};
-pub use traffic::{CanaryStep, DEFAULT_SCALE_DOWN_DELAY, Pause};
 pub use server::{GithubConfig, GithubRoute, Role, ServerConfig, TlsFiles, TokenConfig};
+pub use traffic::{CanaryStep, DEFAULT_SCALE_DOWN_DELAY, Pause};
 
 use crate::runtime::PluginSpec;
 use crate::runtime::policy::{DirGrant, HostPattern, MAX_MEMORY_MIB, Policy};

@@ -81,10 +81,7 @@ impl Validator<'_> {
             {
                 self.error(
                     &s.weight,
-                    format!(
-                        "step weights must rise: {weight} follows {}",
-                        prev.weight
-                    ),
+                    format!("step weights must rise: {weight} follows {}", prev.weight),
                     "order the steps by weight, each above the last",
                 );
             }

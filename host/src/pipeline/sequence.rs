@@ -181,7 +181,15 @@ mod tests {
         );
         assert_eq!(
             sequence(&env("deploy = { strategy = \"blue-green\" }")),
-            [Validate, BackupAndMigrate, Deploy, Verify, Promote, Watch, Retire]
+            [
+                Validate,
+                BackupAndMigrate,
+                Deploy,
+                Verify,
+                Promote,
+                Watch,
+                Retire
+            ]
         );
         assert_eq!(
             sequence(&env(

@@ -229,8 +229,13 @@ pub(crate) async fn wait_weight(
     loop {
         let what = match target.weight(ctx, id).await {
             Ok(t) if t.weight == weight && t.taken_effect => return Ok(waited),
-            Ok(t) if t.weight == weight => format!("{weight} % set, not yet in effect: {}", t.detail),
-            Ok(t) => format!("{} % of traffic, waiting for {weight} %: {}", t.weight, t.detail),
+            Ok(t) if t.weight == weight => {
+                format!("{weight} % set, not yet in effect: {}", t.detail)
+            }
+            Ok(t) => format!(
+                "{} % of traffic, waiting for {weight} %: {}",
+                t.weight, t.detail
+            ),
             Err(e) if e.retry_after().is_some() => e.to_string(),
             Err(e) => return Err(e.into()),
         };

@@ -208,7 +208,10 @@ async fn strategy(env: &Environment, target: &Plugin, ctx: &CallContext) -> Opti
                 "builtin:strategy",
                 "error",
                 "strategy-unsupported",
-                format!("the `{}` target does not shift traffic, so it cannot run a canary", target.name()),
+                format!(
+                    "the `{}` target does not shift traffic, so it cannot run a canary",
+                    target.name()
+                ),
             )
             .hint("use `strategy = \"blue-green\"`")
         });

@@ -12,6 +12,9 @@
 //! - `promote` has nothing to switch (a rollout is live when it completes); it checks that the
 //!   release is still the Deployment's template, and the host waits for the rollout.
 //!
+//! With `services` (and `route`) set, releases are Deployments side by side instead, for
+//! blue-green and canary: see [`releases`] and [`traffic`].
+//!
 //! The bearer token is a secret by reference (`token`). The cluster's CA goes in the plugin's
 //! policy (`tls_ca`), because TLS is the host's job: the plugin never holds a key or a socket.
 //! Types are `k8s-openapi`'s (Kubernetes 1.36).
@@ -29,6 +32,9 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Status};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+mod releases;
+mod traffic;
 
 /// The plugin.
 pub struct Kubernetes;
@@ -70,6 +76,36 @@ struct Settings {
     /// The name of the granted secret that holds the bearer token.
     #[serde(default = "default_token")]
     token_secret: String,
+    /// Blue-green and canary: a Deployment per release beside `deployment` (its template),
+    /// and these Services switched between releases by the release label.
+    #[serde(default)]
+    services: Option<ServiceNames>,
+    /// Canary by a Gateway API HTTPRoute's backend weights (needs `services`).
+    #[serde(default)]
+    route: Option<RouteSettings>,
+    /// Where the preview Service is reached, for checks on the staged release (`{url}`).
+    #[serde(default)]
+    preview_url: Option<String>,
+}
+
+/// The Services a blue-green or canary release switches.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceNames {
+    /// The one users reach: it selects the live release.
+    active: String,
+    /// The one checks reach: it selects the staged release.
+    preview: String,
+}
+
+/// The HTTPRoute a canary reweights.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSettings {
+    /// Its name, in the namespace.
+    name: String,
+    /// The `controllerName` of the gateway implementation whose status counts.
+    controller: String,
 }
 
 fn default_token() -> String {
@@ -319,6 +355,41 @@ fn missing_containers(api: &Api, d: &Deployment) -> Vec<String> {
         .collect()
 }
 
+/// A release's images, env vars and annotations applied to a pod template, by container
+/// name (what `deploy`'s strategic-merge patch does to the live Deployment), for a release
+/// that gets its own Deployment.
+fn apply_release(api: &Api, t: &mut PodTemplateSpec, release: &Artifact, id: &str) {
+    let fill = |s: &str| s.replace("{version}", &release.version);
+    for c in t.spec.iter_mut().flat_map(|p| p.containers.iter_mut()) {
+        let Some(image) = api.s.containers.get(&c.name) else {
+            continue;
+        };
+        c.image = Some(fill(image));
+        let env = c.env.get_or_insert_with(Vec::new);
+        for (k, v) in &api.s.env {
+            env.retain(|e| &e.name != k);
+            env.push(EnvVar {
+                name: k.clone(),
+                value: Some(fill(v)),
+                ..Default::default()
+            });
+        }
+        if env.is_empty() {
+            c.env = None;
+        }
+    }
+    let annotations = t
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(Default::default);
+    for (k, v) in &api.s.annotations {
+        annotations.insert(k.clone(), fill(v));
+    }
+    annotations.insert(RELEASE.into(), id.into());
+    annotations.insert(VERSION.into(), release.version.clone());
+}
+
 impl DeployTarget for Kubernetes {
     fn deploy(ctx: &Context, release: Artifact) -> Result<Staged, PluginError> {
         let api = Api::new(ctx)?;
@@ -336,6 +407,9 @@ impl DeployTarget for Kubernetes {
         } else {
             ctx.deployment_id.clone()
         };
+        if api.s.services.is_some() {
+            return releases::deploy(&api, &release, &id);
+        }
         let fill = |s: &str| s.replace("{version}", &release.version);
         let env: Vec<EnvVar> = api
             .s
@@ -390,6 +464,9 @@ impl DeployTarget for Kubernetes {
 
     fn status(ctx: &Context, release_id: &str) -> Result<ReleaseStatus, PluginError> {
         let api = Api::new(ctx)?;
+        if api.s.services.is_some() {
+            return releases::status(&api, release_id);
+        }
         let d = api.deployment()?;
         let url = api.s.url.clone();
         if current_release(&d).as_deref() != Some(release_id) {
@@ -418,6 +495,9 @@ impl DeployTarget for Kubernetes {
 
     fn promote(ctx: &Context, release_id: &str) -> Result<(), PluginError> {
         let api = Api::new(ctx)?;
+        if api.s.services.is_some() {
+            return releases::promote(&api, release_id);
+        }
         let d = api.deployment()?;
         match current_release(&d) {
             Some(id) if id == release_id => Ok(()),
@@ -430,6 +510,9 @@ impl DeployTarget for Kubernetes {
 
     fn rollback(ctx: &Context, to: Option<&str>) -> Result<String, PluginError> {
         let api = Api::new(ctx)?;
+        if api.s.services.is_some() {
+            return releases::rollback(&api, to);
+        }
         let d = api.deployment()?;
         let spec = d
             .spec
@@ -490,6 +573,9 @@ impl DeployTarget for Kubernetes {
 
     fn list_releases(ctx: &Context) -> Result<Vec<Release>, PluginError> {
         let api = Api::new(ctx)?;
+        if api.s.services.is_some() {
+            return releases::list(&api);
+        }
         let d = api.deployment()?;
         let live = d
             .metadata
@@ -666,4 +752,4 @@ impl Validator for Kubernetes {
     }
 }
 
-export!(Kubernetes: deploy_target, validator);
+export!(Kubernetes: deploy_target, validator, traffic);

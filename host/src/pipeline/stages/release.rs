@@ -78,6 +78,20 @@ impl Run<'_> {
             .into_iter()
             .find(|r| r.state == ReleaseStatus::Live)
             .map(|r| r.id);
+        // Blue-green and canary retire what was live before; on a first run the agent has no
+        // record of it, so the target says what serves now.
+        let live = match live {
+            None if self.env.deploy.strategy.retires() => {
+                match self.plugins.target.list_releases(&self.ctx).await {
+                    Ok(all) => all.into_iter().find(|r| r.live).map(|r| r.id),
+                    Err(e) => {
+                        tracing::warn!("asking the target what is live: {e}");
+                        None
+                    }
+                }
+            }
+            other => other,
+        };
         if let Some(live) = &live {
             self.record(DeploymentField::PreviousRelease, Some(live))
                 .await?;

@@ -77,13 +77,17 @@ impl Run<'_> {
             }
             Resume::At { step, weight } => (step, weight),
         };
-        if first > 0 || !journal.is_empty() {
-            self.reporter.note(&format!(
-                "resuming the canary of {id} at step {} of {} ({resumed_weight} %)",
+        let resumed = if first > 0 || !journal.is_empty() {
+            let text = format!(
+                "resumed at step {} of {} ({resumed_weight} %)",
                 first + 1,
                 steps.len()
-            ));
-        }
+            );
+            self.reporter.note(&format!("the canary of {id} {text}"));
+            format!("{text}; ")
+        } else {
+            String::new()
+        };
         let mut taken = Vec::new();
         for (i, s) in steps.iter().enumerate().skip(first) {
             let weight = if i == first { resumed_weight } else { s.weight };
@@ -114,7 +118,10 @@ impl Run<'_> {
             Stage::Shift,
             step,
             StageStatus::Done,
-            format!("{id} took {} of traffic, step by step", taken.join(" → ")),
+            format!(
+                "{resumed}{id} took {} of traffic, step by step",
+                taken.join(" → ")
+            ),
         )
         .await
     }
@@ -290,10 +297,7 @@ impl Run<'_> {
         self.audit(
             "release.retired",
             Some(previous.clone()),
-            Some(format!(
-                "{} ms after the switch",
-                delay.as_millis()
-            )),
+            Some(format!("{} ms after the switch", delay.as_millis())),
         )
         .await;
         self.end(
@@ -341,18 +345,27 @@ mod tests {
     fn a_run_resumes_at_its_step_with_its_weight() {
         assert_eq!(
             resume_point(&steps(), &[]),
-            Resume::At { step: 0, weight: 10 }
+            Resume::At {
+                step: 0,
+                weight: 10
+            }
         );
         let done = row(0, 10, TrafficPhase::Done);
         assert_eq!(
             resume_point(&steps(), std::slice::from_ref(&done)),
-            Resume::At { step: 1, weight: 50 }
+            Resume::At {
+                step: 1,
+                weight: 50
+            }
         );
         // Killed while setting or holding step 2: step 2 again, at the weight it journaled.
         for phase in [TrafficPhase::Setting, TrafficPhase::Holding] {
             assert_eq!(
                 resume_point(&steps(), &[done.clone(), row(1, 50, phase)]),
-                Resume::At { step: 1, weight: 50 }
+                Resume::At {
+                    step: 1,
+                    weight: 50
+                }
             );
         }
         assert_eq!(

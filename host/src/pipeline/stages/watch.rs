@@ -97,7 +97,9 @@ impl Run<'_> {
                 .await;
         }
         let window = self.env.deploy.watch;
-        let observed = self.observe(Stage::Watch, &list, window, "analysis").await?;
+        let observed = self
+            .observe(Stage::Watch, &list, window, "analysis")
+            .await?;
         if let Err(summary) = observed.verdict {
             self.watch_failed = Some(summary.clone());
             let evidence = self.failed_checks();

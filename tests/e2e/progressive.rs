@@ -1,0 +1,365 @@
+//! Progressive delivery end to end through the CLI, against the Kubernetes stand-in that
+//! routes real requests by the HTTPRoute's weights (`tests/support/cluster.rs`): a canary in
+//! steps with the analysis watching the error rate of real traffic, a kill -9 between steps,
+//! an analysis failure at 50 %, and blue-green with a preview check, the switch and the old
+//! release retired after the delay.
+
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deploy_agent_tests::cluster::Cluster;
+use deploy_agent_tests::fixtures;
+use deploy_agent_tests::standin::fetch;
+use serde_json::Value;
+
+use crate::project::{Project, stderr};
+
+const TOKEN: &str = "k8s-progressive-token-0123456789";
+
+/// agent.toml for a project whose `prod` environment runs `strategy` on the cluster.
+fn project(c: &Cluster, deploy: &str, route: bool) -> Project {
+    let p = Project::new("", "");
+    std::fs::write(p.path("cluster-ca.pem"), &c.ca_pem).unwrap();
+    let (kport, gport) = (c.api.port, c.gateway.port);
+    let route = if route {
+        format!(
+            "route = {{ name = \"web\", controller = \"{}\" }}",
+            deploy_agent_tests::cluster::CONTROLLER
+        )
+    } else {
+        String::new()
+    };
+    let toml = format!(
+        r#"
+[plugins.kubernetes]
+path = "{k8s}"
+[plugins.kubernetes.policy]
+allowed_hosts = ["127.0.0.1:{kport}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+tls_ca = ["cluster-ca.pem"]
+max_requests = 500
+[plugins.kubernetes.secrets.token]
+from = "${{env:K8S_TOKEN}}"
+hosts = ["127.0.0.1:{kport}"]
+[plugins.kubernetes.config]
+api = "https://127.0.0.1:{kport}"
+namespace = "shop"
+deployment = "web"
+containers = {{ web = "registry.example.com/web:{{version}}" }}
+services = {{ active = "web", preview = "web-preview" }}
+url = "http://127.0.0.1:{gport}"
+preview_url = "http://127.0.0.1:{gport}/preview"
+{route}
+
+[environments.prod]
+[environments.prod.target]
+plugin = "kubernetes"
+[environments.prod.deploy]
+poll_interval_ms = 20
+timeout_ms = 60000
+{deploy}
+[[environments.prod.checks]]
+name = "the staged release is healthy"
+http = "{{url}}/healthz"
+[[environments.prod.analysis]]
+name = "error rate"
+prometheus = "http://127.0.0.1:{gport}"
+query = "sum(rate(http_requests_total{{code=~\"5..\"}}[1m])) / sum(rate(http_requests_total[1m]))"
+max = 0.2
+interval_ms = 100
+count = 4
+"#,
+        k8s = fixtures::KUBERNETES,
+    );
+    let base = std::fs::read_to_string(p.path("agent.toml")).unwrap();
+    std::fs::write(p.path("agent.toml"), format!("{base}{toml}")).unwrap();
+    p
+}
+
+fn deploy(
+    p: &Project,
+    version: &str,
+    failpoint: Option<&str>,
+) -> (Option<i32>, Option<i32>, Value, String) {
+    let mut cmd = p.command(&[
+        "deploy",
+        "--env",
+        "prod",
+        "--version",
+        version,
+        "--output",
+        "json",
+    ]);
+    cmd.env("K8S_TOKEN", TOKEN);
+    if let Some(f) = failpoint {
+        cmd.env("DEPLOY_AGENT_FAILPOINT", f);
+    }
+    let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+    let err = stderr(&out);
+    assert!(!err.contains(TOKEN) && !String::from_utf8_lossy(&out.stdout).contains(TOKEN));
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), out.status.signal(), v, err)
+}
+
+/// Users: requests through the gateway, one after another, until dropped.
+struct Traffic(Arc<AtomicBool>);
+
+impl Traffic {
+    fn start(c: &Cluster) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, url) = (
+            stop.clone(),
+            format!("http://127.0.0.1:{}/", c.gateway.port),
+        );
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                fetch(&url).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Traffic(stop)
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn stages(v: &Value) -> Vec<(String, String)> {
+    v["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap_or_default().to_string(),
+                s["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+const CANARY: &str = r#"strategy = "canary"
+steps = [{ weight = 10, pause_ms = 500 }, { weight = 50, pause_ms = 500 }, { weight = 100 }]
+scale_down_delay_ms = 200"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_shifts_real_traffic_in_steps_resumes_after_kill_9_and_aborts_on_analysis() {
+    let c = Cluster::start(TOKEN).await;
+    let p = project(&c, CANARY, true);
+    let _users = Traffic::start(&c);
+
+    // `plan` shows the steps.
+    let mut plan = p.command(&["plan", "--env", "prod", "--version", "v1"]);
+    plan.env("K8S_TOKEN", TOKEN);
+    let out = tokio::task::block_in_place(|| plan.output().unwrap());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("10 % → 50 % → 100 %"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(text.contains("step 2: 50 % of traffic, hold 0 s"), "{text}");
+
+    // 1. A good release: 10 %, 50 %, 100 %, then it is the stable one and the old one retires.
+    let (code, _, v, err) = deploy(&p, "v1", None);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let release = v["deployment"]["release_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        stages(&v)
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "lock", "validate", "backup", "migrate", "deploy", "verify", "shift", "promote",
+            "watch", "retire", "notify"
+        ]
+    );
+    {
+        let st = c.state.lock().unwrap();
+        assert_eq!(st.weights, [10, 50, 100, 0], "weights written to the route");
+        assert_eq!(st.selected("web").as_deref(), Some(release.as_str()));
+        assert_eq!(
+            st.replicas("web"),
+            Some(0),
+            "the template's release `initial` retired"
+        );
+    }
+    for (weight, want) in [(10u8, 0.10), (50, 0.50)] {
+        let (n, share) = c.split_at(weight, "web:v1");
+        assert!(n >= 40, "only {n} requests were routed at {weight} %");
+        assert!(
+            (share - want).abs() <= 0.05,
+            "{share} of {n} requests reached v1 at {weight} %"
+        );
+    }
+    let (n, share) = c.split_at(0, "web:v1");
+    assert!(n > 0 && share > 0.0, "after promotion users reach v1");
+    let switched = c.logged(&format!("select web {release}")).unwrap();
+    let retired = c.logged("scale web 0").unwrap();
+    assert!(retired.duration_since(switched) >= Duration::from_millis(200));
+
+    // 2. kill -9 once 10 % took effect: the route stays at 10 %, and the next run resumes the
+    // same step with the same weight (no reset to 0, no jump to 50 before the pause).
+    let (code, signal, _, err) = deploy(&p, "v2", Some("after:weight-10"));
+    assert_eq!((code, signal), (None, Some(9)), "{err}");
+    let before = {
+        let st = c.state.lock().unwrap();
+        assert_eq!(st.preview_weight(), 10);
+        st.weights.len()
+    };
+    let (code, _, v, err) = deploy(&p, "v2", None);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let shift = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "shift")
+        .unwrap();
+    assert!(
+        shift["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("resumed at step 1 of 3 (10 %); "),
+        "{shift:#}"
+    );
+    assert_eq!(c.state.lock().unwrap().weights[before..], [50, 100, 0]);
+    let v2 = v["deployment"]["release_id"].as_str().unwrap().to_string();
+
+    // 3. A release that fails real requests (but not its health check): fine at 10 %, the
+    // analysis fails at 50 %, and all traffic goes back to v2.
+    let (code, _, v, err) = deploy(&p, "v3-faulty", None);
+    assert_eq!(code, Some(1), "{v:#}\n{err}");
+    let error = v["deployment"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("canary step 2 (50 %)"), "{error}");
+    assert!(error.contains("analysis `error rate` failed"), "{error}");
+    assert!(
+        error.contains("all traffic is back on the stable release"),
+        "{error}"
+    );
+    {
+        let st = c.state.lock().unwrap();
+        assert_eq!(st.weights[st.weights.len() - 3..], [10, 50, 0]);
+        assert_eq!(st.preview_weight(), 0);
+        assert_eq!(st.selected("web").as_deref(), Some(v2.as_str()));
+    }
+    let before = c.state.lock().unwrap().routed.len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let st = c.state.lock().unwrap();
+    let after: Vec<_> = st.routed[before..].iter().collect();
+    assert!(!after.is_empty());
+    assert!(
+        after
+            .iter()
+            .all(|r| r.image.ends_with("web:v2") && r.status == 200),
+        "after the abort every request reaches v2"
+    );
+    drop(st);
+    let mut releases = p.command(&["releases", "--env", "prod", "--output", "json"]);
+    releases.env("K8S_TOKEN", TOKEN);
+    let out = tokio::task::block_in_place(|| releases.output().unwrap());
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "v3-faulty")
+        .unwrap();
+    assert_eq!(failed["state"], "failed", "{list:#}");
+    assert_eq!(c.api.assert_fits_spec() > 0, true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blue_green_verifies_the_preview_switches_at_once_and_retires_after_the_delay() {
+    let c = Cluster::start(TOKEN).await;
+    let p = project(
+        &c,
+        "strategy = \"blue-green\"\nscale_down_delay_ms = 400",
+        false,
+    );
+    let _users = Traffic::start(&c);
+    let (code, _, v, err) = deploy(&p, "v1", None);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let v1 = v["deployment"]["release_id"].as_str().unwrap().to_string();
+    assert!(
+        stages(&v).contains(&("retire".into(), "done".into())),
+        "{v:#}"
+    );
+    // The verify check reached the preview Service, which selected v1 before the switch.
+    assert!(
+        c.gateway
+            .seen()
+            .iter()
+            .any(|r| r.path == "/preview/healthz"),
+        "the check ran on the preview"
+    );
+    let switched = c.logged(&format!("select web {v1}")).unwrap();
+    let previewed = c.logged(&format!("select web-preview {v1}")).unwrap();
+    assert!(previewed < switched);
+    let retired = c.logged("scale web 0").unwrap();
+    assert!(retired.duration_since(switched) >= Duration::from_millis(400));
+    // No request saw a mix: before the switch v0, after it v1.
+    {
+        let st = c.state.lock().unwrap();
+        assert!(st.weights.is_empty(), "blue-green never touches weights");
+        let images: Vec<&str> = st.routed.iter().map(|r| r.image.as_str()).collect();
+        let first_v1 = images.iter().position(|i| i.ends_with("web:v1")).unwrap();
+        assert!(images[..first_v1].iter().all(|i| i.ends_with("web:v0")));
+        assert!(images[first_v1..].iter().all(|i| i.ends_with("web:v1")));
+    }
+
+    // A release whose preview fails its check is never switched to: v1 stays, untouched.
+    let log_before = c.state.lock().unwrap().log.len();
+    let (code, _, v, err) = deploy(&p, "v2-unhealthy", None);
+    assert_eq!(code, Some(1), "{v:#}\n{err}");
+    assert!(
+        stages(&v).contains(&("verify".into(), "failed".into())),
+        "{v:#}"
+    );
+    let st = c.state.lock().unwrap();
+    assert_eq!(st.selected("web").as_deref(), Some(v1.as_str()));
+    let changes: Vec<&str> = st.log[log_before..]
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .collect();
+    assert!(
+        changes.iter().all(|e| !e.starts_with("select web ")),
+        "the active Service was not touched: {changes:?}"
+    );
+    assert!(
+        st.replicas(&format!("web-{}", v1.to_ascii_lowercase()))
+            .unwrap()
+            > 0
+    );
+    drop(st);
+    c.api.assert_fits_spec();
+}
+
+#[test]
+fn a_canary_needs_a_target_that_shifts_traffic() {
+    let p = Project::new("", "");
+    p.edit_config(
+        "poll_interval_ms = 10\n",
+        "poll_interval_ms = 10\nstrategy = \"canary\"\nsteps = [{ weight = 10 }, { weight = 100 }]\n",
+    );
+    let out = p.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the `local` target cannot shift traffic in steps"),
+        "{err}"
+    );
+    assert!(err.contains("strategy = \"blue-green\""), "{err}");
+    // Blue-green is what the local target does: staged beside the live one, switched at once.
+    let p = Project::new("", "");
+    p.edit_config(
+        "poll_interval_ms = 10\n",
+        "poll_interval_ms = 10\nstrategy = \"blue-green\"\n",
+    );
+    let out = p.run(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
