@@ -270,7 +270,7 @@ async fn a_canary_shifts_real_traffic_in_steps_resumes_after_kill_9_and_aborts_o
         .find(|r| r["version"] == "v3-faulty")
         .unwrap();
     assert_eq!(failed["state"], "failed", "{list:#}");
-    assert_eq!(c.api.assert_fits_spec() > 0, true);
+    assert!(c.api.assert_fits_spec() > 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

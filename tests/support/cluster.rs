@@ -34,7 +34,8 @@ pub const CONTROLLER: &str = "example.net/gateway-controller";
 const RELEASE: &str = "deploy-agent.dev/release";
 const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/httproutes/{name}";
 
-fn spec() -> Arc<Spec> {
+/// The core swagger with the HTTPRoute CRD added as the API server serves it.
+pub fn spec() -> Arc<Spec> {
     static SPEC: OnceLock<Arc<Spec>> = OnceLock::new();
     SPEC.get_or_init(|| {
         let mut s = Spec::load("kubernetes-v1.36-swagger.json", true);
@@ -490,7 +491,7 @@ fn handle(st: &mut State, r: &Request) -> Reply {
             let current = st.route["metadata"]["resourceVersion"].clone();
             let stale = patch["metadata"]["resourceVersion"]
                 .as_str()
-                .is_some_and(|v| Value::from(v) != current);
+                .is_some_and(|v| current != v);
             if stale || st.route_conflicts > 0 {
                 st.route_conflicts = st.route_conflicts.saturating_sub(1);
                 return status(

@@ -722,6 +722,53 @@ mod tests {
         }
     }
 
+    /// HTTPRoute writes are checked against the CRD's schema, as the API server serves it:
+    /// merge and JSON patches only, weights within 0..=1000000, known fields only.
+    #[test]
+    fn httproute_patches_are_checked_against_the_crd() {
+        let k8s = crate::cluster::spec();
+        let path = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web";
+        let headers = |ct: &str| {
+            [
+                ("authorization".to_string(), "Bearer t".to_string()),
+                ("content-type".to_string(), ct.to_string()),
+            ]
+        };
+        let rules = |weight: i64| {
+            serde_json::json!({"metadata": {"resourceVersion": "7"}, "spec": {"rules": [{"backendRefs": [
+                {"name": "web", "port": 80, "weight": 100 - weight},
+                {"name": "web-preview", "port": 80, "weight": weight}]}]}})
+            .to_string()
+        };
+        let merge = headers("application/merge-patch+json");
+        assert_eq!(
+            k8s.check(&call("PATCH", path, &[], rules(30).as_bytes(), &merge)),
+            Vec::<String>::new()
+        );
+        let errors = k8s.check(&call(
+            "PATCH",
+            path,
+            &[],
+            rules(2_000_000).as_bytes(),
+            &merge,
+        ));
+        assert!(
+            errors.iter().any(|e| e.contains("above the maximum")),
+            "{errors:?}"
+        );
+        let strategic = headers("application/strategic-merge-patch+json");
+        let errors = k8s.check(&call("PATCH", path, &[], rules(30).as_bytes(), &strategic));
+        assert!(
+            errors.iter().any(|e| e.contains("content type")),
+            "{errors:?}"
+        );
+        let bogus = br#"{"spec": {"rules": [{"backendRefs": [{"name": "web", "wieght": 1}]}]}}"#;
+        assert!(
+            !k8s.check(&call("PATCH", path, &[], bogus, &merge))
+                .is_empty()
+        );
+    }
+
     /// The checker refuses what the documents refuse (so a passing check means something).
     #[test]
     fn refuses_requests_that_do_not_fit() {

@@ -17,7 +17,7 @@ pub fn reference(wit: &Path) -> String {
     let _ = writeln!(
         out,
         "# WIT reference: `{}`\n\nGenerated from the doc comments in `wit/` (`make docs` regenerates it; a test checks it is current). \
-The interfaces are what a plugin implements (`validator`, `deploy-target`, `notifier`, `backup-store`) \
+The interfaces are what a plugin implements (`validator`, `deploy-target`, `notifier`, `backup-store`, and since 0.1.1 `traffic`) \
 and what it may import (`log`, `secrets`, `digest`, and outbound HTTP through `wasi:http`). \
 How to write a plugin against them: [write-a-plugin.md](write-a-plugin.md).\n",
         package.name

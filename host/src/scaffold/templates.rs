@@ -4,7 +4,7 @@
 use crate::runtime::Kind;
 
 /// The WIT package and its `wasi` dependencies, as (path under `wit/`, text).
-pub const WIT: [(&str, &str); 16] = [
+pub const WIT: [(&str, &str); 17] = [
     ("types.wit", include_str!("../../../wit/types.wit")),
     ("validator.wit", include_str!("../../../wit/validator.wit")),
     (
@@ -19,6 +19,7 @@ pub const WIT: [(&str, &str); 16] = [
     ("log.wit", include_str!("../../../wit/log.wit")),
     ("secrets.wit", include_str!("../../../wit/secrets.wit")),
     ("digest.wit", include_str!("../../../wit/digest.wit")),
+    ("traffic.wit", include_str!("../../../wit/traffic.wit")),
     ("worlds.wit", include_str!("../../../wit/worlds.wit")),
     (
         "deps/cli/cli.wit",

@@ -57,7 +57,10 @@ impl Api {
         } else {
             format!("/apis/{group_version}")
         };
-        format!("{root}/namespaces/{}/{kind}", http::encode(&self.s.namespace))
+        format!(
+            "{root}/namespaces/{}/{kind}",
+            http::encode(&self.s.namespace)
+        )
     }
 
     fn release_name(&self, release: &str) -> String {
@@ -93,7 +96,11 @@ impl Api {
     /// Points a Service at `release`: a JSON merge patch of the selector's one key (other
     /// keys stay, as the merge-patch rules for maps say).
     fn select(&self, service: &str, release: &str) -> Result<(), PluginError> {
-        let path = format!("{}/{}", self.ns_path("v1", "services"), http::encode(service));
+        let path = format!(
+            "{}/{}",
+            self.ns_path("v1", "services"),
+            http::encode(service)
+        );
         let body = json!({"spec": {"selector": {RELEASE_LABEL: release}}});
         let r = self
             .authed(http::patch(&self.url(&path)))
@@ -189,9 +196,7 @@ pub(crate) fn deploy(api: &Api, release: &Artifact, id: &str) -> Result<Staged, 
     spec.replicas = Some(desired_replicas(api, &base)?);
     d.spec = Some(spec);
     let r = api
-        .authed(http::post(
-            &api.url(&api.ns_path("apps/v1", "deployments")),
-        ))
+        .authed(http::post(&api.url(&api.ns_path("apps/v1", "deployments"))))
         .json(&d)?
         .send()?;
     // Created now, or by an earlier attempt at this release: the same object either way.
@@ -293,10 +298,7 @@ pub(crate) fn rollback(api: &Api, to: Option<&str>) -> Result<String, PluginErro
     match rollout(&d) {
         Ok(None) => {}
         Ok(Some(waiting)) => {
-            return Err(retryable(
-                format!("release {id}: {waiting}"),
-                Some(1000),
-            ));
+            return Err(retryable(format!("release {id}: {waiting}"), Some(1000)));
         }
         Err(failed) => return Err(rejected(format!("release {id} cannot serve: {failed}"))),
     }

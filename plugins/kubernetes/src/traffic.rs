@@ -134,7 +134,10 @@ pub(crate) fn status(api: &Api, release: &str) -> Result<TrafficStatus, PluginEr
     }
     let generation = route["metadata"]["generation"].as_i64().unwrap_or(0);
     let mut waiting = Vec::new();
-    let parents = route["status"]["parents"].as_array().cloned().unwrap_or_default();
+    let parents = route["status"]["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for p in route["spec"]["parentRefs"].as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or_default();
         let entry = parents.iter().find(|s| {

@@ -199,13 +199,25 @@ macro_rules! __glue {
                 ctx: $crate::CallContext,
                 release_id: String,
             ) -> Result<$crate::TrafficStatus, $crate::PluginError> {
-                <__Plugin as $crate::Traffic>::weight(&$crate::Context::from_call(ctx)?, &release_id)
+                <__Plugin as $crate::Traffic>::weight(
+                    &$crate::Context::from_call(ctx)?,
+                    &release_id,
+                )
             }
-            fn abort(ctx: $crate::CallContext, release_id: String) -> Result<(), $crate::PluginError> {
+            fn abort(
+                ctx: $crate::CallContext,
+                release_id: String,
+            ) -> Result<(), $crate::PluginError> {
                 <__Plugin as $crate::Traffic>::abort(&$crate::Context::from_call(ctx)?, &release_id)
             }
-            fn retire(ctx: $crate::CallContext, release_id: String) -> Result<(), $crate::PluginError> {
-                <__Plugin as $crate::Traffic>::retire(&$crate::Context::from_call(ctx)?, &release_id)
+            fn retire(
+                ctx: $crate::CallContext,
+                release_id: String,
+            ) -> Result<(), $crate::PluginError> {
+                <__Plugin as $crate::Traffic>::retire(
+                    &$crate::Context::from_call(ctx)?,
+                    &release_id,
+                )
             }
         }
     };
