@@ -7,6 +7,7 @@ mod cli;
 mod cli_output;
 mod config;
 mod console;
+mod contract;
 mod daemon;
 mod daemon_artifacts;
 mod fleet;

@@ -415,7 +415,9 @@ pub struct RollbackArgs {
     /// Do not ask (required when not on a terminal).
     #[arg(long)]
     pub yes: bool,
-    /// Restore a backup whose schema is not the release's.
+    /// Restore a backup whose schema is not the release's; or, with `--app-only`, switch to
+    /// a release built for an older schema that migrations since have contracted (dropped,
+    /// renamed or retyped what it uses).
     #[arg(long)]
     pub force: bool,
 }

@@ -81,6 +81,18 @@ pub enum StageError {
     /// The watch failed and the rollback policy `notify` keeps the release live.
     #[error("{0}; the release stays live (rollback policy `notify`)")]
     KeptLive(Box<StageError>),
+    /// The watch failed, but the release's migrations contract the schema: switching only the
+    /// app back would run the previous release on a schema it was not built for, so the run
+    /// holds and notifies instead of rolling back.
+    #[error(
+        "{error}; holding instead of rolling back: the release's migrations contract the schema ({changes}), so the previous release cannot run on it: fix forward, or `deploy-agent rollback --full` (app and database together)"
+    )]
+    Held {
+        /// The failure.
+        error: Box<StageError>,
+        /// The contract changes, for people.
+        changes: String,
+    },
 }
 
 impl StageError {
@@ -96,7 +108,9 @@ impl StageError {
     pub fn stage(&self) -> Option<Stage> {
         match self {
             StageError::In { stage, .. } => Some(*stage),
-            StageError::RollbackFailed { error, .. } | StageError::KeptLive(error) => error.stage(),
+            StageError::RollbackFailed { error, .. }
+            | StageError::KeptLive(error)
+            | StageError::Held { error, .. } => error.stage(),
             _ => None,
         }
     }

@@ -178,6 +178,7 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
     });
 
     let mut dry_run = None;
+    let mut contract: Vec<migrate::contract::ContractChange> = Vec::new();
     match env.database.as_ref().map(|db| db.settings(env.strict)) {
         None => {
             for stage in [Stage::Backup, Stage::Migrate] {
@@ -201,6 +202,8 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
         }
         Some(Ok(settings)) => {
             let status = migrate::status(&settings).await.ok();
+            let current = status.as_ref().and_then(|s| s.current);
+            contract = migrate::contract::between(&settings.dir, current, None).unwrap_or_default();
             let pending: Vec<String> = status
                 .iter()
                 .flat_map(|s| s.versions.iter())
@@ -229,6 +232,12 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
                 details: vec![],
             });
             let mut details = pending.clone();
+            if !contract.is_empty() {
+                details.push(format!(
+                    "contract: {} (the previous release cannot run on the schema after them)",
+                    migrate::contract::describe(&contract)
+                ));
+            }
             if !pending.is_empty() {
                 match migrate::dry_run(&settings, None).await {
                     Ok(d) => {
@@ -371,7 +380,15 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
             a.interval.as_secs()
         )
     }));
+    let held;
     let policy = match env.rollback {
+        crate::config::RollbackPolicy::Auto if !contract.is_empty() => {
+            held = format!(
+                "on failure: hold and notify (not roll back: {} contract the schema, so the previous release cannot run on it)",
+                migrate::contract::describe(&contract)
+            );
+            held.as_str()
+        }
         crate::config::RollbackPolicy::Auto => "on failure: roll back to the previous release",
         crate::config::RollbackPolicy::Notify => "on failure: notify, keep the release",
         crate::config::RollbackPolicy::Off => "on failure: stop",

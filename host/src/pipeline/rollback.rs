@@ -233,6 +233,39 @@ async fn plan_with(
     let mut schema_now = None;
     let mut choice = None;
     let mut data_loss = None;
+    if req.mode == Mode::App
+        && let Some(database) = &env.database
+        && let Ok(settings) = database.settings(env.strict)
+    {
+        let now = migrate::status(&settings)
+            .await
+            .ok()
+            .and_then(|s| s.current);
+        let built_for = to
+            .schema_version
+            .as_deref()
+            .and_then(|v| v.parse::<i64>().ok());
+        if now.is_some() && now > built_for {
+            let changes = migrate::contract::between(&settings.dir, built_for, now)
+                .map_err(|e| setup(e.to_string()))?;
+            if !changes.is_empty() {
+                let msg = format!(
+                    "{} was built for schema {}, and the database is at {} after migrations that contract it: {}; the release cannot run on it",
+                    to.id,
+                    built_for.map_or("none".into(), |v| v.to_string()),
+                    now.map_or("none".into(), |v| v.to_string()),
+                    migrate::contract::describe(&changes)
+                );
+                if req.force {
+                    steps.push(format!("{msg} (forced)"));
+                } else {
+                    refusals.push(format!(
+                        "{msg}; roll back with `--full` (the app and the database together), or pass --force to switch only the app anyway"
+                    ));
+                }
+            }
+        }
+    }
     if db(req.mode) {
         let Some(database) = &env.database else {
             return Err(setup(format!(

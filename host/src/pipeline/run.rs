@@ -200,8 +200,27 @@ pub async fn deploy(
 
     let result = run.stages_in_order().await;
     let watch_failed = run.watch_failed.clone();
-    match journal::after(result, run.suspended, watch_failed.is_some(), env.rollback) {
+    // Migrations that contract the schema make an app-only rollback unsafe: hold and notify.
+    let contract = if watch_failed.is_some() && env.rollback == crate::config::RollbackPolicy::Auto
+    {
+        run.contract_changes()
+    } else {
+        Vec::new()
+    };
+    let policy = if contract.is_empty() {
+        env.rollback
+    } else {
+        crate::config::RollbackPolicy::Notify
+    };
+    match journal::after(result, run.suspended, watch_failed.is_some(), policy) {
         After::Suspend => run.suspend(started, recovered).await,
+        After::Finish(Some(StageError::KeptLive(error))) if !contract.is_empty() => {
+            let held = StageError::Held {
+                error,
+                changes: migrate::contract::describe(&contract),
+            };
+            run.finish(Some(held), false, started, recovered).await
+        }
         After::Finish(error) => run.finish(error, false, started, recovered).await,
         After::RollBack(failed) => {
             let evidence = watch_failed.unwrap_or_default();
@@ -220,6 +239,30 @@ pub async fn deploy(
 }
 
 impl Run<'_> {
+    /// The contract changes among the migrations this run applied (none without a database,
+    /// or when it applied none).
+    fn contract_changes(&self) -> Vec<migrate::contract::ContractChange> {
+        let (Some(db), Some(after)) = (&self.env.database, &self.d.schema_after) else {
+            return Vec::new();
+        };
+        if self.d.schema_before.as_ref() == Some(after) {
+            return Vec::new();
+        }
+        let Ok(settings) = db.settings(self.env.strict) else {
+            return Vec::new();
+        };
+        let version = |v: &Option<String>| v.as_deref().and_then(|v| v.parse::<i64>().ok());
+        migrate::contract::between(
+            &settings.dir,
+            version(&self.d.schema_before),
+            version(&Some(after.clone())),
+        )
+        .unwrap_or_else(|e| {
+            tracing::warn!("reading the migrations to classify them: {e}");
+            Vec::new()
+        })
+    }
+
     pub(super) fn notify(
         &self,
         kind: EventKind,

@@ -13,6 +13,7 @@
 //! - A dry run executes the pending migrations in a transaction, reports what changed, and
 //!   rolls back.
 
+pub mod contract;
 pub mod embedded;
 mod history;
 pub mod lint;
