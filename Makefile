@@ -1,5 +1,5 @@
 # One set of commands for people and CI. `make help` lists them.
-.PHONY: help setup test-tools browser-tools screenshots plugins deploy-local test lint fmt docs bench-plugins bench-db bench-pipeline bench-rollback bench-s3 bench-daemon bench-fleet bench-console ci
+.PHONY: help setup test-tools browser-tools screenshots plugins deploy-local test lint fmt docs bench-plugins bench-db bench-pipeline bench-rollback bench-s3 bench-daemon bench-fleet bench-progressive bench-console ci
 
 CARGO ?= cargo
 
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-rollback emergency rollback: --app-only and --full (100 MB SQLite), next to the runbook script"
 	@echo "make bench-s3       a 1 GiB backup to a local S3 server: the S3 plugin next to aws s3 cp"
 	@echo "make bench-daemon   the daemon: 500 triggers across 50 environments (throughput, p99) and idle memory with 4 plugins"
+	@echo "make bench-progressive a canary's abort: failed analysis to 100 % stable traffic, next to the poll interval"
 	@echo "make bench-fleet    a fleet on one PostgreSQL state: trigger latency (SQLite vs PostgreSQL), claim latency, 1 vs 3 agents, takeover after a kill"
 	@echo "make bench-console  the console's board with 50 environments and 1,000 runs: server time, page weight, Chromium's first render, next to the JSON API"
 	@echo "make ci             what .ci/run runs: lint, then test"
@@ -93,6 +94,9 @@ bench-daemon: setup
 
 bench-fleet: setup
 	$(CARGO) bench -p deploy-agent-tests --bench fleet
+
+bench-progressive: setup
+	$(CARGO) bench -p deploy-agent-tests --bench progressive
 
 bench-console: setup browser-tools
 	$(CARGO) bench -p deploy-agent-tests --bench console

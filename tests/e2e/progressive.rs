@@ -5,76 +5,25 @@
 //! release retired after the delay.
 
 use std::os::unix::process::ExitStatusExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deploy_agent_tests::cluster::Cluster;
-use deploy_agent_tests::fixtures;
-use deploy_agent_tests::standin::fetch;
 use serde_json::Value;
 
 use crate::project::{Project, stderr};
 
 const TOKEN: &str = "k8s-progressive-token-0123456789";
 
-/// agent.toml for a project whose `prod` environment runs `strategy` on the cluster.
+/// A project whose `prod` environment runs `deploy` on the cluster.
 fn project(c: &Cluster, deploy: &str, route: bool) -> Project {
     let p = Project::new("", "");
     std::fs::write(p.path("cluster-ca.pem"), &c.ca_pem).unwrap();
-    let (kport, gport) = (c.api.port, c.gateway.port);
-    let route = if route {
-        format!(
-            "route = {{ name = \"web\", controller = \"{}\" }}",
-            deploy_agent_tests::cluster::CONTROLLER
-        )
-    } else {
-        String::new()
-    };
-    let toml = format!(
-        r#"
-[plugins.kubernetes]
-path = "{k8s}"
-[plugins.kubernetes.policy]
-allowed_hosts = ["127.0.0.1:{kport}"]
-allow_ip_ranges = ["127.0.0.0/8"]
-tls_ca = ["cluster-ca.pem"]
-max_requests = 500
-[plugins.kubernetes.secrets.token]
-from = "${{env:K8S_TOKEN}}"
-hosts = ["127.0.0.1:{kport}"]
-[plugins.kubernetes.config]
-api = "https://127.0.0.1:{kport}"
-namespace = "shop"
-deployment = "web"
-containers = {{ web = "registry.example.com/web:{{version}}" }}
-services = {{ active = "web", preview = "web-preview" }}
-url = "http://127.0.0.1:{gport}"
-preview_url = "http://127.0.0.1:{gport}/preview"
-{route}
-
-[environments.prod]
-[environments.prod.target]
-plugin = "kubernetes"
-[environments.prod.deploy]
-poll_interval_ms = 20
-timeout_ms = 60000
-{deploy}
-[[environments.prod.checks]]
-name = "the staged release is healthy"
-http = "{{url}}/healthz"
-[[environments.prod.analysis]]
-name = "error rate"
-prometheus = "http://127.0.0.1:{gport}"
-query = "sum(rate(http_requests_total{{code=~\"5..\"}}[1m])) / sum(rate(http_requests_total[1m]))"
-max = 0.2
-interval_ms = 100
-count = 4
-"#,
-        k8s = fixtures::KUBERNETES,
-    );
     let base = std::fs::read_to_string(p.path("agent.toml")).unwrap();
-    std::fs::write(p.path("agent.toml"), format!("{base}{toml}")).unwrap();
+    std::fs::write(
+        p.path("agent.toml"),
+        format!("{base}{}", c.agent_toml(deploy, route)),
+    )
+    .unwrap();
     p
 }
 
@@ -103,32 +52,6 @@ fn deploy(
     (out.status.code(), out.status.signal(), v, err)
 }
 
-/// Users: requests through the gateway, one after another, until dropped.
-struct Traffic(Arc<AtomicBool>);
-
-impl Traffic {
-    fn start(c: &Cluster) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, url) = (
-            stop.clone(),
-            format!("http://127.0.0.1:{}/", c.gateway.port),
-        );
-        tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) {
-                fetch(&url).await;
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
-        Traffic(stop)
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 fn stages(v: &Value) -> Vec<(String, String)> {
     v["stages"]
         .as_array()
@@ -143,7 +66,8 @@ fn stages(v: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-const CANARY: &str = r#"strategy = "canary"
+const CANARY: &str = r#"poll_interval_ms = 20
+strategy = "canary"
 steps = [{ weight = 10, pause_ms = 500 }, { weight = 50, pause_ms = 500 }, { weight = 100 }]
 scale_down_delay_ms = 200"#;
 
@@ -151,7 +75,7 @@ scale_down_delay_ms = 200"#;
 async fn a_canary_shifts_real_traffic_in_steps_resumes_after_kill_9_and_aborts_on_analysis() {
     let c = Cluster::start(TOKEN).await;
     let p = project(&c, CANARY, true);
-    let _users = Traffic::start(&c);
+    let _users = c.users();
 
     // `plan` shows the steps.
     let mut plan = p.command(&["plan", "--env", "prod", "--version", "v1"]);
@@ -278,10 +202,10 @@ async fn blue_green_verifies_the_preview_switches_at_once_and_retires_after_the_
     let c = Cluster::start(TOKEN).await;
     let p = project(
         &c,
-        "strategy = \"blue-green\"\nscale_down_delay_ms = 400",
+        "poll_interval_ms = 20\nstrategy = \"blue-green\"\nscale_down_delay_ms = 400",
         false,
     );
-    let _users = Traffic::start(&c);
+    let _users = c.users();
     let (code, _, v, err) = deploy(&p, "v1", None);
     assert_eq!(code, Some(0), "{v:#}\n{err}");
     let v1 = v["deployment"]["release_id"].as_str().unwrap().to_string();

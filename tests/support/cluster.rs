@@ -67,6 +67,10 @@ pub struct State {
     pub route_conflicts: u32,
     /// Every weight the route's preview backend was given, in order.
     pub weights: Vec<u8>,
+    /// The same, with when each was written.
+    pub weight_log: Vec<(std::time::Instant, u8)>,
+    /// Every error rate `/api/v1/query` answered, with when.
+    pub queries: Vec<(std::time::Instant, f64)>,
     /// What changed, in order, and when: `select SERVICE RELEASE`, `scale DEPLOYMENT N`,
     /// `create NAME`.
     pub log: Vec<(std::time::Instant, String)>,
@@ -518,6 +522,7 @@ fn handle(st: &mut State, r: &Request) -> Reply {
                 st.route_unobserved = true;
                 let w = st.preview_weight();
                 st.weights.push(w);
+                st.weight_log.push((std::time::Instant::now(), w));
             }
             Reply::Json(200, st.route.clone())
         }
@@ -537,7 +542,9 @@ fn gateway(st: &mut State, r: &Request) -> Reply {
             json!([])
         } else {
             let errors = recent.iter().filter(|x| x.status >= 500).count();
-            json!([{"metric": {}, "value": [1_765_000_000.0, format!("{}", errors as f64 / recent.len() as f64)]}])
+            let rate = errors as f64 / recent.len() as f64;
+            st.queries.push((std::time::Instant::now(), rate));
+            json!([{"metric": {}, "value": [1_765_000_000.0, format!("{rate}")]}])
         };
         return Reply::Json(
             200,
@@ -608,6 +615,8 @@ impl Cluster {
             route,
             route_conflicts: 0,
             weights: Vec::new(),
+            weight_log: Vec::new(),
+            queries: Vec::new(),
             log: Vec::new(),
             routed: Vec::new(),
             route_unobserved: false,
@@ -641,6 +650,78 @@ impl Cluster {
         }
     }
 
+    /// The plugin and `prod` environment tables for agent.toml: the Kubernetes target on
+    /// this cluster (its CA in `cluster-ca.pem` beside agent.toml, the token in `K8S_TOKEN`),
+    /// with `deploy` as the environment's deploy keys, a health check on the staged release
+    /// and an analysis of the gateway's error rate (at most 20 %). `route`: canary by the
+    /// HTTPRoute.
+    pub fn agent_toml(&self, deploy: &str, route: bool) -> String {
+        let (kport, gport) = (self.api.port, self.gateway.port);
+        let route = if route {
+            format!("route = {{ name = \"web\", controller = \"{CONTROLLER}\" }}")
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+[plugins.kubernetes]
+path = "{k8s}"
+[plugins.kubernetes.policy]
+allowed_hosts = ["127.0.0.1:{kport}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+tls_ca = ["cluster-ca.pem"]
+max_requests = 500
+[plugins.kubernetes.secrets.token]
+from = "${{env:K8S_TOKEN}}"
+hosts = ["127.0.0.1:{kport}"]
+[plugins.kubernetes.config]
+api = "https://127.0.0.1:{kport}"
+namespace = "shop"
+deployment = "web"
+containers = {{ web = "registry.example.com/web:{{version}}" }}
+services = {{ active = "web", preview = "web-preview" }}
+url = "http://127.0.0.1:{gport}"
+preview_url = "http://127.0.0.1:{gport}/preview"
+{route}
+
+[environments.prod]
+[environments.prod.target]
+plugin = "kubernetes"
+[environments.prod.deploy]
+timeout_ms = 60000
+{deploy}
+[[environments.prod.checks]]
+name = "the staged release is healthy"
+http = "{{url}}/healthz"
+[[environments.prod.analysis]]
+name = "error rate"
+prometheus = "http://127.0.0.1:{gport}"
+query = "sum(rate(http_requests_total{{code=~\"5..\"}}[1m])) / sum(rate(http_requests_total[1m]))"
+max = 0.2
+interval_ms = 100
+count = 4
+"#,
+            k8s = crate::fixtures::KUBERNETES,
+        )
+    }
+
+    /// Users: requests through the gateway one after another (2 ms apart) until the guard
+    /// is dropped.
+    pub fn users(&self) -> Users {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, url) = (
+            stop.clone(),
+            format!("http://127.0.0.1:{}/", self.gateway.port),
+        );
+        tokio::spawn(async move {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                crate::standin::fetch(&url).await;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        });
+        Users(stop)
+    }
+
     /// When the log first has `entry`.
     pub fn logged(&self, entry: &str) -> Option<std::time::Instant> {
         let st = self.state.lock().unwrap();
@@ -654,5 +735,14 @@ impl Cluster {
         let at: Vec<&Routed> = st.routed.iter().filter(|r| r.weight == weight).collect();
         let hits = at.iter().filter(|r| r.image.ends_with(image)).count();
         (at.len(), hits as f64 / at.len().max(1) as f64)
+    }
+}
+
+/// Simulated users; they stop when dropped.
+pub struct Users(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
