@@ -21,41 +21,6 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn header<'a>(r: &'a daemon::Response, name: &str) -> impl Iterator<Item = &'a str> {
-    r.headers
-        .iter()
-        .filter(move |(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// Signs in as the console's form does; the session cookie.
-async fn sign_in(d: &Client, token: &str) -> String {
-    let form = d.raw("GET", "/login", None, &[], None).await.unwrap();
-    let login = header(&form, "set-cookie")
-        .find_map(|c| c.strip_prefix("da_login="))
-        .and_then(|c| c.split(';').next())
-        .unwrap()
-        .to_string();
-    let body = format!("csrf={login}&next=%2F&token={token}");
-    let headers = [
-        ("cookie".to_string(), format!("da_login={login}")),
-        (
-            "content-type".to_string(),
-            "application/x-www-form-urlencoded".to_string(),
-        ),
-    ];
-    let r = d
-        .raw("POST", "/login", None, &headers, Some(body.as_bytes()))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 303, "sign-in");
-    header(&r, "set-cookie")
-        .find_map(|c| c.strip_prefix("da_session="))
-        .and_then(|c| c.split(';').next())
-        .map(|c| format!("da_session={c}"))
-        .unwrap()
-}
-
 /// `SAMPLES` GETs of `path`: sorted latencies and the body's size.
 async fn sample(
     d: &Client,
@@ -104,7 +69,7 @@ async fn main() {
         println!("  PROBLEMS: {:?}", r.problems);
     }
 
-    let cookie = sign_in(&d, &token).await;
+    let cookie = d.sign_in(&token).await;
     let (board, board_bytes) = sample(&d, "/", None, Some(&cookie)).await;
     let (api, api_bytes) = sample(&d, "/v1/environments", Some(&token), None).await;
     println!("\nserver, loopback, {SAMPLES} requests each:");

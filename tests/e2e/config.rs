@@ -273,3 +273,64 @@ fn hosts_need_a_shared_state_and_a_per_host_target_and_batches_parse() {
     );
     assert_eq!((r.max_failures, r.wait.as_millis()), (1, 1000));
 }
+
+#[test]
+fn canary_steps_rise_end_at_100_and_belong_to_a_canary() {
+    let env = |deploy: &str| {
+        format!(
+            "[plugins.k8s]\npath = {:?}\n\n[environments.prod]\n[environments.prod.target]\nplugin = \"k8s\"\n[environments.prod.deploy]\n{deploy}\n",
+            fixtures::KUBERNETES
+        )
+    };
+    let good = parse(&env(
+        "strategy = \"canary\"\nsteps = [{ weight = 10, pause_ms = 60000 }, { weight = 50, pause = \"approval\" }, { weight = 100 }]\nscale_down_delay_ms = 5000",
+    ))
+    .unwrap();
+    let d = &good.environments["prod"].deploy;
+    assert_eq!(d.strategy, deploy_agent::config::Strategy::Canary);
+    use deploy_agent::config::Pause;
+    let pauses: Vec<(u8, &Pause)> = d.steps.iter().map(|s| (s.weight, &s.pause)).collect();
+    assert_eq!(
+        pauses,
+        [
+            (10, &Pause::For(std::time::Duration::from_secs(60))),
+            (50, &Pause::Approval),
+            (100, &Pause::None)
+        ]
+    );
+    assert_eq!(d.scale_down_delay, std::time::Duration::from_secs(5));
+    for (deploy, want, line) in [
+        ("strategy = \"canary\"", "a canary needs `steps`", 8),
+        (
+            "strategy = \"canary\"\nsteps = [{ weight = 50 }, { weight = 20 }, { weight = 100 }]",
+            "step weights must rise: 20 follows 50",
+            9,
+        ),
+        (
+            "strategy = \"canary\"\nsteps = [{ weight = 10 }, { weight = 50 }]",
+            "a canary ends with `{ weight = 100 }`",
+            9,
+        ),
+        (
+            "strategy = \"canary\"\nsteps = [{ weight = 0 }, { weight = 100 }]",
+            "a percentage from 1 to 100, not 0",
+            9,
+        ),
+        (
+            "strategy = \"canary\"\nsteps = [{ weight = 10, pause = \"forever\" }, { weight = 100 }]",
+            "unknown pause `forever`",
+            9,
+        ),
+        (
+            "steps = [{ weight = 100 }]",
+            "`steps` is only for `strategy = \"canary\"`",
+            8,
+        ),
+        ("strategy = \"rolling\"", "unknown strategy `rolling`", 8),
+    ] {
+        let errors = parse(&env(deploy)).unwrap_err();
+        let text = errors.to_string();
+        assert!(text.contains(want), "{deploy}: {text}");
+        assert_eq!(errors.0[0].line, line, "{deploy}: {text}");
+    }
+}

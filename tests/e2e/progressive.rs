@@ -287,3 +287,78 @@ fn a_canary_needs_a_target_that_shifts_traffic() {
     let out = p.run(&["config", "check"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The same canary through the daemon: the API's run shows each step's weight, the console's
+/// run page shows the traffic the release has, and `/metrics` has the gauge.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_the_console_and_metrics_show_the_canary_weight() {
+    use deploy_agent_tests::daemon::{Daemon, token_entry};
+    let c = Cluster::start(TOKEN).await;
+    let p = project(&c, CANARY, true);
+    let (admin, entry) = token_entry("admin", "admin", None);
+    let base = std::fs::read_to_string(p.path("agent.toml")).unwrap();
+    std::fs::write(p.path("agent.toml"), format!("{base}\n[server]\n{entry}")).unwrap();
+    let _users = c.users();
+    let d = Daemon::start(&p.path(""), &[("K8S_TOKEN", TOKEN)]).await;
+    let trigger = serde_json::json!({"environment": "prod", "version": "v1", "reason": "canary"});
+    let queued = d
+        .json("POST", "/v1/deployments", &admin, Some(&trigger))
+        .await;
+    let id = queued["id"].as_str().unwrap().to_string();
+    let mut run = Value::Null;
+    for _ in 0..600 {
+        run = d.json("GET", &format!("/v1/runs/{id}"), &admin, None).await;
+        if run["status"] == "succeeded" || run["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(run["status"], "succeeded", "{run:#}\n{}", d.log());
+    let steps: Vec<(i64, &str)> = run["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["weight"].as_i64().unwrap(), s["phase"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [(10, "done"), (50, "done"), (100, "done")],
+        "{run:#}"
+    );
+    let release = run["deployment"]["release_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let session = d.sign_in(&admin).await;
+    let page = d
+        .raw(
+            "GET",
+            &format!("/runs/{id}"),
+            None,
+            &[("cookie".to_string(), session)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("<h2>Traffic</h2>"), "{html}");
+    assert!(
+        html.contains("data-weight=\"100\">100 %</strong>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<tr data-step=\"2\"><td>2</td><td>50 %</td>"),
+        "{html}"
+    );
+
+    let metrics = d
+        .raw("GET", "/metrics", Some(&admin), &[], None)
+        .await
+        .unwrap()
+        .text();
+    let line =
+        format!("deploy_agent_traffic_weight{{environment=\"prod\",release=\"{release}\"}} 100");
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+}

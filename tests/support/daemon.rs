@@ -788,6 +788,38 @@ pub async fn load(
 }
 
 impl Client {
+    /// Signs in to the console as its form does (the sign-in cookie's CSRF token, then the
+    /// token); the session cookie, `da_session=...`.
+    pub async fn sign_in(&self, token: &str) -> String {
+        let form = self.raw("GET", "/login", None, &[], None).await.unwrap();
+        let cookie = |r: &Response, name: &str| {
+            r.headers
+                .iter()
+                .filter(|(k, _)| k == "set-cookie")
+                .find_map(|(_, v)| v.strip_prefix(&format!("{name}=")))
+                .and_then(|c| c.split(';').next())
+                .map(str::to_string)
+        };
+        let login = cookie(&form, "da_login").expect("a sign-in cookie");
+        let body = format!("csrf={login}&next=%2F&token={token}");
+        let headers = [
+            ("cookie".to_string(), format!("da_login={login}")),
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+        ];
+        let r = self
+            .raw("POST", "/login", None, &headers, Some(body.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 303, "sign-in");
+        format!(
+            "da_session={}",
+            cookie(&r, "da_session").expect("a session")
+        )
+    }
+
     /// A call's JSON answer (`null` when it failed or was not JSON).
     pub async fn json(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Value {
         match self.request(method, path, Some(token), body).await {

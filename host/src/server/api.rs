@@ -65,6 +65,10 @@ pub struct RunView {
     /// back, or waiting (and why).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<crate::store::HostStep>,
+    /// A canary's steps: the weight each gave the release, and how far it got (the last
+    /// row's weight is the traffic it has now).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<crate::store::TrafficStep>,
 }
 
 pub(super) async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<RunView>> {
@@ -115,6 +119,7 @@ pub(super) async fn run_view(state: &AppState, id: &str) -> ApiResult<Option<Run
         waiting,
         evidence,
         hosts: state.agent.store.host_steps(id).await?,
+        traffic: state.agent.store.traffic_steps(id).await?,
     }))
 }
 
@@ -186,6 +191,7 @@ pub(super) async fn trigger(
         waiting: Vec::new(),
         evidence: Vec::new(),
         hosts: Vec::new(),
+        traffic: Vec::new(),
     };
     Ok((StatusCode::ACCEPTED, Json(view)))
 }

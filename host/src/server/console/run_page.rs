@@ -178,6 +178,9 @@ pub async fn main(state: &AppState, who: &SignedIn<'_>, id: &str) -> ApiResult<(
     if !view.hosts.is_empty() {
         hosts_section(&mut out, &view.hosts);
     }
+    if !view.traffic.is_empty() {
+        traffic_section(&mut out, &view.traffic);
+    }
     out.push_str("<h2>Journal</h2>");
     if view.steps.is_empty() {
         out.push_str("<p>Nothing journaled yet.</p>");
@@ -218,6 +221,32 @@ fn hosts_section(out: &mut String, hosts: &[crate::store::HostStep]) {
             },
             esc(h.detail.as_deref().unwrap_or("")),
             host = esc(&h.host),
+        );
+    }
+    out.push_str("</tbody></table>");
+}
+
+/// A canary's steps: the weight now first, then each step with how far it got.
+fn traffic_section(out: &mut String, steps: &[crate::store::TrafficStep]) {
+    use crate::store::TrafficPhase;
+    let now = steps.last().map_or(0, |s| match s.phase {
+        TrafficPhase::Aborted => 0,
+        _ => s.weight,
+    });
+    let _ = write!(
+        out,
+        "<h2>Traffic</h2><p class=\"weight\">The release has <strong data-weight=\"{now}\">{now} %</strong> of traffic.</p><table class=\"checks traffic\"><thead><tr><th scope=\"col\">Step</th><th scope=\"col\">Weight</th><th scope=\"col\">State</th><th scope=\"col\">Took</th><th scope=\"col\">Detail</th></tr></thead><tbody>"
+    );
+    for s in steps {
+        let _ = write!(
+            out,
+            "<tr data-step=\"{}\"><td>{}</td><td>{} %</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            s.step + 1,
+            s.step + 1,
+            s.weight,
+            badge(s.phase.as_str()),
+            took(s.updated_at - s.started_at),
+            esc(s.detail.as_deref().unwrap_or("")),
         );
     }
     out.push_str("</tbody></table>");
