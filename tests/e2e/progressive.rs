@@ -362,3 +362,70 @@ async fn the_api_the_console_and_metrics_show_the_canary_weight() {
         format!("deploy_agent_traffic_weight{{environment=\"prod\",release=\"{release}\"}} 100");
     assert!(metrics.contains(&line), "{line} not in\n{metrics}");
 }
+
+/// Without an HTTPRoute, a canary by replica ratio: Argo Rollouts' counts for 10 replicas,
+/// both releases behind the active Service while it runs, the Service pinned to the new one at
+/// the end; the gateway's share of requests follows the pods.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_by_replica_ratio_scales_as_argo_rollouts_counts() {
+    let c = Cluster::start(TOKEN).await;
+    {
+        let mut st = c.state.lock().unwrap();
+        let web = st.deployments.get_mut("web").unwrap();
+        web["spec"]["replicas"] = serde_json::json!(10);
+        web["status"]["readyReplicas"] = serde_json::json!(10);
+    }
+    let p = project(
+        &c,
+        "poll_interval_ms = 20\nstrategy = \"canary\"\nsteps = [{ weight = 25, pause_ms = 600 }, { weight = 100 }]\nscale_down_delay_ms = 0",
+        false,
+    );
+    let _users = c.users();
+    let (code, _, v, err) = deploy(&p, "v1", None);
+    assert_eq!(code, Some(0), "{v:#}\n{err}");
+    let id = v["deployment"]["release_id"].as_str().unwrap().to_string();
+    let canary = format!("web-{}", id.to_ascii_lowercase());
+    let st = c.state.lock().unwrap();
+    let scales: Vec<&str> = st
+        .log
+        .iter()
+        .map(|(_, e)| e.as_str())
+        .filter(|e| e.starts_with("scale "))
+        .collect();
+    // 25 % of 10 with surge: (3, 8), as Argo Rollouts rounds; then (10, 0); then retired.
+    assert_eq!(
+        scales,
+        [
+            format!("scale {canary} 3").as_str(),
+            "scale web 8",
+            format!("scale {canary} 10").as_str(),
+            "scale web 0",
+            "scale web 0",
+        ],
+        "{:#?}",
+        st.log
+    );
+    assert_eq!(st.selected("web").as_deref(), Some(id.as_str()));
+    assert!(st.weights.is_empty(), "no route was touched");
+    // While both served, requests went to the pods in proportion: 3 of 11.
+    let at = |entry: &str| st.log.iter().find(|(_, e)| e == entry).unwrap().0;
+    let (from, to) = (at("select web "), at(&format!("scale {canary} 10")));
+    let during: Vec<_> = st
+        .routed
+        .iter()
+        .filter(|r| r.at > from && r.at < to)
+        .collect();
+    let share = during
+        .iter()
+        .filter(|r| r.image.ends_with("web:v1"))
+        .count() as f64
+        / during.len().max(1) as f64;
+    assert!(during.len() >= 40, "{} requests at 25 %", during.len());
+    assert!(
+        (share - 3.0 / 11.0).abs() <= 0.05,
+        "{share} of {} requests reached v1",
+        during.len()
+    );
+    drop(st);
+    c.api.assert_fits_spec();
+}

@@ -55,6 +55,8 @@ pub struct Routed {
     /// The image of the pod that answered (empty when none could).
     pub image: String,
     pub status: u16,
+    /// When.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -566,6 +568,7 @@ fn gateway(st: &mut State, r: &Request) -> Reply {
             service,
             image: image.clone(),
             status: code,
+            at: std::time::Instant::now(),
         });
     }
     Reply::Raw(

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 mod releases;
+mod replicas;
 mod traffic;
 
 /// The plugin.

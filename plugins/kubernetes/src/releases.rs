@@ -63,7 +63,7 @@ impl Api {
         )
     }
 
-    fn release_name(&self, release: &str) -> String {
+    pub(crate) fn release_name(&self, release: &str) -> String {
         format!("{}-{}", self.s.deployment, slug(release))
     }
 
@@ -101,7 +101,12 @@ impl Api {
             self.ns_path("v1", "services"),
             http::encode(service)
         );
-        let body = json!({"spec": {"selector": {RELEASE_LABEL: release}}});
+        // A canary by replica ratio may have left the selector open, remembering the stable
+        // release in an annotation: pinning closes both.
+        let body = json!({
+            "metadata": {"annotations": {"deploy-agent.dev/stable": null}},
+            "spec": {"selector": {RELEASE_LABEL: release}},
+        });
         let r = self
             .authed(http::patch(&self.url(&path)))
             .header("content-type", "application/merge-patch+json")
@@ -151,7 +156,7 @@ impl Api {
 
 /// How many replicas a release runs: the template Deployment's, or, once that was retired to
 /// zero, the live release's.
-fn desired_replicas(api: &Api, base: &Deployment) -> Result<i32, PluginError> {
+pub(crate) fn desired_replicas(api: &Api, base: &Deployment) -> Result<i32, PluginError> {
     let template = base.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     if template > 0 {
         return Ok(template);
@@ -193,8 +198,16 @@ pub(crate) fn deploy(api: &Api, release: &Artifact, id: &str) -> Result<Staged, 
         .get_or_insert_with(Default::default)
         .insert(RELEASE_LABEL.into(), id.into());
     spec.paused = None;
-    spec.replicas = Some(desired_replicas(api, &base)?);
+    let replicas = desired_replicas(api, &base)?;
+    spec.replicas = Some(replicas);
     d.spec = Some(spec);
+    // The release's full size, which a canary by replica ratio divides (the template's count
+    // changes while it runs).
+    d.metadata.annotations = Some(
+        [(super::replicas::SIZE.to_string(), replicas.to_string())]
+            .into_iter()
+            .collect(),
+    );
     let r = api
         .authed(http::post(&api.url(&api.ns_path("apps/v1", "deployments"))))
         .json(&d)?

@@ -184,37 +184,55 @@ pub(crate) fn status(api: &Api, release: &str) -> Result<TrafficStatus, PluginEr
     })
 }
 
+/// Whether a canary by replica ratio was given a weight.
+fn has_weight(api: &Api, release: &str) -> Result<bool, PluginError> {
+    Ok(super::replicas::status(api, release).is_ok_and(|t| t.weight > 0))
+}
+
 impl Traffic for super::Kubernetes {
     fn strategies(ctx: &Context) -> Result<Vec<Strategy>, PluginError> {
         let api = Api::new(ctx)?;
-        let mut can = Vec::new();
-        if api.s.services.is_some() {
-            can.push(Strategy::BlueGreen);
-            if api.s.route.is_some() {
-                can.push(Strategy::Canary);
-            }
-        }
-        Ok(can)
+        // Canary by the route's weights, or by replica ratio without one.
+        Ok(if api.s.services.is_some() {
+            vec![Strategy::BlueGreen, Strategy::Canary]
+        } else {
+            Vec::new()
+        })
     }
 
     fn set_weight(ctx: &Context, release_id: &str, weight: u8) -> Result<(), PluginError> {
         if weight > 100 {
             return Err(rejected(format!("weight {weight} is over 100")));
         }
-        set(&Api::new(ctx)?, release_id, weight)
+        let api = Api::new(ctx)?;
+        if api.s.route.is_some() {
+            set(&api, release_id, weight)
+        } else {
+            super::replicas::set(&api, release_id, weight)
+        }
     }
 
     fn weight(ctx: &Context, release_id: &str) -> Result<TrafficStatus, PluginError> {
-        status(&Api::new(ctx)?, release_id)
+        let api = Api::new(ctx)?;
+        if api.s.route.is_some() {
+            status(&api, release_id)
+        } else {
+            super::replicas::status(&api, release_id)
+        }
     }
 
     fn abort(ctx: &Context, release_id: &str) -> Result<(), PluginError> {
         let api = Api::new(ctx)?;
-        if api.s.route.is_none() {
-            // Blue-green: the active Service never left the stable release before the switch.
+        if api.s.route.is_some() {
+            return set(&api, release_id, 0);
+        }
+        let names = services(&api)?;
+        if api.selected(&names.active)?.is_some() && !has_weight(&api, release_id)? {
+            // Blue-green, or a canary that never took traffic: the active Service still
+            // pins the stable release.
             return Ok(());
         }
-        set(&api, release_id, 0)
+        super::replicas::set(&api, release_id, 0)
     }
 
     fn retire(ctx: &Context, release_id: &str) -> Result<(), PluginError> {
