@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Value, json};
 
+use crate::kubernetes::status;
 use crate::openapi::Spec;
 use crate::standin::{Reply, Request, Standin, TestCa};
 
@@ -89,14 +90,6 @@ pub struct Cluster {
     pub gateway: Standin,
     pub state: Arc<Mutex<State>>,
     pub ca_pem: String,
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Reply {
-    Reply::Json(
-        code,
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}),
-    )
 }
 
 /// RFC 7386.

@@ -55,7 +55,8 @@ pub struct Kubernetes {
     pub ca_pem: String,
 }
 
-fn status(code: u16, reason: &str, message: &str) -> Reply {
+/// A `Status` failure, as the API server answers one.
+pub(crate) fn status(code: u16, reason: &str, message: &str) -> Reply {
     Reply::Json(
         code,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",

@@ -48,6 +48,15 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Its checks of one stage, in order.
+    pub fn checks_at(&self, stage: CheckStage) -> Vec<CheckConfig> {
+        self.checks
+            .iter()
+            .filter(|c| c.stage == stage)
+            .cloned()
+            .collect()
+    }
+
     /// The plugins it uses (target, validators, off-site backup store, notifiers), sorted.
     pub fn plugins_used(&self) -> Vec<String> {
         let mut names: Vec<String> = self.target.iter().map(|t| t.plugin.clone()).collect();

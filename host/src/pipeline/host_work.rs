@@ -66,12 +66,7 @@ async fn roll_out(agent: &Agent, step: &mut HostStep) -> Result<String, StageErr
     })
     .await?;
     let url = url.or(staged.url);
-    let list: Vec<_> = env
-        .checks
-        .iter()
-        .filter(|c| c.stage == CheckStage::Verify)
-        .cloned()
-        .collect();
+    let list = env.checks_at(CheckStage::Verify);
     let subst = Subst {
         url,
         release: id.clone(),

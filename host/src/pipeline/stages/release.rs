@@ -110,13 +110,7 @@ impl Run<'_> {
 
     pub(in crate::pipeline) async fn verify(&mut self) -> Result<(), StageError> {
         let step = self.begin(Stage::Verify).await?;
-        let list: Vec<_> = self
-            .env
-            .checks
-            .iter()
-            .filter(|c| c.stage == CheckStage::Verify)
-            .cloned()
-            .collect();
+        let list = self.env.checks_at(CheckStage::Verify);
         if list.is_empty() {
             return self
                 .end(

@@ -169,13 +169,7 @@ impl Run<'_> {
         let detail = match &s.pause {
             Pause::None => "no pause".to_string(),
             Pause::For(d) => {
-                let list: Vec<_> = self
-                    .env
-                    .checks
-                    .iter()
-                    .filter(|c| c.stage == CheckStage::Watch)
-                    .cloned()
-                    .collect();
+                let list = self.env.checks_at(CheckStage::Watch);
                 let began = Instant::now();
                 progress::countdown("pause", "pause", began + *d);
                 let gate = format!("analysis-step-{}", i + 1);

@@ -79,13 +79,7 @@ impl Run<'_> {
     /// as `watch_failed` (the evidence) for the rollback policy.
     pub(in crate::pipeline) async fn watch(&mut self) -> Result<(), StageError> {
         let step = self.begin(Stage::Watch).await?;
-        let list: Vec<_> = self
-            .env
-            .checks
-            .iter()
-            .filter(|c| c.stage == CheckStage::Watch)
-            .cloned()
-            .collect();
+        let list = self.env.checks_at(CheckStage::Watch);
         if list.is_empty() && self.env.analysis.is_empty() {
             return self
                 .end(
