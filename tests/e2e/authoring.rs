@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use deploy_agent_tests::cluster::Cluster;
 use deploy_agent_tests::fixtures;
 use deploy_agent_tests::http::{Behaviour, TestServer};
 use deploy_agent_tests::kubernetes::Kubernetes;
@@ -17,7 +18,13 @@ use serde_json::Value;
 
 use crate::project::{Project, stderr};
 
-const KINDS: [&str; 4] = ["notifier", "validator", "deploy-target", "backup-store"];
+const KINDS: [&str; 5] = [
+    "notifier",
+    "validator",
+    "deploy-target",
+    "traffic",
+    "backup-store",
+];
 
 /// componentize-py, as `make test-tools` installs it.
 fn componentize_py() -> PathBuf {
@@ -158,7 +165,7 @@ fn new_rust_projects_build_test_and_conform() {
             String::from_utf8_lossy(&out.stdout)
         );
         let min = match kind {
-            "deploy-target" => 20,
+            "deploy-target" | "traffic" => 20,
             "backup-store" => 15,
             _ => 10,
         };
@@ -169,7 +176,38 @@ fn new_rust_projects_build_test_and_conform() {
             with_outcome(&report.1, "skip").is_empty(),
             "{name}: nothing skipped"
         );
+        if kind == "traffic" {
+            every_exported_kind_is_tested(&wasm, &dir.join("standin.toml"));
+        }
     }
+}
+
+/// Without `--kind`, `plugin test` reads what the component exports and runs each kind's
+/// scenario; a first compile says what it is doing and how long it took.
+fn every_exported_kind_is_tested(wasm: &Path, standin: &Path) {
+    let cache = tempfile::tempdir().unwrap();
+    let out = run(Command::new(bin())
+        .args(["plugin", "test"])
+        .arg(wasm)
+        .arg("--against")
+        .arg(standin)
+        .arg("--cache")
+        .arg(cache.path()));
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(err.contains("as a deploy-target against"), "{err}");
+    assert!(err.contains("as a traffic against"), "{err}");
+    assert!(
+        err.contains("compiled ") && err.contains("for later runs"),
+        "{err}"
+    );
+    for kind in ["deploy-target", "traffic"] {
+        assert!(
+            text.contains(&format!("\n{kind}: ")) && !text.contains(" 0 passed"),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("FAIL"), "{text}");
 }
 
 /// `plugin new` refuses what it cannot make, and says what to do instead.
@@ -314,6 +352,36 @@ async fn the_first_party_plugins_conform() {
     );
     assert_conforms("kubernetes", &kubernetes, 20);
     k.server.assert_fits_spec();
+
+    // The traffic scenario: Vercel by Rolling Releases, Kubernetes by HTTPRoute weights.
+    let v = Vercel::start("vc-kit-token", Some("team_standin")).await;
+    let vercel = upstream(
+        fixtures::VERCEL,
+        "traffic",
+        "vercel.toml",
+        &v.api(),
+        ("VERCEL_TOKEN", "vc-kit-token"),
+    );
+    assert_conforms("vercel traffic", &vercel, 20);
+    v.server.assert_fits_spec();
+    assert!(
+        v.state.lock().unwrap().rr.approvals.len() >= 2,
+        "stages were approved"
+    );
+    let c = Cluster::start_plain("k8s-kit-token").await;
+    let kubernetes = upstream(
+        fixtures::KUBERNETES,
+        "traffic",
+        "kubernetes-traffic.toml",
+        &c.api.base(),
+        ("K8S_TOKEN", "k8s-kit-token"),
+    );
+    assert_conforms("kubernetes traffic", &kubernetes, 20);
+    c.api.assert_fits_spec();
+    assert!(
+        c.state.lock().unwrap().weights.contains(&50),
+        "weights were written to the route"
+    );
 
     let server = S3Server::start();
     for kind in ["backup-store", "deploy-target"] {

@@ -22,6 +22,7 @@ mod project;
 mod remote;
 mod restore_kill;
 mod rollback;
+mod rolling;
 mod sandbox;
 mod store_upgrade;
 mod wit_compat;

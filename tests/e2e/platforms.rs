@@ -622,23 +622,7 @@ async fn pipeline_deploys_to_vercel_and_kubernetes_and_rolls_back() {
     let project = Project::new("", "");
     std::fs::write(project.path("cluster-ca.pem"), &k.ca_pem).unwrap();
     let toml = format!(
-        r#"
-[plugins.vercel]
-path = "{vercel}"
-[plugins.vercel.policy]
-allowed_hosts = ["127.0.0.1:{vport}"]
-allow_ip_ranges = ["127.0.0.0/8"]
-dirs = [{{ path = "site", guest = "/artifact" }}]
-max_requests = 200
-[plugins.vercel.secrets.token]
-from = "${{env:VERCEL_TOKEN}}"
-hosts = ["127.0.0.1:{vport}"]
-[plugins.vercel.config]
-api = "http://127.0.0.1:{vport}"
-project = "web"
-team_id = "{TEAM}"
-url_scheme = "http"
-
+        r#"{vercel_table}
 [plugins.kubernetes]
 path = "{k8s}"
 [plugins.kubernetes.policy]
@@ -681,7 +665,7 @@ plugins = ["kubernetes"]
 [environments.production.deploy]
 poll_interval_ms = 10
 "#,
-        vercel = fixtures::VERCEL,
+        vercel_table = v.plugin_table(200),
         k8s = fixtures::KUBERNETES,
         vport = v.server.port,
         kport = k.server.port,

@@ -429,3 +429,79 @@ async fn a_canary_by_replica_ratio_scales_as_argo_rollouts_counts() {
     drop(st);
     c.api.assert_fits_spec();
 }
+
+/// `plan` runs the validator, which names a set-up that would send traffic to every release
+/// at once (a Service selecting without the release label) or a route rule the canary cannot
+/// weigh (no backendRef to the preview Service).
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_names_a_set_up_that_would_mix_releases() {
+    let c = Cluster::start(TOKEN).await;
+    let p = project(&c, CANARY, true);
+    let toml = std::fs::read_to_string(p.path("agent.toml")).unwrap();
+    std::fs::write(
+        p.path("agent.toml"),
+        format!("{toml}\n[environments.prod.validate]\nplugins = [\"kubernetes\"]\n"),
+    )
+    .unwrap();
+    let plan = || {
+        let mut cmd = p.command(&[
+            "plan",
+            "--env",
+            "prod",
+            "--version",
+            "v1",
+            "--output",
+            "json",
+        ]);
+        cmd.env("K8S_TOKEN", TOKEN);
+        let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+        let v: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        let codes: Vec<(String, String)> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["code"].as_str().unwrap().to_string(),
+                    f["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        (v, codes)
+    };
+    let (v, codes) = plan();
+    assert_eq!(v["blocked"], false, "{v:#}");
+    assert!(
+        codes.is_empty(),
+        "the stand-in's set-up is right: {codes:?}"
+    );
+    {
+        let mut st = c.state.lock().unwrap();
+        let selector = st
+            .services
+            .get_mut("web-preview")
+            .unwrap()
+            .pointer_mut("/spec/selector")
+            .unwrap()
+            .as_object_mut()
+            .unwrap();
+        selector.remove("deploy-agent.dev/release");
+        st.route["spec"]["rules"][0]["backendRefs"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|b| b["name"] != "web-preview");
+    }
+    let (v, codes) = plan();
+    assert_eq!(v["blocked"], true, "{v:#}");
+    let has = |code: &str, text: &str| codes.iter().any(|(c, m)| c == code && m.contains(text));
+    assert!(
+        has("service-not-pinned", "Service web-preview"),
+        "{codes:?}"
+    );
+    assert!(
+        has("route-backends", "no backendRef to web-preview"),
+        "{codes:?}"
+    );
+    assert!(!has("service-not-pinned", "Service web's"), "{codes:?}");
+}

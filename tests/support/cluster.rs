@@ -391,6 +391,21 @@ fn handle(st: &mut State, r: &Request) -> Reply {
             }
             Reply::Json(200, out)
         }
+        // The token is the cluster's deployer: its Role allows everything in the namespace.
+        (
+            "POST",
+            [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+            ],
+        ) => {
+            let mut review = r.json();
+            let allowed = review["spec"]["resourceAttributes"]["namespace"] == NAMESPACE;
+            review["status"] = json!({"allowed": allowed});
+            Reply::Json(201, review)
+        }
         ("GET", ["api", "v1", "namespaces", NAMESPACE, "services", name]) => {
             match st.services.get(*name) {
                 Some(s) => Reply::Json(200, s.clone()),
@@ -576,6 +591,15 @@ impl Cluster {
     /// with 2 replicas), the Services `web` and `web-preview` selecting it, and the HTTPRoute
     /// `web` sending everything to `web`.
     pub async fn start(token: &str) -> Cluster {
+        Cluster::start_with(token, true).await
+    }
+
+    /// The same cluster with its API on plain HTTP (for the conformance kit's upstream).
+    pub async fn start_plain(token: &str) -> Cluster {
+        Cluster::start_with(token, false).await
+    }
+
+    async fn start_with(token: &str, tls: bool) -> Cluster {
         let ca = TestCa::new();
         let labels = json!({"app": "web", RELEASE: "initial"});
         let web = json!({
@@ -627,7 +651,7 @@ impl Cluster {
         let api = Standin::start(
             spec(),
             None,
-            Some(ca.server.clone()),
+            tls.then(|| ca.server.clone()),
             Arc::new(move |r: &Request| handle(&mut a.lock().unwrap(), r)),
         )
         .await;

@@ -17,6 +17,7 @@ pub mod s3;
 pub mod slack;
 pub mod standin;
 pub mod vercel;
+pub mod vercel_rolling;
 pub mod witdoc;
 
 use std::path::{Path, PathBuf};

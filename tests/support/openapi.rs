@@ -182,6 +182,14 @@ impl Spec {
         item[method.to_ascii_lowercase()] = operation;
     }
 
+    /// Gives an operation the request body the document leaves out (documented where it is
+    /// used).
+    pub fn set_request_body(&mut self, path: &str, method: &str, body: Value) {
+        let op = &mut self.doc["paths"][path][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {path} is not in the spec");
+        op["requestBody"] = body;
+    }
+
     /// Drops a parameter from every operation (where the document and the platform's own
     /// docs disagree; documented where it is used).
     pub fn drop_parameter(&mut self, place: &str, name: &str) {

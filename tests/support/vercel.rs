@@ -10,7 +10,9 @@
 //! - rollback (`POST /v9/projects/{id}/rollback/{deploymentId}`, the CLI's endpoint, absent
 //!   from the public document and added to it here) points production back;
 //! - a wrong token is 403 `forbidden`; scripted 429s carry `Retry-After` and `error.limit`;
-//! - every deployment is served at `/_sites/<id>/…`, and production at `/_sites/production/…`.
+//! - every deployment is served at `/_sites/<id>/…`, and production at `/_sites/production/…`;
+//! - Rolling Releases (config, start on promote, approve, complete, abort by rollback, and
+//!   production split by the active stage) are in `vercel_rolling.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,6 +22,7 @@ use sha1::Digest as _;
 
 use crate::openapi::Spec;
 use crate::standin::{Reply, Request, Standin};
+use crate::vercel_rolling::{self as rolling, Rolling};
 
 /// The Vercel document, loaded once, plus the CLI's rollback endpoint.
 pub fn spec() -> Arc<Spec> {
@@ -41,6 +44,21 @@ pub fn spec() -> Arc<Spec> {
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": false}}}},
                 "security": [{"bearerToken": []}],
             }),
+        );
+        // The document gives updateRollingReleaseConfig no body; this is what the CLI sends
+        // (configure-rolling-release.ts; PLATFORM-FACTS-2.md §1, "The config body").
+        let stage = json!({"type": "object", "required": ["targetPercentage"], "additionalProperties": false,
+            "properties": {"targetPercentage": {"type": "number"}, "duration": {"type": "number"}}});
+        spec.set_request_body(
+            "/v1/projects/{idOrName}/rolling-release/config",
+            "patch",
+            json!({"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["enabled"], "additionalProperties": false,
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "advancementType": {"type": "string", "enum": ["automatic", "manual-approval"]},
+                    "stages": {"type": "array", "items": stage},
+                }}}}}),
         );
         Arc::new(spec)
     })
@@ -89,7 +107,9 @@ pub struct State {
     pub queue_promotions: bool,
     pending_promotion: Option<(String, u32)>,
     pub port: u16,
-    clock: u64,
+    pub clock: u64,
+    /// Rolling Releases: the config and the latest release.
+    pub rr: Rolling,
 }
 
 pub struct Vercel {
@@ -97,7 +117,7 @@ pub struct Vercel {
     pub state: Arc<Mutex<State>>,
 }
 
-fn error(status: u16, code: &str, message: &str) -> Reply {
+pub fn error(status: u16, code: &str, message: &str) -> Reply {
     Reply::Json(status, json!({"error": {"code": code, "message": message}}))
 }
 
@@ -118,6 +138,7 @@ impl Vercel {
             pending_promotion: None,
             port: 0,
             clock: 1_760_000_000_000,
+            rr: Rolling::default(),
         }));
         let s = state.clone();
         let server = Standin::start(
@@ -133,6 +154,39 @@ impl Vercel {
 
     pub fn api(&self) -> String {
         self.server.base()
+    }
+
+    /// The `[plugins.vercel]` tables for agent.toml: the first-party plugin on this stand-in,
+    /// the token from `VERCEL_TOKEN`, the artifact directory `site` granted as `/artifact`.
+    pub fn plugin_table(&self, max_requests: u32) -> String {
+        let port = self.server.port;
+        let team = self
+            .state
+            .lock()
+            .unwrap()
+            .team
+            .as_ref()
+            .map(|t| format!("team_id = \"{t}\"\n"))
+            .unwrap_or_default();
+        format!(
+            r#"
+[plugins.vercel]
+path = "{vercel}"
+[plugins.vercel.policy]
+allowed_hosts = ["127.0.0.1:{port}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+dirs = [{{ path = "site", guest = "/artifact" }}]
+max_requests = {max_requests}
+[plugins.vercel.secrets.token]
+from = "${{env:VERCEL_TOKEN}}"
+hosts = ["127.0.0.1:{port}"]
+[plugins.vercel.config]
+api = "http://127.0.0.1:{port}"
+project = "web"
+{team}url_scheme = "http"
+"#,
+            vercel = crate::fixtures::VERCEL,
+        )
     }
 }
 
@@ -182,6 +236,10 @@ fn handle(st: &mut State, r: &Request) -> Reply {
             Reply::Json(200, json!({"id": id, "slug": "team", "name": "Team"}))
         }
         ("GET", ["v2", "teams", _]) => error(403, "forbidden", "Not a member of this team"),
+        (
+            "GET" | "PATCH" | "DELETE" | "POST",
+            ["v1", "projects", pid, "rolling-release", rest @ ..],
+        ) => rolling::handle(st, r, pid, rest),
         ("POST", ["v2", "files"]) => {
             let digest = r.header("x-vercel-digest").unwrap_or_default().to_string();
             let actual = hex::encode(sha1(&r.body));
@@ -219,6 +277,7 @@ fn handle(st: &mut State, r: &Request) -> Reply {
                 200,
                 json!({"id": st.project_id, "name": st.project_name,
                     "autoAssignCustomDomains": st.auto_assign,
+                    "rollingRelease": rolling::project_field(st),
                     "targets": {"production": production}}),
             )
         }
@@ -234,6 +293,9 @@ fn handle(st: &mut State, r: &Request) -> Reply {
                     "deployment_not_ready",
                     "The deployment is not ready to be promoted",
                 ),
+                Some(_) if st.rr.config.is_some() && st.production.is_some() => {
+                    rolling::on_promote(st, did).unwrap_or(Reply::Raw(201, vec![], vec![]))
+                }
                 Some(_) if st.queue_promotions => {
                     st.pending_promotion = Some((did.to_string(), 2));
                     Reply::Raw(202, vec![], vec![])
@@ -250,6 +312,7 @@ fn handle(st: &mut State, r: &Request) -> Reply {
             }
             match st.deployments.iter().find(|d| d.id == *did) {
                 Some(d) if d.ready_state() == "READY" => {
+                    rolling::on_rollback(st);
                     st.production = Some(did.to_string());
                     Reply::Raw(201, vec![], vec![])
                 }
@@ -287,7 +350,7 @@ fn sha1(bytes: &[u8]) -> Vec<u8> {
     sha1::Sha1::digest(bytes).to_vec()
 }
 
-fn site_host(st: &State, id: &str) -> String {
+pub fn site_host(st: &State, id: &str) -> String {
     format!("127.0.0.1:{}/_sites/{id}", st.port)
 }
 
@@ -297,6 +360,8 @@ fn deployment_json(st: &State, d: &Deployment) -> Value {
         Value::Null
     } else if st.production.as_deref() == Some(d.id.as_str()) {
         json!("PROMOTED")
+    } else if rolling::is_rolling(st, &d.id) {
+        json!("ROLLING")
     } else {
         json!("STAGED")
     };
@@ -356,11 +421,11 @@ fn create(st: &mut State, r: &Request) -> Reply {
     Reply::Json(200, deployment_json(st, &d))
 }
 
-fn site(st: &State, rest: &str) -> Reply {
+fn site(st: &mut State, rest: &str) -> Reply {
     let (id, file) = rest.split_once('/').unwrap_or((rest, ""));
     let id = if id == "production" {
-        match &st.production {
-            Some(p) => p.clone(),
+        match st.rr.serve(st.production.as_deref()) {
+            Some(p) => p,
             None => return Reply::Raw(404, vec![], b"no production deployment".to_vec()),
         }
     } else {

@@ -221,6 +221,9 @@ pub enum KindArg {
     Notifier,
     /// Keeps backups off the deploy host.
     BackupStore,
+    /// Shifts a share of traffic to a staged release (a deploy target that also exports
+    /// `traffic`: blue-green and canary).
+    Traffic,
 }
 
 impl From<KindArg> for Kind {
@@ -230,6 +233,7 @@ impl From<KindArg> for Kind {
             KindArg::Validator => Kind::Validator,
             KindArg::Notifier => Kind::Notifier,
             KindArg::BackupStore => Kind::BackupStore,
+            KindArg::Traffic => Kind::Traffic,
         }
     }
 }
@@ -244,9 +248,10 @@ platform: scripted [[route]]s, or `upstream` (or --upstream) to forward to a ser
 pub struct TestArgs {
     /// The component (.wasm).
     pub file: PathBuf,
-    /// The contract to check.
+    /// The contract to check (default: every kind the component exports, in turn, each
+    /// against a fresh stand-in; `--output json` then prints a list of reports).
     #[arg(long, value_enum)]
-    pub kind: KindArg,
+    pub kind: Option<KindArg>,
     /// The stand-in file (TOML).
     #[arg(long, value_name = "STANDIN")]
     pub against: PathBuf,
@@ -265,56 +270,128 @@ pub struct TestArgs {
 }
 
 pub(super) async fn test(args: &TestArgs) -> anyhow::Result<ExitCode> {
-    let options = crate::conformance::Options {
-        wasm: args.file.clone(),
-        kind: args.kind.into(),
-        standin: args.against.clone(),
-        upstream: args.upstream.clone(),
-        timeout: std::time::Duration::from_millis(args.timeout_ms),
-        cache_dir: args.cache.clone(),
+    let kinds: Vec<Kind> = match args.kind {
+        Some(k) => vec![k.into()],
+        None => {
+            let bytes = std::fs::read(&args.file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file.display()))?;
+            let kinds = crate::runtime::inspect::exported_kinds(&bytes);
+            if kinds.is_empty() {
+                anyhow::bail!(
+                    "{} exports none of the plugin interfaces (is it a component built against deploy-agent:plugin?)\n  hint: `deploy-agent plugin inspect {}` lists what it exports",
+                    args.file.display(),
+                    args.file.display()
+                );
+            }
+            kinds
+        }
     };
     if args.output == Output::Human {
-        tell!(
-            "checking {} as a {} against {} ...",
-            args.file.display(),
-            options.kind.interface(),
-            args.against.display()
-        );
+        compile_with_progress(&args.file, &args.cache)?;
     }
-    let report = crate::conformance::run(&options).await?;
-    if args.output == Output::Json {
-        say!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for c in &report.checks {
-            let mark = match c.outcome {
-                crate::conformance::Outcome::Pass => "pass",
-                crate::conformance::Outcome::Fail => "FAIL",
-                crate::conformance::Outcome::Skip => "skip",
-            };
-            say!("{mark}  {}", c.name);
-            say!("      {}", c.detail);
+    let mut reports = Vec::new();
+    for kind in &kinds {
+        let options = crate::conformance::Options {
+            wasm: args.file.clone(),
+            kind: *kind,
+            standin: args.against.clone(),
+            upstream: args.upstream.clone(),
+            timeout: std::time::Duration::from_millis(args.timeout_ms),
+            cache_dir: args.cache.clone(),
+        };
+        if args.output == Output::Human {
+            tell!(
+                "checking {} as a {} against {} ...",
+                args.file.display(),
+                kind.interface(),
+                args.against.display()
+            );
         }
-        let count = |o| report.checks.iter().filter(|c| c.outcome == o).count();
-        say!(
-            "\n{} passed, {} failed, {} skipped; {} requests to the stand-in ({}){}",
-            count(crate::conformance::Outcome::Pass),
-            count(crate::conformance::Outcome::Fail),
-            count(crate::conformance::Outcome::Skip),
-            report.requests,
-            report.standin,
-            report
-                .slowest_call
-                .as_ref()
-                .map(|(op, ms)| format!("; slowest call: {op} {ms:.1} ms"))
-                .unwrap_or_default()
-        );
-        say!("sha256 {}", report.sha256);
+        let began = std::time::Instant::now();
+        let report = crate::conformance::run(&options).await?;
+        if args.output == Output::Human {
+            print_report(&report, began.elapsed());
+        }
+        reports.push(report);
     }
-    Ok(if report.failed() == 0 {
+    if args.output == Output::Json {
+        if args.kind.is_some() {
+            say!("{}", serde_json::to_string_pretty(&reports[0])?);
+        } else {
+            say!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+    }
+    Ok(if reports.iter().all(|r| r.failed() == 0) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+/// Compiles the component into the cache before the scenario, saying so while it takes
+/// (a first compile of a large component takes tens of seconds on a small machine).
+fn compile_with_progress(file: &Path, cache: &Path) -> anyhow::Result<()> {
+    let runtime = Runtime::new(cache.to_path_buf())?;
+    let began = Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (done, name) = (done.clone(), file.display().to_string());
+        std::thread::spawn(move || {
+            let mut said = false;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                let secs = began.elapsed().as_secs();
+                if secs >= 2 && (!said || secs.is_multiple_of(5)) {
+                    tell!("compiling {name} ... {secs} s (once; later runs use the cache)");
+                    said = true;
+                    std::thread::sleep(std::time::Duration::from_millis(800));
+                }
+            }
+        })
+    };
+    let wasm =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let out = tokio::task::block_in_place(|| runtime.precompile(&wasm));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.join();
+    if out? == LoadSource::Compiled {
+        tell!(
+            "compiled {} in {:.1} s (cached in {} for later runs)",
+            file.display(),
+            began.elapsed().as_secs_f64(),
+            cache.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_report(report: &crate::conformance::Report, took: std::time::Duration) {
+    for c in &report.checks {
+        let mark = match c.outcome {
+            crate::conformance::Outcome::Pass => "pass",
+            crate::conformance::Outcome::Fail => "FAIL",
+            crate::conformance::Outcome::Skip => "skip",
+        };
+        say!("{mark}  {}", c.name);
+        say!("      {}", c.detail);
+    }
+    let count = |o| report.checks.iter().filter(|c| c.outcome == o).count();
+    say!(
+        "\n{}: {} passed, {} failed, {} skipped in {:.1} s; {} requests to the stand-in ({}){}",
+        report.kind.interface(),
+        count(crate::conformance::Outcome::Pass),
+        count(crate::conformance::Outcome::Fail),
+        count(crate::conformance::Outcome::Skip),
+        took.as_secs_f64(),
+        report.requests,
+        report.standin,
+        report
+            .slowest_call
+            .as_ref()
+            .map(|(op, ms)| format!("; slowest call: {op} {ms:.1} ms"))
+            .unwrap_or_default()
+    );
+    say!("sha256 {}\n", report.sha256);
 }
 
 /// Guest languages for `plugin new`.

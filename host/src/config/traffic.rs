@@ -37,9 +37,6 @@ fn as_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// default: time for every router to see the change).
 pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 
-/// The component export that shifts traffic.
-const TRAFFIC_EXPORT: &str = "deploy-agent:plugin/traffic@";
-
 impl Validator<'_> {
     /// The canary's steps: weights 1 to 100, ascending, ending at 100; only with
     /// `strategy = "canary"`, which needs them.
@@ -179,22 +176,5 @@ impl Validator<'_> {
 /// Whether a component exports `deploy-agent:plugin/traffic`, read from its top-level export
 /// section without compiling it.
 pub(crate) fn exports_traffic(bytes: &[u8]) -> bool {
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let Ok(payload) = payload else { return false };
-        match payload {
-            wasmparser::Payload::ModuleSection { .. }
-            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
-            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
-            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
-                for export in exports.into_iter().flatten() {
-                    if export.name.name.starts_with(TRAFFIC_EXPORT) {
-                        return true;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    false
+    crate::runtime::inspect::exported_kinds(bytes).contains(&crate::runtime::Kind::Traffic)
 }

@@ -5,8 +5,8 @@
 //! [`script`]); the kit grants the plugin only the stand-in's address, gives its secrets
 //! random values, and injects faults (429 with `Retry-After`, 503, 401, 403, 400, a reset
 //! connection, a server that never answers) to check that errors use the right variants and
-//! that deadlines hold. Each kind has its own scenario: [`target`], [`notifier`],
-//! [`validator`], [`store`].
+//! that deadlines hold. Each kind has its own scenario: [`target`], [`traffic`],
+//! [`notifier`], [`validator`], [`store`].
 
 mod faults;
 mod notifier;
@@ -14,6 +14,7 @@ pub mod script;
 pub mod standin;
 mod store;
 mod target;
+mod traffic;
 mod validator;
 
 use std::collections::BTreeMap;
@@ -173,6 +174,7 @@ pub async fn run(options: &Options) -> Result<Report, KitError> {
     hasty.policy.timeout = faults::HANG_DEADLINE;
     let hasty = tokio::task::block_in_place(|| runtime.load(hasty))?;
     let mut kit = Kit {
+        kind: options.kind,
         plugin,
         hasty,
         standin,
@@ -190,10 +192,7 @@ pub async fn run(options: &Options) -> Result<Report, KitError> {
         Kind::Notifier => notifier::run(&mut kit).await,
         Kind::Validator => validator::run(&mut kit).await,
         Kind::BackupStore => store::run(&mut kit).await,
-        Kind::Traffic => kit.fail(
-            "traffic scenario",
-            "this kit has no traffic scenario yet; test the plugin as a deploy-target",
-        ),
+        Kind::Traffic => traffic::run(&mut kit).await,
     }
     let upstream = options.upstream.is_some() || script.upstream.is_some();
     kit.sandbox_checks(upstream);
@@ -280,6 +279,8 @@ fn with_standin(value: serde_json::Value, url: &str) -> serde_json::Value {
 
 /// The state of one run: the plugin, its stand-in, and what was found so far.
 pub(crate) struct Kit {
+    /// The kind whose scenario runs.
+    kind: Kind,
     plugin: Plugin,
     /// The same plugin under a short deadline, for the hang check.
     hasty: Plugin,
@@ -365,7 +366,15 @@ impl Kit {
             labels: vec![
                 ("git.ref".into(), "refs/heads/main".into()),
                 ("ci.run".into(), "conformance".into()),
-            ],
+            ]
+            .into_iter()
+            .chain((self.kind == Kind::Traffic).then(|| {
+                (
+                    crate::pipeline::artifact::CANARY_STEPS_LABEL.to_string(),
+                    traffic::STEPS.to_string(),
+                )
+            }))
+            .collect(),
         }
     }
 

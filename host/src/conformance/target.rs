@@ -113,7 +113,15 @@ pub(super) async fn run(kit: &mut Kit) {
 
 /// Deploys `version`, waits for it to be ready, promotes it (twice) and waits for it to be
 /// live. Returns its id, or `None` after recording why the scenario cannot go on.
-async fn release(kit: &mut Kit, version: &str) -> Option<String> {
+pub(super) async fn release(kit: &mut Kit, version: &str) -> Option<String> {
+    let id = stage(kit, version).await?;
+    promote(kit, version, &id).await?;
+    Some(id)
+}
+
+/// Deploys `version` in a run of its own and waits for it to be ready (not live). Returns
+/// its id, or `None` after recording why the scenario cannot go on.
+pub(super) async fn stage(kit: &mut Kit, version: &str) -> Option<String> {
     kit.new_run();
     let artifact = kit.artifact(version);
     let (plugin, ctx) = (kit.plugin.clone(), kit.ctx.clone());
@@ -149,13 +157,19 @@ async fn release(kit: &mut Kit, version: &str) -> Option<String> {
             return None;
         }
     }
+    Some(id)
+}
+
+/// Promotes `id` (`version`), waits for it to be live, and promotes it again (a no-op).
+pub(super) async fn promote(kit: &mut Kit, version: &str, id: &str) -> Option<()> {
+    let (plugin, ctx) = (kit.plugin.clone(), kit.ctx.clone());
     let name = format!("promote {version}: makes it live");
-    let out = kit.call("promote", plugin.promote(&ctx, &id)).await;
+    let out = kit.call("promote", plugin.promote(&ctx, id)).await;
     if let Err(e) = out {
         kit.fail(name, said(&e));
         return None;
     }
-    match settle(kit, &id, |s| matches!(s, ReleaseState::Live)).await {
+    match settle(kit, id, |s| matches!(s, ReleaseState::Live)).await {
         Ok(n) => kit.pass(name, format!("live after {n} status calls")),
         Err(e) => {
             kit.fail(name, e);
@@ -163,20 +177,20 @@ async fn release(kit: &mut Kit, version: &str) -> Option<String> {
         }
     }
     let name = format!("promote {version} again: a no-op");
-    let out = kit.call("promote", plugin.promote(&ctx, &id)).await;
+    let out = kit.call("promote", plugin.promote(&ctx, id)).await;
     match out {
         Err(e) => kit.fail(name, said(&e)),
-        Ok(()) => match kit.call("status", plugin.status(&ctx, &id)).await {
+        Ok(()) => match kit.call("status", plugin.status(&ctx, id)).await {
             Ok(s) if matches!(s.state, ReleaseState::Live) => kit.pass(name, "still live"),
             Ok(s) => kit.fail(name, format!("now {}", state(&s.state))),
             Err(e) => kit.fail(name, said(&e)),
         },
     }
-    Some(id)
+    Some(())
 }
 
 /// Polls `status` until `done` holds, checking each transition. Returns the number of polls.
-async fn settle(
+pub(super) async fn settle(
     kit: &mut Kit,
     id: &str,
     done: impl Fn(&ReleaseState) -> bool,

@@ -284,9 +284,27 @@ pub(crate) async fn artifact_for(
             version,
             path: guest,
             digest,
-            labels: Vec::new(),
+            labels: steps_label(env).into_iter().collect(),
         },
     ))
+}
+
+/// The label that tells a target the canary's steps before the first weight is set
+/// (`deploy-agent.dev/canary-steps = "10,50,100"`), for platforms that take a rollout's
+/// stages up front (Vercel Rolling Releases).
+pub const CANARY_STEPS_LABEL: &str = "deploy-agent.dev/canary-steps";
+
+fn steps_label(env: &Environment) -> Option<(String, String)> {
+    if env.deploy.strategy != crate::config::Strategy::Canary || env.deploy.steps.is_empty() {
+        return None;
+    }
+    let weights: Vec<String> = env
+        .deploy
+        .steps
+        .iter()
+        .map(|s| s.weight.to_string())
+        .collect();
+    Some((CANARY_STEPS_LABEL.to_string(), weights.join(",")))
 }
 
 #[cfg(test)]

@@ -234,7 +234,7 @@ async fn strategy(env: &Environment, target: &Plugin, ctx: &CallContext) -> Opti
                     }
                 ),
             )
-            .hint("configure the target for it (for kubernetes: `services`, and `route` for a canary), or change `strategy`"),
+            .hint("configure the target for it (kubernetes: `services`, and `route` for a canary; vercel: a plan with Rolling Releases), or change `strategy`"),
         ),
         Err(e) => Some(Finding::new(
             "builtin:strategy",

@@ -31,6 +31,44 @@ pub struct Inspection {
     pub imports: Vec<String>,
 }
 
+/// The plugin kinds a component exports, read from its top-level export section without
+/// compiling it (cheap enough for `config check`). Unparsable bytes export nothing.
+pub fn exported_kinds(bytes: &[u8]) -> Vec<super::Kind> {
+    use super::Kind;
+    const ALL: [Kind; 5] = [
+        Kind::Validator,
+        Kind::DeployTarget,
+        Kind::Notifier,
+        Kind::BackupStore,
+        Kind::Traffic,
+    ];
+    let mut found = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return Vec::new();
+        };
+        match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
+                for export in exports.into_iter().flatten() {
+                    let name = export.name.name;
+                    for kind in ALL {
+                        let prefix = format!("{PACKAGE}/{}@", kind.interface());
+                        if name.starts_with(&prefix) && !found.contains(&kind) {
+                            found.push(kind);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 /// Inspects a component file. Compiles it (or uses the cache), runs nothing.
 pub fn inspect(runtime: &Runtime, path: &Path) -> Result<Inspection, LoadError> {
     let wasm = std::fs::read(path).map_err(|source| LoadError::Read {

@@ -132,6 +132,17 @@ impl Runtime {
         })
     }
 
+    /// Compiles `wasm` into the on-disk cache (or finds it there), without instantiating it,
+    /// so a caller can say how a slow first compile goes.
+    pub fn precompile(&self, wasm: &[u8]) -> Result<LoadSource, RuntimeError> {
+        let digest = plugin::sha256_hex(wasm);
+        self.inner
+            .cache
+            .load(&self.inner.engine, &digest, wasm)
+            .map(|(_, source)| source)
+            .map_err(|e| RuntimeError::Engine(format!("compiling the component: {e:#}")))
+    }
+
     /// A runtime meant to serve many runs (the agent's: it holds one for its life): one
     /// engine, one epoch ticker and one pooling allocator however many runs it makes, and
     /// each component's code loaded once however many plugins (or environments) use it.

@@ -51,6 +51,11 @@ pub const WIT: [(&str, &str); 17] = [
     ),
 ];
 
+const DEPLOY_TARGET: &str = include_str!("templates/rust/deploy-target.rs");
+const DEPLOY_TARGET_STANDIN: &str = include_str!("templates/rust/deploy-target.standin.toml");
+/// Where the deploy-target stand-in's any-state routes begin.
+const CATCH_ALL: &str = "# ---- any state: an unknown release ----";
+
 const CARGO_TOML: &str = include_str!("templates/rust/Cargo.toml");
 const RUST_README: &str = include_str!("templates/rust/README.md");
 const RUST_GITIGNORE: &str = include_str!("templates/rust/gitignore");
@@ -59,26 +64,48 @@ const RUST_GITIGNORE: &str = include_str!("templates/rust/gitignore");
 pub(super) fn rust(kind: Kind, sdk: &str) -> Vec<(String, String)> {
     let (lib, standin) = match kind {
         Kind::Notifier => (
-            include_str!("templates/rust/notifier.rs"),
-            include_str!("templates/rust/notifier.standin.toml"),
+            include_str!("templates/rust/notifier.rs").to_string(),
+            include_str!("templates/rust/notifier.standin.toml").to_string(),
         ),
         Kind::Validator => (
-            include_str!("templates/rust/validator.rs"),
-            include_str!("templates/rust/validator.standin.toml"),
+            include_str!("templates/rust/validator.rs").to_string(),
+            include_str!("templates/rust/validator.standin.toml").to_string(),
         ),
-        Kind::DeployTarget | Kind::Traffic => (
-            include_str!("templates/rust/deploy-target.rs"),
-            include_str!("templates/rust/deploy-target.standin.toml"),
+        Kind::DeployTarget => (
+            DEPLOY_TARGET.to_string(),
+            DEPLOY_TARGET_STANDIN.to_string(),
+        ),
+        // A deploy target that also shifts traffic: the deploy-target template with the
+        // traffic interface, and its stand-in with the traffic routes before the catch-all.
+        Kind::Traffic => (
+            DEPLOY_TARGET
+                .replace("export!(Plugin: deploy_target);\n", include_str!("templates/rust/traffic.rs"))
+                .replacen(
+                    "//! {{name}}: a deploy-agent deploy target",
+                    "//! {{name}}: a deploy-agent deploy target that shifts traffic (blue-green, canary),",
+                    1,
+                ),
+            DEPLOY_TARGET_STANDIN
+                .replacen(
+                    "--kind deploy-target --against",
+                    "--kind traffic --against",
+                    1,
+                )
+                .replacen(
+                    CATCH_ALL,
+                    &format!("{}{CATCH_ALL}", include_str!("templates/rust/traffic.standin.toml")),
+                    1,
+                ),
         ),
         Kind::BackupStore => (
-            include_str!("templates/rust/backup-store.rs"),
-            include_str!("templates/rust/backup-store.standin.toml"),
+            include_str!("templates/rust/backup-store.rs").to_string(),
+            include_str!("templates/rust/backup-store.standin.toml").to_string(),
         ),
     };
     vec![
         ("Cargo.toml".into(), CARGO_TOML.replace("{{sdk}}", sdk)),
-        ("src/lib.rs".into(), lib.into()),
-        ("standin.toml".into(), standin.into()),
+        ("src/lib.rs".into(), lib),
+        ("standin.toml".into(), standin),
         ("README.md".into(), RUST_README.into()),
         (".gitignore".into(), RUST_GITIGNORE.into()),
     ]
@@ -131,8 +158,11 @@ pub(super) fn python(kind: Kind) -> Vec<(String, String)> {
 /// The kind's own contract clauses, for the README.
 pub(super) fn contract(kind: Kind) -> &'static str {
     match kind {
-        Kind::DeployTarget | Kind::Traffic => {
+        Kind::DeployTarget => {
             ", terminal states, promote twice, rollback to the previous release, list-releases"
+        }
+        Kind::Traffic => {
+            ", weights taken in order and in effect, repeats as no-ops, abort to stable, retire"
         }
         Kind::Validator => ", well-formed findings, the same findings twice",
         Kind::Notifier => ", every event kind delivered",

@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 
 mod releases;
 mod replicas;
+mod setup;
 mod traffic;
 
 /// The plugin.
@@ -706,8 +707,10 @@ impl Validator for Kubernetes {
                 format!("{:?}", api_error(&r, "reading the Deployment")),
                 Some("grant the token `get` on deployments in this namespace"),
             ));
+            findings.extend(setup::findings(&api, None)?);
         } else {
             let d: Deployment = ok(r, "reading the Deployment")?.json()?;
+            findings.extend(setup::findings(&api, Some(&d))?);
             let missing = missing_containers(&api, &d);
             if !missing.is_empty() {
                 findings.push(finding(

@@ -12,6 +12,9 @@
 //! 5. `rollback` calls `POST /v9/projects/{projectId}/rollback/{id}` (the CLI's endpoint;
 //!    it is not in the public OpenAPI document).
 //!
+//! A canary goes through Vercel Rolling Releases (`rolling.rs`); blue-green is the staged
+//! deployment verified on its own URL, then promoted.
+//!
 //! For a staged production release (built, verified, then promoted) the project must have
 //! *auto-assign custom production domains* turned off; the validator warns when it is on.
 //!
@@ -28,6 +31,8 @@ use deploy_agent_sdk::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
+
+mod rolling;
 
 /// The plugin.
 pub struct Vercel;
@@ -307,6 +312,10 @@ impl DeployTarget for Vercel {
             files.len(),
             files.iter().map(|f| f.size).sum::<u64>()
         ));
+        if let Some(weights) = rolling::steps_of(&release)? {
+            let project = api.project()?;
+            rolling::configure(&api, &project_id(&project)?, &weights)?;
+        }
         let mut meta = serde_json::Map::new();
         meta.insert("deployAgentVersion".into(), json!(release.version));
         if !ctx.deployment_id.is_empty() {
@@ -411,7 +420,10 @@ impl DeployTarget for Vercel {
         if r.status == 202 {
             log::info("promotion queued behind a rolling release; the host waits for it");
         }
-        ok(r, &format!("promoting {release_id}")).map(|_| ())
+        ok(r, &format!("promoting {release_id}"))?;
+        // With Rolling Releases on, a promotion starts a rolling release; `promote` means all
+        // traffic now (a canary goes through `traffic`), so it is completed at once.
+        rolling::complete_if_started(&api, &project_id(&project)?, release_id)
     }
 
     fn rollback(ctx: &Context, to: Option<&str>) -> Result<String, PluginError> {
@@ -556,4 +568,4 @@ impl Validator for Vercel {
     }
 }
 
-export!(Vercel: deploy_target, validator);
+export!(Vercel: deploy_target, validator, traffic);

@@ -66,6 +66,18 @@ impl Run<'_> {
                 )
                 .await);
         };
+        // A first release has nothing to share traffic with: it takes all of it at promote,
+        // as Argo Rollouts fast-tracks a Rollout's first revision.
+        if self.d.previous_release.is_none() {
+            return self
+                .end(
+                    Stage::Shift,
+                    step,
+                    StageStatus::Skipped,
+                    format!("nothing was live before; {id} takes all traffic when promoted"),
+                )
+                .await;
+        }
         let steps = self.env.deploy.steps.clone();
         let journal = self.store.traffic_steps(&self.d.id).await?;
         let (first, resumed_weight) = match resume_point(&steps, &journal) {
