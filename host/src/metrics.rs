@@ -37,6 +37,12 @@ pub enum Family {
     Webhooks,
     /// The share of traffic (percent) a canary release receives, by environment and release.
     TrafficWeight,
+    /// The age of the newest backup, by environment.
+    BackupAgeSeconds,
+    /// The age of the newest backup a restore drill proved, by environment.
+    VerifiedBackupAgeSeconds,
+    /// How long the last restore drill took, by environment.
+    RestoreDrillSeconds,
 }
 
 impl Family {
@@ -91,6 +97,21 @@ impl Family {
                 "deploy_agent_traffic_weight",
                 "gauge",
                 "Percent of requests the release being rolled out receives, by environment and release (0 once aborted).",
+            ),
+            Family::BackupAgeSeconds => (
+                "deploy_agent_backup_age_seconds",
+                "gauge",
+                "Age of the environment's newest backup.",
+            ),
+            Family::VerifiedBackupAgeSeconds => (
+                "deploy_agent_last_verified_backup_age_seconds",
+                "gauge",
+                "Age of the environment's newest backup a restore drill proved (its recovery point).",
+            ),
+            Family::RestoreDrillSeconds => (
+                "deploy_agent_restore_drill_seconds",
+                "gauge",
+                "How long the environment's last restore drill took (its measured recovery time).",
             ),
         }
     }

@@ -385,9 +385,15 @@ async fn trigger_watch_approve_and_roll_back_over_http() {
         "deploy_agent_plugin_call_duration_seconds_count{plugin=\"local\",op=\"deploy\"} 2",
         "deploy_agent_queue_depth{environment=\"local\"} 0",
         "deploy_agent_stage_duration_seconds_count{environment=\"local\",stage=\"approve\"} 2",
+        // The first deploy backed up before migrating; no drill has run.
+        "deploy_agent_backup_age_seconds{environment=\"local\"} ",
     ] {
         assert!(text.contains(line), "no `{line}` in\n{text}");
     }
+    assert!(
+        !text.contains("deploy_agent_restore_drill_seconds{"),
+        "{text}"
+    );
     assert_eq!(
         d.request("GET", "/metrics", None, None)
             .await

@@ -15,6 +15,7 @@ mod hosts;
 mod leaks;
 mod live_view;
 mod migrate;
+mod objectives;
 mod pipeline;
 mod platforms;
 mod progressive;

@@ -25,6 +25,10 @@ pub enum BackupCommand {
     },
     /// The environment's backups, newest first.
     List(BackupArgs),
+    /// The environment against its recovery objectives: the newest backup, the newest one a
+    /// restore drill proved (`restore ID --test`), the last drill's time, `rpo` and `rto`.
+    /// Exits 1 when an objective is not met (for a monitor to run).
+    Status(BackupArgs),
     /// Check a backup: checksum, then decrypt and decompress it whole without writing.
     Verify {
         /// The backup's id, or `latest` for the newest.
@@ -93,6 +97,7 @@ pub struct BackupArgs {
 struct Target {
     url: String,
     backup: BackupSettings,
+    objectives: crate::config::Objectives,
 }
 
 fn target(config: &Path, env: &str, purpose: KeyUse) -> anyhow::Result<Target> {
@@ -103,7 +108,42 @@ fn target(config: &Path, env: &str, purpose: KeyUse) -> anyhow::Result<Target> {
             .backup
             .settings(&env.name, purpose)
             .map_err(anyhow::Error::msg)?,
+        objectives: env.backup.objectives,
     })
+}
+
+/// An environment's standing against its objectives, in lines.
+fn standing_text(env: &str, st: &backup::Standing) -> String {
+    let span = |s: u64| crate::config::span_text(std::time::Duration::from_secs(s));
+    let mut out = vec![format!("{env}:")];
+    out.push(match &st.newest {
+        Some((id, age)) => format!("  newest backup         {id}, {} old", span(*age)),
+        None => "  newest backup         none".into(),
+    });
+    out.push(match &st.verified {
+        Some((id, age)) => format!("  newest drilled backup {id}, {} old", span(*age)),
+        None => {
+            "  newest drilled backup none (run `deploy-agent backup restore latest --test`)".into()
+        }
+    });
+    out.push(match &st.last_drill {
+        Some((id, secs, passed)) => format!(
+            "  last restore drill    {id}: {} in {secs:.1} s",
+            if *passed { "passed" } else { "FAILED" }
+        ),
+        None => "  last restore drill    none".into(),
+    });
+    let word = |met: bool| if met { "met" } else { "NOT MET" };
+    out.push(match st.rpo {
+        Some((s, met)) => format!("  rpo {:<17} {}", span(s), word(met)),
+        None => "  rpo                   not set (`rpo = \"1h\"` under [environments.NAME.backup])"
+            .into(),
+    });
+    out.push(match st.rto {
+        Some((s, met)) => format!("  rto {:<17} {}", span(s), word(met)),
+        None => "  rto                   not set (`rto = \"15m\"`)".into(),
+    });
+    out.join("\n")
 }
 
 /// Takes a backup with a progress line (bytes, rate) on a terminal, log lines otherwise.
@@ -218,6 +258,23 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        BackupCommand::Status(args) => {
+            let t = target(&args.config, &args.env, KeyUse::Read)?;
+            let (all, _) = backup::list(&t.backup.dir)?;
+            let o = t.objectives;
+            let st = backup::standing(&all, o.rpo, o.rto, crate::store::now_ms());
+            if args.output == Output::Json {
+                say!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                say!("{}", standing_text(&args.env, &st));
+            }
+            let unmet = [st.rpo, st.rto].iter().flatten().any(|(_, met)| !met);
+            Ok(if unmet {
+                ExitCode::from(EXIT_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         BackupCommand::Verify { id, args } => {
             let t = target(&args.config, &args.env, KeyUse::Read)?;
             let m = backup::find(&t.backup.dir, &id)?;
@@ -279,29 +336,35 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                 },
             };
             if test {
-                let r =
-                    backup::restore_test(&m, &t.backup.dir, t.backup.key.as_ref(), &t.url).await?;
+                // A restore drill: timed, and its result kept in the backup's manifest.
+                let (r, drill) =
+                    backup::drill(&m, &t.backup.dir, t.backup.key.as_ref(), &t.url).await?;
                 if args.output == Output::Json {
-                    say!("{}", serde_json::to_string_pretty(&r)?);
+                    let mut v = serde_json::to_value(&r)?;
+                    if v.is_null() {
+                        v = serde_json::json!({ "id": m.id });
+                    }
+                    v["drill"] = serde_json::to_value(&drill)?;
+                    say!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
-                    for c in &r.checks {
+                    for c in r.iter().flat_map(|r| &r.checks) {
                         say!("  {:<24} {:<8} {}", c.name, c.status, c.detail);
                     }
                     say!(
-                        "restore test of {}: {}",
-                        r.id,
-                        if r.fingerprint_matches {
-                            "schema matches the manifest"
+                        "restore test of {}: {} in {:.1} s (recorded in its manifest)",
+                        m.id,
+                        if drill.passed {
+                            "passed, schema matches the manifest".to_string()
                         } else {
-                            "SCHEMA DIFFERS from the manifest"
-                        }
+                            format!("FAILED: {}", drill.detail)
+                        },
+                        drill.seconds
                     );
                 }
-                let bad = !r.fingerprint_matches || r.checks.iter().any(|c| c.status == "error");
-                return Ok(if bad {
-                    ExitCode::from(EXIT_FAILED)
-                } else {
+                return Ok(if drill.passed {
                     ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILED)
                 });
             }
             confirm(

@@ -1056,6 +1056,7 @@ impl Validator<'_> {
                     keep_weekly: 4,
                 },
                 offsite: None,
+                objectives: super::Objectives::default(),
             };
         };
         let key = raw.key.as_ref().and_then(|k| match SecretSource::parse(k.get_ref()) {
@@ -1094,6 +1095,10 @@ impl Validator<'_> {
                 keep_weekly: raw.keep_weekly.unwrap_or(4),
             },
             offsite: raw.offsite.as_ref().map(|o| o.get_ref().clone()),
+            objectives: super::Objectives {
+                rpo: self.objective(raw.rpo.as_ref(), "rpo"),
+                rto: self.objective(raw.rto.as_ref(), "rto"),
+            },
         }
     }
 }

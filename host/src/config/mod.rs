@@ -15,6 +15,7 @@
 
 mod environment;
 mod error;
+mod objectives;
 mod raw;
 mod references;
 mod rollout;
@@ -34,6 +35,7 @@ pub use environment::{
 };
 pub(crate) use error::line_col;
 pub use error::{ConfigError, ConfigErrors};
+pub use objectives::{Objectives, parse_span, span_text};
 
 pub use references::{Need, ReadError, Referrer, SecretRef, SecretSource, Site, Unresolved};
 pub use rollout::{Batch, OnHostFailure, Rollout};
@@ -84,6 +86,8 @@ pub struct BackupConfig {
     pub retention: crate::db::backup::Retention,
     /// The backup-store plugin that keeps a copy of every backup off this host, if any.
     pub offsite: Option<String>,
+    /// The recovery objectives (`rpo`, `rto`).
+    pub objectives: Objectives,
 }
 
 /// What a backup key is wanted for: it decides what the error says when the key cannot be

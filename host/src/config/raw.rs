@@ -322,6 +322,8 @@ impl Merge for RawBackup {
         take(&mut self.keep_daily, &p.keep_daily);
         take(&mut self.keep_weekly, &p.keep_weekly);
         take(&mut self.offsite, &p.offsite);
+        take(&mut self.rpo, &p.rpo);
+        take(&mut self.rto, &p.rto);
     }
 }
 
@@ -336,6 +338,8 @@ pub(super) struct RawBackup {
     pub keep_daily: Option<usize>,
     pub keep_weekly: Option<usize>,
     pub offsite: Option<Spanned<String>>,
+    pub rpo: Option<Spanned<String>>,
+    pub rto: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

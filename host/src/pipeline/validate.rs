@@ -133,6 +133,7 @@ pub async fn run(
     }
     if let Some(db) = &env.database {
         database(db, env.strict, &mut out).await;
+        objectives(env, &mut out);
     }
     if let Some(path) = artifact_path {
         if !path.is_dir() {
@@ -242,6 +243,65 @@ async fn strategy(env: &Environment, target: &Plugin, ctx: &CallContext) -> Opti
             "strategy-unknown",
             format!("asking `{}` which strategies it supports: {e}", target.name()),
         )),
+    }
+}
+
+/// The environment against its recovery objectives: the newest backup a restore drill
+/// proved must be younger than `rpo`, the last drill must have passed within `rto`. A
+/// warning: it blocks a strict environment.
+fn objectives(env: &Environment, out: &mut Vec<Finding>) {
+    let o = env.backup.objectives;
+    if o.rpo.is_none() && o.rto.is_none() {
+        return;
+    }
+    let manifests = crate::db::backup::list(&env.backup.dir)
+        .map(|(all, _)| all)
+        .unwrap_or_default();
+    let st = crate::db::backup::standing(&manifests, o.rpo, o.rto, crate::store::now_ms());
+    let span = |s: u64| crate::config::span_text(std::time::Duration::from_secs(s));
+    let drill = format!(
+        "deploy-agent backup restore latest --test --env {}",
+        env.name
+    );
+    if let Some((rpo, false)) = st.rpo {
+        let message = match &st.verified {
+            Some((id, age)) => format!(
+                "the newest backup a restore drill proved ({id}) is {} old; the recovery point objective is {}",
+                span(*age),
+                span(rpo)
+            ),
+            None => format!(
+                "no backup has been proved by a restore drill; the recovery point objective is {}",
+                span(rpo)
+            ),
+        };
+        out.push(
+            Finding::new("builtin:objectives", "warning", "rpo-exceeded", message).hint(format!(
+                "take a backup (`deploy-agent backup create --env {}`) and drill it (`{drill}`)",
+                env.name
+            )),
+        );
+    }
+    if let Some((rto, false)) = st.rto {
+        let message = match &st.last_drill {
+            Some((id, secs, true)) => format!(
+                "the last restore drill ({id}) took {secs:.1} s; the recovery time objective is {}",
+                span(rto)
+            ),
+            Some((id, _, false)) => format!(
+                "the last restore drill ({id}) failed, so no restore is known to finish within {}",
+                span(rto)
+            ),
+            None => format!(
+                "no restore drill has run, so no restore is known to finish within {}",
+                span(rto)
+            ),
+        };
+        out.push(
+            Finding::new("builtin:objectives", "warning", "rto-exceeded", message).hint(format!(
+                "run `{drill}`; if it is too slow, make restores faster (a smaller database, more restore jobs) or raise `rto`"
+            )),
+        );
     }
 }
 

@@ -686,6 +686,23 @@ pub(super) async fn metrics_text(
             .count();
         metrics::set(Family::QueueDepth, &[("environment", env)], waiting as f64);
     }
+    // Backup ages, likewise, from each environment's manifests (small JSON files).
+    let config = state.agent.config.clone();
+    let standings = tokio::task::spawn_blocking(move || backup_standings(&config))
+        .await
+        .unwrap_or_default();
+    for (env, st) in standings {
+        let l = [("environment", env.as_str())];
+        if let Some((_, age)) = st.newest {
+            metrics::set(Family::BackupAgeSeconds, &l, age as f64);
+        }
+        if let Some((_, age)) = st.verified {
+            metrics::set(Family::VerifiedBackupAgeSeconds, &l, age as f64);
+        }
+        if let Some((_, secs, _)) = st.last_drill {
+            metrics::set(Family::RestoreDrillSeconds, &l, secs);
+        }
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -693,4 +710,21 @@ pub(super) async fn metrics_text(
         )],
         metrics::render(),
     ))
+}
+
+/// Each environment with a database and backups: where it stands against its objectives.
+fn backup_standings(config: &crate::config::Config) -> Vec<(String, crate::db::backup::Standing)> {
+    config
+        .environments
+        .values()
+        .filter(|env| env.database.is_some())
+        .filter_map(|env| {
+            let (all, _) = crate::db::backup::list(&env.backup.dir).ok()?;
+            let o = env.backup.objectives;
+            Some((
+                env.name.clone(),
+                crate::db::backup::standing(&all, o.rpo, o.rto, crate::store::now_ms()),
+            ))
+        })
+        .collect()
 }

@@ -10,6 +10,7 @@
 
 mod apply;
 pub mod crypt;
+mod drill;
 use crate::time;
 mod tool;
 
@@ -28,6 +29,7 @@ use super::DbError;
 use super::conn::{Backend, Conn, backend_of, redact_url};
 use super::schema::{Snapshot, postchecks};
 pub use crypt::Key;
+pub use drill::{Drill, Standing, drill, standing};
 use tool::Tool;
 
 /// Where and how an environment keeps its backups.
@@ -102,6 +104,9 @@ pub struct Manifest {
     pub who: String,
     /// Why.
     pub why: String,
+    /// The last restore drill of this backup (absent until one ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Drill>,
 }
 
 impl Manifest {
@@ -508,6 +513,7 @@ pub async fn create(
         finished_at: time::rfc3339(time::now_secs()),
         who: who.to_string(),
         why: why.to_string(),
+        drill: None,
     };
     let finished = (|| {
         std::fs::rename(&partial, manifest.data_file(&settings.dir))
@@ -1014,6 +1020,7 @@ mod tests {
             finished_at: at.into(),
             who: String::new(),
             why: String::new(),
+            drill: None,
         }
     }
 
