@@ -80,8 +80,13 @@ impl Api {
         ok(r, "reading the release's Deployment")?.json().map(Some)
     }
 
+    /// The API path of the Service `name` in the namespace.
+    pub(crate) fn service_path(&self, name: &str) -> String {
+        format!("{}/{}", self.ns_path("v1", "services"), http::encode(name))
+    }
+
     pub(crate) fn service(&self, name: &str) -> Result<Value, PluginError> {
-        let path = format!("{}/{}", self.ns_path("v1", "services"), http::encode(name));
+        let path = self.service_path(name);
         ok(self.get(&path)?, &format!("reading Service {name}"))?.json()
     }
 
@@ -96,11 +101,7 @@ impl Api {
     /// Points a Service at `release`: a JSON merge patch of the selector's one key (other
     /// keys stay, as the merge-patch rules for maps say).
     fn select(&self, service: &str, release: &str) -> Result<(), PluginError> {
-        let path = format!(
-            "{}/{}",
-            self.ns_path("v1", "services"),
-            http::encode(service)
-        );
+        let path = self.service_path(service);
         // A canary by replica ratio may have left the selector open, remembering the stable
         // release in an annotation: pinning closes both.
         let body = json!({

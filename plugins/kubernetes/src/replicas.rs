@@ -151,11 +151,7 @@ pub(crate) fn set(api: &Api, release: &str, weight: u8) -> Result<(), PluginErro
         &json!({"spec": {"replicas": if weight == 0 { total } else { stable_count }}}),
         "scaling the stable release",
     )?;
-    let service = format!(
-        "{}/{}",
-        api.ns_path("v1", "services"),
-        http::encode(&names.active)
-    );
+    let service = api.service_path(&names.active);
     let body = if weight == 0 {
         // Pinned to the stable release again.
         json!({"metadata": {"annotations": {STABLE: null}}, "spec": {"selector": {RELEASE_LABEL: stable_id}}})

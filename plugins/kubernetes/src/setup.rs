@@ -3,7 +3,6 @@
 //! at once), the named Deployment's pods carry that label, and the HTTPRoute, when one is
 //! configured, exists and sends every rule to both Services (the weights are set there).
 
-use deploy_agent_sdk::http;
 use deploy_agent_sdk::prelude::*;
 use serde_json::Value;
 
@@ -23,8 +22,7 @@ pub(crate) fn findings(api: &Api, base: Option<&Deployment>) -> Result<Vec<Findi
         api.s.deployment
     );
     for name in [&names.active, &names.preview] {
-        let path = format!("{}/{}", api.ns_path("v1", "services"), http::encode(name));
-        let r = api.get(&path)?;
+        let r = api.get(&api.service_path(name))?;
         if r.status == 404 {
             out.push(finding(
                 Severity::Error,
@@ -69,12 +67,7 @@ pub(crate) fn findings(api: &Api, base: Option<&Deployment>) -> Result<Vec<Findi
         }
     }
     if let Some(route) = api.s.route.as_ref() {
-        let path = format!(
-            "{}/{}",
-            api.ns_path("gateway.networking.k8s.io/v1", "httproutes"),
-            http::encode(&route.name)
-        );
-        let r = api.get(&path)?;
+        let r = api.get(&super::traffic::route_path(api, &route.name))?;
         if r.status == 404 {
             out.push(finding(
                 Severity::Error,

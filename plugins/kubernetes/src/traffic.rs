@@ -28,7 +28,7 @@ fn route_settings(api: &Api) -> Result<&super::RouteSettings, PluginError> {
     })
 }
 
-fn route_path(api: &Api, name: &str) -> String {
+pub(crate) fn route_path(api: &Api, name: &str) -> String {
     format!(
         "{}/{}",
         api.ns_path("gateway.networking.k8s.io/v1", "httproutes"),

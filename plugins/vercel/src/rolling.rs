@@ -64,15 +64,13 @@ pub(crate) fn steps_of(release: &Artifact) -> Result<Option<Vec<u8>>, PluginErro
 pub(crate) fn configure(api: &Api, pid: &str, weights: &[u8]) -> Result<(), PluginError> {
     let r = api.get(&path(pid, "/config"), &[])?;
     let current: Value = ok(r, "reading the rolling-release config")?.json()?;
-    let have: Vec<u64> = stages_of(current.pointer("/rollingRelease/stages"))
+    let have = stages_of(current.pointer("/rollingRelease/stages"));
+    let manual = have.iter().all(|s| s.1.is_none());
+    let same = have
         .iter()
         .map(|s| s.0)
-        .collect();
-    let manual = stages_of(current.pointer("/rollingRelease/stages"))
-        .iter()
-        .all(|s| s.1.is_none());
-    let want: Vec<u64> = weights.iter().map(|w| u64::from(*w)).collect();
-    if have == want && manual {
+        .eq(weights.iter().map(|w| u64::from(*w)));
+    if same && manual {
         return Ok(());
     }
     let stages: Vec<Value> = weights
