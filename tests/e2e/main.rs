@@ -25,5 +25,7 @@ mod restore_kill;
 mod rollback;
 mod rolling;
 mod sandbox;
+mod schedule;
+mod state_backup;
 mod store_upgrade;
 mod wit_compat;

@@ -1,6 +1,5 @@
 //! `deploy-agent backup create|list|verify|restore|export|prune --env NAME`.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -414,38 +413,19 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Prune { args, dry_run } => {
-            let t = target(&args.config, &args.env, KeyUse::Read)?;
-            // Backups that recorded releases depend on (what their rollback restores) stay.
-            let config = crate::config::Config::load(&args.config)?;
-            let store = crate::pipeline::open_store(&config).await?;
-            let protected: BTreeSet<String> = store
-                .protected_backups(&args.env)
-                .await?
-                .into_iter()
-                .collect();
-            let pruned = backup::prune(&t.backup.dir, t.backup.retention, &protected, dry_run)?;
-            let deleted = &pruned.deleted;
-            // The same retention for the off-site copies: what is no longer kept here goes.
-            let mut offsite_deleted = Vec::new();
-            if let Some((store, ctx)) = offsite_store(&args.config, &args.env)? {
-                let (kept, _) = backup::list(&t.backup.dir)?;
-                let keep: BTreeSet<String> = kept
-                    .into_iter()
-                    .map(|m| m.id)
-                    .filter(|id| !deleted.contains(id))
-                    .collect();
-                offsite_deleted =
-                    crate::pipeline::offsite::prune(&store, &ctx, &args.env, &keep, dry_run)
-                        .await
-                        .map_err(anyhow::Error::msg)?;
-            }
+            // Backups that recorded releases depend on (what their rollback restores) stay;
+            // the same retention for the off-site copies.
+            let agent =
+                crate::pipeline::Agent::open(crate::config::Config::load(&args.config)?).await?;
+            let env = agent
+                .config
+                .environment(&args.env)
+                .map_err(anyhow::Error::msg)?
+                .clone();
+            let report = crate::pipeline::maintenance::prune(&agent, &env, dry_run).await?;
+            let (deleted, offsite_deleted) = (&report.deleted, &report.offsite_deleted);
             if args.output == Output::Json {
-                say!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"dry_run": dry_run, "deleted": deleted, "leftovers_removed": pruned.leftovers, "offsite_deleted": offsite_deleted})
-                    )?
-                );
+                say!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 let (deletes, removes) = if dry_run {
                     ("would delete", "would remove")
@@ -455,13 +435,13 @@ pub(super) async fn run(command: BackupCommand) -> anyhow::Result<ExitCode> {
                 for id in deleted {
                     say!("{deletes} {id}");
                 }
-                for path in &pruned.leftovers {
+                for path in &report.leftovers_removed {
                     say!(
                         "{removes} {} (left by an interrupted backup)",
                         path.display()
                     );
                 }
-                for key in &offsite_deleted {
+                for key in offsite_deleted {
                     say!("{deletes} off-site {key}");
                 }
                 say!(

@@ -201,6 +201,17 @@ pub(super) async fn plan(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 say!("       {d}");
             }
         }
+        if !plan.schedule.is_empty() {
+            say!("Scheduled jobs (they wait for a deployment's lock):");
+            for j in &plan.schedule {
+                say!(
+                    "  {:<15} {:<22} next: {}",
+                    j.job,
+                    j.schedule,
+                    j.next.join(", ")
+                );
+            }
+        }
         if !plan.findings.is_empty() {
             say!("Findings:");
             for f in &plan.findings {

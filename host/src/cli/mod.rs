@@ -33,6 +33,7 @@ mod live;
 mod migrate;
 mod plugin;
 mod remote;
+mod schedule;
 mod serve;
 mod views;
 
@@ -166,6 +167,14 @@ pub enum Command {
     /// Database backups: create, list, verify, restore, export, prune.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Scheduled jobs the daemon runs (backups, prune, restore drills, off-site checks,
+    /// state backups): list them with their next runs, or run one now.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
+    /// The agent's own state: back it up (encrypted, off-site) and rebuild a lost host from
+    /// it.
+    #[command(subcommand)]
+    State(schedule::StateCommand),
     /// Run as a daemon: the HTTP API (/v1, OpenAPI at /v1/openapi.json), GitHub webhooks, live
     /// event streams, /metrics, /healthz and /readyz; runs queued per environment. Loopback
     /// by default; SIGTERM suspends running runs at a safe point and the next start resumes
@@ -427,6 +436,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => serve::token(command),
         Command::Migrate(command) => runtime.block_on(migrate::run(command)),
         Command::Backup(command) => runtime.block_on(backup::run(command)),
+        Command::Schedule(command) => runtime.block_on(schedule::schedule(command)),
+        Command::State(command) => runtime.block_on(schedule::state(command)),
         Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {
             runtime.block_on(bench::plugins(&plugin, iterations))
         }

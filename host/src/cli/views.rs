@@ -143,6 +143,22 @@ fn show_status(v: &StatusView) {
             );
         }
     }
+    for j in &v.schedule {
+        say!(
+            "  scheduled {}: {}; next {}; last: {}",
+            j.job,
+            j.schedule,
+            j.next.first().map_or("-", String::as_str),
+            j.last.as_ref().map_or("not yet".to_string(), |r| format!(
+                "{}{}",
+                r.status,
+                r.detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ))
+        );
+    }
     for a in &v.waiting {
         say!(
             "  waits: run {} at the {} gate: `deploy-agent approve {} --reason ...`{}",

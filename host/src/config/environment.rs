@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::raw::{self, Merge};
 use super::{
-    BackupConfig, ConfigError, DEFAULT_ZSTD_LEVEL, DatabaseConfig, SecretRef, SecretSource, Site,
-    UrlSource, Validator, valid_plugin_name,
+    BackupConfig, ConfigError, DEFAULT_ZSTD_LEVEL, DatabaseConfig, Job, SecretRef, SecretSource,
+    Site, UrlSource, Validator, valid_plugin_name,
 };
 
 /// One environment (`local`, `staging`, `production`, ...).
@@ -45,6 +45,8 @@ pub struct Environment {
     pub analysis: Vec<AnalysisConfig>,
     /// The hosts it spans and how a run rolls out across them, if it spans hosts.
     pub rollout: Option<super::Rollout>,
+    /// Jobs the daemon runs on a schedule (backups, prune, restore drills, off-site checks).
+    pub schedule: super::Schedule,
 }
 
 impl Environment {
@@ -735,10 +737,42 @@ impl Validator<'_> {
                 inconclusive_limit: a.inconclusive_limit.unwrap_or(0),
             });
         }
+        let schedule = self.schedule(env.schedule.as_ref());
+        for (job, _) in &schedule.jobs {
+            let needs_database = matches!(job, Job::Backup | Job::RestoreDrill);
+            let needs_offsite = *job == Job::OffsiteVerify;
+            let raw_key = env
+                .schedule
+                .iter()
+                .flatten()
+                .find(|(k, _)| k.get_ref() == job.name());
+            let Some((key, _)) = raw_key else { continue };
+            if needs_database && database.is_none() {
+                self.error(
+                    key,
+                    format!(
+                        "schedule `{job}`: environment `{}` has no [database] to back up",
+                        name.get_ref()
+                    ),
+                    "add the environment's [database], or remove the job",
+                );
+            }
+            if needs_offsite && backup.offsite.is_none() {
+                self.error(
+                    key,
+                    format!(
+                        "schedule `{job}`: environment `{}` keeps no off-site copies",
+                        name.get_ref()
+                    ),
+                    "set `offsite = \"PLUGIN\"` under its [backup], or remove the job",
+                );
+            }
+        }
         if self.errors.len() > before {
             return None;
         }
         Some(Environment {
+            schedule,
             rollback,
             approval,
             analysis,

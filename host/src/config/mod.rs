@@ -19,7 +19,9 @@ mod objectives;
 mod raw;
 mod references;
 mod rollout;
+mod schedule;
 mod server;
+mod state_backup;
 mod traffic;
 
 use std::collections::BTreeMap;
@@ -36,6 +38,8 @@ pub use environment::{
 pub(crate) use error::line_col;
 pub use error::{ConfigError, ConfigErrors};
 pub use objectives::{Objectives, parse_span, span_text};
+pub use schedule::{Cadence, Job, Schedule, local_text, time_zone};
+pub use state_backup::{StateBackupConfig, redact_for_backup};
 
 pub use references::{Need, ReadError, Referrer, SecretRef, SecretSource, Site, Unresolved};
 pub use rollout::{Batch, OnHostFailure, Rollout};
@@ -61,6 +65,10 @@ pub struct Config {
     pub environments: BTreeMap<String, Environment>,
     /// The daemon (`deploy-agent serve`).
     pub server: ServerConfig,
+    /// The time zone schedules are read in (`[agent] time_zone`, else the system's).
+    pub time_zone: jiff::tz::TimeZone,
+    /// Backups of the agent's own state (`[agent.state_backup]`), if configured.
+    pub state_backup: Option<StateBackupConfig>,
     /// Things worth fixing that do not stop the agent.
     pub warnings: Vec<ConfigError>,
 }
@@ -288,6 +296,22 @@ impl Config {
             Some(s) => v.server(s, &environments),
             None => ServerConfig::default(),
         };
+        let time_zone = match &raw.agent.time_zone {
+            None => jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC),
+            Some(name) => time_zone(Some(name.get_ref())).unwrap_or_else(|e| {
+                v.error(
+                    name,
+                    e,
+                    "write an IANA name such as \"UTC\" or \"Europe/Berlin\" (the names under /usr/share/zoneinfo)",
+                );
+                jiff::tz::TimeZone::UTC
+            }),
+        };
+        let state_backup = raw
+            .agent
+            .state_backup
+            .as_ref()
+            .and_then(|s| v.state_backup(s, &state_dir, &plugins));
         if !v.errors.is_empty() {
             v.errors.sort_by_key(|e| (e.line, e.column));
             return Err(ConfigErrors(v.errors));
@@ -299,6 +323,8 @@ impl Config {
             plugins,
             environments,
             server,
+            time_zone,
+            state_backup,
             warnings: v.warnings,
         })
     }

@@ -82,6 +82,7 @@ pub(super) struct RawEnvironment {
     pub analysis: Option<Vec<Spanned<RawAnalysis>>>,
     pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
     pub rollout: Option<Spanned<RawRollout>>,
+    pub schedule: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +230,15 @@ impl Merge for RawEnvironment {
         take(&mut self.analysis, &p.analysis);
         take(&mut self.hosts, &p.hosts);
         nested(&mut self.rollout, &p.rollout);
+        // Job by job: a child's own times win, the parent's other jobs are inherited.
+        if let Some(parent) = &p.schedule {
+            let child = self.schedule.get_or_insert_with(BTreeMap::new);
+            for (k, v) in parent {
+                if !child.keys().any(|c| c.get_ref() == k.get_ref()) {
+                    child.insert(k.clone(), v.clone());
+                }
+            }
+        }
     }
 }
 
@@ -357,6 +367,18 @@ pub(super) struct RawDatabase {
 pub(super) struct RawAgent {
     pub state_dir: Option<Spanned<String>>,
     pub state_url: Option<Spanned<String>>,
+    pub time_zone: Option<Spanned<String>>,
+    pub state_backup: Option<Spanned<RawStateBackup>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStateBackup {
+    pub key: Spanned<String>,
+    pub dir: Option<Spanned<String>>,
+    pub offsite: Option<Spanned<String>>,
+    pub schedule: Option<Spanned<String>>,
+    pub keep_last: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

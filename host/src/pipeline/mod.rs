@@ -23,6 +23,7 @@ pub mod events;
 mod failpoint;
 pub mod host_work;
 mod journal;
+pub mod maintenance;
 pub mod notify;
 pub(crate) mod offsite;
 pub mod plan;
@@ -30,6 +31,8 @@ pub mod progress;
 pub mod recover;
 pub mod restore;
 pub mod rollback;
+pub mod scheduler;
+pub mod state_backup;
 pub mod validate;
 
 mod plugins;

@@ -201,6 +201,7 @@ pub(crate) async fn prune(
         let id = name
             .strip_suffix(".backup")
             .or_else(|| name.strip_suffix(".json"))
+            .or_else(|| name.strip_suffix(".meta"))
             .unwrap_or(name);
         if keep.contains(id) {
             continue;

@@ -72,6 +72,9 @@ pub struct Plan {
     pub dry_run: Option<migrate::DryRun>,
     /// Whether the deployment would stop (a blocking finding, a failing dry run).
     pub blocked: bool,
+    /// The environment's scheduled jobs with their next three runs (they wait for the
+    /// deployment's lock).
+    pub schedule: Vec<super::scheduler::Scheduled>,
 }
 
 fn probe_text(p: &Probe) -> String {
@@ -110,6 +113,7 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
                 findings,
                 dry_run: None,
                 blocked: true,
+                schedule: Vec::new(),
             });
         }
     };
@@ -446,6 +450,7 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
         findings,
         dry_run,
         blocked,
+        schedule: super::scheduler::listing(agent, Some(&env.name), crate::store::now_ms()).await?,
     })
 }
 

@@ -183,3 +183,36 @@ pub fn preload(agent: &Agent) -> Result<usize, PluginsError> {
     }
     Ok(names.len())
 }
+
+/// A backup-store plugin by name (an environment's `offsite`, or the state backup's).
+pub(crate) fn load_backup_store(agent: &Agent, name: &str) -> Result<Plugin, PluginsError> {
+    let p = agent_plugin(agent, agent.runtime()?, name, None)?;
+    if p.kinds().contains(&Kind::BackupStore) {
+        Ok(p)
+    } else {
+        Err(PluginsError::Role {
+            plugin: p.name().to_string(),
+            role: "off-site backup store",
+            environment: String::new(),
+            interface: Kind::BackupStore.interface(),
+        })
+    }
+}
+
+/// An environment's notifiers that load (those that do not are logged and left out).
+pub(crate) fn load_notifiers(agent: &Agent, env: &Environment) -> Vec<Plugin> {
+    let Ok(runtime) = agent.runtime() else {
+        return Vec::new();
+    };
+    env.notifiers
+        .iter()
+        .filter_map(|n| match agent_plugin(agent, runtime, n, None) {
+            Ok(p) if p.kinds().contains(&Kind::Notifier) => Some(p),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(notifier = %n, environment = %env.name, "notifier not loaded: {e}");
+                None
+            }
+        })
+        .collect()
+}

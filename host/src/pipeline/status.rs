@@ -161,6 +161,9 @@ pub struct StatusView {
     /// What each host serves, in an environment that spans hosts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<HostRelease>,
+    /// Its scheduled jobs, their next runs and how each last went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<super::scheduler::Scheduled>,
 }
 
 /// Drift across the hosts of an environment that spans hosts: every host should serve the
@@ -290,5 +293,7 @@ pub async fn view(agent: &Agent, environment: &str) -> Result<StatusView, StoreE
         steps: s.steps,
         waiting: agent.store.pending_approvals(Some(environment)).await?,
         last_rollback: s.last_rollback,
+        schedule: super::scheduler::listing(agent, Some(environment), crate::store::now_ms())
+            .await?,
     })
 }

@@ -156,6 +156,16 @@ pub async fn serve(
         membership.name.clone(),
         stop_rx.clone(),
     ));
+    // Scheduled jobs: every agent of a fleet ticks, the store's claim gives each occurrence
+    // to one.
+    let scheduler = pipeline::scheduler::Scheduler::new(
+        agent.clone(),
+        membership.name.clone(),
+        pipeline::scheduler::daemon_clock(),
+    );
+    workers.push(tokio::spawn(
+        scheduler.run(Duration::from_secs(1), stop_rx.clone()),
+    ));
     state.ready.store(true, Ordering::Relaxed);
     systemd::notify(&format!("READY=1\nSTATUS=serving on {scheme}://{local}"));
     if let Some(every) = systemd::watchdog_interval() {

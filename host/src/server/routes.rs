@@ -41,7 +41,7 @@ impl utoipa::Modify for Security {
     paths(
         api::trigger, api::get_run, api::cancel_run, api::approve, api::reject, views::abort_run,
         stream::run_events, api::environments, api::env_runs, api::env_releases, api::rollback,
-        stream::env_events, api::audit_log, views::env_status, views::env_history,
+        stream::env_events, api::audit_log, views::env_status, views::env_history, views::env_schedule,
         views::rollback_plan, views::audit_verify, views::agents, api::healthz, api::readyz, api::metrics_text,
         openapi_json, webhook::github
     ),
@@ -68,6 +68,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/environments/{env}/status", get(views::env_status))
         .route("/v1/environments/{env}/history", get(views::env_history))
+        .route("/v1/environments/{env}/schedule", get(views::env_schedule))
         .route("/v1/audit/verify", get(views::audit_verify))
         .route("/v1/agents", get(views::agents))
         .route("/v1/environments/{env}/events", get(stream::env_events))

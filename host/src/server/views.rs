@@ -224,3 +224,29 @@ pub(super) async fn abort_run(
         abort_requested: why,
     }))
 }
+
+/// An environment's scheduled jobs: when each runs, its next three runs in the agent's time
+/// zone, and its newest run (`deploy-agent schedule list --env`).
+#[utoipa::path(
+    get, path = "/v1/environments/{env}/schedule", tag = "environments",
+    params(("env" = String, Path, description = "The environment")),
+    responses(
+        (status = 200, description = "Its scheduled jobs", body = [crate::pipeline::scheduler::Scheduled]),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 403, description = "Not this token's environment", body = ApiError),
+        (status = 404, description = "No such environment", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn env_schedule(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+) -> ApiResult<Json<Vec<crate::pipeline::scheduler::Scheduled>>> {
+    let caller = state.caller(&headers)?;
+    state.known_env(&caller, Role::Read, &env)?;
+    let listed =
+        crate::pipeline::scheduler::listing(&state.agent, Some(&env), crate::store::now_ms())
+            .await?;
+    Ok(Json(listed))
+}

@@ -16,6 +16,7 @@ mod queue;
 mod releases;
 mod rollbacks;
 mod runs;
+mod schedule;
 mod status;
 mod traffic;
 
@@ -33,7 +34,10 @@ pub use queue::{Claim, Claimant, QueueItem};
 pub use releases::ReleaseRecord;
 pub use rollbacks::RollbackRecord;
 pub use runs::{Deployment, DeploymentField, RunJournal, Step};
-pub use status::{HostAction, HostState, QueueState, ReleaseStatus, RollbackStatus, RunStatus};
+pub use schedule::JobRun;
+pub use status::{
+    HostAction, HostState, JobStatus, QueueState, ReleaseStatus, RollbackStatus, RunStatus,
+};
 pub use traffic::{TrafficPhase, TrafficStep};
 
 use crate::db::Backend;
@@ -128,6 +132,7 @@ fn migrations() -> Vec<Migration> {
         Migration::embedded(4, "fleet", include_str!("schema/0004_fleet.sql")),
         Migration::embedded(5, "hosts", include_str!("schema/0005_hosts.sql")),
         Migration::embedded(6, "traffic", include_str!("schema/0006_traffic.sql")),
+        Migration::embedded(7, "schedule", include_str!("schema/0007_schedule.sql")),
     ]
 }
 

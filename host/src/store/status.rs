@@ -156,6 +156,24 @@ words! {
     }
 }
 
+words! {
+    /// Where a scheduled job's run stands.
+    JobStatus {
+        /// Waiting for its environment's lock (a deploy holds it).
+        Waiting = "waiting",
+        /// Running (or its agent died: its owner is gone).
+        Running = "running",
+        /// An attempt failed; the next is due at `next_attempt_at`.
+        Retrying = "retrying",
+        /// It did its work.
+        Succeeded = "succeeded",
+        /// Every attempt failed.
+        Failed = "failed",
+        /// Its agent died mid-way; the next occurrence runs as usual.
+        Interrupted = "interrupted",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! An environment's page: its runs (filtered by outcome), its releases, its backups (age,
-//! size, when last verified) and, for a token that may deploy there, the emergency rollback
+//! size, when last verified), its scheduled jobs and, for a token that may deploy there, the emergency rollback
 //! form.
 
 use std::fmt::Write;
@@ -144,7 +144,42 @@ pub async fn main(
         }
         _ => out.push_str("<p>No backups.</p>"),
     }
+    schedule(&mut out, state, env).await?;
     Ok(out)
+}
+
+/// The scheduled jobs: when each runs, its next runs, how its last run went.
+async fn schedule(out: &mut String, state: &AppState, env: &str) -> ApiResult<()> {
+    let jobs = crate::pipeline::scheduler::listing(&state.agent, Some(env), crate::store::now_ms())
+        .await?;
+    out.push_str("<h2 id=\"schedule\">Scheduled jobs</h2>");
+    if jobs.is_empty() {
+        out.push_str("<p>Nothing scheduled <small>(<code>[environments.NAME.schedule]</code> in agent.toml)</small>.</p>");
+        return Ok(());
+    }
+    out.push_str("<table class=\"schedule\"><thead><tr><th scope=\"col\">Job</th><th scope=\"col\">When</th><th scope=\"col\">Next runs</th><th scope=\"col\">Last run</th></tr></thead><tbody>");
+    for j in &jobs {
+        let last = match &j.last {
+            Some(r) => format!(
+                "{} {} <small>{}</small>",
+                badge(r.status.as_str()),
+                ago(r.updated_at),
+                esc(r.detail.as_deref().unwrap_or(""))
+            ),
+            None => "not yet".into(),
+        };
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td><code>{}</code> <small>{}</small></td><td>{}</td><td>{}</td></tr>",
+            esc(&j.job),
+            esc(&j.schedule),
+            esc(&j.description),
+            esc(&j.next.join(", ")),
+            last
+        );
+    }
+    out.push_str("</tbody></table>");
+    Ok(())
 }
 
 fn rollback_form(
