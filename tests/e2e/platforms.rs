@@ -1410,22 +1410,7 @@ async fn pipeline_backs_up_off_site_to_s3_and_notifies_slack() {
     let slack_server = Slack::start(SLACK_TOKEN).await;
     let tables = format!(
         r#"
-[plugins.s3-backups]
-path = "{s3}"
-[plugins.s3-backups.policy]
-allowed_hosts = ["127.0.0.1:{port}"]
-allow_ip_ranges = ["127.0.0.0/8"]
-timeout_ms = 600000
-[plugins.s3-backups.secrets.secret-key]
-from = "${{env:S3_SECRET}}"
-hosts = ["127.0.0.1:{port}"]
-sigv4 = {{ services = ["s3"], regions = ["us-east-1"] }}
-[plugins.s3-backups.config]
-endpoint = "http://127.0.0.1:{port}"
-region = "us-east-1"
-bucket = "{bucket}"
-path_style = true
-access_key_id = "{access}"
+{s3_table}
 
 {slack}
 [environments.local.backup]
@@ -1434,10 +1419,7 @@ keep_last = 1
 keep_daily = 0
 keep_weekly = 0
 "#,
-        s3 = fixtures::S3,
-        port = server.port,
-        bucket = s3::BUCKET,
-        access = s3::ACCESS_KEY,
+        s3_table = s3::backup_plugin_table(server.port),
         slack = slack_plugin_table(slack_server.server.port),
     );
     let project = Project::new("notifiers = [\"slack\"]", &tables);

@@ -3,7 +3,6 @@
 //! it with `state restore`, and its status and audit log match the old host's, the chain
 //! verified to the head the backup recorded.
 
-use deploy_agent_tests::fixtures;
 use deploy_agent_tests::s3::{self, S3Server};
 use serde_json::Value;
 
@@ -15,31 +14,14 @@ const OTHER_KEY: &str = "0000000000000000000000000000000000000000000000000000000
 fn tables(port: u16) -> String {
     format!(
         r#"
-[plugins.s3-backups]
-path = "{s3}"
-[plugins.s3-backups.policy]
-allowed_hosts = ["127.0.0.1:{port}"]
-allow_ip_ranges = ["127.0.0.0/8"]
-timeout_ms = 600000
-[plugins.s3-backups.secrets.secret-key]
-from = "${{env:S3_SECRET}}"
-hosts = ["127.0.0.1:{port}"]
-sigv4 = {{ services = ["s3"], regions = ["us-east-1"] }}
-[plugins.s3-backups.config]
-endpoint = "http://127.0.0.1:{port}"
-region = "us-east-1"
-bucket = "{bucket}"
-path_style = true
-access_key_id = "{access}"
+{s3_table}
 
 [agent.state_backup]
 key = "${{env:STATE_BACKUP_KEY}}"
 offsite = "s3-backups"
 keep_last = 2
 "#,
-        s3 = fixtures::S3,
-        bucket = s3::BUCKET,
-        access = s3::ACCESS_KEY,
+        s3_table = s3::backup_plugin_table(port),
     )
 }
 

@@ -116,3 +116,30 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// `[plugins.s3-backups]`: the S3 plugin as a backup store on this server's bucket, its
+/// secret key from `S3_SECRET`, allowed only the server's address.
+pub fn backup_plugin_table(port: u16) -> String {
+    format!(
+        r#"[plugins.s3-backups]
+path = "{s3}"
+[plugins.s3-backups.policy]
+allowed_hosts = ["127.0.0.1:{port}"]
+allow_ip_ranges = ["127.0.0.0/8"]
+timeout_ms = 600000
+[plugins.s3-backups.secrets.secret-key]
+from = "${{env:S3_SECRET}}"
+hosts = ["127.0.0.1:{port}"]
+sigv4 = {{ services = ["s3"], regions = ["us-east-1"] }}
+[plugins.s3-backups.config]
+endpoint = "http://127.0.0.1:{port}"
+region = "us-east-1"
+bucket = "{bucket}"
+path_style = true
+access_key_id = "{access}"
+"#,
+        s3 = crate::fixtures::S3,
+        bucket = BUCKET,
+        access = ACCESS_KEY,
+    )
+}

@@ -172,6 +172,27 @@ pub(crate) async fn fetch(
     Ok(())
 }
 
+/// Every key under `prefix`, page by page.
+pub(crate) async fn list_keys(
+    store: &Plugin,
+    ctx: &CallContext,
+    prefix: &str,
+) -> Result<Vec<String>, OffsiteError> {
+    let mut keys = Vec::new();
+    let mut page: Option<String> = None;
+    loop {
+        let listing = store
+            .list_objects(ctx, prefix, page.as_deref())
+            .await
+            .map_err(call("listing off-site backups".into()))?;
+        keys.extend(listing.objects.into_iter().map(|o| o.key));
+        match listing.next {
+            Some(next) => page = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
+
 /// Deletes the off-site copies of backups not in `keep` (with `dry_run`, only lists them);
 /// returns their keys.
 pub(crate) async fn prune(
@@ -182,19 +203,7 @@ pub(crate) async fn prune(
     dry_run: bool,
 ) -> Result<Vec<String>, OffsiteError> {
     let prefix = format!("{environment}/");
-    let mut keys = Vec::new();
-    let mut page: Option<String> = None;
-    loop {
-        let listing = store
-            .list_objects(ctx, &prefix, page.as_deref())
-            .await
-            .map_err(call("listing off-site backups".into()))?;
-        keys.extend(listing.objects.into_iter().map(|o| o.key));
-        match listing.next {
-            Some(next) => page = Some(next),
-            None => break,
-        }
-    }
+    let keys = list_keys(store, ctx, &prefix).await?;
     let mut deleted = Vec::new();
     for k in keys {
         let name = k.strip_prefix(&prefix).unwrap_or(&k);

@@ -143,6 +143,25 @@ impl Scheduler {
         }
     }
 
+    /// A new run of `job` for the occurrence `due`, as this agent claims it at `now`.
+    fn claimant(&self, environment: &str, job: Job, due: i64, now: i64) -> JobRun {
+        JobRun {
+            id: format!("job-{}", super::new_id()),
+            environment: environment.to_string(),
+            job: job.name().to_string(),
+            due_at: due,
+            agent: self.name.clone(),
+            owner: self.owner.0.clone(),
+            status: JobStatus::Waiting,
+            attempts: 0,
+            claimed_at: now,
+            updated_at: now,
+            finished_at: None,
+            next_attempt_at: Some(now),
+            detail: None,
+        }
+    }
+
     /// Marks what a dead process of this agent left running as interrupted; waits and
     /// retries it left are taken over.
     pub async fn adopt(&self) -> Result<(), StoreError> {
@@ -182,21 +201,7 @@ impl Scheduler {
             let Some(due) = e.cadence.due(armed, now, tz) else {
                 continue;
             };
-            let run = JobRun {
-                id: format!("job-{}", super::new_id()),
-                environment: e.environment.clone(),
-                job: e.job.name().to_string(),
-                due_at: due,
-                agent: self.name.clone(),
-                owner: self.owner.0.clone(),
-                status: JobStatus::Waiting,
-                attempts: 0,
-                claimed_at: now,
-                updated_at: now,
-                finished_at: None,
-                next_attempt_at: Some(now),
-                detail: None,
-            };
+            let run = self.claimant(&e.environment, e.job, due, now);
             if self.agent.store.claim_job(&run).await? {
                 tracing::info!(
                     job = %e.job,
@@ -246,19 +251,8 @@ impl Scheduler {
     pub async fn run_now(&self, environment: &str, job: Job) -> Result<JobRun, StoreError> {
         let now = self.clock.now_ms();
         let run = JobRun {
-            id: format!("job-{}", super::new_id()),
-            environment: environment.to_string(),
-            job: job.name().to_string(),
-            due_at: now,
-            agent: self.name.clone(),
-            owner: self.owner.0.clone(),
-            status: JobStatus::Waiting,
-            attempts: 0,
-            claimed_at: now,
-            updated_at: now,
-            finished_at: None,
-            next_attempt_at: Some(now),
             detail: Some("run by hand".into()),
+            ..self.claimant(environment, job, now, now)
         };
         if !self.agent.store.claim_job(&run).await? {
             return Err(StoreError::Query(format!(

@@ -337,24 +337,15 @@ async fn newest_offsite(
     ctx: &CallContext,
 ) -> Result<Option<Manifest>, StateBackupError> {
     let prefix = format!("{PREFIX}/");
-    let mut ids: Vec<String> = Vec::new();
-    let mut page: Option<String> = None;
-    loop {
-        let listing = plugin
-            .list_objects(ctx, &prefix, page.as_deref())
-            .await
-            .map_err(|e| StateBackupError::Setup(format!("listing off-site state backups: {e}")))?;
-        ids.extend(listing.objects.into_iter().filter_map(|o| {
-            o.key
-                .strip_prefix(&prefix)
-                .and_then(|k| k.strip_suffix(".meta"))
+    let ids: Vec<String> = offsite::list_keys(plugin, ctx, &prefix)
+        .await?
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix(&prefix)?
+                .strip_suffix(".meta")
                 .map(str::to_string)
-        }));
-        match listing.next {
-            Some(next) => page = Some(next),
-            None => break,
-        }
-    }
+        })
+        .collect();
     let second = |id: &str| id.split('-').next().unwrap_or("").to_string();
     let Some(latest) = ids.iter().map(|i| second(i)).max() else {
         return Ok(None);
