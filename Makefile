@@ -16,7 +16,7 @@ help:
 	@echo "make bench-plugins  plugin runtime benchmark (release build), prints p50/p90"
 	@echo "make bench-db       migrations vs sqlx, backup vs pg_dump (throwaway PostgreSQL; several minutes)"
 	@echo "make bench-pipeline the full local pipeline, per stage, next to the runbook script it replaces"
-	@echo "make bench-rollback emergency rollback: --app-only and --full (100 MB SQLite), next to the runbook script"
+	@echo "make bench-rollback emergency rollback: --app-only and --full (100 MB SQLite) next to the runbook script; --full on 1 GB PostgreSQL next to pg_restore"
 	@echo "make bench-s3       a 1 GiB backup to a local S3 server: the S3 plugin next to aws s3 cp"
 	@echo "make bench-daemon   the daemon: 500 triggers across 50 environments (throughput, p99) and idle memory with 4 plugins"
 	@echo "make bench-progressive a canary's abort: failed analysis to 100 % stable traffic, next to the poll interval"
@@ -85,6 +85,7 @@ bench-pipeline: setup
 
 bench-rollback: setup
 	$(CARGO) bench -p deploy-agent-tests --bench rollback
+	$(CARGO) bench -p deploy-agent-tests --bench rollback_pg
 
 bench-s3: setup test-tools
 	$(CARGO) bench -p deploy-agent-tests --bench s3_upload

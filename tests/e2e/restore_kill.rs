@@ -1,8 +1,10 @@
 //! Killing the agent (SIGKILL) in the middle of every command that restores a PostgreSQL
-//! database: `backup restore`, `rollback --full` and `recover --rollback`. After each kill the
-//! database must be exactly the state before the command or exactly the backup (a whole
-//! `pg_dump`: schema, every row, sequences), never a mix; the agent's children must die with
-//! it; `status` must say the job was interrupted; and `recover` must complete it.
+//! database: `backup restore`, `rollback --full` (restored beside the live database, then
+//! swapped) and `recover --rollback`. After each kill the database must be exactly the state
+//! before the command or exactly the backup (a whole `pg_dump`: schema, every row,
+//! sequences), never a mix; the agent's children must die with it; `status` must say the job
+//! was interrupted; and `recover` must complete it. The swap is also killed inside its switch
+//! step, on both sides of the renames.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -200,11 +202,13 @@ fn kill_during_restore(scene: &Scene, args: &[&str], after: Option<Duration>) ->
             };
         }
         if streaming.is_none() {
+            // In place: pg_restore renders into psql; beside: pg_restore alone, in parallel.
             let psql = children(pid, "psql");
-            if !psql.is_empty() {
+            let render = children(pid, "pg_restore");
+            if !psql.is_empty() || !render.is_empty() {
                 streaming = Some(Instant::now());
                 tools.extend(psql);
-                tools.extend(children(pid, "pg_restore"));
+                tools.extend(render);
             }
         }
         if let (Some(since), Some(after)) = (streaming, after)
@@ -246,7 +250,7 @@ fn kill_points(
     // Where in the restore to kill: right as psql starts, then at fractions of a restore's
     // duration (measured once, uncut), so every point falls while data streams in.
     prepare(scene);
-    let whole = kill_during_restore(scene, args, None).expect("it restores through psql");
+    let whole = kill_during_restore(scene, args, None).expect("it restores through pg_restore");
     eprintln!("{what}: an uncut restore streams for {whole:?}");
     same(
         &scene.pg.dump(&scene.db),
@@ -481,4 +485,111 @@ async fn an_interrupted_restore_is_shown_refused_over_undone_and_finished() {
         audit.contains("rollback.undone") && audit.contains("rollback.finished"),
         "{audit}"
     );
+}
+
+/// `rollback --full` killed inside its switch step: once the live database was closed to new
+/// connections and before the renames, and once the renames committed but before the app
+/// followed. Either way each database is whole (the restored one staged or live, the one from
+/// before live or aside), `status` says where it stopped, and `recover` finishes the swap:
+/// the backup live under the database's name, the database from before kept aside and open,
+/// the app on v1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swap_killed_at_its_switch_is_finished_by_recover() {
+    let scene = Scene::new();
+    let allows = |name: &str| {
+        scene.pg.psql(
+            "postgres",
+            &format!("SELECT datallowconn FROM pg_database WHERE datname = '{name}'"),
+        )
+    };
+    for point in ["during:switch", "after:switch"] {
+        scene.deploy(None);
+        let v2 = scene.p.current().unwrap();
+        assert_ne!(v2, format!("releases/{}", scene.v1));
+        let before = scene.pg.dump(&scene.db);
+        let mut cmd = scene.command(&[
+            "rollback", "--env", "local", "--full", "--to", &scene.v1, "--backup", &scene.b1,
+            "--reason", "test", "--yes",
+        ]);
+        cmd.env("DEPLOY_AGENT_FAILPOINT", point);
+        let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+        assert_eq!(out.status.code(), None, "{point}: killed: {}", stderr(&out));
+        let status = scene.status();
+        let record = &status["last_rollback"];
+        assert_eq!(record["status"], "interrupted", "{point}: {status:#}");
+        let swap = &record["database_swap"];
+        let (staged, aside) = (
+            swap["staged"].as_str().unwrap().to_string(),
+            swap["aside"].as_str().unwrap().to_string(),
+        );
+        if point == "during:switch" {
+            // The renames did not happen: the live database is the one from before (closed to
+            // new connections until the switch finishes), the backup whole beside it.
+            assert_eq!(swap["phase"], "switching", "{status:#}");
+            assert_eq!(allows(&scene.db), "f");
+            same(
+                &scene.pg.dump(&staged),
+                &scene.s1,
+                "the staged database is the backup",
+            );
+            assert_eq!(allows(&aside), "", "nothing is aside yet");
+        } else {
+            // Renamed: the backup is live, the database from before aside, the app not yet v1.
+            assert_eq!(swap["phase"], "switched", "{status:#}");
+            same(
+                &scene.pg.dump(&scene.db),
+                &scene.s1,
+                "the live database is the backup",
+            );
+            same(
+                &scene.pg.dump(&aside),
+                &before,
+                "the database from before is aside, whole",
+            );
+            assert_eq!(
+                scene.p.current().unwrap(),
+                v2,
+                "the app follows only at recover"
+            );
+        }
+        let text =
+            String::from_utf8_lossy(&scene.run(&["status", "--env", "local"]).stdout).into_owned();
+        let stopped = if point == "during:switch" {
+            "switch"
+        } else {
+            "app"
+        };
+        assert!(
+            text.contains(&format!("stopped in {stopped}")),
+            "{point}: {text}"
+        );
+
+        let out = scene.run(&["recover", "--env", "local", "--output", "json"]);
+        assert!(out.status.success(), "{point}: recover: {}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["recovered"][0]["action"], "finished", "{v:#}");
+        same(
+            &scene.pg.dump(&scene.db),
+            &scene.s1,
+            "after recover the database is the backup",
+        );
+        same(
+            &scene.pg.dump(&aside),
+            &before,
+            "after recover the one from before is kept",
+        );
+        assert_eq!(
+            allows(&aside),
+            "t",
+            "the database kept aside takes connections"
+        );
+        assert_eq!(allows(&staged), "", "nothing is left staged");
+        assert_eq!(scene.p.current().unwrap(), format!("releases/{}", scene.v1));
+        let status = scene.status();
+        assert_eq!(status["last_rollback"]["status"], "succeeded", "{status:#}");
+        assert_eq!(
+            status["last_rollback"]["database_swap"]["phase"],
+            "switched"
+        );
+    }
 }

@@ -375,6 +375,56 @@ async fn full_rollback_on_postgres_restores_the_pre_deploy_backup_exactly() {
     )
     .unwrap();
     assert_eq!(pg.psql(&app_db, "SELECT count(*) FROM notes"), "1");
+    // A backup of the v2 schema, for the refusal at the end.
+    let out = run(&["backup", "create", "--env", "local", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v2_backup = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Configured in place: the plan says so, and takes a safety snapshot.
+    p.edit_config(
+        "url = \"${env:DA_TEST_APP_URL}\"",
+        "url = \"${env:DA_TEST_APP_URL}\"\nrollback = \"in-place\"",
+    );
+    let out = run(&["rollback", "--env", "local", "--full", "--reason", "r"]);
+    assert!(
+        stderr(&out).contains(
+            "restore in place (configured: `rollback = \"in-place\"`): take a safety snapshot"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    p.edit_config("\nrollback = \"in-place\"", "");
+    // A role that may not rename the database (it lacks CREATEDB): the plan falls back to
+    // restoring in place, and says why.
+    pg.psql(
+        &app_db,
+        "CREATE ROLE plain_owner LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO plain_owner",
+    );
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {app_db} OWNER TO plain_owner"),
+    );
+    let out = p
+        .command(&["rollback", "--env", "local", "--full", "--reason", "r"])
+        .env(
+            "DA_TEST_APP_URL",
+            app_url.replace("postgres@", "plain_owner@"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out)
+            .contains("restore in place (a swap is not possible here: the role lacks CREATEDB"),
+        "{}",
+        stderr(&out)
+    );
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {app_db} OWNER TO postgres"),
+    );
 
     // In a script, without --yes: refused, nothing changed.
     let out = run(&[
@@ -388,7 +438,13 @@ async fn full_rollback_on_postgres_restores_the_pre_deploy_backup_exactly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("pass --yes"), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains(&format!("restore backup {backup_id}")),
+        stderr(&out).contains(&format!("restore backup {backup_id}"))
+            && stderr(&out).contains(&format!(
+                "into a new database `{app_db}_rb_<rollback id>` beside the live one"
+            ))
+            && stderr(&out).contains(&format!(
+                "switch in one step: `{app_db}` is renamed `{app_db}_before_<rollback id>`"
+            )),
         "the plan is shown: {}",
         stderr(&out)
     );
@@ -414,15 +470,41 @@ async fn full_rollback_on_postgres_restores_the_pre_deploy_backup_exactly() {
     assert_eq!(r["record"]["status"], "succeeded");
     assert_eq!(r["record"]["backup_id"], backup_id.as_str());
     assert_eq!(r["record"]["to_release"], first.as_str());
-    let safety = r["record"]["safety_backup"].as_str().unwrap().to_string();
+    // Restored beside the live database, then switched with the app in one step: no dump of
+    // the database as it was, which is kept, renamed.
+    assert!(r["record"]["safety_backup"].is_null(), "{r:#}");
+    let swap = &r["record"]["database_swap"];
+    assert_eq!(swap["phase"], "switched", "{r:#}");
+    assert_eq!(swap["live"], app_db.as_str());
+    assert!(swap["window_us"].as_u64().is_some(), "{r:#}");
+    let aside = swap["aside"].as_str().unwrap().to_string();
+    assert!(aside.starts_with(&format!("{app_db}_before_")), "{aside}");
     let names: Vec<&str> = r["steps"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["lock", "app", "snapshot", "restore", "verify"]);
-
+    assert_eq!(names, ["lock", "restore", "switch", "verify"]);
+    let switch = r["steps"][2]["detail"].as_str().unwrap();
+    assert!(
+        switch.contains(&format!("kept as `{aside}`"))
+            && switch.contains(&format!("{first} is live")),
+        "{switch}"
+    );
+    // The database from before, as v2 left it: one note, no `body` column; nothing staged left.
+    assert_eq!(pg.psql(&aside, "SELECT count(*) FROM notes"), "1");
+    assert_eq!(
+        pg.psql(&aside, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'notes' AND column_name = 'body'"),
+        "0"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname LIKE '{app_db}_rb_%'")
+        ),
+        "0"
+    );
     // The database is the pre-deploy backup: schema fingerprint and row counts.
     let fingerprint = deploy_agent::db::schema::fingerprint(&app_url)
         .await
@@ -438,7 +520,8 @@ async fn full_rollback_on_postgres_restores_the_pre_deploy_backup_exactly() {
     );
     assert_eq!(p.current().unwrap(), format!("releases/{first}"));
 
-    // The safety snapshot holds the newer schema: restoring it under v1 is refused unless forced.
+    // A backup of the newer schema: restoring it under v1 is refused unless forced.
+    let safety = v2_backup;
     let out = run(&[
         "rollback",
         "--env",

@@ -150,6 +150,8 @@ async fn check_contents(store: &Store, head: &str) {
     let rollbacks = store.rollbacks("local").await.unwrap();
     assert_eq!(rollbacks.len(), 1);
     assert_eq!(rollbacks[0].reason.as_deref(), Some("fixture rollback"));
+    // Added by schema version 8: NULL in an upgraded store, read back as no swap.
+    assert_eq!(rollbacks[0].database_swap, None);
     let report = store.audit_verify().await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.entries, AUDIT_ENTRIES);

@@ -538,6 +538,23 @@ pub(super) async fn rollback(
                 outcome.record.environment
             );
         }
+        if let Some(s) = outcome
+            .record
+            .database_swap
+            .as_ref()
+            .filter(|s| s.phase == crate::store::SwapPhase::Switched)
+        {
+            say!(
+                "  safety snapshot: the database from before, kept as `{}` (drop it when you no longer need it)",
+                s.aside
+            );
+            if let Some(us) = s.window_us {
+                say!(
+                    "  database and app switched within {:.1} ms",
+                    us as f64 / 1e3
+                );
+            }
+        }
     }
     Ok(if outcome.succeeded() {
         ExitCode::SUCCESS

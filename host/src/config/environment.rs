@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::raw::{self, Merge};
 use super::{
-    BackupConfig, ConfigError, DEFAULT_ZSTD_LEVEL, DatabaseConfig, Job, SecretRef, SecretSource,
-    Site, UrlSource, Validator, valid_plugin_name,
+    BackupConfig, ConfigError, DEFAULT_ZSTD_LEVEL, DatabaseConfig, Job, RollbackRestore, SecretRef,
+    SecretSource, Site, UrlSource, Validator, valid_plugin_name,
 };
 
 /// One environment (`local`, `staging`, `production`, ...).
@@ -1033,12 +1033,28 @@ impl Validator<'_> {
             (1, 3_600_000),
         );
         let lock_retries = d.lock_retries.as_ref().map_or(5, |r| *r.get_ref());
+        let rollback = match d.rollback.as_ref() {
+            None => RollbackRestore::Swap,
+            Some(r) => match r.get_ref().as_str() {
+                "swap" => RollbackRestore::Swap,
+                "in-place" => RollbackRestore::InPlace,
+                other => {
+                    self.error(
+                        r,
+                        format!("`rollback = \"{other}\"` is not a way to restore"),
+                        "use `\"swap\"` (restore beside the live database, then switch; the default) or `\"in-place\"` (restore over it in one transaction)",
+                    );
+                    RollbackRestore::Swap
+                }
+            },
+        };
         Some(DatabaseConfig {
             url,
             migrations,
             lock_timeout,
             lock_retries,
             lock_wait,
+            rollback,
         })
     }
 

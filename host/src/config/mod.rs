@@ -156,6 +156,30 @@ pub struct DatabaseConfig {
     pub lock_retries: u32,
     /// How long to wait for the migration lock.
     pub lock_wait: Duration,
+    /// How a rollback or restore puts a backup back.
+    pub rollback: RollbackRestore,
+}
+
+/// How a database rollback puts a backup back (`[environments.X.database] rollback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RollbackRestore {
+    /// Restore into a new database (SQLite: file) beside the live one, then switch to it in
+    /// one short step, the app with it; the old one is kept under a dated name as the safety
+    /// snapshot. Falls back to [`RollbackRestore::InPlace`] where renaming is not possible.
+    #[default]
+    Swap,
+    /// Take a safety backup, then restore over the live database in one transaction.
+    InPlace,
+}
+
+impl RollbackRestore {
+    /// Its word in agent.toml.
+    pub fn word(self) -> &'static str {
+        match self {
+            RollbackRestore::Swap => "swap",
+            RollbackRestore::InPlace => "in-place",
+        }
+    }
 }
 
 /// A database URL: written out (no password allowed) or a secret reference.

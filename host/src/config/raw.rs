@@ -319,6 +319,7 @@ impl Merge for RawDatabase {
         take(&mut self.lock_timeout_ms, &p.lock_timeout_ms);
         take(&mut self.lock_retries, &p.lock_retries);
         take(&mut self.lock_wait_ms, &p.lock_wait_ms);
+        take(&mut self.rollback, &p.rollback);
     }
 }
 
@@ -360,6 +361,7 @@ pub(super) struct RawDatabase {
     pub lock_timeout_ms: Option<Spanned<u64>>,
     pub lock_retries: Option<Spanned<u32>>,
     pub lock_wait_ms: Option<Spanned<u64>>,
+    pub rollback: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

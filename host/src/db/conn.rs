@@ -316,6 +316,23 @@ impl DbRow {
     }
 }
 
+/// `url` pointing at another database on the same server.
+pub(crate) fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 /// A string literal for SQL (standard_conforming_strings on: only `'` needs doubling).
 pub(crate) fn lit(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

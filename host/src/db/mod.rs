@@ -8,6 +8,7 @@ pub(crate) mod conn;
 mod error;
 pub mod migrate;
 pub mod schema;
+pub mod swap;
 
 pub use conn::{Backend, backend_of, redact_url};
 pub use error::DbError;

@@ -33,6 +33,7 @@ pub mod restore;
 pub mod rollback;
 pub mod scheduler;
 pub mod state_backup;
+pub mod swap;
 pub mod validate;
 
 mod plugins;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::Agent;
+use super::swap::{self, AppSwitch};
 use super::{
     PipelineError, Recovery, RecoveryAction, Reporter, StageError, load_plugins, switch_back,
 };
@@ -279,24 +280,48 @@ async fn finish_one(
 ) -> Result<String, StageError> {
     let config = &*agent.config;
     let mut said = Vec::new();
-    if matches!(record.mode.as_str(), "app" | "full")
-        && let Some(to) = record.to_release.clone()
-    {
-        let plugins = load_plugins(agent, env)?;
-        let ctx = CallContext {
-            environment: env.name.clone(),
-            deployment_id: record.id.clone(),
+    // The release to make live, and what becomes of the one it leaves: going back marks it
+    // `rolled_back`; going forward (`--to` a newer release) does not.
+    let app = match (record.mode.as_str(), record.to_release.clone()) {
+        ("app" | "full", Some(to)) => {
+            let releases = store.releases(&env.name).await?;
+            let created = |id: &str| releases.iter().find(|r| r.id == id).map(|r| r.created_at);
+            let left = record
+                .from_release
+                .clone()
+                .filter(|from| *from != to && created(from) > created(&to))
+                .map(|from| (from, ReleaseStatus::RolledBack));
+            Some((to, left))
+        }
+        _ => None,
+    };
+    let ctx = CallContext {
+        environment: env.name.clone(),
+        deployment_id: record.id.clone(),
+    };
+    if record.database_swap.is_some() {
+        // A swap: carried on from the phase it recorded, the app with the database.
+        let (url, bs) = database(env)?;
+        let plugins = match app {
+            Some(_) => Some(load_plugins(agent, env)?),
+            None => None,
         };
-        // As the rollback itself decides: going back marks the release it left
-        // `rolled_back`; going forward (`--to` a newer release) does not.
-        let releases = store.releases(&env.name).await?;
-        let created = |id: &str| releases.iter().find(|r| r.id == id).map(|r| r.created_at);
-        let left = record
-            .from_release
-            .as_deref()
-            .filter(|from| *from != to && created(from) > created(&to))
-            .map(|from| (from, ReleaseStatus::RolledBack));
-        let live = switch_back(store, &plugins.target, &ctx, env, &to, left).await?;
+        let app_switch = plugins.as_ref().zip(app).map(|(p, (to, left))| AppSwitch {
+            target: &p.target,
+            ctx: ctx.clone(),
+            to,
+            left,
+        });
+        let mut notes = Vec::new();
+        let mut note = |_: &'static str, _: std::time::Instant, detail: String| notes.push(detail);
+        swap::carry(env, store, record, &url, &bs, app_switch, &mut note).await?;
+        said.extend(notes);
+        return Ok(verified(config, env, record, said).await);
+    }
+    if let Some((to, left)) = &app {
+        let plugins = load_plugins(agent, env)?;
+        let left = left.as_ref().map(|(id, s)| (id.as_str(), *s));
+        let live = switch_back(store, &plugins.target, &ctx, env, to, left).await?;
         said.push(format!("{live} is live"));
     }
     if matches!(record.mode.as_str(), "db" | "full" | "restore") {
@@ -338,6 +363,16 @@ async fn finish_one(
             }
         }
     }
+    Ok(verified(config, env, record, said).await)
+}
+
+/// `said`, then what the checks of the release a recovered rollback made live say.
+async fn verified(
+    config: &crate::config::Config,
+    env: &Environment,
+    record: &RollbackRecord,
+    mut said: Vec<String>,
+) -> String {
     if let Some(to) = &record.to_release {
         let rounds = super::verify_release(config, env, to, None).await;
         said.push(match rounds.failed {
@@ -345,7 +380,7 @@ async fn finish_one(
             Some(f) => format!("{to} fails its checks: {f}"),
         });
     }
-    Ok(said.join("; "))
+    said.join("; ")
 }
 
 /// Reverts an interrupted rollback or restore: the database back to its safety backup (when
@@ -357,7 +392,10 @@ async fn undo_one(
     record: &RollbackRecord,
 ) -> Result<String, StageError> {
     let mut said = Vec::new();
-    if record.mode != "app" {
+    if record.database_swap.is_some() {
+        let (url, _) = database(env)?;
+        said.push(swap::undo(&url, record).await?);
+    } else if record.mode != "app" {
         match &record.safety_backup {
             Some(id) => {
                 let (url, bs) = database(env)?;

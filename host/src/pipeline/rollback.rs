@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::Agent;
 use super::checks::CheckResult;
 use super::notify::{self, Notifications};
+use super::swap::{self, AppSwitch, DbSwitch, Method};
 use super::{
     PipelineError, Reporter, Stage, StageError, StageReport, StageStatus, load_plugins, new_id,
     progress,
@@ -109,6 +110,9 @@ pub struct RollbackPlan {
     pub schema_now: Option<String>,
     /// The backup to restore (strategy `restore`).
     pub backup: Option<BackupChoice>,
+    /// How the backup goes back: beside the live database and switched, or in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_switch: Option<DbSwitch>,
     /// What would happen, step by step.
     pub steps: Vec<String>,
     /// What would be lost.
@@ -232,6 +236,7 @@ async fn plan_with(
     }
     let mut schema_now = None;
     let mut choice = None;
+    let mut database_switch = None;
     let mut data_loss = None;
     if req.mode == Mode::App
         && let Some(database) = &env.database
@@ -351,15 +356,45 @@ async fn plan_with(
                                 refusals.push(format!("{msg}; pass --force to restore it anyway"));
                             }
                         }
-                        steps.push("take a safety snapshot of the database as it is now".into());
-                        steps.push(format!(
-                            "restore backup {id} (schema {}, taken {}, {} ago)",
+                        let how = swap::method(env, &settings.url).await;
+                        let what = format!(
+                            "backup {id} (schema {}, taken {}, {} ago)",
                             held.as_deref().unwrap_or("none"),
                             m.finished_at,
                             age(age_s)
-                        ));
+                        );
+                        let keeps = match how.method {
+                            Method::Swap => {
+                                let n = crate::db::swap::names(&settings.url, "<rollback id>")
+                                    .map_err(|e| setup(e.to_string()))?;
+                                let (live, staged, aside) = (n.live, n.staged, n.aside);
+                                steps.push(format!(
+                                    "restore {what} into a new database `{staged}` beside the live one (in parallel; the live database keeps serving), and check its schema fingerprint against the backup's"
+                                ));
+                                steps.push(if app(req.mode) {
+                                    format!(
+                                        "switch in one step: `{live}` is renamed `{aside}` (kept: the safety snapshot, no dump needed) and the restored database `{live}`, then {} is made live",
+                                        to.id
+                                    )
+                                } else {
+                                    format!(
+                                        "switch in one step: `{live}` is renamed `{aside}` (kept: the safety snapshot, no dump needed) and the restored database `{live}`"
+                                    )
+                                });
+                                format!("the database kept as `{aside}` has it")
+                            }
+                            Method::InPlace => {
+                                steps.push(format!(
+                                    "restore in place ({}): take a safety snapshot of the database as it is now",
+                                    how.why.as_deref().unwrap_or("configured")
+                                ));
+                                steps.push(format!("restore {what} over it in one transaction"));
+                                "the safety snapshot keeps it".into()
+                            }
+                        };
+                        database_switch = Some(how);
                         data_loss = Some(format!(
-                            "everything written to the database since {} ({} ago) is replaced by the backup; the safety snapshot keeps it",
+                            "everything written to the database since {} ({} ago) is replaced by the backup; {keeps}",
                             m.finished_at,
                             age(age_s)
                         ));
@@ -373,6 +408,17 @@ async fn plan_with(
                 }
             }
         }
+    }
+    if app(req.mode)
+        && database_switch
+            .as_ref()
+            .is_some_and(|d| d.method == Method::Swap)
+        && steps
+            .first()
+            .is_some_and(|s| s.starts_with("switch the app") || s.starts_with("make "))
+    {
+        // The app switches with the database, in the switch step.
+        steps.remove(0);
     }
     let checks = env.checks.len();
     steps.push(format!(
@@ -388,6 +434,7 @@ async fn plan_with(
         to,
         schema_now,
         backup: choice,
+        database_switch,
         steps,
         data_loss,
         refusals,
@@ -620,35 +667,81 @@ async fn run_steps(
     req: &RollbackRequest,
     plan: &RollbackPlan,
     record: &mut RollbackRecord,
-    step: &mut impl FnMut(&'static str, Instant, String, &dyn Reporter),
+    step: &mut (impl FnMut(&'static str, Instant, String, &dyn Reporter) + Send),
     reporter: &dyn Reporter,
 ) -> Result<(Vec<CheckResult>, std::time::Duration), StageError> {
     let config = &*agent.config;
     let to = &plan.to;
-    if app(req.mode) && plan.from.as_ref().is_none_or(|f| f.id != to.id) {
+    let swapping = db(req.mode)
+        && plan.backup.is_some()
+        && plan
+            .database_switch
+            .as_ref()
+            .is_some_and(|d| d.method == Method::Swap);
+    let app_needed = app(req.mode) && plan.from.as_ref().is_none_or(|f| f.id != to.id);
+    let ctx = CallContext {
+        environment: env.name.clone(),
+        deployment_id: record.id.clone(),
+    };
+    // Going back marks the release it left `rolled_back`; going forward (`--to` a newer
+    // release) leaves it `superseded`, as a deploy would.
+    let left = plan
+        .from
+        .as_ref()
+        .filter(|f| f.created_at > to.created_at)
+        .map(|f| (f.id.as_str(), ReleaseStatus::RolledBack));
+    let target = || {
+        plugins
+            .as_ref()
+            .map(|p| &p.target)
+            .map_err(|e| StageError::Plugins(e.clone()))
+    };
+    if app_needed && !swapping {
+        // In place: the app first, then the database (the two do not match meanwhile).
         let at = Instant::now();
-        let plugins = plugins
-            .as_ref()
-            .map_err(|e| StageError::Plugins(e.clone()))?;
-        let ctx = CallContext {
-            environment: env.name.clone(),
-            deployment_id: record.id.clone(),
-        };
-        // Going back marks the release it left `rolled_back`; going forward (`--to` a newer
-        // release) leaves it `superseded`, as a deploy would.
-        let left = plan
-            .from
-            .as_ref()
-            .filter(|f| f.created_at > to.created_at)
-            .map(|f| (f.id.as_str(), ReleaseStatus::RolledBack));
+        let target = target()?;
         progress::set(
             "rollback",
-            format!("making {} live on `{}`", to.id, plugins.target.name()),
+            format!("making {} live on `{}`", to.id, target.name()),
         );
-        let live = super::switch_back(store, &plugins.target, &ctx, env, &to.id, left).await?;
+        let live = super::switch_back(store, target, &ctx, env, &to.id, left).await?;
         step("app", at, format!("{live} is live"), reporter);
     }
-    if db(req.mode) {
+    if swapping {
+        let database = env
+            .database
+            .as_ref()
+            .ok_or_else(|| StageError::Config("no database".into()))?;
+        let url = database
+            .settings(env.strict)
+            .map_err(StageError::Config)?
+            .url;
+        let bs = env
+            .backup
+            .settings(&env.name, crate::config::KeyUse::Read)
+            .map_err(StageError::Config)?;
+        let app_switch = match app_needed {
+            true => Some(AppSwitch {
+                target: target()?,
+                ctx: ctx.clone(),
+                to: to.id.clone(),
+                left: left.map(|(id, s)| (id.to_string(), s)),
+            }),
+            false => None,
+        };
+        // Recorded before anything is created: an interrupted swap is finished or undone
+        // from what the record says (see `swap::carry`).
+        record.database_swap = Some(swap::start(&url, &record.id)?);
+        store.save_rollback(record).await?;
+        let mut said =
+            |name: &'static str, at: Instant, detail: String| step(name, at, detail, reporter);
+        let carried = swap::carry(env, store, record, &url, &bs, app_switch, &mut said).await;
+        if carried.is_err() {
+            swap::clean_up(&url, record).await;
+        }
+        carried?;
+    }
+    if db(req.mode) && !swapping {
         let database = env
             .database
             .as_ref()

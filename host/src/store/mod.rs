@@ -32,7 +32,7 @@ pub(crate) use lease::this_process;
 pub use lease::{Lease, LockHolder, Owner, hostname, interrupted, set_host_name};
 pub use queue::{Claim, Claimant, QueueItem};
 pub use releases::ReleaseRecord;
-pub use rollbacks::RollbackRecord;
+pub use rollbacks::{DatabaseSwap, RollbackRecord, SwapPhase};
 pub use runs::{Deployment, DeploymentField, RunJournal, Step};
 pub use schedule::JobRun;
 pub use status::{
@@ -133,6 +133,11 @@ fn migrations() -> Vec<Migration> {
         Migration::embedded(5, "hosts", include_str!("schema/0005_hosts.sql")),
         Migration::embedded(6, "traffic", include_str!("schema/0006_traffic.sql")),
         Migration::embedded(7, "schedule", include_str!("schema/0007_schedule.sql")),
+        Migration::embedded(
+            8,
+            "database swap",
+            include_str!("schema/0008_database_swap.sql"),
+        ),
     ]
 }
 

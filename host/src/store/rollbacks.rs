@@ -39,16 +39,57 @@ pub struct RollbackRecord {
     #[serde(default, with = "crate::time::json_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
+    /// A restore beside the live database and the switch to it: the names, and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_swap: Option<DatabaseSwap>,
 }
 
-const COLUMNS: &str = "id, environment, initiator, mode, from_release, to_release, backup_id, safety_backup, actor, reason, status, detail, started_at, finished_at";
+/// A database restored beside the live one and switched in: recorded before each step, so an
+/// interrupted one is finished or undone from what this says.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct DatabaseSwap {
+    /// The live database's name (PostgreSQL) or file (SQLite).
+    pub live: String,
+    /// Where the backup is restored first; it takes the live name at the switch.
+    pub staged: String,
+    /// Where the live database goes at the switch: the safety snapshot, kept.
+    pub aside: String,
+    /// How far it got.
+    pub phase: SwapPhase,
+    /// The time from the first switch (the database) to the second (the app), µs: while it
+    /// lasts, one side runs against the other's schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_us: Option<u64>,
+}
+
+/// How far a [`DatabaseSwap`] got.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapPhase {
+    /// Restoring into `staged` (the live database untouched).
+    Staging,
+    /// `staged` is restored and checked.
+    Staged,
+    /// Switching: the live database may refuse connections until the renames commit.
+    Switching,
+    /// `staged` has the live name, the old database is `aside`.
+    Switched,
+}
+
+const COLUMNS: &str = "id, environment, initiator, mode, from_release, to_release, backup_id, safety_backup, actor, reason, status, detail, started_at, finished_at, database_swap";
 
 impl Store {
     /// Records a rollback (insert or update by id).
     pub async fn save_rollback(&self, r: &RollbackRecord) -> Result<(), StoreError> {
+        let swap = r
+            .database_swap
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Query(format!("database swap: {e}")))?;
         self.exec(
-            &format!("INSERT INTO rollbacks ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (id) DO UPDATE SET to_release = excluded.to_release, backup_id = excluded.backup_id, safety_backup = excluded.safety_backup, status = excluded.status, detail = excluded.detail, finished_at = excluded.finished_at"),
+            &format!("INSERT INTO rollbacks ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (id) DO UPDATE SET to_release = excluded.to_release, backup_id = excluded.backup_id, safety_backup = excluded.safety_backup, status = excluded.status, detail = excluded.detail, finished_at = excluded.finished_at, database_swap = excluded.database_swap"),
             &[
                 (&r.id).into(),
                 (&r.environment).into(),
@@ -64,6 +105,7 @@ impl Store {
                 r.detail.as_deref().into(),
                 r.started_at.into(),
                 r.finished_at.into(),
+                swap.as_deref().into(),
             ],
         )
         .await?;
@@ -117,6 +159,11 @@ impl Store {
                     detail: r.o()?,
                     started_at: r.i()?,
                     finished_at: r.oi()?,
+                    database_swap: r
+                        .o()?
+                        .map(|text: String| serde_json::from_str(&text))
+                        .transpose()
+                        .map_err(|e| StoreError::Query(format!("database swap: {e}")))?,
                 })
             })
             .collect()
@@ -131,6 +178,13 @@ impl RollbackRecord {
 
     /// The step it was in when it stopped, read from what it recorded.
     pub fn stopped_in(&self) -> &'static str {
+        if let Some(swap) = &self.database_swap {
+            return match swap.phase {
+                SwapPhase::Staging => "restore",
+                SwapPhase::Staged | SwapPhase::Switching => "switch",
+                SwapPhase::Switched => "app",
+            };
+        }
         match (self.mode.as_str(), &self.safety_backup) {
             ("app", _) => "app",
             (_, Some(_)) => "restore",

@@ -9,6 +9,7 @@
 //! (`<id>.json`) is written last. A file without a manifest is never listed as a backup.
 
 mod apply;
+mod beside;
 pub mod crypt;
 mod drill;
 use crate::time;
@@ -26,8 +27,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::DbError;
-use super::conn::{Backend, Conn, backend_of, redact_url};
+use super::conn::{Backend, Conn, backend_of, redact_url, with_database};
 use super::schema::{Snapshot, postchecks};
+pub use beside::{Staged, restore_beside};
 pub use crypt::Key;
 pub use drill::{Drill, Standing, drill, standing};
 use tool::Tool;
@@ -291,7 +293,7 @@ async fn describe(url: &str) -> Result<(Backend, String, Option<i64>, String), D
     result
 }
 
-fn sqlite_path(url: &str) -> Result<PathBuf, DbError> {
+pub(crate) fn sqlite_path(url: &str) -> Result<PathBuf, DbError> {
     let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let path = path.split('?').next().unwrap_or(path);
     if path.is_empty() || path.starts_with(':') {
@@ -867,23 +869,6 @@ async fn check_restored(url: &str) -> Result<(String, Vec<super::schema::Check>)
     conn.close().await;
     let (checks, fingerprint) = result?;
     Ok((fingerprint, checks))
-}
-
-/// `url` pointing at another database on the same server.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{db}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 /// What `prune` removed.
