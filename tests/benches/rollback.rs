@@ -1,6 +1,8 @@
 //! Emergency rollback on the local target: `--app-only`, and `--full` with a 100 MB SQLite
-//! database (safety snapshot, restore of the pre-deploy backup, verification), agent time
-//! step by step, next to the runbook script that does the same by hand, in one run.
+//! database (the pre-deploy backup restored beside the live file, then the switch: the live
+//! file linked aside as the safety snapshot, the restored one renamed over it, the app;
+//! verification), agent time step by step, next to the runbook script that does the same by
+//! hand (a plain copy aside, then a plain restore), in one run.
 //!
 //! `cargo bench -p deploy-agent-tests --bench rollback` (ROUNDS=N, default 3; DB_MB=N, default 100).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -128,6 +130,7 @@ fn main() {
     let mut full_steps: Vec<(String, Vec<f64>)> = Vec::new();
     let mut runbook_app = Vec::new();
     let mut runbook_full = Vec::new();
+    let mut runbook_db = Vec::new();
     let script = repo_root().join("tests/benches/runbook_rollback.py");
     for round in 0..rounds {
         // A release with a migration: its deploy backs the database up first.
@@ -169,7 +172,7 @@ fn main() {
             .unwrap();
         assert!(back.succeeded());
 
-        // --full: app back, safety snapshot, restore of the pre-deploy backup, verify.
+        // --full: the pre-deploy backup restored beside, the database and app switched, verify.
         let out = rt
             .block_on(rollback::execute(
                 &config,
@@ -203,10 +206,18 @@ fn main() {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            started.elapsed().as_secs_f64() * 1e3
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            let db_ms: f64 = said
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            (started.elapsed().as_secs_f64() * 1e3, db_ms)
         };
-        runbook_app.push(time(&[&to, plain.to_str().unwrap(), "--app-only"]));
-        runbook_full.push(time(&[&to, plain.to_str().unwrap()]));
+        runbook_app.push(time(&[&to, plain.to_str().unwrap(), "--app-only"]).0);
+        let (whole, db_part) = time(&[&to, plain.to_str().unwrap()]);
+        runbook_full.push(whole);
+        runbook_db.push(db_part);
     }
     println!("deploy-agent rollback (agent time, in process, median of {rounds}):");
     println!(
@@ -217,9 +228,15 @@ fn main() {
         "  --full                           {:>9.1} ms   (goal <= 5000 ms)",
         median(&mut full)
     );
+    let mut database = 0.0;
     for (name, v) in &mut full_steps {
-        println!("    {name:<10} {:>9.1} ms", median(v));
+        let m = median(v);
+        if name == "restore" || name == "switch" || name == "snapshot" {
+            database += m;
+        }
+        println!("    {name:<10} {m:>9.1} ms");
     }
+    println!("  the database part (restore + switch) {database:>9.1} ms   (goal <= the runbook's copy aside + restore)");
     println!();
     println!(
         "the runbook script doing the same by hand (process start to exit, median of {rounds}):"
@@ -231,5 +248,9 @@ fn main() {
     println!(
         "  full: + copy aside, restore      {:>9.1} ms   (plain file: no checksum, no decompression)",
         median(&mut runbook_full)
+    );
+    println!(
+        "    of which the database part     {:>9.1} ms   (shutil.copy aside + sqlite3 backup API)",
+        median(&mut runbook_db)
     );
 }

@@ -549,10 +549,12 @@ pub(super) async fn rollback(
                 s.aside
             );
             if let Some(us) = s.window_us {
-                say!(
-                    "  database and app switched within {:.1} ms",
-                    us as f64 / 1e3
-                );
+                let what = if outcome.record.mode == "full" {
+                    "database and app switched"
+                } else {
+                    "database switched"
+                };
+                say!("  {what} within {:.1} ms", us as f64 / 1e3);
             }
         }
     }

@@ -182,6 +182,7 @@ pub(crate) async fn carry(
         "`{}` is the restored database; the one from before is kept as `{}` (the safety snapshot)",
         n.live, n.aside
     );
+    let with_app = app.is_some();
     if let Some(app) = app {
         let live = switch_back(
             store,
@@ -215,7 +216,12 @@ pub(crate) async fn carry(
             "switch",
             at,
             format!(
-                "{detail} (database and app switched within {:.1} ms)",
+                "{detail} ({} within {:.1} ms)",
+                if with_app {
+                    "database and app switched"
+                } else {
+                    "database switched"
+                },
                 window.as_secs_f64() * 1e3
             ),
         );
