@@ -236,7 +236,9 @@ fn main() {
         }
         println!("    {name:<10} {m:>9.1} ms");
     }
-    println!("  the database part (restore + switch) {database:>9.1} ms   (goal <= the runbook's copy aside + restore)");
+    println!(
+        "  the database part (restore + switch) {database:>9.1} ms   (goal <= the runbook's copy aside + restore)"
+    );
     println!();
     println!(
         "the runbook script doing the same by hand (process start to exit, median of {rounds}):"

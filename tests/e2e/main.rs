@@ -12,6 +12,7 @@ mod daemon;
 mod daemon_artifacts;
 mod fleet;
 mod hosts;
+mod incident;
 mod leaks;
 mod live_view;
 mod migrate;

@@ -29,6 +29,7 @@ mod complete;
 mod config;
 mod deploy;
 mod fleet;
+mod incident;
 mod live;
 mod migrate;
 mod plugin;
@@ -167,6 +168,10 @@ pub enum Command {
     /// Database backups: create, list, verify, restore, export, prune.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
+    /// Incident reports: a run's timeline from the journal, evidence, rollbacks and the audit
+    /// log, with detection, decision and time to recovery (`incident report RUN`).
+    #[command(subcommand)]
+    Incident(incident::IncidentCommand),
     /// Scheduled jobs the daemon runs (backups, prune, restore drills, off-site checks,
     /// state backups): list them with their next runs, or run one now.
     #[command(subcommand)]
@@ -437,6 +442,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(command) => runtime.block_on(migrate::run(command)),
         Command::Backup(command) => runtime.block_on(backup::run(command)),
         Command::Schedule(command) => runtime.block_on(schedule::schedule(command)),
+        Command::Incident(command) => runtime.block_on(incident::incident(command)),
         Command::State(command) => runtime.block_on(schedule::state(command)),
         Command::Bench(BenchCommand::Plugins { plugin, iterations }) => {
             runtime.block_on(bench::plugins(&plugin, iterations))

@@ -22,6 +22,7 @@ mod error;
 pub mod events;
 mod failpoint;
 pub mod host_work;
+pub mod incident;
 mod journal;
 pub mod maintenance;
 pub mod notify;

@@ -41,7 +41,7 @@ impl utoipa::Modify for Security {
     paths(
         api::trigger, api::get_run, api::cancel_run, api::approve, api::reject, views::abort_run,
         stream::run_events, api::environments, api::env_runs, api::env_releases, api::rollback,
-        stream::env_events, api::audit_log, views::env_status, views::env_history, views::env_schedule,
+        stream::env_events, api::audit_log, views::env_status, views::env_history, views::env_schedule, views::run_incident,
         views::rollback_plan, views::audit_verify, views::agents, api::healthz, api::readyz, api::metrics_text,
         openapi_json, webhook::github
     ),
@@ -58,6 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}/reject", post(api::reject))
         .route("/v1/runs/{id}/abort", post(views::abort_run))
         .route("/v1/runs/{id}/events", get(stream::run_events))
+        .route("/v1/runs/{id}/incident", get(views::run_incident))
         .route("/v1/environments", get(api::environments))
         .route("/v1/environments/{env}/runs", get(api::env_runs))
         .route("/v1/environments/{env}/releases", get(api::env_releases))

@@ -250,3 +250,57 @@ pub(super) async fn env_schedule(
             .await?;
     Ok(Json(listed))
 }
+
+/// How `GET /v1/runs/{id}/incident` answers.
+#[derive(Debug, Deserialize, IntoParams)]
+pub(super) struct IncidentQuery {
+    /// `markdown` for the report as Markdown (`text/markdown`); JSON otherwise.
+    format: Option<String>,
+}
+
+/// A run's incident report (`deploy-agent incident report RUN`): detection, decision,
+/// recovery, the timeline from its journal, evidence, rollbacks and the audit log, and the
+/// audit chain's verification.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/incident", tag = "runs",
+    params(("id" = String, Path, description = "The run id"), IncidentQuery),
+    responses(
+        (status = 200, description = "The report (JSON; Markdown with ?format=markdown)", body = crate::pipeline::incident::IncidentReport),
+        (status = 401, description = "No valid token", body = ApiError),
+        (status = 404, description = "No such run (or not one this token may see)", body = ApiError),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn run_incident(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<IncidentQuery>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let caller = state.caller(&headers)?;
+    state
+        .agent
+        .store
+        .deployment(&id)
+        .await?
+        .filter(|d| caller.covers(&d.environment))
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    let report = crate::pipeline::incident::report(&state.agent, &id)
+        .await
+        .map_err(|e| {
+            tracing::error!("API: incident report of {id}: {e}");
+            ApiError::unavailable("the incident report could not be read from the state store")
+        })?;
+    Ok(match q.format.as_deref() {
+        Some("markdown") => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/markdown; charset=utf-8",
+            )],
+            report.to_markdown(),
+        )
+            .into_response(),
+        _ => Json(report).into_response(),
+    })
+}
