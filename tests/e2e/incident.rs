@@ -154,4 +154,33 @@ async fn a_rolled_back_run_gets_an_incident_report_matching_its_journal() {
         .await
         .unwrap();
     assert_eq!(missing.status, 404);
+
+    // The console: the run's page links to the report, which shows the same facts, and its
+    // Markdown downloads.
+    let cookie = [("cookie".to_string(), d.sign_in(&reader).await)];
+    let get = |path: String| {
+        let (d, cookie) = (&d, &cookie);
+        async move { d.raw("GET", &path, None, cookie, None).await.unwrap() }
+    };
+    let page = get(format!("/runs/{run}")).await;
+    assert!(
+        page.text()
+            .contains(&format!("href=\"/runs/{run}/incident\"")),
+        "{}",
+        page.text()
+    );
+    let page = get(format!("/runs/{run}/incident")).await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    for part in [
+        "Timeline",
+        "check `not broken` failed during watch",
+        "automatic rollback",
+        "The audit chain verifies",
+    ] {
+        assert!(html.contains(part), "no `{part}` in:\n{html}");
+    }
+    let md = get(format!("/runs/{run}/incident.md")).await;
+    assert_eq!(md.status, 200);
+    assert!(md.text().contains("## Root cause"), "{}", md.text());
 }

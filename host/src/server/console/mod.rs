@@ -21,6 +21,7 @@ mod actions;
 mod audit_page;
 mod board;
 mod env_page;
+mod incident_page;
 mod page;
 mod run_page;
 mod svg;
@@ -52,6 +53,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/runs/{id}", get(run))
+        .route("/runs/{id}/incident", get(incident))
+        .route("/runs/{id}/incident.md", get(incident_markdown))
         .route("/runs/{id}/decide", post(decide))
         .route("/runs/{id}/cancel", post(cancel))
         .route("/environments/{env}", get(environment))
@@ -190,6 +193,37 @@ async fn run(
     let main = run_page::main(&state, &who, &id).await;
     let live = format!("/console/events?run={}", page::url(&id));
     show(&who, main, Some(live), v.fragment())
+}
+
+async fn incident(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(v): Query<View>,
+) -> Response {
+    let Some(who) = signed_in(&state, &headers) else {
+        return to_login(&format!("/runs/{id}/incident"));
+    };
+    let main = incident_page::main(&state, &who, &id).await;
+    show(&who, main, None, v.fragment())
+}
+
+async fn incident_markdown(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(who) = signed_in(&state, &headers) else {
+        return to_login(&format!("/runs/{id}/incident"));
+    };
+    match incident_page::report(&state, &who, &id).await {
+        Ok(r) => (
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            r.to_markdown(),
+        )
+            .into_response(),
+        Err(e) => failed(e),
+    }
 }
 
 async fn environment(

@@ -68,7 +68,12 @@ pub async fn main(state: &AppState, who: &SignedIn<'_>, id: &str) -> ApiResult<(
             esc(d.backup_id.as_deref().unwrap_or("none"))
         );
         if let Some(e) = &d.error {
-            let _ = write!(out, "<dt>Error</dt><dd class=\"error\">{}</dd>", esc(e));
+            let _ = write!(
+                out,
+                "<dt>Error</dt><dd class=\"error\">{} · <a href=\"/runs/{}/incident\">Incident report</a></dd>",
+                esc(e),
+                url(id)
+            );
         }
         if let Some(prev) = &d.resumed_from {
             let _ = write!(
