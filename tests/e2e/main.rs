@@ -27,6 +27,7 @@ mod rollback;
 mod rolling;
 mod sandbox;
 mod schedule;
+mod severity;
 mod state_backup;
 mod store_upgrade;
 mod wit_compat;

@@ -15,6 +15,7 @@
 
 mod environment;
 mod error;
+mod notify_filter;
 mod objectives;
 mod raw;
 mod references;
@@ -37,6 +38,7 @@ pub use environment::{
 };
 pub(crate) use error::line_col;
 pub use error::{ConfigError, ConfigErrors};
+pub use notify_filter::{EVENT_KINDS, NotifyFilter, Severity};
 pub use objectives::{Objectives, parse_span, span_text};
 pub use schedule::{Cadence, Job, Schedule, local_text, time_zone};
 pub use state_backup::{StateBackupConfig, redact_for_backup};
@@ -236,6 +238,8 @@ pub struct PluginConfig {
     pub secrets: BTreeMap<String, SecretConfig>,
     /// Its settings, as passed to it.
     pub config: serde_json::Value,
+    /// As a notifier: which events it hears.
+    pub notify: NotifyFilter,
 }
 
 /// A granted secret: where its value comes from and where it may go.
@@ -639,6 +643,7 @@ impl Validator<'_> {
             }
         }
         let config = serde_json::to_value(&p.config).unwrap_or(serde_json::Value::Null);
+        let notify = self.notify_filter(p.notify.as_ref());
         if self.errors.len() > before {
             return None;
         }
@@ -649,6 +654,7 @@ impl Validator<'_> {
             policy,
             secrets,
             config,
+            notify,
         })
     }
 

@@ -394,6 +394,14 @@ pub(super) struct RawPlugin {
     pub secrets: BTreeMap<Spanned<String>, Spanned<RawSecret>>,
     #[serde(default)]
     pub config: toml::Table,
+    pub notify: Option<Spanned<RawNotify>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub events: Option<Vec<Spanned<String>>>,
+    pub min_severity: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,4 +1,6 @@
-//! Notifications: every transition goes to every notifier, in order, in the background.
+//! Notifications: every transition goes to every notifier that hears it (its
+//! `[plugins.NAME.notify]` filter: kinds, least severity), in order, in the background. The
+//! agent judges each event's severity ([`severity`]).
 //!
 //! A failing notifier never fails a deployment: retryable errors are retried (three attempts,
 //! honouring Retry-After up to 5 s), the rest are logged, and the run carries on. Sending
@@ -10,8 +12,65 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::events::Bus;
+use super::events::{Bus, EventType};
+use crate::config::{Config, Environment, NotifyFilter, Severity};
 use crate::runtime::{CallContext, CallError, Event, EventKind, Plugin};
+
+/// Who hears what: each notifier's filter, and whether the environment is strict (where an
+/// automatic rollback is critical).
+#[derive(Debug, Clone, Default)]
+pub struct Audience {
+    filters: std::collections::BTreeMap<String, NotifyFilter>,
+    strict: bool,
+}
+
+impl Audience {
+    /// The filters of `env`'s notifiers, as `config` declares them.
+    pub fn of(config: &Config, env: &Environment) -> Audience {
+        Audience {
+            filters: env
+                .notifiers
+                .iter()
+                .filter_map(|n| config.plugins.get(n).map(|p| (n.clone(), p.notify.clone())))
+                .collect(),
+            strict: env.strict,
+        }
+    }
+
+    /// Whether `plugin` hears `event`.
+    fn admits(&self, plugin: &str, event: &Event) -> bool {
+        let kind = EventType::from(event.kind).as_str();
+        self.filters
+            .get(plugin)
+            .is_none_or(|f| f.admits(kind, severity(event, self.strict)))
+    }
+}
+
+/// How much `event` matters: progress is info; an awaited approval, a failed stage and an
+/// operator's rollback are warnings; a failed run or job is an error; an automatic rollback
+/// is critical in a strict environment (production was serving the failing release), an
+/// error elsewhere.
+pub fn severity(event: &Event, strict: bool) -> Severity {
+    match event.kind {
+        EventKind::Started
+        | EventKind::StageStarted
+        | EventKind::StageSucceeded
+        | EventKind::Succeeded => Severity::Info,
+        EventKind::ApprovalRequested | EventKind::StageFailed => Severity::Warning,
+        EventKind::Failed => Severity::Error,
+        // Automatic: the run's own `rollback` stage (its watch failed), or the agent itself.
+        EventKind::RolledBack
+            if event.stage.as_deref() == Some("rollback") || event.actor == "agent" =>
+        {
+            if strict {
+                Severity::Critical
+            } else {
+                Severity::Error
+            }
+        }
+        EventKind::RolledBack => Severity::Warning,
+    }
+}
 
 /// The queue to the notifiers of one run.
 #[derive(Debug)]
@@ -28,13 +87,21 @@ pub struct Delivery {
     pub delivered: usize,
     /// Events a notifier could not take, with why.
     pub failed: Vec<String>,
+    /// Events a notifier's filter kept from it.
+    pub filtered: usize,
 }
 
 const ATTEMPTS: u32 = 3;
 
 impl Notifications {
-    /// Starts the queue for `notifiers`; every event is also published on `events`.
-    pub fn start(notifiers: Vec<Plugin>, ctx: CallContext, events: Arc<Bus>) -> Notifications {
+    /// Starts the queue for `notifiers` (each hears what `audience` says it does); every
+    /// event is also published on `events`.
+    pub fn start(
+        notifiers: Vec<Plugin>,
+        audience: Audience,
+        ctx: CallContext,
+        events: Arc<Bus>,
+    ) -> Notifications {
         if notifiers.is_empty() {
             return Notifications {
                 tx: None,
@@ -47,6 +114,10 @@ impl Notifications {
             let mut report = Delivery::default();
             while let Some(event) = rx.recv().await {
                 for plugin in &notifiers {
+                    if !audience.admits(plugin.name(), &event) {
+                        report.filtered += 1;
+                        continue;
+                    }
                     match deliver(plugin, &ctx, &event).await {
                         Ok(()) => report.delivered += 1,
                         Err(e) => {
@@ -147,5 +218,59 @@ pub fn event(
         duration_ms: duration.map(|d| d.as_millis() as u64),
         links: Vec::new(),
         at_ms: crate::store::now_ms() as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_judges_each_events_severity() {
+        let of = |kind, actor: &str, strict| {
+            severity(
+                &event(
+                    kind,
+                    "prod",
+                    "r1",
+                    "v1",
+                    actor,
+                    None,
+                    String::new(),
+                    None,
+                    None,
+                ),
+                strict,
+            )
+        };
+        let in_run = |strict| {
+            let e = event(
+                EventKind::RolledBack,
+                "prod",
+                "r1",
+                "v1",
+                "ci",
+                Some("rollback"),
+                String::new(),
+                None,
+                None,
+            );
+            severity(&e, strict)
+        };
+        assert_eq!(
+            in_run(true),
+            Severity::Critical,
+            "a run's automatic rollback"
+        );
+        assert_eq!(in_run(false), Severity::Error);
+        assert_eq!(of(EventKind::StageSucceeded, "ci", true), Severity::Info);
+        assert_eq!(
+            of(EventKind::ApprovalRequested, "ci", false),
+            Severity::Warning
+        );
+        assert_eq!(of(EventKind::Failed, "ci", false), Severity::Error);
+        assert_eq!(of(EventKind::RolledBack, "agent", true), Severity::Critical);
+        assert_eq!(of(EventKind::RolledBack, "agent", false), Severity::Error);
+        assert_eq!(of(EventKind::RolledBack, "alice", true), Severity::Warning);
     }
 }

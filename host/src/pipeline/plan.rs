@@ -440,7 +440,14 @@ pub async fn plan(agent: &Agent, request: &Request) -> Result<Plan, PipelineErro
         } else {
             format!("tell {} of every transition", env.notifiers.join(", "))
         },
-        details: vec![],
+        // What each hears, where its `[plugins.NAME.notify]` filters it.
+        details: env
+            .notifiers
+            .iter()
+            .filter_map(|n| config.plugins.get(n).map(|p| (n, &p.notify)))
+            .filter(|(_, f)| **f != crate::config::NotifyFilter::default())
+            .map(|(n, f)| format!("{n} hears {}", f.describe()))
+            .collect(),
     });
     Ok(Plan {
         environment: env.name.clone(),

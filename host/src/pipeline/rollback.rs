@@ -625,7 +625,12 @@ pub async fn execute(
             environment: env.name.clone(),
             deployment_id: id.clone(),
         };
-        let n = Notifications::start(plugins.notifiers.clone(), ctx, agent.events().clone());
+        let n = Notifications::start(
+            plugins.notifiers.clone(),
+            notify::Audience::of(config, env),
+            ctx,
+            agent.events().clone(),
+        );
         n.send(notify::event(
             EventKind::RolledBack,
             &env.name,

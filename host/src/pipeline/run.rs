@@ -155,6 +155,7 @@ pub async fn deploy(
     };
     let notifications = Notifications::start(
         plugins.notifiers.clone(),
+        super::notify::Audience::of(config, env),
         ctx.clone(),
         agent.events().clone(),
     );
@@ -521,7 +522,12 @@ impl Run<'_> {
         self.notify(kind, None, summary, error.clone(), Some(started.elapsed()));
         let notifications = std::mem::replace(
             &mut self.notifications,
-            Notifications::start(Vec::new(), self.ctx.clone(), self.events.clone()),
+            Notifications::start(
+                Vec::new(),
+                Default::default(),
+                self.ctx.clone(),
+                self.events.clone(),
+            ),
         );
         let delivery = notifications.finish().await;
         if let Some(step) = step {
@@ -612,7 +618,12 @@ impl Run<'_> {
         .await;
         let notifications = std::mem::replace(
             &mut self.notifications,
-            Notifications::start(Vec::new(), self.ctx.clone(), self.events.clone()),
+            Notifications::start(
+                Vec::new(),
+                Default::default(),
+                self.ctx.clone(),
+                self.events.clone(),
+            ),
         );
         let delivery = notifications.finish().await;
         self.outcome(delivery, started, recovered, Some(RunStatus::Suspended))

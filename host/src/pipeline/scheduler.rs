@@ -471,6 +471,7 @@ impl Scheduler {
         };
         let n = Notifications::start(
             notifiers,
+            notify::Audience::of(&self.agent.config, env),
             CallContext::new(&env.name),
             self.agent.events().clone(),
         );

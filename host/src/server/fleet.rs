@@ -230,7 +230,12 @@ pub async fn announce_takeover(
         environment: env.name.clone(),
         deployment_id: item.id.clone(),
     };
-    let n = notify::Notifications::start(plugins.notifiers.clone(), ctx, agent.events().clone());
+    let n = notify::Notifications::start(
+        plugins.notifiers.clone(),
+        notify::Audience::of(&agent.config, env),
+        ctx,
+        agent.events().clone(),
+    );
     n.send(notify::event(
         EventKind::Started,
         &env.name,
