@@ -449,6 +449,37 @@ async fn full_rollback_on_postgres_restores_the_pre_deploy_backup_exactly() {
         stderr(&out)
     );
 
+    // A backup file changed on disk: refused by its checksum, the live database untouched and
+    // nothing left staged beside it.
+    let data = p.path(&format!("state/backups/local/{backup_id}.backup"));
+    let original = std::fs::read(&data).unwrap();
+    let mut tampered = original.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 0x55;
+    std::fs::write(&data, &tampered).unwrap();
+    let out = run(&[
+        "rollback", "--env", "local", "--full", "--reason", "r", "--yes",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("checksum mismatch")
+            || stderr(&out).contains("checksum mismatch"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    assert_eq!(pg.psql(&app_db, "SELECT count(*) FROM notes"), "1");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname LIKE '{app_db}_rb_%'")
+        ),
+        "0"
+    );
+    std::fs::write(&data, &original).unwrap();
+    // The app followed nothing either: v2 is still live.
+    assert_ne!(p.current().unwrap(), format!("releases/{first}"));
+
     let out = run(&[
         "rollback",
         "--env",

@@ -155,8 +155,12 @@ pub(crate) async fn carry(
             "restore",
             at,
             format!(
-                "{id} restored into `{}` beside the live database ({} parallel job(s)); its schema fingerprint is the backup's",
-                n.staged, staged.jobs
+                "{id} restored into `{}` beside the live database (decoded in {:.1} s, pg_restore with {} job(s) {:.1} s, checked in {:.1} s); its schema fingerprint is the backup's",
+                n.staged,
+                staged.decode.as_secs_f64(),
+                staged.jobs,
+                staged.restore.as_secs_f64(),
+                staged.check.as_secs_f64()
             ),
         );
     }

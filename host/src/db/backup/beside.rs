@@ -10,9 +10,10 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use super::tool::Tool;
-use super::{Key, Manifest, check_restored, export, io_err, open_plain};
+use super::{Key, Manifest, check_restored, export, io_err, plain_from};
 use crate::db::DbError;
 use crate::db::conn::{Backend, Conn, backend_of, lit};
 use crate::db::swap::{self, Names, ident};
@@ -22,6 +23,12 @@ use crate::db::swap::{self, Names, ident};
 pub struct Staged {
     /// The parallel jobs pg_restore ran (1 for SQLite).
     pub jobs: usize,
+    /// Decoding the backup to a plain archive (PostgreSQL), or to the new file (SQLite).
+    pub decode: Duration,
+    /// pg_restore into the new database (zero for SQLite).
+    pub restore: Duration,
+    /// The fingerprint and the post-checks of the restored database.
+    pub check: Duration,
     /// The restored schema's fingerprint (equal to the manifest's).
     pub fingerprint: String,
 }
@@ -52,6 +59,7 @@ pub async fn restore_beside(
     }
     swap::discard(url, names).await?;
     let staged_url = swap::staged_url(url, names);
+    let at = Instant::now();
     let restored = match backend {
         Backend::Postgres => pg_stage(manifest, dir, key, url, names, &staged_url).await,
         Backend::Sqlite => {
@@ -65,14 +73,16 @@ pub async fn restore_beside(
                 .await
                 .map_err(|e| DbError::query("restore task", e))
                 .and_then(|r| r)
-                .map(|_| 1)
+                .map(|_| (1, at.elapsed(), Duration::ZERO))
         }
     };
+    let at = Instant::now();
     let checked = match restored {
-        Ok(jobs) => check_restored(&staged_url).await.map(|c| (jobs, c)),
+        Ok(timed) => check_restored(&staged_url).await.map(|c| (timed, c)),
         Err(e) => Err(e),
     };
-    let verdict = checked.and_then(|(jobs, (fingerprint, checks))| {
+    let check = at.elapsed();
+    let verdict = checked.and_then(|((jobs, decode, restore), (fingerprint, checks))| {
         if fingerprint != manifest.schema_fingerprint {
             return Err(DbError::Query {
                 context: format!("restoring {} beside the live database", manifest.id),
@@ -88,7 +98,13 @@ pub async fn restore_beside(
                 message: format!("post-check {} failed: {}", c.name, c.detail),
             });
         }
-        Ok(Staged { jobs, fingerprint })
+        Ok(Staged {
+            jobs,
+            decode,
+            restore,
+            check,
+            fingerprint,
+        })
     });
     if verdict.is_err() {
         let _ = swap::discard(url, names).await;
@@ -104,7 +120,7 @@ async fn pg_stage(
     url: &str,
     names: &Names,
     staged_url: &str,
-) -> Result<usize, DbError> {
+) -> Result<(usize, Duration, Duration), DbError> {
     let mut live = Conn::open(url).await?;
     let created = create_like_live(&mut live, &names.staged).await;
     live.close().await;
@@ -121,10 +137,10 @@ async fn pg_stage(
         staged_url.to_string(),
     );
     let restored = tokio::task::spawn_blocking(move || {
-        let mut plain = open_plain(&m, &d, k.as_ref())?;
-        let mut file = std::fs::File::create(&a).map_err(|e| io_err("cannot write", &a, e))?;
-        std::io::copy(&mut plain, &mut file).map_err(|e| io_err("cannot decode into", &a, e))?;
-        drop(file);
+        let at = Instant::now();
+        decode_checked(&m, &d, k.as_ref(), &a)?;
+        let decoded = at.elapsed();
+        let at = Instant::now();
         let jobs_arg = format!("--jobs={jobs}");
         let archive_arg = a.display().to_string();
         let tool = Tool::spawn(
@@ -143,13 +159,115 @@ async fn pg_stage(
         tool.finish()?.map_err(|errors| DbError::Query {
             context: format!("pg_restore of {} into a new database", m.id),
             message: errors,
-        })
+        })?;
+        Ok::<_, DbError>((decoded, at.elapsed()))
     })
     .await
     .map_err(|e| DbError::query("restore task", e))
     .and_then(|r| r);
     let _ = std::fs::remove_file(&archive);
-    restored.map(|()| jobs)
+    restored.map(|(decode, restore)| (jobs, decode, restore))
+}
+
+/// Decodes the stored backup into the plain archive `out` in one pass: one thread reads the
+/// stored file and hashes it while this one decrypts, decompresses and writes. The file's
+/// sha256 must equal the manifest's, else `out` is removed and nothing is restored (the
+/// checksum is the same guard `open_plain` applies first; here nothing live is touched
+/// before it is known).
+fn decode_checked(
+    manifest: &Manifest,
+    dir: &Path,
+    key: Option<&Key>,
+    out: &Path,
+) -> Result<(), DbError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let path = manifest.data_file(dir);
+    let mut file = std::fs::File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let reader = std::thread::spawn(move || {
+        let mut hash = Sha256::new();
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            buf.truncate(n);
+            if tx.send(buf).is_err() {
+                // The decoder stopped (an error it reports); the rest is still hashed.
+                let mut rest = vec![0u8; 1 << 20];
+                loop {
+                    let n = file.read(&mut rest)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&rest[..n]);
+                }
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(hex::encode(hash.finalize()))
+    });
+    let decoded = plain_from(
+        manifest,
+        key,
+        Chunks {
+            rx,
+            at: Vec::new(),
+            pos: 0,
+        },
+        &path,
+    )
+    .and_then(|mut plain| {
+        let mut file = std::fs::File::create(out).map_err(|e| io_err("cannot write", out, e))?;
+        std::io::copy(&mut plain, &mut file).map_err(|e| io_err("cannot decode into", out, e))
+    });
+    let hashed = reader
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("reader panicked")))
+        .map_err(|e| io_err("cannot read", &path, e));
+    let outcome = match (hashed, decoded) {
+        (Ok(actual), _) if actual != manifest.sha256 => Err(DbError::Query {
+            context: format!("backup {}", manifest.id),
+            message: format!(
+                "checksum mismatch: the manifest says {}, the file is {actual}: it was modified, swapped or truncated; nothing was restored",
+                manifest.sha256
+            ),
+        }),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        (Ok(_), Ok(_)) => Ok(()),
+    };
+    if outcome.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    outcome
+}
+
+/// A reader over the chunks the hashing thread sends.
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    at: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.at.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.at = next;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.at.len() - self.pos);
+        buf[..n].copy_from_slice(&self.at[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Creates `name` with the live database's encoding, collation and database-level settings

@@ -245,10 +245,22 @@ fn open_plain(
     check_sha256(manifest, dir)?;
     let path = manifest.data_file(dir);
     let file = File::open(&path).map_err(|e| io_err("cannot open", &path, e))?;
+    plain_from(manifest, key, file, &path)
+}
+
+/// The decrypting, decompressing reader over a stored backup's bytes read from `stored`
+/// (`path` names it in errors). The caller checks the checksum.
+fn plain_from(
+    manifest: &Manifest,
+    key: Option<&Key>,
+    stored: impl Read + Send + 'static,
+    path: &Path,
+) -> Result<Box<dyn Read + Send>, DbError> {
+    let path = path.to_path_buf();
     let reader: Box<dyn Read + Send> = match (&manifest.encryption, key) {
         (Some(_), Some(key)) => Box::new(
             crypt::DecryptReader::new(
-                BufReader::with_capacity(1 << 20, file),
+                BufReader::with_capacity(1 << 20, stored),
                 key,
                 &manifest.identity(),
             )
@@ -263,7 +275,7 @@ fn open_plain(
                 ),
             });
         }
-        (None, _) => Box::new(BufReader::with_capacity(1 << 20, file)),
+        (None, _) => Box::new(BufReader::with_capacity(1 << 20, stored)),
     };
     let decoder = zstd::stream::read::Decoder::new(reader)
         .map_err(|e| io_err("cannot decompress", &path, e))?;
