@@ -201,3 +201,29 @@ grace_period_ms = 20000
 pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A `[plugins.NAME]` table for the webhook fixture notifier posting to `server`, then
+/// `extra` (a `[plugins.NAME.notify]` filter, say).
+pub(crate) fn webhook_table(
+    name: &str,
+    server: &deploy_agent_tests::http::TestServer,
+    extra: &str,
+) -> String {
+    format!(
+        "\n[plugins.{name}]\npath = {:?}\n[plugins.{name}.policy]\nallowed_hosts = [\"127.0.0.1\"]\nallow_ip_ranges = [\"127.0.0.0/8\"]\n[plugins.{name}.config]\nurl = {:?}\n{extra}",
+        deploy_agent_tests::fixtures::WEBHOOK,
+        server.url("127.0.0.1", "/hook")
+    )
+}
+
+/// The `text` of every post the webhook fixture made to `server`, in order.
+pub(crate) fn webhook_texts(server: &deploy_agent_tests::http::TestServer) -> Vec<String> {
+    server
+        .seen()
+        .iter()
+        .map(|s| {
+            let body: Value = serde_json::from_slice(&s.body).unwrap();
+            body["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}

@@ -6,30 +6,19 @@ use std::time::Duration;
 use deploy_agent::config::AnalysisConfig;
 use deploy_agent::pipeline::analysis::{self, Verdict};
 use deploy_agent_tests::http::{Behaviour, TestServer};
-use deploy_agent_tests::{fixtures, sqlite_count};
+use deploy_agent_tests::sqlite_count;
 use serde_json::Value;
 
-use crate::project::{Project, stderr};
+use crate::project::{Project, stderr, webhook_table, webhook_texts};
 
 const NOT_BROKEN: &str = "\n[[environments.local.checks]]\nname = \"not broken\"\nstage = \"watch\"\ncommand = \"! grep -q broken sites/local/current/index.html\"\n";
 
 fn hook(server: &TestServer) -> String {
-    format!(
-        "\n[plugins.hook]\npath = {:?}\n[plugins.hook.policy]\nallowed_hosts = [\"127.0.0.1\"]\nallow_ip_ranges = [\"127.0.0.0/8\"]\n[plugins.hook.config]\nurl = {:?}\n",
-        fixtures::WEBHOOK,
-        server.url("127.0.0.1", "/hook")
-    )
+    webhook_table("hook", server, "")
 }
 
 fn texts(server: &TestServer) -> Vec<String> {
-    server
-        .seen()
-        .iter()
-        .map(|s| {
-            let body: Value = serde_json::from_slice(&s.body).unwrap();
-            body["text"].as_str().unwrap().to_string()
-        })
-        .collect()
+    webhook_texts(server)
 }
 
 #[tokio::test(flavor = "multi_thread")]

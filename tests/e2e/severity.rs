@@ -4,32 +4,11 @@
 //! and rollbacks of severity error and above, and one hears only critical events (an
 //! automatic rollback outside a strict environment is an error, so it hears nothing).
 
-use deploy_agent_tests::fixtures;
 use deploy_agent_tests::http::{Behaviour, TestServer};
-use serde_json::Value;
 
-use crate::project::{Project, stderr};
+use crate::project::{Project, stderr, webhook_table as hook, webhook_texts as texts};
 
 const NOT_BROKEN: &str = "\n[[environments.local.checks]]\nname = \"not broken\"\nstage = \"watch\"\ncommand = \"! grep -q broken sites/local/current/index.html\"\n";
-
-fn hook(name: &str, server: &TestServer, filter: &str) -> String {
-    format!(
-        "\n[plugins.{name}]\npath = {:?}\n[plugins.{name}.policy]\nallowed_hosts = [\"127.0.0.1\"]\nallow_ip_ranges = [\"127.0.0.0/8\"]\n[plugins.{name}.config]\nurl = {:?}\n{filter}",
-        fixtures::WEBHOOK,
-        server.url("127.0.0.1", "/hook")
-    )
-}
-
-fn texts(server: &TestServer) -> Vec<String> {
-    server
-        .seen()
-        .iter()
-        .map(|s| {
-            let body: Value = serde_json::from_slice(&s.body).unwrap();
-            body["text"].as_str().unwrap().to_string()
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notifiers_hear_only_the_kinds_and_severities_they_filter_for() {
