@@ -13,9 +13,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::tool::Tool;
-use super::{Key, Manifest, check_restored, export, io_err, plain_from};
+use super::{Key, Manifest, check_restored, export, io_err, plain_from, restorable_into};
 use crate::db::DbError;
-use crate::db::conn::{Backend, Conn, backend_of, lit};
+use crate::db::conn::{Backend, Conn, lit};
 use crate::db::swap::{self, Names, ident};
 
 /// What a restore beside the live database did.
@@ -42,21 +42,7 @@ pub async fn restore_beside(
     url: &str,
     names: &Names,
 ) -> Result<Staged, DbError> {
-    let backend =
-        backend_of(url).ok_or_else(|| DbError::query("restore", "unsupported database URL"))?;
-    let expected = match backend {
-        Backend::Postgres => "pg_dump-custom",
-        Backend::Sqlite => "sqlite-database",
-    };
-    if manifest.format != expected {
-        return Err(DbError::Query {
-            context: format!("restoring {}", manifest.id),
-            message: format!(
-                "it is a {} backup; the target is {backend:?}",
-                manifest.format
-            ),
-        });
-    }
+    let backend = restorable_into(manifest, url)?;
     swap::discard(url, names).await?;
     let staged_url = swap::staged_url(url, names);
     let at = Instant::now();

@@ -724,22 +724,7 @@ pub async fn restore(
     key: Option<&Key>,
     url: &str,
 ) -> Result<(), DbError> {
-    let backend =
-        backend_of(url).ok_or_else(|| DbError::query("restore", "unsupported database URL"))?;
-    let expected = if backend == Backend::Postgres {
-        "pg_dump-custom"
-    } else {
-        "sqlite-database"
-    };
-    if manifest.format != expected {
-        return Err(DbError::Query {
-            context: format!("restoring {}", manifest.id),
-            message: format!(
-                "it is a {} backup; the target is {backend:?}",
-                manifest.format
-            ),
-        });
-    }
+    let backend = restorable_into(manifest, url)?;
     if backend == Backend::Sqlite {
         // Everything committed so far is in the main file, so the swap below loses nothing
         // whenever it is interrupted.
@@ -765,6 +750,27 @@ pub async fn restore(
     .map_err(|e| DbError::query("restore task", e))??;
     tracing::warn!(id = %manifest.id, "database restored from backup");
     Ok(())
+}
+
+/// The backend of `url`, if `manifest`'s backup can be restored into it (a pg_dump archive
+/// into PostgreSQL, an SQLite file into SQLite).
+fn restorable_into(manifest: &Manifest, url: &str) -> Result<Backend, DbError> {
+    let backend =
+        backend_of(url).ok_or_else(|| DbError::query("restore", "unsupported database URL"))?;
+    let expected = match backend {
+        Backend::Postgres => "pg_dump-custom",
+        Backend::Sqlite => "sqlite-database",
+    };
+    if manifest.format != expected {
+        return Err(DbError::Query {
+            context: format!("restoring {}", manifest.id),
+            message: format!(
+                "it is a {} backup; the target is {backend:?}",
+                manifest.format
+            ),
+        });
+    }
+    Ok(backend)
 }
 
 /// SQLite: the whole backup decoded beside the database, then renamed over it.
